@@ -1,0 +1,18 @@
+// The subcommands of outbox-relay. Each returns the process exit code (see cli/main.cc).
+#pragma once
+
+#include "config/config.h"
+
+namespace outbox::cli {
+
+enum ExitCode : int {
+  kOk = 0,
+  kFailure = 1,        //!< run stopped on an error, migrate failed, or a check failed
+  kUsage = 2,          //!< bad command line or invalid configuration
+};
+
+int run_relay(const config::Config& config);
+int run_migrate(const config::Config& config);
+int run_check(const config::Config& config);
+
+}  // namespace outbox::cli

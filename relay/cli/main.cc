@@ -1,0 +1,101 @@
+// outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cli/commands.h"
+#include "common/logging.h"
+#include "kafka/kafka_publisher.h"
+
+namespace {
+
+constexpr const char* kHelp = R"(outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.
+
+Usage: outbox-relay <command> --config FILE [--log-level LEVEL]
+
+Commands:
+  run       Read pending rows of outbox.events, publish each to Kafka with the idempotent
+            producer (acks=all), mark it published once Kafka acknowledged it. Runs until
+            SIGTERM or SIGINT, then finishes the batch in flight (relay.shutdown_timeout_ms).
+  migrate   Apply the SQL migrations of schema/ (embedded) that are missing. Safe to run
+            twice and from two processes at once.
+  check     Check the config, that PostgreSQL and Kafka answer, that the schema is present
+            and that the relay's role may read and mark rows. One line per check.
+
+Options:
+  --config FILE       YAML configuration (default: $OUTBOX_RELAY_CONFIG).
+  --log-level LEVEL   Overrides log.level: trace, debug, info, warn, error, off.
+  -h, --help          This text.
+  --version           The version.
+
+Exit codes:
+  0  success (run: stopped by a signal after finishing its batch)
+  1  a check failed, a migration failed, or run stopped on an error
+  2  bad command line or invalid configuration (every error is printed with key and line)
+
+The smallest configuration:
+  postgres:
+    dsn: "host=db dbname=app user=relay"
+  kafka:
+    bootstrap_servers: "kafka:9092"
+)";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "outbox-relay: %s\nTry 'outbox-relay --help'.\n", message.c_str());
+  return outbox::cli::kUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace outbox;
+  std::string command, config_path, log_level;
+  if (const char* env = std::getenv("OUTBOX_RELAY_CONFIG")) config_path = env;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help" || arg == "help") {
+      std::fputs(kHelp, stdout);
+      return cli::kOk;
+    } else if (arg == "--version") {
+      std::printf("outbox-relay %s\n", OUTBOX_RELAY_VERSION);
+      return cli::kOk;
+    } else if (arg == "--config" || arg == "--log-level") {
+      if (i + 1 >= argc) return usage_error(arg + " needs a value");
+      (arg == "--config" ? config_path : log_level) = argv[++i];
+    } else if (arg.rfind("--config=", 0) == 0) {
+      config_path = arg.substr(9);
+    } else if (arg.rfind("--log-level=", 0) == 0) {
+      log_level = arg.substr(12);
+    } else if (!arg.empty() && arg[0] == '-') {
+      return usage_error("unknown option " + arg);
+    } else if (command.empty()) {
+      command = arg;
+    } else {
+      return usage_error("unexpected argument " + arg);
+    }
+  }
+  if (command.empty()) return usage_error("no command given (run, migrate or check)");
+  if (command != "run" && command != "migrate" && command != "check") {
+    return usage_error("unknown command " + command);
+  }
+  if (config_path.empty()) return usage_error("--config FILE is required");
+
+  config::ParseOptions options;
+  options.kafka_check = kafka::check_property;
+  config::ParseResult parsed = config::load_config_file(config_path, options);
+  if (!parsed.config) {
+    std::fprintf(stderr, "outbox-relay: invalid configuration %s:\n", config_path.c_str());
+    for (const auto& e : parsed.errors) std::fprintf(stderr, "  %s\n", e.to_string().c_str());
+    return cli::kUsage;
+  }
+  config::Config& config = *parsed.config;
+  if (!log_level.empty()) config.log.level = log_level;
+  logging::setup(config.log.level, config.log.format == config::LogFormat::json
+                                       ? logging::Format::json
+                                       : logging::Format::text);
+  for (const auto& w : parsed.warnings) logging::get("cli")->warn("{}", w);
+
+  if (command == "run") return cli::run_relay(config);
+  if (command == "migrate") return cli::run_migrate(config);
+  return cli::run_check(config);
+}

@@ -1,0 +1,22 @@
+// One named spdlog logger per module, all writing to stderr in text or JSON lines.
+#pragma once
+
+#include <spdlog/spdlog.h>
+
+#include <memory>
+#include <string>
+
+namespace outbox::logging {
+
+enum class Format { text, json };
+
+//! Sets level and format for every logger, present and future. Call once at start.
+void setup(const std::string& level, Format format);
+
+//! The logger of module `name` ("core", "pg", "kafka", "cli"), created on first use.
+std::shared_ptr<spdlog::logger> get(const std::string& name);
+
+//! `text` with control characters and quotes escaped for a JSON string.
+std::string json_escape(const std::string& text);
+
+}  // namespace outbox::logging

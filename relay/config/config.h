@@ -1,0 +1,112 @@
+// Typed configuration of outbox-relay, read from one YAML file.
+//
+// Every key has a default except postgres.dsn and kafka.bootstrap_servers. Parsing never
+// stops at the first problem: it returns every error at once, each naming the dotted key
+// and the line it is on, so one edit-run cycle fixes a whole file.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace outbox::config {
+
+using std::chrono::milliseconds;
+
+struct PostgresConfig {
+  //! libpq connection string (key=value or URI). Never logged whole: see pg::redact_dsn.
+  std::string dsn;
+  //! Password from postgres.password or the file named by postgres.password_file.
+  std::string password;
+  //! Seconds libpq may take to connect.
+  int connect_timeout_s = 10;
+};
+
+struct KafkaConfig {
+  //! Comma-separated host:port list.
+  std::string bootstrap_servers;
+  //! librdkafka properties passed through as given (after the relay's own defaults).
+  std::vector<std::pair<std::string, std::string>> properties;
+  //! Row topic -> Kafka topic; a row topic not listed goes to the topic of the same name.
+  std::map<std::string, std::string> topic_map;
+};
+
+enum class SourceMode { polling, replication };
+
+struct PollingConfig {
+  //! Rows read, published and marked as one unit.
+  int batch_size = 1000;
+  //! Longest wait between two reads when no NOTIFY hint arrives.
+  milliseconds interval{500};
+};
+
+struct SourceConfig {
+  SourceMode mode = SourceMode::polling;
+  PollingConfig polling;
+};
+
+struct RelayConfig {
+  //! Failed attempts after which a row whose error is specific to it is dead-lettered.
+  int max_attempts = 10;
+  //! First and longest pause after PostgreSQL or Kafka failed (doubling in between).
+  milliseconds backoff_initial{200};
+  milliseconds backoff_max{30'000};
+  //! How long SIGTERM waits for in-flight deliveries before leaving them for the next run.
+  milliseconds shutdown_timeout{30'000};
+};
+
+enum class LogFormat { text, json };
+
+struct LogConfig {
+  std::string level = "info";
+  LogFormat format = LogFormat::text;
+};
+
+struct Config {
+  PostgresConfig postgres;
+  KafkaConfig kafka;
+  SourceConfig source;
+  RelayConfig relay;
+  LogConfig log;
+};
+
+struct ConfigError {
+  std::string key;  //!< dotted path, e.g. "source.polling.batch_size"
+  int line = 0;     //!< 1-based line in the file, 0 when the key is missing altogether
+  std::string message;
+  std::string to_string() const;
+};
+
+struct ParseResult {
+  std::optional<Config> config;  //!< set only when errors is empty
+  std::vector<ConfigError> errors;
+  std::vector<std::string> warnings;
+};
+
+//! Looks up an environment variable for ${VAR} substitution; nullopt when unset.
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+//! Checks one kafka.properties entry (e.g. against librdkafka); an error message or nullopt.
+using PropertyCheck =
+    std::function<std::optional<std::string>(const std::string& key, const std::string& value)>;
+//! Reads a secret file (postgres.password_file); nullopt when it cannot be read.
+using FileReader = std::function<std::optional<std::string>(const std::string& path)>;
+
+struct ParseOptions {
+  EnvLookup env;              //!< default: getenv
+  PropertyCheck kafka_check;  //!< default: no check beyond the relay's own rules
+  FileReader read_file;       //!< default: read from disk
+};
+
+ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options = {});
+ParseResult load_config_file(const std::string& path, const ParseOptions& options = {});
+
+//! Replaces ${VAR} and ${VAR:-default}; an unset VAR without default is an error message.
+std::optional<std::string> substitute_env(const std::string& value, const EnvLookup& env,
+                                          std::string* error);
+
+}  // namespace outbox::config

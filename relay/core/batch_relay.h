@@ -1,0 +1,76 @@
+// The polling pipeline: read a batch of pending rows, publish them, record the outcome.
+//
+// Invariant 1: a row is recorded as published only when the publisher reported Kafka's
+// acknowledgement for its message. Invariant 2: rows are selected by state (pending), never
+// by "id greater than the last one seen", so a transaction that commits late is still read.
+// Invariant 3: within a batch messages are handed to the publisher in id order, and a batch
+// is finished before the next one is read, so one key's events reach Kafka in id order.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "core/backoff.h"
+#include "core/ports.h"
+
+namespace outbox::core {
+
+struct BatchRelayOptions {
+  std::size_t batch_size = 1000;
+  std::chrono::milliseconds interval{500};
+  int max_attempts = 10;
+  std::chrono::milliseconds backoff_initial{200};
+  std::chrono::milliseconds backoff_max{30'000};
+  std::chrono::milliseconds shutdown_timeout{30'000};
+  std::map<std::string, std::string> topic_map;
+};
+
+//! What one batch did.
+struct BatchReport {
+  std::size_t read = 0;
+  std::size_t published = 0;
+  std::size_t retried = 0;
+  std::size_t dead_lettered = 0;
+  std::size_t left_pending = 0;  //!< transient failures and abandoned messages
+};
+
+//! Counters since start, readable from any thread.
+struct RelayCounters {
+  std::atomic<std::uint64_t> published{0};
+  std::atomic<std::uint64_t> dead_lettered{0};
+  std::atomic<std::uint64_t> failed_attempts{0};
+  std::atomic<std::uint64_t> batches{0};
+};
+
+//! Lifecycle: construct, run() on one thread until `stop` is set, destroy.
+class BatchRelay {
+ public:
+  BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock, BatchRelayOptions options);
+
+  //! One batch. Throws UnavailableError when PostgreSQL or the publisher failed; then
+  //! nothing of this batch was recorded.
+  BatchReport run_batch(const std::function<bool()>& give_up);
+
+  //! Until `stop` becomes true: batches, waits for rows when idle, backs off on failures.
+  //! After `stop`, the batch in flight gets up to shutdown_timeout to be acknowledged and
+  //! recorded; run() then returns the number of messages it had to leave unrecorded.
+  std::size_t run(const std::atomic<bool>& stop);
+
+  const RelayCounters& counters() const { return counters_; }
+
+ private:
+  void idle_wait(const std::atomic<bool>& stop);
+
+  OutboxStore& store_;
+  Publisher& publisher_;
+  Clock& clock_;
+  BatchRelayOptions options_;
+  Backoff backoff_;
+  RelayCounters counters_;
+};
+
+}  // namespace outbox::core

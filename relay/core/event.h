@@ -1,0 +1,65 @@
+// The values that flow through the relay: a row read from the outbox, the Kafka message
+// made from it, and what became of it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace outbox::core {
+
+//! One row of outbox.events as the relay reads it.
+struct OutboxEvent {
+  std::int64_t id = 0;       //!< commit-independent order
+  std::string event_id;      //!< uuid text: the consumers' dedup key
+  std::string topic;         //!< row topic (before kafka.topic_map)
+  std::optional<std::string> key;
+  std::optional<std::string> payload;
+  std::string headers_json;  //!< the row's jsonb headers as text
+  int attempts = 0;          //!< failed attempts so far
+};
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+//! A Kafka message ready for the publisher.
+struct Message {
+  std::string topic;
+  std::optional<std::string> key;
+  std::optional<std::string> payload;
+  Headers headers;
+};
+
+//! How the relay treats a failed delivery.
+enum class FailureKind {
+  //! The cluster or the network (broker down, timeout): retry later, the row is not at fault.
+  transient,
+  //! Specific to this message but possibly temporary (topic not there yet, no permission):
+  //! counts towards relay.max_attempts, then dead-letter.
+  row_retriable,
+  //! Can never succeed (too large, invalid topic name): dead-letter now.
+  permanent,
+};
+
+struct DeliveryResult {
+  bool ok = false;
+  FailureKind kind = FailureKind::transient;
+  std::string error;  //!< empty when ok
+};
+
+struct RowFailure {
+  std::int64_t id = 0;
+  std::string error;
+};
+
+//! What one batch came to; the store records it in one transaction.
+struct BatchOutcome {
+  std::vector<std::int64_t> published;   //!< acknowledged by Kafka
+  std::vector<RowFailure> retry;         //!< attempts + 1, stays pending
+  std::vector<RowFailure> dead_letter;   //!< attempts + 1, dead_lettered_at set
+  std::size_t left_pending = 0;          //!< not attempted (shutdown, transient failure)
+};
+
+}  // namespace outbox::core

@@ -1,0 +1,48 @@
+#include "core/message_mapping.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+namespace outbox::core {
+
+bool is_valid_topic_name(const std::string& topic) {
+  if (topic.empty() || topic.size() > 249 || topic == "." || topic == "..") return false;
+  return std::all_of(topic.begin(), topic.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+  });
+}
+
+std::variant<Message, PoisonReason> to_message(
+    const OutboxEvent& event, const std::map<std::string, std::string>& topic_map) {
+  Message message;
+  auto mapped = topic_map.find(event.topic);
+  message.topic = mapped == topic_map.end() ? event.topic : mapped->second;
+  if (!is_valid_topic_name(message.topic)) {
+    return PoisonReason{"invalid Kafka topic name \"" + message.topic +
+                        "\" (1-249 characters of a-z A-Z 0-9 . _ -)"};
+  }
+  message.key = event.key;
+  message.payload = event.payload;
+  message.headers.emplace_back(kEventIdHeader, event.event_id);
+  message.headers.emplace_back(kOutboxIdHeader, std::to_string(event.id));
+
+  if (event.headers_json.empty()) return message;
+  nlohmann::json headers = nlohmann::json::parse(event.headers_json, nullptr, false);
+  if (headers.is_discarded() || !headers.is_object()) {
+    return PoisonReason{"headers must be a JSON object of strings, got " + event.headers_json};
+  }
+  for (const auto& [name, value] : headers.items()) {
+    if (!value.is_string()) {
+      return PoisonReason{"header \"" + name + "\" must be a string, got " + value.dump()};
+    }
+    if (name == kEventIdHeader || name == kOutboxIdHeader) {
+      return PoisonReason{"header \"" + name + "\" is reserved for the relay"};
+    }
+    message.headers.emplace_back(name, value.get<std::string>());
+  }
+  return message;
+}
+
+}  // namespace outbox::core

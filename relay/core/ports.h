@@ -1,0 +1,60 @@
+// The seams between the relay's core and the outside world. The core only sees these
+// interfaces; pg/ and kafka/ implement them, and the unit tests substitute fakes.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/event.h"
+
+namespace outbox::core {
+
+//! A dependency (PostgreSQL, Kafka) failed in a way that a later retry may cure.
+class UnavailableError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+//! The outbox table. Lifecycle: begin_batch, then exactly one of finish_batch or
+//! abort_batch. Used from the relay's one worker thread.
+class OutboxStore {
+ public:
+  virtual ~OutboxStore() = default;
+  //! Locks and returns up to `limit` pending rows in id order (skipping rows another
+  //! relay holds). Throws UnavailableError when PostgreSQL cannot be reached.
+  virtual std::vector<OutboxEvent> begin_batch(std::size_t limit) = 0;
+  //! Records the outcome and releases the rows, atomically. Throws UnavailableError; then
+  //! nothing was recorded and the rows stay pending.
+  virtual void finish_batch(const BatchOutcome& outcome) = 0;
+  //! Releases the rows without recording anything. Never throws.
+  virtual void abort_batch() noexcept = 0;
+  //! Blocks until new rows may be pending (true: a hint came) or `timeout` passed (false).
+  virtual bool wait_for_rows(std::chrono::milliseconds timeout) = 0;
+};
+
+//! Kafka. Used from the relay's one worker thread.
+class Publisher {
+ public:
+  virtual ~Publisher() = default;
+  //! Sends `messages` in order and waits for each one's delivery report, returning one
+  //! result per message. Waiting ends early only when `give_up` returns true, after which
+  //! undelivered messages come back as transient failures. Never reports ok for a message
+  //! Kafka did not acknowledge.
+  virtual std::vector<DeliveryResult> publish(const std::vector<Message>& messages,
+                                              const std::function<bool()>& give_up) = 0;
+};
+
+//! Time, so that backoff and deadlines can be tested without waiting.
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual std::chrono::steady_clock::time_point now() const = 0;
+  //! Sleeps up to `d`, returning early when `wake` becomes true.
+  virtual void sleep_for(std::chrono::milliseconds d, const std::function<bool()>& wake) = 0;
+};
+
+}  // namespace outbox::core

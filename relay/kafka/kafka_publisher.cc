@@ -1,0 +1,193 @@
+#include "kafka/kafka_publisher.h"
+
+#include <stdexcept>
+
+#include "common/logging.h"
+#include "kafka/error_class.h"
+
+namespace outbox::kafka {
+
+namespace {
+
+// Where one message's delivery report lands: librdkafka hands this back as msg_opaque.
+struct Slot {
+  core::DeliveryResult* result;
+  std::size_t* outstanding;
+};
+
+void on_delivery(rd_kafka_t*, const rd_kafka_message_t* msg, void*) {
+  auto* slot = static_cast<Slot*>(msg->_private);
+  if (slot == nullptr) return;
+  if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    slot->result->ok = true;
+  } else {
+    slot->result->ok = false;
+    slot->result->kind = classify(msg->err);
+    slot->result->error = std::string("Kafka: ") + rd_kafka_err2str(msg->err);
+  }
+  --*slot->outstanding;
+}
+
+void on_log(const rd_kafka_t*, int level, const char* facility, const char* text) {
+  auto log = logging::get("kafka");
+  auto lvl = level <= 3 ? spdlog::level::err
+             : level <= 4 ? spdlog::level::warn
+             : level <= 6 ? spdlog::level::info
+                          : spdlog::level::debug;
+  log->log(lvl, "{}: {}", facility, text);
+}
+
+void on_error(rd_kafka_t*, int err, const char* reason, void*) {
+  // Connection trouble is retried by librdkafka itself; say so at warn, not error.
+  logging::get("kafka")->warn("{} ({})", reason,
+                              rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)));
+}
+
+struct ConfDeleter {
+  void operator()(rd_kafka_conf_t* c) const { rd_kafka_conf_destroy(c); }
+};
+using Conf = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> default_properties(
+    const config::KafkaConfig& config) {
+  return {
+      {"bootstrap.servers", config.bootstrap_servers},
+      {"client.id", "outbox-relay"},
+      {"enable.idempotence", "true"},
+      {"acks", "all"},
+      {"linger.ms", "5"},
+      {"log.connection.close", "false"},
+  };
+}
+
+std::optional<std::string> check_property(const std::string& name, const std::string& value) {
+  Conf conf(rd_kafka_conf_new());
+  char err[512];
+  if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), err, sizeof err) !=
+      RD_KAFKA_CONF_OK) {
+    return std::string(err);
+  }
+  return std::nullopt;
+}
+
+struct KafkaPublisher::Producer {
+  rd_kafka_t* rk = nullptr;
+  ~Producer() {
+    if (rk == nullptr) return;
+    // Reports of purged messages point into batches that are gone: detach them first.
+    rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_flush(rk, 1000);
+    rd_kafka_destroy(rk);
+  }
+};
+
+KafkaPublisher::KafkaPublisher(config::KafkaConfig config) : config_(std::move(config)) {
+  ensure_producer();
+}
+
+KafkaPublisher::~KafkaPublisher() = default;
+
+void KafkaPublisher::ensure_producer() {
+  if (producer_) return;
+  Conf conf(rd_kafka_conf_new());
+  char err[512];
+  auto set = [&](const std::string& name, const std::string& value) {
+    if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), err, sizeof err) !=
+        RD_KAFKA_CONF_OK) {
+      throw std::runtime_error("kafka property " + name + ": " + err);
+    }
+  };
+  for (const auto& [name, value] : default_properties(config_)) set(name, value);
+  for (const auto& [name, value] : config_.properties) set(name, value);
+  rd_kafka_conf_set_dr_msg_cb(conf.get(), on_delivery);
+  rd_kafka_conf_set_log_cb(conf.get(), on_log);
+  rd_kafka_conf_set_error_cb(conf.get(), on_error);
+  rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof err);
+  if (rk == nullptr) throw std::runtime_error(std::string("cannot create Kafka producer: ") + err);
+  conf.release();  // rd_kafka_new took it
+  producer_ = std::make_unique<Producer>();
+  producer_->rk = rk;
+}
+
+std::vector<core::DeliveryResult> KafkaPublisher::publish(
+    const std::vector<core::Message>& messages, const std::function<bool()>& give_up) {
+  try {
+    ensure_producer();
+  } catch (const std::exception& e) {
+    throw core::UnavailableError(e.what());
+  }
+  rd_kafka_t* rk = producer_->rk;
+  std::vector<core::DeliveryResult> results(messages.size());
+  std::vector<Slot> slots(messages.size());
+  std::size_t outstanding = 0;
+  bool abandoned = false;
+
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    const core::Message& m = messages[i];
+    slots[i] = Slot{&results[i], &outstanding};
+    rd_kafka_headers_t* headers = rd_kafka_headers_new(m.headers.size());
+    for (const auto& [name, value] : m.headers) {
+      rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), value.data(),
+                          static_cast<ssize_t>(value.size()));
+    }
+    // The RD_KAFKA_V_* macros cast their arguments unparenthesised: pass plain variables.
+    void* key = m.key ? const_cast<char*>(m.key->data()) : nullptr;
+    std::size_t key_len = m.key ? m.key->size() : 0;
+    void* value = m.payload ? const_cast<char*>(m.payload->data()) : nullptr;
+    std::size_t value_len = m.payload ? m.payload->size() : 0;
+    rd_kafka_resp_err_t err;
+    for (;;) {
+      err = rd_kafka_producev(
+          rk, RD_KAFKA_V_TOPIC(m.topic.c_str()),
+          RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, value_len),
+          RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+          RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
+      if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || give_up()) break;
+      rd_kafka_poll(rk, 50);  // the local queue is full: serve reports to make room
+    }
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+      ++outstanding;  // headers now belong to librdkafka
+      continue;
+    }
+    rd_kafka_headers_destroy(headers);
+    results[i].kind = classify(err);
+    results[i].error = std::string("Kafka: ") + rd_kafka_err2str(err);
+    if (err == RD_KAFKA_RESP_ERR__FATAL) break;
+  }
+
+  // Every report, or give up (shutdown deadline) and purge what is left.
+  while (outstanding > 0) {
+    if (!abandoned && give_up()) {
+      abandoned = true;
+      rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    }
+    rd_kafka_poll(rk, 100);
+  }
+
+  char fatal[512];
+  if (rd_kafka_fatal_error(rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    logging::get("kafka")->error("fatal producer error, re-creating the producer: {}", fatal);
+    producer_.reset();
+  }
+  for (auto& r : results) {
+    if (!r.ok && r.error.empty()) {
+      r.kind = core::FailureKind::transient;
+      r.error = "Kafka: not sent (producer failed before this message)";
+    }
+  }
+  return results;
+}
+
+std::pair<int, std::string> KafkaPublisher::probe_cluster(int timeout_ms) {
+  ensure_producer();
+  const rd_kafka_metadata_t* md = nullptr;
+  rd_kafka_resp_err_t err = rd_kafka_metadata(producer_->rk, 0, nullptr, &md, timeout_ms);
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) return {0, rd_kafka_err2str(err)};
+  int brokers = md->broker_cnt;
+  rd_kafka_metadata_destroy(md);
+  return {brokers, ""};
+}
+
+}  // namespace outbox::kafka

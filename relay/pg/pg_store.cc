@@ -1,0 +1,186 @@
+#include "pg/pg_store.h"
+
+#include <pqxx/pqxx>
+
+#include "common/logging.h"
+#include "pg/pg_array.h"
+
+namespace outbox::pg {
+
+namespace {
+
+// One key for every relay of a database: whoever holds it publishes.
+constexpr const char* kLeaderLockSql = "SELECT pg_try_advisory_lock(hashtext('outbox-relay'))";
+
+constexpr const char* kFetchSql = R"sql(
+SELECT id, event_id::text, topic, key, payload, headers::text, attempts
+FROM outbox.events
+WHERE published_at IS NULL AND dead_lettered_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED)sql";
+
+constexpr const char* kMarkPublishedSql = R"sql(
+UPDATE outbox.events SET published_at = now(), last_error = NULL
+WHERE id = ANY($1::bigint[]))sql";
+
+constexpr const char* kRecordRetrySql = R"sql(
+UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err
+FROM unnest($1::bigint[], $2::text[]) AS f(id, err)
+WHERE e.id = f.id)sql";
+
+constexpr const char* kDeadLetterSql = R"sql(
+UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err, dead_lettered_at = now()
+FROM unnest($1::bigint[], $2::text[]) AS f(id, err)
+WHERE e.id = f.id)sql";
+
+void split(const std::vector<core::RowFailure>& failures, std::vector<std::int64_t>& ids,
+           std::vector<std::string>& errors) {
+  for (const auto& f : failures) {
+    ids.push_back(f.id);
+    errors.push_back(f.error);
+  }
+}
+
+}  // namespace
+
+class PgOutboxStore::HintReceiver : public pqxx::notification_receiver {
+ public:
+  explicit HintReceiver(pqxx::connection_base& conn)
+      : pqxx::notification_receiver(conn, PgOutboxStore::kChannel) {}
+  void operator()(const std::string&, int) override { ++received; }
+  int received = 0;
+};
+
+PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted)
+    : conninfo_(std::move(conninfo)), redacted_(std::move(redacted)) {}
+
+PgOutboxStore::~PgOutboxStore() { disconnect(); }
+
+void PgOutboxStore::disconnect() noexcept {
+  txn_.reset();
+  receiver_.reset();
+  conn_.reset();
+  need_rearm_ = true;
+}
+
+void PgOutboxStore::fail(const std::exception& e) {
+  disconnect();
+  throw core::UnavailableError(std::string("PostgreSQL: ") + e.what());
+}
+
+void PgOutboxStore::connect() {
+  if (conn_) return;
+  auto log = logging::get("pg");
+  try {
+    conn_ = std::make_unique<pqxx::connection>(conninfo_);
+    bool leader = false;
+    {
+      pqxx::nontransaction n(*conn_);
+      leader = n.exec1(kLeaderLockSql)[0].as<bool>();
+    }
+    if (!leader) {
+      conn_.reset();
+      if (!standby_logged_) {
+        log->info("another outbox-relay holds the leader lock on this database; standing by");
+        standby_logged_ = true;
+      }
+      throw core::UnavailableError("standing by: another outbox-relay is publishing");
+    }
+    receiver_ = std::make_unique<HintReceiver>(*conn_);
+    standby_logged_ = false;
+    log->info("connected to PostgreSQL ({}) and holding the leader lock", redacted_);
+  } catch (const core::UnavailableError&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(e);
+  }
+}
+
+std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(std::size_t limit) {
+  connect();
+  std::vector<core::OutboxEvent> events;
+  try {
+    txn_ = std::make_unique<pqxx::work>(*conn_);
+    pqxx::result rows = txn_->exec_params(kFetchSql, static_cast<long>(limit));
+    events.reserve(rows.size());
+    for (const auto& row : rows) {
+      core::OutboxEvent e;
+      e.id = row[0].as<std::int64_t>();
+      e.event_id = row[1].as<std::string>();
+      e.topic = row[2].as<std::string>();
+      if (!row[3].is_null()) e.key = row[3].as<std::string>();
+      if (!row[4].is_null()) e.payload = pqxx::binarystring(row[4]).str();
+      e.headers_json = row[5].is_null() ? "" : row[5].as<std::string>();
+      e.attempts = row[6].as<int>();
+      events.push_back(std::move(e));
+    }
+  } catch (const std::exception& e) {
+    fail(e);
+  }
+  return events;
+}
+
+void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) {
+  if (!txn_) throw core::UnavailableError("PostgreSQL: no batch is open (connection was lost)");
+  try {
+    if (!outcome.published.empty()) {
+      txn_->exec_params0(kMarkPublishedSql, bigint_array(outcome.published));
+    }
+    std::vector<std::int64_t> ids;
+    std::vector<std::string> errors;
+    if (!outcome.retry.empty()) {
+      split(outcome.retry, ids, errors);
+      txn_->exec_params0(kRecordRetrySql, bigint_array(ids), text_array(errors));
+    }
+    if (!outcome.dead_letter.empty()) {
+      ids.clear();
+      errors.clear();
+      split(outcome.dead_letter, ids, errors);
+      txn_->exec_params0(kDeadLetterSql, bigint_array(ids), text_array(errors));
+    }
+    txn_->commit();
+    txn_.reset();
+  } catch (const std::exception& e) {
+    fail(e);
+  }
+}
+
+void PgOutboxStore::abort_batch() noexcept {
+  if (!txn_) return;
+  try {
+    txn_->abort();
+    txn_.reset();
+  } catch (...) {
+    disconnect();
+  }
+}
+
+bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
+  connect();
+  try {
+    if (need_rearm_) {
+      // Re-arm the hint, then look once: a row committed before the re-arm sent no hint.
+      pqxx::work w(*conn_);
+      w.exec0("UPDATE outbox.relay_wakeup SET armed = true WHERE singleton AND NOT armed");
+      bool pending = w.exec1(
+                          "SELECT EXISTS (SELECT 1 FROM outbox.events "
+                          "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]
+                         .as<bool>();
+      w.commit();
+      need_rearm_ = false;
+      if (pending) return true;
+    }
+    auto ms = timeout.count();
+    int got = conn_->await_notification(ms / 1000, (ms % 1000) * 1000);
+    if (got > 0) {
+      need_rearm_ = true;
+      return true;
+    }
+    return false;
+  } catch (const std::exception& e) {
+    fail(e);
+  }
+}
+
+}  // namespace outbox::pg

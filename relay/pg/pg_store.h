@@ -1,0 +1,51 @@
+// The outbox table in PostgreSQL, behind core::OutboxStore.
+//
+// Lifecycle: construct (no I/O), then begin_batch/finish_batch/abort_batch and
+// wait_for_rows from the relay's one worker thread. The connection is opened on first use
+// and re-opened after any failure; every libpqxx failure surfaces as core::UnavailableError
+// with the server's message, and the open transaction, with its row locks, is dropped.
+//
+// Leadership: each connection takes a session advisory lock before reading, so that one
+// relay at a time publishes from a database (per-key order across replicas). A second
+// relay stands by, retrying, and takes over when the first one's session ends.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <memory>
+#include <string>
+
+#include "core/ports.h"
+
+namespace outbox::pg {
+
+class PgOutboxStore : public core::OutboxStore {
+ public:
+  //! `conninfo` as made by build_conninfo; `redacted` is what logs may show of it.
+  PgOutboxStore(std::string conninfo, std::string redacted);
+  ~PgOutboxStore() override;
+
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit) override;
+  void finish_batch(const core::BatchOutcome& outcome) override;
+  void abort_batch() noexcept override;
+  bool wait_for_rows(std::chrono::milliseconds timeout) override;
+
+  //! The channel outbox.hint_relay() notifies.
+  static constexpr const char* kChannel = "outbox_events";
+
+ private:
+  class HintReceiver;
+  void connect();
+  void disconnect() noexcept;
+  [[noreturn]] void fail(const std::exception& e);
+
+  std::string conninfo_;
+  std::string redacted_;
+  std::unique_ptr<pqxx::connection> conn_;
+  std::unique_ptr<HintReceiver> receiver_;
+  std::unique_ptr<pqxx::work> txn_;
+  bool need_rearm_ = true;
+  bool standby_logged_ = false;
+};
+
+}  // namespace outbox::pg

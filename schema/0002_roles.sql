@@ -1,0 +1,30 @@
+-- 0002: least-privilege roles. Both are NOLOGIN groups: grant them to the login roles
+-- you create for the relay and for each service, e.g.
+--   CREATE ROLE relay LOGIN PASSWORD '...' IN ROLE outbox_relay;
+--   GRANT outbox_writer TO orders_service;
+DO $$
+BEGIN
+    -- Roles belong to the whole cluster: two databases may migrate at once, hence the handler.
+    BEGIN
+        CREATE ROLE outbox_relay NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
+    BEGIN
+        CREATE ROLE outbox_writer NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END;
+END $$;
+
+REVOKE ALL ON SCHEMA outbox FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbox FROM PUBLIC;
+GRANT USAGE ON SCHEMA outbox TO outbox_relay, outbox_writer;
+
+-- Services: only enqueue (SECURITY DEFINER), never the table itself.
+GRANT EXECUTE ON FUNCTION outbox.enqueue(text, text, bytea, jsonb) TO outbox_writer;
+GRANT EXECUTE ON FUNCTION outbox.enqueue(text, text, jsonb, jsonb) TO outbox_writer;
+
+-- The relay: read the rows, record the outcome columns, clear the hint. No INSERT, no DELETE.
+GRANT SELECT ON outbox.events TO outbox_relay;
+GRANT UPDATE (published_at, attempts, last_error, dead_lettered_at) ON outbox.events TO outbox_relay;
+GRANT SELECT, UPDATE ON outbox.relay_wakeup TO outbox_relay;
+GRANT SELECT ON outbox.schema_migrations TO outbox_relay;
