@@ -67,9 +67,10 @@ class ProgressReporter {
       auto now = std::chrono::steady_clock::now();
       if (now_count != last) {
         double secs = std::chrono::duration<double>(now - last_time).count();
-        log->info("published {} events in the last {:.1f} s ({:.0f}/s), {} in total, {} dead-lettered",
-                  now_count - last, secs, (now_count - last) / secs, now_count,
-                  counters_.dead_lettered.load());
+        log->info(
+            "published {} events in the last {:.1f} s ({:.0f}/s), {} in total, {} dead-lettered",
+            now_count - last, secs, (now_count - last) / secs, now_count,
+            counters_.dead_lettered.load());
       }
       last = now_count;
       last_time = now;
@@ -115,9 +116,10 @@ int run_relay(const config::Config& config) {
     abandoned = relay.run(g_stop);
   }
   if (abandoned > 0) {
-    log->warn("stopped with {} messages unacknowledged after {} ms; their rows stay pending and "
-              "will be sent again (consumers deduplicate by outbox-event-id)",
-              abandoned, config.relay.shutdown_timeout.count());
+    log->warn(
+        "stopped with {} messages unacknowledged after {} ms; their rows stay pending and "
+        "will be sent again (consumers deduplicate by outbox-event-id)",
+        abandoned, config.relay.shutdown_timeout.count());
   }
   log->info("outbox-relay stopped: {} events published, {} dead-lettered",
             relay.counters().published.load(), relay.counters().dead_lettered.load());
@@ -131,8 +133,8 @@ int run_migrate(const config::Config& config) {
     for (const auto& name : report.applied) std::printf("applied  %s\n", name.c_str());
     for (const auto& name : report.skipped) std::printf("present  %s\n", name.c_str());
     for (const auto& w : report.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
-    std::printf("schema up to date (%zu applied now, %zu already present)\n",
-                report.applied.size(), report.skipped.size());
+    std::printf("schema up to date (%zu applied now, %zu already present)\n", report.applied.size(),
+                report.skipped.size());
     return kOk;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "migrate failed: %s\n", e.what());
@@ -185,9 +187,10 @@ int run_check(const config::Config& config) {
            "role " + row[0].as<std::string>() +
                (ok ? " can read and mark outbox.events"
                    : " lacks SELECT/UPDATE on outbox.events or outbox.relay_wakeup; "
-                     "GRANT outbox_relay TO " + row[0].as<std::string>()));
-      line(true, "outbox", row[4].as<std::string>() + " pending, " + row[5].as<std::string>() +
-                               " dead-lettered");
+                     "GRANT outbox_relay TO " +
+                         row[0].as<std::string>()));
+      line(true, "outbox",
+           row[4].as<std::string>() + " pending, " + row[5].as<std::string>() + " dead-lettered");
     }
   } catch (const std::exception& e) {
     line(false, "postgres reachable", redacted + ": " + e.what());
@@ -196,9 +199,9 @@ int run_check(const config::Config& config) {
     kafka::KafkaPublisher publisher(config.kafka);
     auto [brokers, error] = publisher.probe_cluster(10'000);
     line(error.empty(), "kafka reachable",
-         error.empty() ? config.kafka.bootstrap_servers + " (" + std::to_string(brokers) +
-                             " brokers)"
-                       : config.kafka.bootstrap_servers + ": " + error);
+         error.empty()
+             ? config.kafka.bootstrap_servers + " (" + std::to_string(brokers) + " brokers)"
+             : config.kafka.bootstrap_servers + ": " + error);
   } catch (const std::exception& e) {
     line(false, "kafka reachable", e.what());
   }

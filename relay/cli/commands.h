@@ -7,8 +7,8 @@ namespace outbox::cli {
 
 enum ExitCode : int {
   kOk = 0,
-  kFailure = 1,        //!< run stopped on an error, migrate failed, or a check failed
-  kUsage = 2,          //!< bad command line or invalid configuration
+  kFailure = 1,  //!< run stopped on an error, migrate failed, or a check failed
+  kUsage = 2,    //!< bad command line or invalid configuration
 };
 
 int run_relay(const config::Config& config);

@@ -110,8 +110,7 @@ class Reader {
     return substituted(node.Scalar(), key, line_of(node));
   }
 
-  std::optional<std::string> substituted(const std::string& raw, const std::string& key,
-                                         int line) {
+  std::optional<std::string> substituted(const std::string& raw, const std::string& key, int line) {
     std::string message;
     auto value = substitute_env(raw, env(), &message);
     if (!value) error(key, line, message);
@@ -141,9 +140,9 @@ class Reader {
     if (ec != std::errc() || ptr != v->data() + v->size()) {
       error(key, line, "must be an integer, got \"" + *v + "\"");
     } else if (parsed < min || parsed > max) {
-      error(key, line,
-            "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " +
-                *v);
+      error(
+          key, line,
+          "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " + *v);
     } else {
       out = static_cast<int>(parsed);
     }
@@ -169,7 +168,8 @@ class Reader {
       }
       list += (list.empty() ? "" : ", ") + std::string(label);
     }
-    error(join(path, name), line_of(parent[name]), "must be one of " + list + ", got \"" + *v + "\"");
+    error(join(path, name), line_of(parent[name]),
+          "must be one of " + list + ", got \"" + *v + "\"");
   }
 
   // A mapping of string to string, e.g. kafka.properties.
@@ -248,8 +248,7 @@ void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
       }
       c.postgres.password = *secret;
     } else {
-      r.error("postgres.password_file", line_of(n["password_file"]),
-              "cannot read file " + file);
+      r.error("postgres.password_file", line_of(n["password_file"]), "cannot read file " + file);
     }
   }
   r.read_int(n, "postgres", "connect_timeout_s", c.postgres.connect_timeout_s, 1, 3600);
@@ -314,8 +313,8 @@ void read_source(Reader& r, const YAML::Node& root, Config& c) {
 
 void read_relay(Reader& r, const YAML::Node& root, Config& c) {
   YAML::Node n = root["relay"];
-  if (!r.section(n, "relay", {"max_attempts", "backoff_initial_ms", "backoff_max_ms",
-                              "shutdown_timeout_ms"})) {
+  if (!r.section(n, "relay",
+                 {"max_attempts", "backoff_initial_ms", "backoff_max_ms", "shutdown_timeout_ms"})) {
     return;
   }
   r.read_int(n, "relay", "max_attempts", c.relay.max_attempts, 1, 1'000'000);

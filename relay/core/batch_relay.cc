@@ -68,8 +68,8 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
       case FailureKind::row_retriable:
         if (event.attempts + 1 >= options_.max_attempts) {
           outcome.dead_letter.push_back(
-              {event.id, result.error + " (after " + std::to_string(event.attempts + 1) +
-                             " attempts)"});
+              {event.id,
+               result.error + " (after " + std::to_string(event.attempts + 1) + " attempts)"});
         } else {
           outcome.retry.push_back({event.id, result.error});
         }

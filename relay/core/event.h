@@ -13,9 +13,9 @@ namespace outbox::core {
 
 //! One row of outbox.events as the relay reads it.
 struct OutboxEvent {
-  std::int64_t id = 0;       //!< commit-independent order
-  std::string event_id;      //!< uuid text: the consumers' dedup key
-  std::string topic;         //!< row topic (before kafka.topic_map)
+  std::int64_t id = 0;   //!< commit-independent order
+  std::string event_id;  //!< uuid text: the consumers' dedup key
+  std::string topic;     //!< row topic (before kafka.topic_map)
   std::optional<std::string> key;
   std::optional<std::string> payload;
   std::string headers_json;  //!< the row's jsonb headers as text
@@ -56,10 +56,10 @@ struct RowFailure {
 
 //! What one batch came to; the store records it in one transaction.
 struct BatchOutcome {
-  std::vector<std::int64_t> published;   //!< acknowledged by Kafka
-  std::vector<RowFailure> retry;         //!< attempts + 1, stays pending
-  std::vector<RowFailure> dead_letter;   //!< attempts + 1, dead_lettered_at set
-  std::size_t left_pending = 0;          //!< not attempted (shutdown, transient failure)
+  std::vector<std::int64_t> published;  //!< acknowledged by Kafka
+  std::vector<RowFailure> retry;        //!< attempts + 1, stays pending
+  std::vector<RowFailure> dead_letter;  //!< attempts + 1, dead_lettered_at set
+  std::size_t left_pending = 0;         //!< not attempted (shutdown, transient failure)
 };
 
 }  // namespace outbox::core

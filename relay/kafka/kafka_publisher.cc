@@ -30,7 +30,7 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* msg, void*) {
 
 void on_log(const rd_kafka_t*, int level, const char* facility, const char* text) {
   auto log = logging::get("kafka");
-  auto lvl = level <= 3 ? spdlog::level::err
+  auto lvl = level <= 3   ? spdlog::level::err
              : level <= 4 ? spdlog::level::warn
              : level <= 6 ? spdlog::level::info
                           : spdlog::level::debug;
@@ -139,11 +139,10 @@ std::vector<core::DeliveryResult> KafkaPublisher::publish(
     std::size_t value_len = m.payload ? m.payload->size() : 0;
     rd_kafka_resp_err_t err;
     for (;;) {
-      err = rd_kafka_producev(
-          rk, RD_KAFKA_V_TOPIC(m.topic.c_str()),
-          RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(value, value_len),
-          RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-          RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
+      err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(m.topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
+                              RD_KAFKA_V_VALUE(value, value_len), RD_KAFKA_V_HEADERS(headers),
+                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                              RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
       if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || give_up()) break;
       rd_kafka_poll(rk, 50);  // the local queue is full: serve reports to make room
     }

@@ -1,0 +1,294 @@
+#include <catch2/catch.hpp>
+
+#include <map>
+
+#include "config/config.h"
+
+using namespace outbox::config;
+
+namespace {
+
+ParseOptions with_env(std::map<std::string, std::string> vars) {
+  ParseOptions o;
+  o.env = [vars](const std::string& name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
+  };
+  return o;
+}
+
+const ConfigError* find_error(const ParseResult& r, const std::string& key) {
+  for (const auto& e : r.errors) {
+    if (e.key == key) return &e;
+  }
+  return nullptr;
+}
+
+constexpr const char* kMinimal = R"(postgres:
+  dsn: "host=db dbname=app"
+kafka:
+  bootstrap_servers: "k1:9092"
+)";
+
+}  // namespace
+
+TEST_CASE("the smallest config gets every default", "[config]") {
+  ParseResult r = parse_config(kMinimal, with_env({}));
+  REQUIRE(r.errors.empty());
+  const Config& c = *r.config;
+  CHECK(c.postgres.dsn == "host=db dbname=app");
+  CHECK(c.kafka.bootstrap_servers == "k1:9092");
+  CHECK(c.source.mode == SourceMode::polling);
+  CHECK(c.source.polling.batch_size == 1000);
+  CHECK(c.source.polling.interval == std::chrono::milliseconds(500));
+  CHECK(c.relay.max_attempts == 10);
+  CHECK(c.log.format == LogFormat::text);
+}
+
+TEST_CASE("every key can be set", "[config]") {
+  ParseResult r = parse_config(R"(postgres:
+  dsn: "host=db"
+  password: s3cret
+  connect_timeout_s: 3
+kafka:
+  bootstrap_servers: "k:1"
+  properties:
+    compression.type: lz4
+    linger.ms: 20
+  topic_map:
+    orders: prod.orders
+source:
+  mode: polling
+  polling:
+    batch_size: 50
+    interval_ms: 100
+relay:
+  max_attempts: 3
+  backoff_initial_ms: 10
+  backoff_max_ms: 1000
+  shutdown_timeout_ms: 5000
+log:
+  level: debug
+  format: json
+)",
+                               with_env({}));
+  REQUIRE(r.errors.empty());
+  const Config& c = *r.config;
+  CHECK(c.postgres.password == "s3cret");
+  CHECK(c.postgres.connect_timeout_s == 3);
+  REQUIRE(c.kafka.properties.size() == 2);
+  CHECK(c.kafka.properties[0] == std::pair<std::string, std::string>("compression.type", "lz4"));
+  CHECK(c.kafka.topic_map.at("orders") == "prod.orders");
+  CHECK(c.source.polling.batch_size == 50);
+  CHECK(c.relay.shutdown_timeout == std::chrono::milliseconds(5000));
+  CHECK(c.log.level == "debug");
+  CHECK(c.log.format == LogFormat::json);
+}
+
+TEST_CASE("an unknown key is named with its line", "[config]") {
+  ParseResult r = parse_config(R"(postgres:
+  dsnn: "host=db"
+kafka:
+  bootstrap_servers: "k:1"
+)",
+                               with_env({}));
+  REQUIRE_FALSE(r.config);
+  const ConfigError* e = find_error(r, "postgres.dsnn");
+  REQUIRE(e != nullptr);
+  CHECK(e->line == 2);
+  CHECK_THAT(e->message, Catch::Contains("unknown key"));
+  CHECK(find_error(r, "postgres.dsn") != nullptr);  // and the required one is missing
+  CHECK_THAT(e->to_string(), Catch::StartsWith("line 2: postgres.dsnn:"));
+}
+
+TEST_CASE("all errors come back at once, in line order", "[config]") {
+  ParseResult r = parse_config(R"(postgres:
+  dsn: "host=db"
+  connect_timeout_s: soon
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  mode: sideways
+  polling:
+    batch_size: -5
+    interval_ms: [1, 2]
+log:
+  level: loud
+  colour: red
+)",
+                               with_env({}));
+  REQUIRE_FALSE(r.config);
+  REQUIRE(r.errors.size() == 6);
+  CHECK(r.errors[0].key == "postgres.connect_timeout_s");
+  CHECK(r.errors[0].line == 3);
+  CHECK_THAT(r.errors[0].message, Catch::Contains("integer"));
+  CHECK(r.errors[1].key == "source.mode");
+  CHECK(r.errors[1].line == 7);
+  CHECK(r.errors[2].key == "source.polling.batch_size");
+  CHECK(r.errors[2].line == 9);
+  CHECK_THAT(r.errors[2].message, Catch::Contains("between 1 and"));
+  CHECK(r.errors[3].key == "source.polling.interval_ms");
+  CHECK(r.errors[4].key == "log.level");
+  CHECK(r.errors[5].key == "log.colour");
+  CHECK(r.errors[5].line == 13);
+}
+
+TEST_CASE("missing required keys are reported even for an empty file", "[config]") {
+  ParseResult r = parse_config("", with_env({}));
+  REQUIRE(r.errors.size() == 2);
+  CHECK(find_error(r, "postgres.dsn") != nullptr);
+  CHECK(find_error(r, "kafka.bootstrap_servers") != nullptr);
+}
+
+TEST_CASE("invalid YAML names its line", "[config]") {
+  ParseResult r = parse_config("postgres:\n  dsn: [a, b\nkafka: {}\n", with_env({}));
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].key == "(document)");
+  CHECK(r.errors[0].line >= 2);
+}
+
+TEST_CASE("a section that is not a mapping is an error", "[config]") {
+  ParseResult r = parse_config("postgres: [1]\nkafka:\n  bootstrap_servers: k\n", with_env({}));
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].key == "postgres");
+  CHECK(r.errors[0].line == 1);
+}
+
+TEST_CASE("${VAR} is substituted, with defaults, and an unset one is an error", "[config]") {
+  SECTION("set and default") {
+    ParseResult r = parse_config(R"(postgres:
+  dsn: "host=${DB_HOST} port=${DB_PORT:-5432}"
+kafka:
+  bootstrap_servers: "${BROKERS}"
+)",
+                                 with_env({{"DB_HOST", "db1"}, {"BROKERS", "b:9"}}));
+    REQUIRE(r.errors.empty());
+    CHECK(r.config->postgres.dsn == "host=db1 port=5432");
+    CHECK(r.config->kafka.bootstrap_servers == "b:9");
+  }
+  SECTION("unset") {
+    ParseResult r = parse_config(R"(postgres:
+  dsn: "host=db"
+  password: "${DB_PASSWORD}"
+kafka:
+  bootstrap_servers: "b:9"
+)",
+                                 with_env({}));
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].key == "postgres.password");
+    CHECK(r.errors[0].line == 3);
+    CHECK_THAT(r.errors[0].message, Catch::Contains("DB_PASSWORD is not set"));
+  }
+  SECTION("unterminated") {
+    std::string error;
+    CHECK_FALSE(substitute_env(
+        "a ${B", [](const std::string&) { return std::nullopt; }, &error));
+    CHECK_THAT(error, Catch::Contains("unterminated"));
+  }
+}
+
+TEST_CASE("the password comes from a file, and never from both places", "[config]") {
+  ParseOptions o = with_env({});
+  o.read_file = [](const std::string& path) -> std::optional<std::string> {
+    if (path == "/run/secrets/pg") return std::string("hunter2\n");
+    return std::nullopt;
+  };
+  SECTION("file") {
+    ParseResult r = parse_config(
+        "postgres:\n  dsn: h\n  password_file: /run/secrets/pg\nkafka:\n  bootstrap_servers: b\n",
+        o);
+    REQUIRE(r.errors.empty());
+    CHECK(r.config->postgres.password == "hunter2");  // trailing newline dropped
+  }
+  SECTION("unreadable file") {
+    ParseResult r = parse_config(
+        "postgres:\n  dsn: h\n  password_file: /nope\nkafka:\n  bootstrap_servers: b\n", o);
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].key == "postgres.password_file");
+    CHECK(r.errors[0].line == 3);
+  }
+  SECTION("both") {
+    ParseResult r = parse_config(
+        "postgres:\n  dsn: h\n  password: x\n  password_file: /run/secrets/pg\n"
+        "kafka:\n  bootstrap_servers: b\n",
+        o);
+    REQUIRE(r.errors.size() == 1);
+    CHECK_THAT(r.errors[0].message, Catch::Contains("not both"));
+  }
+}
+
+TEST_CASE("idempotence and acks=all cannot be turned off", "[config]") {
+  ParseResult r = parse_config(R"(postgres:
+  dsn: h
+kafka:
+  bootstrap_servers: b
+  properties:
+    enable.idempotence: "false"
+    acks: "1"
+    bootstrap.servers: other
+)",
+                               with_env({}));
+  REQUIRE(r.errors.size() == 3);
+  CHECK(r.errors[0].key == "kafka.properties.enable.idempotence");
+  CHECK(r.errors[0].line == 6);
+  CHECK_THAT(r.errors[0].message, Catch::Contains("idempotent"));
+  CHECK(r.errors[1].key == "kafka.properties.acks");
+  CHECK(r.errors[2].key == "kafka.properties.bootstrap.servers");
+}
+
+TEST_CASE("acks=-1 and enable.idempotence=true are accepted as they are", "[config]") {
+  ParseResult r = parse_config(
+      "postgres: {dsn: h}\nkafka:\n  bootstrap_servers: b\n  properties:\n"
+      "    acks: \"-1\"\n    enable.idempotence: \"true\"\n",
+      with_env({}));
+  CHECK(r.errors.empty());
+}
+
+TEST_CASE("kafka properties are checked by the injected check, with their line", "[config]") {
+  ParseOptions o = with_env({});
+  o.kafka_check = [](const std::string& key, const std::string&) -> std::optional<std::string> {
+    if (key == "no.such.property") return std::string("No such configuration property");
+    return std::nullopt;
+  };
+  ParseResult r = parse_config(
+      "postgres: {dsn: h}\nkafka:\n  bootstrap_servers: b\n  properties:\n"
+      "    linger.ms: 1\n    no.such.property: 1\n",
+      o);
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].key == "kafka.properties.no.such.property");
+  CHECK(r.errors[0].line == 6);
+}
+
+TEST_CASE("replication mode is refused until it exists", "[config]") {
+  ParseResult r = parse_config(
+      "postgres: {dsn: h}\nkafka: {bootstrap_servers: b}\nsource:\n  mode: replication\n",
+      with_env({}));
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].key == "source.mode");
+  CHECK(r.errors[0].line == 4);
+}
+
+TEST_CASE("backoff_max below backoff_initial is an error", "[config]") {
+  ParseResult r = parse_config(
+      "postgres: {dsn: h}\nkafka: {bootstrap_servers: b}\nrelay:\n  backoff_initial_ms: 500\n"
+      "  backoff_max_ms: 100\n",
+      with_env({}));
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].key == "relay.backoff_max_ms");
+  CHECK(r.errors[0].line == 5);
+}
+
+TEST_CASE("an empty dsn or empty topic mapping is an error", "[config]") {
+  ParseResult r = parse_config(
+      "postgres: {dsn: \"\"}\nkafka:\n  bootstrap_servers: b\n  topic_map:\n    orders: \"\"\n",
+      with_env({}));
+  REQUIRE(r.errors.size() == 2);
+  CHECK(find_error(r, "postgres.dsn") != nullptr);
+  CHECK(find_error(r, "kafka.topic_map.orders") != nullptr);
+}
+
+TEST_CASE("a config file that cannot be read is an error naming it", "[config]") {
+  ParseResult r = load_config_file("/nonexistent/outbox.yaml");
+  REQUIRE(r.errors.size() == 1);
+  CHECK_THAT(r.errors[0].message, Catch::Contains("/nonexistent/outbox.yaml"));
+}

@@ -1,0 +1,149 @@
+// In-memory stand-ins for the seams of core/: an outbox table, a Kafka, a clock.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <deque>
+#include <map>
+#include <set>
+
+#include "core/ports.h"
+
+namespace outbox::testing {
+
+//! Rows in memory; begin/finish/abort behave like the PostgreSQL store's transaction.
+class FakeStore : public core::OutboxStore {
+ public:
+  struct Row {
+    core::OutboxEvent event;
+    bool published = false;
+    bool dead = false;
+    std::string last_error;
+  };
+
+  std::int64_t add(std::string topic, std::string key, std::string headers = "{}") {
+    Row r;
+    r.event.id = next_id_++;
+    r.event.event_id = "evt-" + std::to_string(r.event.id);
+    r.event.topic = std::move(topic);
+    r.event.key = std::move(key);
+    r.event.payload = "p" + std::to_string(r.event.id);
+    r.event.headers_json = std::move(headers);
+    rows_[r.event.id] = r;
+    return r.event.id;
+  }
+
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit) override {
+    ++begins;
+    if (fail_begin > 0) {
+      --fail_begin;
+      throw core::UnavailableError("PostgreSQL: connection refused");
+    }
+    open_ = true;
+    std::vector<core::OutboxEvent> out;
+    for (auto& [id, r] : rows_) {
+      if (!r.published && !r.dead && out.size() < limit) out.push_back(r.event);
+    }
+    return out;
+  }
+
+  void finish_batch(const core::BatchOutcome& outcome) override {
+    REQUIRE_OPEN();
+    if (fail_finish > 0) {
+      --fail_finish;
+      throw core::UnavailableError("PostgreSQL: server closed the connection");
+    }
+    for (auto id : outcome.published) rows_.at(id).published = true;
+    for (const auto& f : outcome.retry) {
+      rows_.at(f.id).event.attempts++;
+      rows_.at(f.id).last_error = f.error;
+    }
+    for (const auto& f : outcome.dead_letter) {
+      rows_.at(f.id).event.attempts++;
+      rows_.at(f.id).last_error = f.error;
+      rows_.at(f.id).dead = true;
+    }
+    open_ = false;
+    ++finishes;
+  }
+
+  void abort_batch() noexcept override {
+    open_ = false;
+    ++aborts;
+  }
+
+  bool wait_for_rows(std::chrono::milliseconds) override {
+    ++waits;
+    return false;
+  }
+
+  const Row& row(std::int64_t id) const { return rows_.at(id); }
+  std::size_t pending() const {
+    return std::count_if(rows_.begin(), rows_.end(),
+                         [](const auto& kv) { return !kv.second.published && !kv.second.dead; });
+  }
+
+  int fail_begin = 0;
+  int fail_finish = 0;
+  int begins = 0, finishes = 0, aborts = 0;
+  std::atomic<int> waits{0};
+
+ private:
+  void REQUIRE_OPEN() const {
+    if (!open_) throw std::logic_error("finish_batch without begin_batch");
+  }
+  std::map<std::int64_t, Row> rows_;
+  std::int64_t next_id_ = 1;
+  bool open_ = false;
+};
+
+//! Records what was sent; results come from `script` (by outbox-id header), default ok.
+class FakePublisher : public core::Publisher {
+ public:
+  std::vector<core::DeliveryResult> publish(const std::vector<core::Message>& messages,
+                                            const std::function<bool()>& give_up) override {
+    ++calls;
+    if (throw_next) {
+      throw_next = false;
+      throw core::UnavailableError("Kafka: all brokers down");
+    }
+    std::vector<core::DeliveryResult> out;
+    for (const auto& m : messages) {
+      sent.push_back(m);
+      std::int64_t id = std::stoll(m.headers.at(1).second);
+      if (auto it = script.find(id); it != script.end()) {
+        out.push_back(it->second);
+      } else if (hang && give_up && give_up()) {
+        out.push_back({false, core::FailureKind::transient, "abandoned"});
+      } else {
+        out.push_back({true, core::FailureKind::transient, ""});
+      }
+    }
+    if (on_publish) on_publish();
+    return out;
+  }
+
+  std::map<std::int64_t, core::DeliveryResult> script;
+  std::vector<core::Message> sent;
+  std::function<void()> on_publish;
+  bool throw_next = false;
+  bool hang = false;
+  int calls = 0;
+};
+
+//! Time moves only when someone sleeps.
+class FakeClock : public core::Clock {
+ public:
+  std::chrono::steady_clock::time_point now() const override { return now_; }
+  void sleep_for(std::chrono::milliseconds d, const std::function<bool()>&) override {
+    sleeps.push_back(d);
+    now_ += d;
+  }
+  void advance(std::chrono::milliseconds d) { now_ += d; }
+  std::vector<std::chrono::milliseconds> sleeps;
+
+ private:
+  std::chrono::steady_clock::time_point now_{};
+};
+
+}  // namespace outbox::testing
