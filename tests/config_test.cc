@@ -292,3 +292,19 @@ TEST_CASE("a config file that cannot be read is an error naming it", "[config]")
   REQUIRE(r.errors.size() == 1);
   CHECK_THAT(r.errors[0].message, Catch::Contains("/nonexistent/outbox.yaml"));
 }
+
+TEST_CASE("the example config in the repository is valid and shows the defaults", "[config]") {
+  ParseResult r = load_config_file(OUTBOX_SOURCE_DIR "/relay/config/example.yaml",
+                                   with_env({}));
+  INFO((r.errors.empty() ? "" : r.errors[0].to_string()));
+  REQUIRE(r.errors.empty());
+  Config defaults;
+  CHECK(r.config->source.polling.batch_size == defaults.source.polling.batch_size);
+  CHECK(r.config->source.polling.interval == defaults.source.polling.interval);
+  CHECK(r.config->relay.max_attempts == defaults.relay.max_attempts);
+  CHECK(r.config->relay.backoff_initial == defaults.relay.backoff_initial);
+  CHECK(r.config->relay.backoff_max == defaults.relay.backoff_max);
+  CHECK(r.config->relay.shutdown_timeout == defaults.relay.shutdown_timeout);
+  CHECK(r.config->postgres.connect_timeout_s == defaults.postgres.connect_timeout_s);
+  CHECK(r.config->postgres.dsn == "host=127.0.0.1 port=5432 dbname=app user=outbox_relay_login");
+}
