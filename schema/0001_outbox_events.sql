@@ -42,8 +42,11 @@ CREATE INDEX IF NOT EXISTS events_dead_lettered_idx ON outbox.events (id)
 
 -- The wake-up hint. A NOTIFY takes a database-wide lock at commit and so serialises the
 -- committing transactions that sent one; to keep that off the services' hot path, only the
--- first writer after the relay went to sleep sends it. The relay clears `armed` before
--- each read and waits for the hint (or its interval) only after a read came back short.
+-- first writer after the relay went to sleep sends it. Nobody ever waits on this row: a
+-- writer that finds it locked skips it (the holder notifies when it commits), and so does
+-- the relay when it re-arms, so neither a long service transaction nor lock order between
+-- services can block or deadlock on it. The relay's polling interval covers a holder that
+-- rolls back.
 CREATE TABLE IF NOT EXISTS outbox.relay_wakeup (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     armed     boolean NOT NULL DEFAULT true
@@ -55,8 +58,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     -- A plain read first: writers that find the hint already sent take no lock at all.
     IF (SELECT armed FROM outbox.relay_wakeup WHERE singleton) THEN
-        UPDATE outbox.relay_wakeup SET armed = false WHERE singleton AND armed;
+        PERFORM 1 FROM outbox.relay_wakeup WHERE singleton AND armed FOR UPDATE SKIP LOCKED;
         IF FOUND THEN
+            UPDATE outbox.relay_wakeup SET armed = false WHERE singleton;
             PERFORM pg_notify('outbox_events', '');
         END IF;
     END IF;

@@ -121,29 +121,61 @@ std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(std::size_t limit) {
   return events;
 }
 
+void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome) {
+  if (!outcome.published.empty()) {
+    txn.exec_params0(kMarkPublishedSql, bigint_array(outcome.published));
+  }
+  std::vector<std::int64_t> ids;
+  std::vector<std::string> errors;
+  if (!outcome.retry.empty()) {
+    split(outcome.retry, ids, errors);
+    txn.exec_params0(kRecordRetrySql, bigint_array(ids), text_array(errors));
+  }
+  if (!outcome.dead_letter.empty()) {
+    ids.clear();
+    errors.clear();
+    split(outcome.dead_letter, ids, errors);
+    txn.exec_params0(kDeadLetterSql, bigint_array(ids), text_array(errors));
+  }
+}
+
 void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) {
   if (!txn_) throw core::UnavailableError("PostgreSQL: no batch is open (connection was lost)");
   try {
-    if (!outcome.published.empty()) {
-      txn_->exec_params0(kMarkPublishedSql, bigint_array(outcome.published));
-    }
-    std::vector<std::int64_t> ids;
-    std::vector<std::string> errors;
-    if (!outcome.retry.empty()) {
-      split(outcome.retry, ids, errors);
-      txn_->exec_params0(kRecordRetrySql, bigint_array(ids), text_array(errors));
-    }
-    if (!outcome.dead_letter.empty()) {
-      ids.clear();
-      errors.clear();
-      split(outcome.dead_letter, ids, errors);
-      txn_->exec_params0(kDeadLetterSql, bigint_array(ids), text_array(errors));
-    }
+    write_outcome(*txn_, outcome);
     txn_->commit();
     txn_.reset();
   } catch (const std::exception& e) {
     fail(e);
   }
+}
+
+void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
+  connect();
+  try {
+    pqxx::work txn(*conn_);
+    write_outcome(txn, outcome);
+    txn.commit();
+  } catch (const std::exception& e) {
+    fail(e);
+  }
+}
+
+std::vector<std::int64_t> PgOutboxStore::still_pending(const std::vector<std::int64_t>& ids) {
+  connect();
+  std::vector<std::int64_t> pending;
+  try {
+    pqxx::nontransaction n(*conn_);
+    for (const auto& row : n.exec_params(
+             "SELECT id FROM outbox.events WHERE id = ANY($1::bigint[]) "
+             "AND published_at IS NULL AND dead_lettered_at IS NULL",
+             bigint_array(ids))) {
+      pending.push_back(row[0].as<std::int64_t>());
+    }
+  } catch (const std::exception& e) {
+    fail(e);
+  }
+  return pending;
 }
 
 void PgOutboxStore::abort_batch() noexcept {
@@ -162,7 +194,10 @@ bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
     if (need_rearm_) {
       // Re-arm the hint, then look once: a row committed before the re-arm sent no hint.
       pqxx::work w(*conn_);
-      w.exec0("UPDATE outbox.relay_wakeup SET armed = true WHERE singleton AND NOT armed");
+      // SKIP LOCKED: a writer holding the row is about to notify; never wait behind it.
+      w.exec0(
+          "UPDATE outbox.relay_wakeup SET armed = true WHERE singleton AND NOT armed AND "
+          "singleton IN (SELECT singleton FROM outbox.relay_wakeup FOR UPDATE SKIP LOCKED)");
       bool pending = w.exec1(
                           "SELECT EXISTS (SELECT 1 FROM outbox.events "
                           "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]

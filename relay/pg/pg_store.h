@@ -30,6 +30,12 @@ class PgOutboxStore : public core::OutboxStore {
   void abort_batch() noexcept override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
 
+  //! Records `outcome` in a transaction of its own (no batch open): how the replication
+  //! source marks the events it read from the stream.
+  void record_outcome(const core::BatchOutcome& outcome);
+  //! Those of `ids` whose rows exist and are neither published nor dead-lettered.
+  std::vector<std::int64_t> still_pending(const std::vector<std::int64_t>& ids);
+
   //! The channel outbox.hint_relay() notifies.
   static constexpr const char* kChannel = "outbox_events";
 
@@ -38,6 +44,7 @@ class PgOutboxStore : public core::OutboxStore {
   void connect();
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
+  void write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome);
 
   std::string conninfo_;
   std::string redacted_;

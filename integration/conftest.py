@@ -1,0 +1,287 @@
+"""Fixtures for the outbox-relay integration tests.
+
+One PostgreSQL and one Kafka serve the whole session (started in a temp dir,
+stopped in finalizers). Each test gets `ctx`: a fresh database migrated with
+`outbox-relay migrate`, unique topic names, and relays/writers/readers that are
+stopped when the test ends. Tests marked `chaos` restart the shared servers;
+they are started again afterwards if a test left them down.
+
+Environment:
+  OUTBOX_RELAY_BIN          relay binary (default <repo>/build/outbox-relay)
+  OUTBOX_IT_REQUIRE_BINARY  fail instead of skip when the binary is missing
+  OUTBOX_IT_KEEP            keep the temp dir (servers' data, relay logs) even on success
+  OUTBOX_IT_TMP             parent directory for the temp dir (default: system temp)
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import (
+    Kafka,
+    Postgres,
+    Relay,
+    Writers,
+    deep_merge,
+    fetch_rows,
+    relay_binary,
+    start_all,
+    wait_until,
+)
+
+_counter = itertools.count(1)
+NOTES_KEY = pytest.StashKey[list]()
+
+
+def pytest_configure(config):
+    config.stash[NOTES_KEY] = []
+
+
+def pytest_report_header(config):
+    b = relay_binary()
+    return [f"outbox-relay binary: {b} ({'present' if b.exists() else 'MISSING'})"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    notes = config.stash.get(NOTES_KEY, [])
+    if notes:
+        terminalreporter.section("outbox-relay integration notes")
+        for test, text in notes:
+            terminalreporter.write_line(f"{test}: {text}")
+
+
+def _say(config, text: str) -> None:
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(text)
+
+
+# --------------------------------------------------------------------- session
+@pytest.fixture(scope="session")
+def relay_bin() -> Path:
+    b = relay_binary()
+    if not (b.is_file() and os.access(b, os.X_OK)):
+        msg = f"relay binary {b} is not built (set OUTBOX_RELAY_BIN or build it)"
+        if os.environ.get("OUTBOX_IT_REQUIRE_BINARY"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return b
+
+
+@pytest.fixture(scope="session")
+def it_root(request) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="outbox-it-", dir=os.environ.get("OUTBOX_IT_TMP")))
+    d.chmod(0o755)  # the postgres user must reach DIR/pg
+    yield d
+    if request.session.testsfailed or os.environ.get("OUTBOX_IT_KEEP"):
+        request.config.stash[NOTES_KEY].append(("temp dir kept (server data and logs)", str(d)))
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def servers(it_root, request):
+    pg = Postgres(it_root / "pg")
+    kafka = Kafka(it_root / "kafka")
+
+    def stop_all():
+        errors = []
+        for s in (pg, kafka):
+            try:
+                s.stop()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    request.addfinalizer(stop_all)  # before starting: a half-failed start is cleaned up too
+    t0 = time.monotonic()
+    start_all([pg, kafka])
+    _say(
+        request.config,
+        f"\nservers up in {time.monotonic() - t0:.1f}s: postgres {pg.dsn}, kafka {kafka.bootstrap}",
+    )
+    return pg, kafka
+
+
+@pytest.fixture(scope="session")
+def pg(servers) -> Postgres:
+    return servers[0]
+
+
+@pytest.fixture(scope="session")
+def kafka(servers) -> Kafka:
+    return servers[1]
+
+
+@pytest.fixture(autouse=True)
+def _chaos_guard(request):
+    """Chaos tests restart the shared servers: make sure both run afterwards."""
+    yield
+    if request.node.get_closest_marker("chaos") is not None and "servers" in request.fixturenames:
+        pg, kafka = request.getfixturevalue("servers")
+        pg.ensure_running()
+        kafka.ensure_running()
+
+
+# ------------------------------------------------------------------- per test
+class ITContext:
+    """What one test works with: its own database and topics, and the relays,
+    writers and readers it starts (all stopped at the end)."""
+
+    def __init__(self, request, pg: Postgres, kafka: Kafka, relay_bin: Path, workdir: Path):
+        self.request = request
+        self.pg = pg
+        self.kafka = kafka
+        self.relay_bin = relay_bin
+        self.workdir = workdir
+        base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
+        self.name = f"{base}_{next(_counter)}"
+        self.db = f"it_{self.name}"
+        self.dsn = pg.create_database(self.db)
+        self._relays: list[Relay] = []
+        self._writers: list[Writers] = []
+        self._closables: list = []
+        self._probe = None
+        try:
+            self.migrate_relay = Relay(self.config(), workdir, binary=relay_bin, name="migrate")
+            self.migrate_relay.migrate()
+        except BaseException:
+            pg.drop_database(self.db)
+            raise
+
+    # ------------------------------------------------------------- building
+    def config(self, overrides: dict | None = None) -> dict:
+        base = {
+            "postgres": {"dsn": self.dsn},
+            "kafka": {"bootstrap_servers": self.kafka.bootstrap, "properties": {"linger.ms": "5"}},
+            "source": {"mode": "polling", "polling": {"batch_size": 500, "interval_ms": 100}},
+            "log": {"level": "info", "format": "text"},
+        }
+        return deep_merge(base, overrides or {})
+
+    def relay(self, overrides: dict | None = None, name: str = "relay") -> Relay:
+        r = Relay(self.config(overrides), self.workdir, binary=self.relay_bin, name=name)
+        self._relays.append(r)
+        return r
+
+    def topic(self, suffix: str = "events", partitions: int = 6) -> str:
+        name = re.sub(r"[^a-zA-Z0-9._-]", "-", f"it.{self.name}.{suffix}")[:200]
+        return self.kafka.create_topic(name, partitions)
+
+    # A blocked statement must fail the test with a message, not hang it.
+    CONN_OPTIONS = "-c lock_timeout=20s -c statement_timeout=120s"
+
+    def connect(self, autocommit: bool = True):
+        c = self.pg.connect(self.db, autocommit=autocommit, options=self.CONN_OPTIONS)
+        self._closables.append(c)
+        return c
+
+    def writers(self, topic: str, keys, total: int, **kw) -> Writers:
+        w = Writers(
+            lambda: self.pg.connect(self.db, autocommit=True, options=self.CONN_OPTIONS), topic, keys, total, **kw
+        )
+        self._writers.append(w)
+        return w
+
+    def reader(self, topics):
+        r = self.kafka.reader(topics)
+        self._closables.append(r)
+        return r
+
+    def note(self, text: str) -> None:
+        """A line for the end-of-run summary (duplicates seen, timings...)."""
+        self.request.config.stash[NOTES_KEY].append((self.request.node.name, text))
+        print(text)
+
+    # -------------------------------------------------------------- queries
+    def _query(self, sql: str, params=()):
+        """On a probe connection that reconnects if the server restarted."""
+        import psycopg
+
+        for attempt in (1, 2):
+            try:
+                if self._probe is None or self._probe.closed:
+                    self._probe = self.pg.connect(self.db, autocommit=True)
+                return self._probe.execute(sql, params).fetchall()
+            except psycopg.OperationalError:
+                if self._probe is not None:
+                    try:
+                        self._probe.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                self._probe = None
+                if attempt == 2:
+                    raise
+
+    def counts(self) -> tuple[int, int]:
+        """(rows, rows marked published)."""
+        total, marked = self._query("SELECT count(*), count(published_at) FROM outbox.events")[0]
+        return total, marked
+
+    def marked(self) -> int:
+        return self.counts()[1]
+
+    def rows(self, topic: str | None = None):
+        with self.pg.connect(self.db, autocommit=True) as c:
+            return fetch_rows(c, topic)
+
+    def wait_all_published(self, expected_rows: int, timeout_s: float, relay: Relay | None = None) -> None:
+        """Until the table holds expected_rows rows and all are marked published."""
+
+        def probe():
+            total, marked = self.counts()
+            probe.last = (total, marked)
+            return total >= expected_rows and marked == total
+
+        probe.last = None
+        check = (lambda: relay.assert_running("while waiting for rows to be marked")) if relay else None
+        try:
+            wait_until(probe, timeout_s, 0.1, desc=f"{expected_rows} rows marked published", check=check)
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; (rows, marked) = {probe.last}" + (f"\nrelay log tail:\n{relay.log_tail()}" if relay else "")
+            ) from None
+
+    def wait_marked_at_least(self, n: int, timeout_s: float, relay: Relay | None = None) -> int:
+        check = (lambda: relay.assert_running("while waiting for rows to be marked")) if relay else None
+        return wait_until(lambda: (m := self.marked()) >= n and m, timeout_s, 0.02, f">= {n} rows marked", check)
+
+    # -------------------------------------------------------------- cleanup
+    def close(self) -> None:
+        for w in self._writers:
+            w.stop()
+        for w in self._writers:
+            try:
+                w.join(30)
+            except Exception:  # noqa: BLE001
+                pass
+        for r in self._relays:
+            r.stop_quietly()
+        for c in self._closables + [self._probe]:
+            try:
+                if c is not None:
+                    c.close()
+            except Exception:  # noqa: BLE001
+                pass
+        # a chaos test may have left a server down
+        self.pg.ensure_running()
+        self.kafka.ensure_running()
+        self.pg.drop_database(self.db)
+
+
+@pytest.fixture
+def ctx(request, pg, kafka, relay_bin, tmp_path) -> ITContext:
+    c = ITContext(request, pg, kafka, relay_bin, tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Idempotent: installs what building outbox-relay and running its integration
+# tests needs. Debian packages (apt-get, only when something is missing), a
+# Python venv with the test libraries, and the jars of a real Kafka broker.
+#
+#   OUTBOX_RELAY_CACHE  where the venv and the Kafka jars go
+#                       (default: ~/.cache/outbox-relay)
+set -euo pipefail
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# ---------------------------------------------------------------- apt packages
+PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev librdkafka-dev
+  libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
+  clang-format kcat postgresql-15 postgresql-contrib python3-venv)
+if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
+  :
+else
+  PKGS+=(openjdk-17-jre-headless maven)
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  # postgresql-common would create and start a "main" cluster; we only want the binaries.
+  if [ ! -e /etc/postgresql-common/createcluster.conf ] || ! grep -q '^create_main_cluster = false' /etc/postgresql-common/createcluster.conf; then
+    $SUDO mkdir -p /etc/postgresql-common
+    echo 'create_main_cluster = false' | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  log "apt: done"
+else
+  log "apt: all ${#PKGS[@]} packages present"
+fi
+
+# ------------------------------------------------------------------ python venv
+PY_PKGS=(pytest pytest-timeout "psycopg[binary]" confluent-kafka)
+mkdir -p "$OUTBOX_CACHE"
+if [ ! -x "$OUTBOX_VENV/bin/python" ]; then
+  log "venv: creating $OUTBOX_VENV"
+  "$(outbox_python)" -m venv "$OUTBOX_VENV"
+fi
+if ! "$OUTBOX_VENV/bin/python" - <<'EOF' 2>/dev/null
+import pytest, pytest_timeout, psycopg, confluent_kafka  # noqa: F401
+EOF
+then
+  log "venv: pip install ${PY_PKGS[*]}"
+  "$OUTBOX_VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
+fi
+log "venv: $("$OUTBOX_VENV/bin/python" -c 'import pytest, psycopg, confluent_kafka as c; print("pytest", pytest.__version__, "psycopg", psycopg.__version__, "confluent-kafka", c.version()[0] if isinstance(c.version(), tuple) else c.version())')"
+
+# ------------------------------------------------------------------ kafka jars
+JARDIR="$(kafka_jar_dir)"
+POMSUM="$(sha256sum "$OUTBOX_ENV_DIR/kafka-pom.xml" | cut -d' ' -f1)"
+if [ -f "$JARDIR/.complete" ] && [ "$(cat "$JARDIR/.complete")" = "$POMSUM" ]; then
+  log "kafka: jars present in $JARDIR"
+else
+  log "kafka: fetching Kafka $(kafka_version) jars into $JARDIR"
+  rm -rf "$JARDIR.tmp"
+  mkdir -p "$JARDIR.tmp"
+  mvn -q -B -Dstyle.color=never -f "$OUTBOX_ENV_DIR/kafka-pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$JARDIR.tmp" -DincludeScope=runtime >&2
+  echo "$POMSUM" >"$JARDIR.tmp/.complete"
+  rm -rf "$JARDIR"
+  mv "$JARDIR.tmp" "$JARDIR"
+  log "kafka: $(find "$JARDIR" -name '*.jar' | wc -l) jars"
+fi

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Everything CI checks, in order: dependencies, build + unit tests, ASan/UBSan
+# build + unit tests, clang-format, the integration tests (real PostgreSQL and
+# Kafka). Exits non-zero if any step failed; later steps still run when they
+# do not depend on the failed one.
+#
+#   integration/test-all.sh [extra pytest args...]
+#   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan format integration)
+set -uo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=env/common.sh
+. "$HERE/env/common.sh"
+cd "$OUTBOX_REPO" || exit 1
+JOBS="${JOBS:-2}"
+
+declare -a SUMMARY=()
+FAILED=0
+START=$SECONDS
+
+skipped() { [[ " ${TEST_ALL_SKIP:-} " == *" $1 "* ]]; }
+
+# step NAME CMD...: runs CMD, records ok/FAILED and the time. Returns CMD's status.
+step() {
+  local name=$1
+  shift
+  if skipped "$name"; then
+    SUMMARY+=("$(printf '%-12s skipped' "$name")")
+    return 0
+  fi
+  printf '\n======== %s: %s\n' "$name" "$*"
+  local t0=$SECONDS rc
+  "$@"
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    SUMMARY+=("$(printf '%-12s ok      %4ds' "$name" $((SECONDS - t0)))")
+  else
+    SUMMARY+=("$(printf '%-12s FAILED  %4ds (exit %d)' "$name" $((SECONDS - t0)) $rc)")
+    FAILED=1
+  fi
+  return $rc
+}
+
+not_run() { SUMMARY+=("$(printf '%-12s not run (%s failed)' "$1" "$2")"); FAILED=1; }
+
+build() { # build DIR CMAKE_ARGS...
+  local dir=$1
+  shift
+  cmake -S . -B "$dir" "$@" && cmake --build "$dir" -j"$JOBS"
+}
+
+step deps "$HERE/env/install-deps.sh" # on failure the build still tries with what is there
+
+BUILD_OK=0
+if skipped build; then
+  step build true # recorded as skipped; an existing build/ is used as is
+  [ -x build/outbox-relay ] && BUILD_OK=1
+  [ -d build ] && step unit ctest --test-dir build --output-on-failure -j"$JOBS"
+elif step build build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
+  BUILD_OK=1
+  step unit ctest --test-dir build --output-on-failure -j"$JOBS"
+else
+  not_run unit build
+fi
+
+asan() {
+  build build-asan -DOUTBOX_SANITIZE=ON &&
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+      ctest --test-dir build-asan --output-on-failure -j"$JOBS"
+}
+step asan asan
+
+step format cmake --build build --target format-check
+
+if [ $BUILD_OK -eq 1 ]; then
+  OUTBOX_IT_REQUIRE_BINARY=1 OUTBOX_RELAY_BIN="$OUTBOX_REPO/build/outbox-relay" \
+    step integration "$OUTBOX_VENV/bin/python" -m pytest "$HERE" "$@"
+else
+  not_run integration build
+fi
+
+printf '\n======== test-all summary (%ds)\n' $((SECONDS - START))
+printf '%s\n' "${SUMMARY[@]}"
+if [ $FAILED -ne 0 ]; then
+  echo "test-all: FAILED"
+  exit 1
+fi
+echo "test-all: all steps ok"
