@@ -259,13 +259,43 @@ TEST_CASE("kafka properties are checked by the injected check, with their line",
   CHECK(r.errors[0].line == 6);
 }
 
-TEST_CASE("replication mode is refused until it exists", "[config]") {
-  ParseResult r = parse_config(
-      "postgres: {dsn: h}\nkafka: {bootstrap_servers: b}\nsource:\n  mode: replication\n",
-      with_env({}));
-  REQUIRE(r.errors.size() == 1);
-  CHECK(r.errors[0].key == "source.mode");
-  CHECK(r.errors[0].line == 4);
+TEST_CASE("replication mode takes its slot and publication settings", "[config]") {
+  ParseResult r = parse_config(R"(postgres: {dsn: h}
+kafka: {bootstrap_servers: b}
+source:
+  mode: replication
+  replication:
+    slot_name: relay_slot
+    publication_name: relay_pub
+    create_slot: false
+    heartbeat_interval_ms: 2000
+)",
+                               with_env({}));
+  REQUIRE(r.errors.empty());
+  CHECK(r.config->source.mode == SourceMode::replication);
+  CHECK(r.config->source.replication.slot_name == "relay_slot");
+  CHECK(r.config->source.replication.publication_name == "relay_pub");
+  CHECK_FALSE(r.config->source.replication.create_slot);
+  CHECK(r.config->source.replication.create_publication);
+  CHECK(r.config->source.replication.heartbeat_interval == std::chrono::milliseconds(2000));
+}
+
+TEST_CASE("slot and publication names must be plain identifiers", "[config]") {
+  ParseResult r = parse_config(R"(postgres: {dsn: h}
+kafka: {bootstrap_servers: b}
+source:
+  replication:
+    slot_name: "Bad-Slot"
+    publication_name: "x; DROP TABLE y"
+    create_slot: maybe
+)",
+                               with_env({}));
+  REQUIRE(r.errors.size() == 3);
+  CHECK(r.errors[0].key == "source.replication.slot_name");
+  CHECK(r.errors[0].line == 5);
+  CHECK(r.errors[1].key == "source.replication.publication_name");
+  CHECK(r.errors[2].key == "source.replication.create_slot");
+  CHECK_THAT(r.errors[2].message, Catch::Contains("true, false"));
 }
 
 TEST_CASE("backoff_max below backoff_initial is an error", "[config]") {
@@ -294,8 +324,7 @@ TEST_CASE("a config file that cannot be read is an error naming it", "[config]")
 }
 
 TEST_CASE("the example config in the repository is valid and shows the defaults", "[config]") {
-  ParseResult r = load_config_file(OUTBOX_SOURCE_DIR "/relay/config/example.yaml",
-                                   with_env({}));
+  ParseResult r = load_config_file(OUTBOX_SOURCE_DIR "/relay/config/example.yaml", with_env({}));
   INFO((r.errors.empty() ? "" : r.errors[0].to_string()));
   REQUIRE(r.errors.empty());
   Config defaults;

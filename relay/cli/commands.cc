@@ -15,6 +15,7 @@
 #include "pg/conninfo.h"
 #include "pg/migrations.h"
 #include "pg/pg_store.h"
+#include "pg/replication_store.h"
 
 namespace outbox::cli {
 
@@ -96,7 +97,13 @@ int run_relay(const config::Config& config) {
     log->error("{}", e.what());
     return kUsage;
   }
-  pg::PgOutboxStore store(conninfo, redacted);
+  std::unique_ptr<core::OutboxStore> store;
+  bool replication = config.source.mode == config::SourceMode::replication;
+  if (replication) {
+    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, config.source.replication);
+  } else {
+    store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted);
+  }
   core::SteadyClock clock;
   core::BatchRelayOptions options;
   options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
@@ -106,14 +113,19 @@ int run_relay(const config::Config& config) {
   options.backoff_max = config.relay.backoff_max;
   options.shutdown_timeout = config.relay.shutdown_timeout;
   options.topic_map = config.kafka.topic_map;
-  core::BatchRelay relay(store, *publisher, clock, options);
+  core::BatchRelay relay(*store, *publisher, clock, options);
 
-  log->info("outbox-relay starting: mode polling, PostgreSQL {}, Kafka {}", redacted,
-            config.kafka.bootstrap_servers);
+  log->info("outbox-relay starting: mode {}, PostgreSQL {}, Kafka {}",
+            replication ? "replication (slot " + config.source.replication.slot_name + ")"
+                        : std::string("polling"),
+            redacted, config.kafka.bootstrap_servers);
   std::size_t abandoned = 0;
-  {
+  try {
     ProgressReporter progress(relay.counters());
     abandoned = relay.run(g_stop);
+  } catch (const core::FatalError& e) {
+    log->error("stopping: {}", e.what());
+    return kFailure;
   }
   if (abandoned > 0) {
     log->warn(

@@ -155,6 +155,10 @@ class Reader {
     out = milliseconds(value);
   }
 
+  void read_bool(const YAML::Node& parent, const std::string& path, const char* name, bool& out) {
+    read_enum(parent, path, name, out, {{"true", true}, {"false", false}});
+  }
+
   template <typename Enum>
   void read_enum(const YAML::Node& parent, const std::string& path, const char* name, Enum& out,
                  std::initializer_list<std::pair<std::string_view, Enum>> choices) {
@@ -296,19 +300,42 @@ void read_kafka(Reader& r, const YAML::Node& root, Config& c) {
   }
 }
 
+bool is_identifier(const std::string& name) {
+  return !name.empty() && name.size() <= 63 && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  }) && !(name[0] >= '0' && name[0] <= '9');
+}
+
 void read_source(Reader& r, const YAML::Node& root, Config& c) {
   YAML::Node n = root["source"];
-  if (!r.section(n, "source", {"mode", "polling"})) return;
+  if (!r.section(n, "source", {"mode", "polling", "replication"})) return;
   r.read_enum(n, "source", "mode", c.source.mode,
               {{"polling", SourceMode::polling}, {"replication", SourceMode::replication}});
-  if (c.source.mode == SourceMode::replication) {
-    r.error("source.mode", line_of(n["mode"]),
-            "replication is not available in this version; use polling");
-  }
   YAML::Node p = n["polling"];
-  if (!r.section(p, "source.polling", {"batch_size", "interval_ms"})) return;
-  r.read_int(p, "source.polling", "batch_size", c.source.polling.batch_size, 1, 100'000);
-  r.read_ms(p, "source.polling", "interval_ms", c.source.polling.interval, 10, 3'600'000);
+  if (r.section(p, "source.polling", {"batch_size", "interval_ms"})) {
+    r.read_int(p, "source.polling", "batch_size", c.source.polling.batch_size, 1, 100'000);
+    r.read_ms(p, "source.polling", "interval_ms", c.source.polling.interval, 10, 3'600'000);
+  }
+  YAML::Node rep = n["replication"];
+  const std::string path = "source.replication";
+  if (!r.section(rep, path,
+                 {"slot_name", "publication_name", "create_slot", "create_publication",
+                  "status_interval_ms", "heartbeat_interval_ms"})) {
+    return;
+  }
+  ReplicationConfig& rc = c.source.replication;
+  for (auto [name, out] : {std::pair<const char*, std::string*>{"slot_name", &rc.slot_name},
+                           {"publication_name", &rc.publication_name}}) {
+    r.read_string(rep, path, name, *out);
+    if (!is_identifier(*out)) {
+      r.error(path + "." + name, line_of(rep[name]),
+              "must be 1-63 characters of a-z, 0-9 and _, not starting with a digit");
+    }
+  }
+  r.read_bool(rep, path, "create_slot", rc.create_slot);
+  r.read_bool(rep, path, "create_publication", rc.create_publication);
+  r.read_ms(rep, path, "status_interval_ms", rc.status_interval, 100, 3'600'000);
+  r.read_ms(rep, path, "heartbeat_interval_ms", rc.heartbeat_interval, 100, 3'600'000);
 }
 
 void read_relay(Reader& r, const YAML::Node& root, Config& c) {

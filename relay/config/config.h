@@ -45,9 +45,24 @@ struct PollingConfig {
   milliseconds interval{500};
 };
 
+struct ReplicationConfig {
+  //! Logical replication slot (pgoutput) the relay streams from.
+  std::string slot_name = "outbox_relay";
+  //! Publication of inserts into outbox.events.
+  std::string publication_name = "outbox_relay";
+  //! Create the slot / publication when missing (else: stop with the SQL to create them).
+  bool create_slot = true;
+  bool create_publication = true;
+  //! How often the confirmed position is reported to the server, at the least.
+  milliseconds status_interval{10'000};
+  //! When idle, how often to ask the server for its position so the slot can advance.
+  milliseconds heartbeat_interval{10'000};
+};
+
 struct SourceConfig {
   SourceMode mode = SourceMode::polling;
   PollingConfig polling;
+  ReplicationConfig replication;
 };
 
 struct RelayConfig {

@@ -19,6 +19,13 @@ class UnavailableError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+//! A condition no retry can cure (a replication slot that was invalidated or is held by
+//! another process): the relay stops with a non-zero exit and this message.
+class FatalError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 //! The outbox table. Lifecycle: begin_batch, then exactly one of finish_batch or
 //! abort_batch. Used from the relay's one worker thread.
 class OutboxStore {

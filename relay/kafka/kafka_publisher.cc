@@ -1,6 +1,7 @@
 #include "kafka/kafka_publisher.h"
 
 #include <stdexcept>
+#include <string_view>
 
 #include "common/logging.h"
 #include "kafka/error_class.h"

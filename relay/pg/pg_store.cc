@@ -166,10 +166,10 @@ std::vector<std::int64_t> PgOutboxStore::still_pending(const std::vector<std::in
   std::vector<std::int64_t> pending;
   try {
     pqxx::nontransaction n(*conn_);
-    for (const auto& row : n.exec_params(
-             "SELECT id FROM outbox.events WHERE id = ANY($1::bigint[]) "
-             "AND published_at IS NULL AND dead_lettered_at IS NULL",
-             bigint_array(ids))) {
+    for (const auto& row :
+         n.exec_params("SELECT id FROM outbox.events WHERE id = ANY($1::bigint[]) "
+                       "AND published_at IS NULL AND dead_lettered_at IS NULL",
+                       bigint_array(ids))) {
       pending.push_back(row[0].as<std::int64_t>());
     }
   } catch (const std::exception& e) {

@@ -1,0 +1,132 @@
+#include "pg/replication_connection.h"
+
+#include <sys/select.h>
+
+#include <cerrno>
+
+#include "core/ports.h"
+
+namespace outbox::pg {
+
+namespace {
+
+std::string trimmed(const char* message) {
+  std::string s = message ? message : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
+  conn_ = PQconnectdb((conninfo + " replication='database'").c_str());
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    std::string message = trimmed(PQerrorMessage(conn_));
+    PQfinish(conn_);
+    conn_ = nullptr;
+    throw core::UnavailableError("PostgreSQL replication connection: " + message);
+  }
+  // pgoutput sends values as text under this session's settings: pin the ones the decoder
+  // reads (bytea as \x hex) whatever the server's or role's defaults.
+  query("SET bytea_output = 'hex'");
+}
+
+ReplicationConnection::~ReplicationConnection() {
+  if (conn_ != nullptr) PQfinish(conn_);
+}
+
+void ReplicationConnection::fail_from_result(PGresult* result, const std::string& what) {
+  const char* state = result ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+  std::string sqlstate = state ? state : "";
+  std::string message = trimmed(result ? PQresultErrorMessage(result) : PQerrorMessage(conn_));
+  if (message.empty()) message = trimmed(PQerrorMessage(conn_));
+  if (result) PQclear(result);
+  // 55006 object in use: the slot is active for another process; 55000: invalidated slot;
+  // 42704: no such slot; 42501: no REPLICATION privilege. Retrying cures none of them.
+  if (sqlstate == "55006" || sqlstate == "55000" || sqlstate == "42704" || sqlstate == "42501") {
+    throw core::FatalError(what + ": " + message);
+  }
+  throw core::UnavailableError(what + ": " + message);
+}
+
+std::vector<ReplicationConnection::Row> ReplicationConnection::query(const std::string& sql) {
+  PGresult* result = PQexec(conn_, sql.c_str());
+  ExecStatusType status = PQresultStatus(result);
+  if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) fail_from_result(result, sql);
+  std::vector<Row> rows;
+  for (int r = 0; r < PQntuples(result); ++r) {
+    Row row;
+    for (int c = 0; c < PQnfields(result); ++c) {
+      if (PQgetisnull(result, r, c)) {
+        row.emplace_back(std::nullopt);
+      } else {
+        row.emplace_back(std::string(PQgetvalue(result, r, c), PQgetlength(result, r, c)));
+      }
+    }
+    rows.push_back(std::move(row));
+  }
+  PQclear(result);
+  return rows;
+}
+
+Lsn ReplicationConnection::create_slot(const std::string& slot) {
+  auto rows = query("CREATE_REPLICATION_SLOT " + std::string(slot) +
+                    " LOGICAL pgoutput (SNAPSHOT 'nothing')");
+  if (rows.empty() || rows[0].size() < 2 || !rows[0][1]) {
+    throw core::UnavailableError("CREATE_REPLICATION_SLOT returned no consistent point");
+  }
+  auto lsn = Lsn::parse(*rows[0][1]);
+  if (!lsn) throw core::UnavailableError("CREATE_REPLICATION_SLOT: bad LSN " + *rows[0][1]);
+  return *lsn;
+}
+
+void ReplicationConnection::start(const std::string& slot, const std::string& publication) {
+  std::string sql = "START_REPLICATION SLOT " + slot + " LOGICAL 0/0" +
+                    " (proto_version '1', publication_names '\"" + publication +
+                    "\"', messages 'true')";
+  PGresult* result = PQexec(conn_, sql.c_str());
+  if (PQresultStatus(result) != PGRES_COPY_BOTH) fail_from_result(result, "START_REPLICATION");
+  PQclear(result);
+}
+
+std::optional<std::string> ReplicationConnection::read(std::chrono::milliseconds wait) {
+  for (int round = 0; round < 2; ++round) {
+    char* buffer = nullptr;
+    int n = PQgetCopyData(conn_, &buffer, /*async=*/1);
+    if (n > 0) {
+      std::string message(buffer, static_cast<std::size_t>(n));
+      PQfreemem(buffer);
+      return message;
+    }
+    if (n == -1) fail_from_result(PQgetResult(conn_), "replication stream ended");
+    if (n == -2)
+      throw core::UnavailableError("replication stream: " + trimmed(PQerrorMessage(conn_)));
+    if (round == 1) break;
+    // Nothing buffered: wait for the socket, then let libpq read what came.
+    int fd = PQsocket(conn_);
+    fd_set readable;
+    FD_ZERO(&readable);
+    FD_SET(fd, &readable);
+    timeval tv{static_cast<time_t>(wait.count() / 1000),
+               static_cast<suseconds_t>((wait.count() % 1000) * 1000)};
+    int ready = select(fd + 1, &readable, nullptr, nullptr, &tv);
+    if (ready < 0 && errno != EINTR)
+      throw core::UnavailableError("replication stream: select failed");
+    if (ready <= 0) return std::nullopt;
+    if (PQconsumeInput(conn_) == 0) {
+      throw core::UnavailableError("replication stream: " + trimmed(PQerrorMessage(conn_)));
+    }
+  }
+  return std::nullopt;
+}
+
+void ReplicationConnection::send_status(Lsn received, Lsn flushed, bool reply) {
+  std::string message = encode_standby_status(
+      received, flushed, flushed, pg_time_from_system(std::chrono::system_clock::now()), reply);
+  if (PQputCopyData(conn_, message.data(), static_cast<int>(message.size())) != 1 ||
+      PQflush(conn_) != 0) {
+    throw core::UnavailableError("replication status update: " + trimmed(PQerrorMessage(conn_)));
+  }
+}
+
+}  // namespace outbox::pg

@@ -1,0 +1,56 @@
+// A libpq connection in logical replication mode (replication=database): the replication
+// commands, then the COPY BOTH stream of START_REPLICATION.
+//
+// Lifecycle: construct (connects), query()/create_slot(), start(), then read()/send_status()
+// from one thread until destroyed. Any connection failure throws core::UnavailableError;
+// server refusals no retry can cure (slot missing, invalidated, or in use by another
+// process) throw core::FatalError with the server's words and what to do.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pg/pgoutput.h"
+
+namespace outbox::pg {
+
+class ReplicationConnection {
+ public:
+  using Row = std::vector<std::optional<std::string>>;
+
+  //! `conninfo` as made by build_conninfo; replication=database is added here.
+  explicit ReplicationConnection(const std::string& conninfo);
+  ~ReplicationConnection();
+  ReplicationConnection(const ReplicationConnection&) = delete;
+  ReplicationConnection& operator=(const ReplicationConnection&) = delete;
+
+  //! A replication command or SQL (simple protocol); its rows as text.
+  std::vector<Row> query(const std::string& sql);
+
+  //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput; the slot's consistent point.
+  Lsn create_slot(const std::string& slot);
+
+  //! START_REPLICATION SLOT ... LOGICAL from the slot's confirmed position, inserts of
+  //! `publication` and logical messages.
+  void start(const std::string& slot, const std::string& publication);
+
+  //! The next CopyData message of the stream, waiting up to `wait` for one; nullopt if none
+  //! came. Throws when the stream ends or the connection fails.
+  std::optional<std::string> read(std::chrono::milliseconds wait);
+
+  //! A standby status update: `received` as written, `flushed` as flushed and applied (the
+  //! slot keeps WAL from there on). With `reply`, the server answers with a keepalive that
+  //! carries its current position.
+  void send_status(Lsn received, Lsn flushed, bool reply);
+
+ private:
+  [[noreturn]] void fail_from_result(PGresult* result, const std::string& what);
+  PGconn* conn_ = nullptr;
+};
+
+}  // namespace outbox::pg

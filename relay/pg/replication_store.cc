@@ -1,0 +1,344 @@
+#include "pg/replication_store.h"
+
+#include <pqxx/pqxx>
+
+#include <algorithm>
+#include <charconv>
+#include <unordered_set>
+
+#include "common/logging.h"
+
+namespace outbox::pg {
+
+namespace {
+
+// A slot still marked active right after a restart usually belongs to our own previous
+// session, whose walsender has not noticed it is gone yet: wait this long before calling
+// it another process's.
+constexpr std::chrono::seconds kSlotReleaseGrace{15};
+
+std::string required_text(const Relation& relation, const Insert& insert, const char* column) {
+  auto value = column_text(relation, insert, column);
+  if (!value) throw PgOutputError(std::string("outbox.events.") + column + " is NULL");
+  return std::string(*value);
+}
+
+template <typename T>
+T parse_number(std::string_view text, const char* column) {
+  T value{};
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || ptr != text.data() + text.size()) {
+    throw PgOutputError(std::string("outbox.events.") + column +
+                        " is not a number: " + std::string(text));
+  }
+  return value;
+}
+
+}  // namespace
+
+PgReplicationStore::PgReplicationStore(std::string conninfo, std::string redacted,
+                                       config::ReplicationConfig options)
+    : conninfo_(conninfo),
+      redacted_(redacted),
+      options_(std::move(options)),
+      table_(std::move(conninfo), std::move(redacted)) {}
+
+PgReplicationStore::~PgReplicationStore() = default;
+
+template <typename F>
+auto PgReplicationStore::guarded(F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const core::UnavailableError&) {
+    reset();
+    throw;
+  } catch (const PgOutputError& e) {
+    reset();
+    throw core::FatalError(std::string("cannot decode the replication stream: ") + e.what());
+  } catch (const core::FatalError&) {
+    reset();
+    throw;
+  }
+}
+
+void PgReplicationStore::reset() noexcept {
+  // Everything after the confirmed position comes again through the next stream.
+  stream_.reset();
+  streaming_ = false;
+  draining_ = true;
+  drain_batch_open_ = false;
+  relations_.clear();
+  tracker_.reset();
+  queued_.clear();
+  batch_.clear();
+  retained_.clear();
+}
+
+void PgReplicationStore::prepare_publication_and_slot(bool& slot_exists) {
+  auto log = logging::get("pg");
+  const std::string& slot = options_.slot_name;
+  const std::string& pub = options_.publication_name;
+  try {
+    pqxx::connection conn(conninfo_);
+    pqxx::nontransaction n(conn);
+    if (n.exec_params("SELECT 1 FROM pg_publication WHERE pubname = $1", pub).empty()) {
+      std::string create =
+          "CREATE PUBLICATION " + pub + " FOR TABLE outbox.events WITH (publish = 'insert')";
+      if (!options_.create_publication) {
+        throw core::FatalError("publication " + pub + " does not exist; create it with: " + create +
+                               " (or set source.replication.create_publication)");
+      }
+      try {
+        n.exec(create);
+      } catch (const pqxx::sql_error& e) {
+        if (std::string(e.sqlstate()) != "42710") {  // created meanwhile by someone else
+          throw core::FatalError("cannot create publication " + pub + " (" + e.what() +
+                                 "); a table owner can: " + create);
+        }
+      }
+      log->info("created publication {} (inserts into outbox.events)", pub);
+    }
+    pqxx::result rows = n.exec_params(
+        "SELECT plugin, database = current_database(), active, active_pid, wal_status "
+        "FROM pg_replication_slots WHERE slot_name = $1",
+        slot);
+    slot_exists = !rows.empty();
+    if (!slot_exists) {
+      if (!options_.create_slot) {
+        throw core::FatalError("replication slot " + slot +
+                               " does not exist; create it with: SELECT "
+                               "pg_create_logical_replication_slot('" +
+                               slot + "', 'pgoutput') (or set source.replication.create_slot)");
+      }
+      return;
+    }
+    const auto& row = rows[0];
+    if (row[0].is_null() || row[0].as<std::string>() != "pgoutput" || !row[1].as<bool>()) {
+      throw core::FatalError("replication slot " + slot +
+                             " exists but is not a pgoutput slot of this database");
+    }
+    if (!row[4].is_null() && row[4].as<std::string>() == "lost") {
+      throw core::FatalError(
+          "replication slot " + slot +
+          " was invalidated (wal_status lost, max_slot_wal_keep_size exceeded): the WAL it "
+          "needed is gone, so it cannot be trusted. The relay will not re-create it by itself. "
+          "Drop it with SELECT pg_drop_replication_slot('" +
+          slot +
+          "') and start the relay again: it re-creates the slot and first publishes every "
+          "row still pending in outbox.events, so nothing is lost");
+    }
+    if (row[2].as<bool>()) {
+      auto now = std::chrono::steady_clock::now();
+      if (!slot_busy_since_) slot_busy_since_ = now;
+      std::string who = row[3].is_null() ? "another process" : "PID " + row[3].as<std::string>();
+      if (now - *slot_busy_since_ >= kSlotReleaseGrace) {
+        throw core::FatalError("replication slot " + slot + " is active for " + who +
+                               "; another consumer is reading it. Stop it, or give this relay "
+                               "its own source.replication.slot_name");
+      }
+      throw core::UnavailableError("replication slot " + slot + " is active for " + who +
+                                   "; waiting briefly for it to be released");
+    }
+    slot_busy_since_.reset();
+  } catch (const core::FatalError&) {
+    throw;
+  } catch (const core::UnavailableError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw core::UnavailableError(std::string("PostgreSQL: ") + e.what());
+  }
+}
+
+void PgReplicationStore::ensure_started() {
+  if (stream_) return;
+  auto log = logging::get("pg");
+  table_.still_pending({});  // connects and takes the leader lock first
+  bool slot_exists = false;
+  prepare_publication_and_slot(slot_exists);
+  stream_ = std::make_unique<ReplicationConnection>(conninfo_);
+  if (!slot_exists) {
+    Lsn at = stream_->create_slot(options_.slot_name);
+    log->info("created replication slot {} at {}", options_.slot_name, at.to_string());
+  }
+  draining_ = true;
+  log->info("publishing rows pending in outbox.events before streaming from slot {}",
+            options_.slot_name);
+}
+
+void PgReplicationStore::start_stream() {
+  if (streaming_) return;
+  stream_->start(options_.slot_name, options_.publication_name);
+  streaming_ = true;
+  last_report_ = std::chrono::steady_clock::now();
+  logging::get("pg")->info("streaming from replication slot {} (publication {})",
+                           options_.slot_name, options_.publication_name);
+}
+
+std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit) {
+  return guarded([&] {
+    ensure_started();
+    if (draining_) {
+      std::vector<core::OutboxEvent> events = table_.begin_batch(limit);
+      drain_batch_open_ = true;
+      drain_done_after_batch_ = events.size() < limit;
+      drain_batch_empty_ = events.empty();
+      return events;
+    }
+    start_stream();
+    batch_ = std::move(retained_);
+    retained_.clear();
+    while (batch_.size() < limit) {
+      if (!queued_.empty()) {
+        batch_.push_back(std::move(queued_.front()));
+        queued_.pop_front();
+        continue;
+      }
+      auto frame = stream_->read(std::chrono::milliseconds(0));
+      if (!frame) break;
+      handle(*frame);
+    }
+    // Rows already published (by the drain, or before a crash) or dead-lettered are dropped.
+    std::vector<std::int64_t> ids;
+    for (const auto& q : batch_) ids.push_back(q.event.id);
+    std::vector<core::OutboxEvent> events;
+    if (!ids.empty()) {
+      auto pending = table_.still_pending(ids);
+      std::unordered_set<std::int64_t> keep(pending.begin(), pending.end());
+      std::vector<Queued> kept;
+      for (auto& q : batch_) {
+        if (keep.count(q.event.id)) {
+          events.push_back(q.event);
+          kept.push_back(std::move(q));
+        } else {
+          tracker_.resolve(q.txn);
+        }
+      }
+      batch_ = std::move(kept);
+    }
+    confirmed_ = std::max(confirmed_, Lsn{tracker_.confirmable()});
+    report_if_due();
+    return events;
+  });
+}
+
+void PgReplicationStore::finish_batch(const core::BatchOutcome& outcome) {
+  guarded([&] {
+    if (drain_batch_open_) {
+      drain_batch_open_ = false;
+      table_.finish_batch(outcome);
+      if (drain_done_after_batch_) draining_ = false;
+      return;
+    }
+    table_.record_outcome(outcome);
+    std::unordered_set<std::int64_t> resolved(outcome.published.begin(), outcome.published.end());
+    for (const auto& f : outcome.dead_letter) resolved.insert(f.id);
+    std::unordered_set<std::int64_t> retried;
+    for (const auto& f : outcome.retry) retried.insert(f.id);
+    for (auto& q : batch_) {
+      if (resolved.count(q.event.id)) {
+        tracker_.resolve(q.txn);
+      } else {
+        if (retried.count(q.event.id)) ++q.event.attempts;
+        retained_.push_back(std::move(q));
+      }
+    }
+    batch_.clear();
+    confirmed_ = std::max(confirmed_, Lsn{tracker_.confirmable()});
+    report_if_due();
+  });
+}
+
+void PgReplicationStore::abort_batch() noexcept {
+  if (drain_batch_open_) {
+    drain_batch_open_ = false;
+    table_.abort_batch();
+    if (drain_batch_empty_) draining_ = false;  // nothing was pending: the drain is done
+    return;
+  }
+  for (auto& q : batch_) retained_.push_back(std::move(q));
+  batch_.clear();
+}
+
+bool PgReplicationStore::wait_for_rows(std::chrono::milliseconds timeout) {
+  return guarded([&] {
+    ensure_started();
+    if (draining_) return true;
+    start_stream();
+    if (!retained_.empty() || !queued_.empty()) return true;
+    auto now = std::chrono::steady_clock::now();
+    if (tracker_.idle() && now - last_report_ >= options_.heartbeat_interval) {
+      // Heartbeat: ask for the server's position; with nothing pending it is confirmed, so
+      // the slot advances (and WAL is freed) while other tables are busy and the outbox idle.
+      report(/*reply=*/true);
+    }
+    auto frame = stream_->read(timeout);
+    while (frame) {
+      handle(*frame);
+      if (!queued_.empty()) break;
+      frame = stream_->read(std::chrono::milliseconds(0));
+    }
+    report_if_due();
+    return !queued_.empty();
+  });
+}
+
+void PgReplicationStore::handle(const std::string& frame) {
+  auto decoded = decode_copy_data(frame);
+  if (auto* keepalive = std::get_if<Keepalive>(&decoded)) {
+    received_ = std::max(received_, keepalive->end);
+    if (tracker_.idle()) confirmed_ = std::max(confirmed_, keepalive->end);
+    if (keepalive->reply_requested) report(false);
+    return;
+  }
+  const XLogData& data = std::get<XLogData>(decoded);
+  received_ = std::max(received_, data.start);
+  PgOutputMessage message = decode_pgoutput(data.payload);
+  if (std::holds_alternative<Begin>(message)) {
+    tracker_.begin();
+  } else if (auto* commit = std::get_if<Commit>(&message)) {
+    tracker_.commit(commit->end_lsn.value);
+    received_ = std::max(received_, commit->end_lsn);
+    confirmed_ = std::max(confirmed_, Lsn{tracker_.confirmable()});
+  } else if (auto* relation = std::get_if<Relation>(&message)) {
+    relations_.update(std::move(*relation));
+  } else if (auto* insert = std::get_if<Insert>(&message)) {
+    on_insert(*insert);
+  } else if (auto* truncate = std::get_if<Truncate>(&message)) {
+    logging::get("pg")->warn("TRUNCATE of {} published tables seen in the stream; ignored",
+                             truncate->relation_oids.size());
+  }
+  // Origin, Type, Update, Delete and logical messages carry no outbox rows.
+}
+
+void PgReplicationStore::on_insert(const Insert& insert) {
+  const Relation& relation = relations_.get(insert.relation_oid);
+  if (relation.schema != "outbox" || relation.name != "events") return;
+  core::OutboxEvent e;
+  e.id = parse_number<std::int64_t>(required_text(relation, insert, "id"), "id");
+  e.event_id = required_text(relation, insert, "event_id");
+  e.topic = required_text(relation, insert, "topic");
+  if (auto key = column_text(relation, insert, "key")) e.key = std::string(*key);
+  if (auto payload = column_text(relation, insert, "payload")) {
+    e.payload = decode_bytea_hex(*payload);
+  }
+  if (auto headers = column_text(relation, insert, "headers")) e.headers_json = *headers;
+  if (auto attempts = column_text(relation, insert, "attempts")) {
+    e.attempts = parse_number<int>(*attempts, "attempts");
+  }
+  queued_.push_back({std::move(e), tracker_.add_event()});
+}
+
+void PgReplicationStore::report(bool reply) {
+  Lsn written = std::max(received_, confirmed_);
+  stream_->send_status(written, confirmed_, reply);
+  reported_ = confirmed_;
+  last_report_ = std::chrono::steady_clock::now();
+}
+
+void PgReplicationStore::report_if_due() {
+  if (!streaming_) return;
+  auto now = std::chrono::steady_clock::now();
+  if (confirmed_ > reported_ || now - last_report_ >= options_.status_interval) report(false);
+}
+
+}  // namespace outbox::pg
