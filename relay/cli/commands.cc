@@ -82,6 +82,74 @@ class ProgressReporter {
   std::thread thread_;
 };
 
+// What replication mode needs of the server, in plain words, with the fix for each.
+template <typename Line>
+void check_replication(pqxx::nontransaction& n, const config::ReplicationConfig& rc,
+                       Line& line) {
+  std::string wal_level = n.exec1("SHOW wal_level")[0].as<std::string>();
+  line(wal_level == "logical", "wal_level",
+       wal_level == "logical"
+           ? "logical"
+           : wal_level + "; replication mode needs wal_level = logical (ALTER SYSTEM SET "
+                         "wal_level = logical, then restart PostgreSQL)");
+  auto role = n.exec1(
+      "SELECT current_user, rolreplication OR rolsuper FROM pg_roles "
+      "WHERE rolname = current_user");
+  bool can_replicate = role[1].as<bool>();
+  line(can_replicate, "replication privilege",
+       can_replicate ? "role " + role[0].as<std::string>() + " may replicate"
+                     : "role " + role[0].as<std::string>() +
+                           " lacks REPLICATION: ALTER ROLE " + role[0].as<std::string>() +
+                           " REPLICATION");
+  auto pub = n.exec_params(
+      "SELECT p.pubinsert, EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = "
+      "p.pubname AND t.schemaname = 'outbox' AND t.tablename = 'events') "
+      "FROM pg_publication p WHERE p.pubname = $1",
+      rc.publication_name);
+  std::string create_pub = "CREATE PUBLICATION " + rc.publication_name +
+                           " FOR TABLE outbox.events WITH (publish = 'insert')";
+  if (pub.empty()) {
+    line(rc.create_publication, "publication",
+         rc.publication_name + " missing; " +
+             (rc.create_publication ? "the relay creates it at start" : "create it: " + create_pub));
+  } else {
+    bool ok = pub[0][0].as<bool>() && pub[0][1].as<bool>();
+    line(ok, "publication",
+         rc.publication_name +
+             (ok ? " publishes inserts into outbox.events"
+                 : " does not publish inserts into outbox.events; recreate it: " + create_pub));
+  }
+  auto slot = n.exec_params(
+      "SELECT plugin, active, active_pid, wal_status, confirmed_flush_lsn::text, "
+      "pg_size_pretty(pg_current_wal_lsn() - restart_lsn), database = current_database() "
+      "FROM pg_replication_slots WHERE slot_name = $1",
+      rc.slot_name);
+  if (slot.empty()) {
+    line(rc.create_slot, "slot",
+         rc.slot_name + " missing; " +
+             (rc.create_slot ? std::string("the relay creates it at start")
+                             : "create it: SELECT pg_create_logical_replication_slot('" +
+                                   rc.slot_name + "', 'pgoutput')"));
+    return;
+  }
+  const auto& r = slot[0];
+  std::string wal_status = r[3].is_null() ? "unknown" : r[3].as<std::string>();
+  bool ok = !r[0].is_null() && r[0].as<std::string>() == "pgoutput" && r[6].as<bool>() &&
+            wal_status != "lost";
+  std::string detail = rc.slot_name + ": wal_status " + wal_status + ", confirmed " +
+                       (r[4].is_null() ? "-" : r[4].as<std::string>()) + ", retained WAL " +
+                       (r[5].is_null() ? "-" : r[5].as<std::string>()) +
+                       (r[1].as<bool>() ? ", active (PID " + r[2].as<std::string>() + ")"
+                                        : ", inactive");
+  if (wal_status == "lost") {
+    detail += "; invalidated: drop it (SELECT pg_drop_replication_slot('" + rc.slot_name +
+              "')) and restart the relay, which re-creates it and publishes every pending row";
+  } else if (!ok) {
+    detail += "; not a pgoutput slot of this database";
+  }
+  line(ok, "slot", detail);
+}
+
 }  // namespace
 
 int run_relay(const config::Config& config) {
@@ -203,6 +271,9 @@ int run_check(const config::Config& config) {
                          row[0].as<std::string>()));
       line(true, "outbox",
            row[4].as<std::string>() + " pending, " + row[5].as<std::string>() + " dead-lettered");
+    }
+    if (config.source.mode == config::SourceMode::replication) {
+      check_replication(n, config.source.replication, line);
     }
   } catch (const std::exception& e) {
     line(false, "postgres reachable", redacted + ": " + e.what());

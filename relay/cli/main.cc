@@ -14,13 +14,16 @@ constexpr const char* kHelp = R"(outbox-relay: publishes committed PostgreSQL ou
 Usage: outbox-relay <command> --config FILE [--log-level LEVEL]
 
 Commands:
-  run       Read pending rows of outbox.events, publish each to Kafka with the idempotent
-            producer (acks=all), mark it published once Kafka acknowledged it. Runs until
-            SIGTERM or SIGINT, then finishes the batch in flight (relay.shutdown_timeout_ms).
+  run       Read committed rows of outbox.events (source.mode: polling, or replication
+            through a logical slot), publish each to Kafka with the idempotent producer
+            (acks=all), mark it published once Kafka acknowledged it. Runs until SIGTERM or
+            SIGINT, then finishes the batch in flight (relay.shutdown_timeout_ms).
   migrate   Apply the SQL migrations of schema/ (embedded) that are missing. Safe to run
             twice and from two processes at once.
   check     Check the config, that PostgreSQL and Kafka answer, that the schema is present
-            and that the relay's role may read and mark rows. One line per check.
+            and that the relay's role may read and mark rows; in replication mode also
+            wal_level, the REPLICATION privilege, the publication and the slot (wal_status,
+            retained WAL). One line per check.
 
 Options:
   --config FILE       YAML configuration (default: $OUTBOX_RELAY_CONFIG).
@@ -30,7 +33,8 @@ Options:
 
 Exit codes:
   0  success (run: stopped by a signal after finishing its batch)
-  1  a check failed, a migration failed, or run stopped on an error
+  1  a check failed, a migration failed, or run stopped on an error it cannot retry
+     (replication slot invalidated or used by another process, undecodable stream)
   2  bad command line or invalid configuration (every error is printed with key and line)
 
 The smallest configuration:

@@ -31,6 +31,8 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* msg, void*) {
 
 void on_log(const rd_kafka_t*, int level, const char* facility, const char* text) {
   auto log = logging::get("kafka");
+  // Connection failures also come through on_error: once, at warn, is enough.
+  if (std::string_view(facility) == "FAIL") level = 7;
   auto lvl = level <= 3   ? spdlog::level::err
              : level <= 4 ? spdlog::level::warn
              : level <= 6 ? spdlog::level::info
