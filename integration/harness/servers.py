@@ -155,6 +155,7 @@ class Record:
     value: Optional[bytes]
     headers: dict  # str -> str (last value wins if a name repeats)
     header_list: tuple = ()  # ((name, str value), ...) as received
+    timestamp_ms: Optional[int] = None  # CreateTime: when the relay's producer took it
 
     @property
     def event_id(self) -> Optional[str]:
@@ -182,6 +183,7 @@ def _to_record(m) -> Record:
         value=m.value(),
         headers=dict(hl),
         header_list=hl,
+        timestamp_ms=m.timestamp()[1] if m.timestamp()[0] else None,
     )
 
 

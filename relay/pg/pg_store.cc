@@ -161,21 +161,22 @@ void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   }
 }
 
-std::vector<std::int64_t> PgOutboxStore::still_pending(const std::vector<std::int64_t>& ids) {
+std::unordered_map<std::int64_t, bool> PgOutboxStore::row_states(
+    const std::vector<std::int64_t>& ids) {
   connect();
-  std::vector<std::int64_t> pending;
+  std::unordered_map<std::int64_t, bool> states;
   try {
     pqxx::nontransaction n(*conn_);
     for (const auto& row :
-         n.exec_params("SELECT id FROM outbox.events WHERE id = ANY($1::bigint[]) "
-                       "AND published_at IS NULL AND dead_lettered_at IS NULL",
+         n.exec_params("SELECT id, published_at IS NULL AND dead_lettered_at IS NULL "
+                       "FROM outbox.events WHERE id = ANY($1::bigint[])",
                        bigint_array(ids))) {
-      pending.push_back(row[0].as<std::int64_t>());
+      states[row[0].as<std::int64_t>()] = row[1].as<bool>();
     }
   } catch (const std::exception& e) {
     fail(e);
   }
-  return pending;
+  return states;
 }
 
 void PgOutboxStore::abort_batch() noexcept {
@@ -192,17 +193,18 @@ bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
   connect();
   try {
     if (need_rearm_) {
-      // Re-arm the hint, then look once: a row committed before the re-arm sent no hint.
-      pqxx::work w(*conn_);
+      // Re-arm the hint and commit, then look once in a fresh snapshot: a writer that read
+      // the hint as still sent before the re-arm committed sends none, but its row is seen
+      // here if it committed by now (later ones are left to the interval).
+      pqxx::nontransaction n(*conn_);
       // SKIP LOCKED: a writer holding the row is about to notify; never wait behind it.
-      w.exec0(
+      n.exec0(
           "UPDATE outbox.relay_wakeup SET armed = true WHERE singleton AND NOT armed AND "
           "singleton IN (SELECT singleton FROM outbox.relay_wakeup FOR UPDATE SKIP LOCKED)");
-      bool pending = w.exec1(
+      bool pending = n.exec1(
                           "SELECT EXISTS (SELECT 1 FROM outbox.events "
                           "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]
                          .as<bool>();
-      w.commit();
       need_rearm_ = false;
       if (pending) return true;
     }

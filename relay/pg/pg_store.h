@@ -14,6 +14,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "core/ports.h"
 
@@ -33,8 +34,9 @@ class PgOutboxStore : public core::OutboxStore {
   //! Records `outcome` in a transaction of its own (no batch open): how the replication
   //! source marks the events it read from the stream.
   void record_outcome(const core::BatchOutcome& outcome);
-  //! Those of `ids` whose rows exist and are neither published nor dead-lettered.
-  std::vector<std::int64_t> still_pending(const std::vector<std::int64_t>& ids);
+  //! For those of `ids` whose rows this session can see: whether each is still pending
+  //! (neither published nor dead-lettered). Rows it cannot see are left out.
+  std::unordered_map<std::int64_t, bool> row_states(const std::vector<std::int64_t>& ids);
 
   //! The channel outbox.hint_relay() notifies.
   static constexpr const char* kChannel = "outbox_events";

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <thread>
 #include <unordered_set>
 
 #include "common/logging.h"
@@ -16,6 +17,10 @@ namespace {
 // session, whose walsender has not noticed it is gone yet: wait this long before calling
 // it another process's.
 constexpr std::chrono::seconds kSlotReleaseGrace{15};
+
+// How long a streamed row may take to become visible to the relay's other session before it
+// is taken for deleted (see visible_row_states).
+constexpr std::chrono::seconds kVisibilityWait{5};
 
 std::string required_text(const Relation& relation, const Insert& insert, const char* column) {
   auto value = column_text(relation, insert, column);
@@ -43,7 +48,14 @@ PgReplicationStore::PgReplicationStore(std::string conninfo, std::string redacte
       options_(std::move(options)),
       table_(std::move(conninfo), std::move(redacted)) {}
 
-PgReplicationStore::~PgReplicationStore() = default;
+PgReplicationStore::~PgReplicationStore() {
+  // A clean stop reports how far it got, so the next start re-reads as little as possible.
+  try {
+    if (streaming_ && confirmed_ > reported_) report(false);
+  } catch (...) {
+    // The position is only advice here; the slot keeps the older one safely.
+  }
+}
 
 template <typename F>
 auto PgReplicationStore::guarded(F&& body) -> decltype(body()) {
@@ -152,7 +164,7 @@ void PgReplicationStore::prepare_publication_and_slot(bool& slot_exists) {
 void PgReplicationStore::ensure_started() {
   if (stream_) return;
   auto log = logging::get("pg");
-  table_.still_pending({});  // connects and takes the leader lock first
+  table_.row_states({});  // connects and takes the leader lock first
   bool slot_exists = false;
   prepare_publication_and_slot(slot_exists);
   stream_ = std::make_unique<ReplicationConnection>(conninfo_);
@@ -198,15 +210,14 @@ std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit
       handle(*frame);
     }
     // Rows already published (by the drain, or before a crash) or dead-lettered are dropped.
-    std::vector<std::int64_t> ids;
-    for (const auto& q : batch_) ids.push_back(q.event.id);
     std::vector<core::OutboxEvent> events;
-    if (!ids.empty()) {
-      auto pending = table_.still_pending(ids);
-      std::unordered_set<std::int64_t> keep(pending.begin(), pending.end());
+    if (!batch_.empty()) {
+      auto states = visible_row_states();
       std::vector<Queued> kept;
       for (auto& q : batch_) {
-        if (keep.count(q.event.id)) {
+        auto it = states.find(q.event.id);
+        // Not found: deleted since (retention); the stream has the whole row, publish it.
+        if (it == states.end() || it->second) {
           events.push_back(q.event);
           kept.push_back(std::move(q));
         } else {
@@ -219,6 +230,26 @@ std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit
     report_if_due();
     return events;
   });
+}
+
+std::unordered_map<std::int64_t, bool> PgReplicationStore::visible_row_states() {
+  // The walsender may send a transaction a moment before its commit is visible to other
+  // sessions (the commit record is flushed before the committing backend leaves the proc
+  // array). A row that is not visible yet must not be taken for "already marked", and must
+  // be visible before it is marked, so wait briefly for every row of the batch to show.
+  std::vector<std::int64_t> ids;
+  for (const auto& q : batch_) ids.push_back(q.event.id);
+  auto states = table_.row_states(ids);
+  auto deadline = std::chrono::steady_clock::now() + kVisibilityWait;
+  while (states.size() < ids.size() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::vector<std::int64_t> missing;
+    for (auto id : ids) {
+      if (!states.count(id)) missing.push_back(id);
+    }
+    for (const auto& [id, pending] : table_.row_states(missing)) states[id] = pending;
+  }
+  return states;
 }
 
 void PgReplicationStore::finish_batch(const core::BatchOutcome& outcome) {

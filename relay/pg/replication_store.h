@@ -28,6 +28,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "config/config.h"
@@ -62,6 +63,7 @@ class PgReplicationStore : public core::OutboxStore {
   void on_insert(const Insert& insert);
   void report(bool reply);
   void report_if_due();
+  std::unordered_map<std::int64_t, bool> visible_row_states();
   template <typename F>
   auto guarded(F&& body) -> decltype(body());
 
