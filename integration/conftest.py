@@ -6,6 +6,11 @@ stopped in finalizers). Each test gets `ctx`: a fresh database migrated with
 stopped when the test ends. Tests marked `chaos` restart the shared servers;
 they are started again afterwards if a test left them down.
 
+The `mode` fixture ("polling" unless a test module overrides it, e.g. with
+params=["polling", "replication"]) is the source.mode of ctx.config(). In
+replication mode each test has its own slot name (slot names are global to the
+cluster) and the cleanup drops the test database's slots before the database.
+
 Environment:
   OUTBOX_RELAY_BIN          relay binary (default <repo>/build/outbox-relay)
   OUTBOX_IT_REQUIRE_BINARY  fail instead of skip when the binary is missing
@@ -27,12 +32,16 @@ import pytest
 
 from harness import (
     Kafka,
+    Recvlogical,
     Postgres,
     Relay,
     Writers,
     deep_merge,
     fetch_rows,
+    drop_database_slots,
+    lsn_text,
     relay_binary,
+    slot_state,
     start_all,
     wait_until,
 )
@@ -133,11 +142,23 @@ def _chaos_guard(request):
 
 
 # ------------------------------------------------------------------- per test
+@pytest.fixture
+def mode() -> str:
+    """source.mode of ctx.config(); test modules override this fixture."""
+    return "polling"
+
+
+PUBLICATION = "outbox_relay"
+
+
 class ITContext:
     """What one test works with: its own database and topics, and the relays,
     writers and readers it starts (all stopped at the end)."""
 
-    def __init__(self, request, pg: Postgres, kafka: Kafka, relay_bin: Path, workdir: Path):
+    def __init__(self, request, pg: Postgres, kafka: Kafka, relay_bin: Path, workdir: Path, mode: str = "polling"):
+        if mode not in ("polling", "replication"):
+            raise ValueError(f"unknown source mode {mode!r}")
+        self.mode = mode
         self.request = request
         self.pg = pg
         self.kafka = kafka
@@ -146,10 +167,13 @@ class ITContext:
         base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
         self.name = f"{base}_{next(_counter)}"
         self.db = f"it_{self.name}"
+        self.slot_name = f"or_{self.name}"[:63]  # cluster-wide namespace
+        self.publication = PUBLICATION  # per database
         self.dsn = pg.create_database(self.db)
         self._relays: list[Relay] = []
         self._writers: list[Writers] = []
         self._closables: list = []
+        self._processes: list = []  # e.g. Recvlogical: stopped before the slots are dropped
         self._probe = None
         try:
             self.migrate_relay = Relay(self.config(), workdir, binary=relay_bin, name="migrate")
@@ -166,6 +190,16 @@ class ITContext:
             "source": {"mode": "polling", "polling": {"batch_size": 500, "interval_ms": 100}},
             "log": {"level": "info", "format": "text"},
         }
+        if self.mode == "replication":
+            base["source"]["mode"] = "replication"
+            base["source"]["replication"] = {
+                "slot_name": self.slot_name,
+                "publication_name": self.publication,
+                "create_slot": True,
+                "create_publication": True,
+                "status_interval_ms": 10000,
+                "heartbeat_interval_ms": 10000,
+            }
         return deep_merge(base, overrides or {})
 
     def relay(self, overrides: dict | None = None, name: str = "relay") -> Relay:
@@ -177,8 +211,11 @@ class ITContext:
         name = re.sub(r"[^a-zA-Z0-9._-]", "-", f"it.{self.name}.{suffix}")[:200]
         return self.kafka.create_topic(name, partitions)
 
-    # A blocked statement must fail the test with a message, not hang it.
-    CONN_OPTIONS = "-c lock_timeout=20s -c statement_timeout=120s"
+    # A blocked statement must fail the test with a message, not hang it. The server runs
+    # with synchronous_commit = off (env/pg.sh); writers commit synchronously as services
+    # do by default: then a walsender may send a transaction before its commit is visible
+    # to other sessions, a window the relay must handle (asynchronous commits hide it).
+    CONN_OPTIONS = "-c lock_timeout=20s -c statement_timeout=120s -c synchronous_commit=on"
 
     def connect(self, autocommit: bool = True):
         c = self.pg.connect(self.db, autocommit=autocommit, options=self.CONN_OPTIONS)
@@ -195,6 +232,14 @@ class ITContext:
     def reader(self, topics):
         r = self.kafka.reader(topics)
         self._closables.append(r)
+        return r
+
+    def recvlogical(self, slot: str | None = None, publication: str | None = None) -> Recvlogical:
+        """A pg_recvlogical --start on the slot (not started yet); stopped at the end."""
+        r = Recvlogical(
+            self.dsn, slot or self.slot_name, publication or self.publication, self.workdir / "recvlogical.log"
+        )
+        self._processes.append(r)
         return r
 
     def note(self, text: str) -> None:
@@ -229,6 +274,68 @@ class ITContext:
 
     def marked(self) -> int:
         return self.counts()[1]
+
+    # ------------------------------------------------------------ the slot
+    def slot(self, name: str | None = None):
+        """SlotState of the test's slot (or `name`), None if it does not exist."""
+        self._query("SELECT 1")  # (re)connects the probe if needed
+        return slot_state(self._probe, name or self.slot_name)
+
+    def wal_lsn(self) -> int:
+        from harness import lsn_int
+
+        return lsn_int(self._query("SELECT pg_current_wal_lsn()::text")[0][0])
+
+    def wait_slot_confirmed(self, lsn: int, timeout_s: float, relay: Relay | None = None, name: str | None = None):
+        """Until the slot's confirmed_flush_lsn >= lsn; returns the SlotState."""
+
+        def probe():
+            s = self.slot(name)
+            probe.last = s
+            return s if s is not None and (s.confirmed_flush_lsn or 0) >= lsn else None
+
+        probe.last = None
+        check = (lambda: relay.assert_running("while waiting for the slot to advance")) if relay else None
+        try:
+            return wait_until(probe, timeout_s, 0.1, f"confirmed_flush_lsn >= {lsn_text(lsn)}", check)
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; {probe.last.describe() if probe.last else 'no slot'}"
+                + (f"\nrelay log tail:\n{relay.log_tail()}" if relay else "")
+            ) from None
+
+    def wait_streaming(self, relay: Relay | None = None, timeout_s: float = 30.0, name: str | None = None):
+        """Until a walsender streams from the slot (pg_stat_replication state catchup or
+        streaming, i.e. after START_REPLICATION); returns the SlotState. Creating a slot
+        waits for every transaction open at that time, so a test that opens one on
+        purpose must first wait for this."""
+
+        def probe():
+            s = self.slot(name)
+            probe.last = s
+            if s is None or not s.active or s.active_pid is None:
+                return None
+            st = self._query("SELECT state FROM pg_stat_replication WHERE pid = %s", (s.active_pid,))
+            return s if st and st[0][0] in ("catchup", "streaming") else None
+
+        probe.last = None
+        check = (lambda: relay.assert_running("while waiting for it to stream")) if relay else None
+        try:
+            desc = f"a walsender streaming from slot {name or self.slot_name}"
+            return wait_until(probe, timeout_s, 0.05, desc, check)
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e}; {probe.last.describe() if probe.last else 'no slot'}"
+                + (f"\nrelay log tail:\n{relay.log_tail()}" if relay else "")
+            ) from None
+
+    def check_slot_caught_up(self, lsn: int | None, relay: Relay | None = None, timeout_s: float = 30.0) -> None:
+        """Replication mode: once every row is marked, the slot must be confirmed at
+        least to `lsn` (a position inside the last outbox transaction, e.g.
+        Writers.max_pre_commit_lsn). No-op in polling mode."""
+        if self.mode != "replication" or lsn is None:
+            return
+        self.wait_slot_confirmed(lsn, timeout_s, relay)
 
     def rows(self, topic: str | None = None):
         with self.pg.connect(self.db, autocommit=True) as c:
@@ -266,6 +373,11 @@ class ITContext:
                 pass
         for r in self._relays:
             r.stop_quietly()
+        for p in self._processes:
+            try:
+                p.close()
+            except Exception:  # noqa: BLE001
+                pass
         for c in self._closables + [self._probe]:
             try:
                 if c is not None:
@@ -275,12 +387,13 @@ class ITContext:
         # a chaos test may have left a server down
         self.pg.ensure_running()
         self.kafka.ensure_running()
+        drop_database_slots(self.pg, self.db)  # a database with a slot cannot be dropped
         self.pg.drop_database(self.db)
 
 
 @pytest.fixture
-def ctx(request, pg, kafka, relay_bin, tmp_path) -> ITContext:
-    c = ITContext(request, pg, kafka, relay_bin, tmp_path)
+def ctx(request, pg, kafka, relay_bin, tmp_path, mode) -> ITContext:
+    c = ITContext(request, pg, kafka, relay_bin, tmp_path, mode)
     try:
         yield c
     finally:

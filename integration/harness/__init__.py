@@ -3,6 +3,7 @@ servers, the relay process, service-like writers and the delivery audit.
 Used by the pytest suite, demo.sh and the benchmarks."""
 
 from .audit import AuditReport, OutboxRow, audit, fetch_rows
+from .replication import Recvlogical, SlotState, drop_database_slots, lsn_int, lsn_text, slot_state
 from .relay import Relay, RelayError, deep_merge, relay_binary, to_yaml
 from .servers import Kafka, KafkaReader, Postgres, Record, ServerError, read_env_file, start_all
 from .wait import WaitTimeout, hold, wait_until
@@ -17,6 +18,12 @@ __all__ = [
     "Record",
     "Relay",
     "RelayError",
+    "Recvlogical",
+    "SlotState",
+    "drop_database_slots",
+    "lsn_int",
+    "lsn_text",
+    "slot_state",
     "ServerError",
     "WaitTimeout",
     "Writers",

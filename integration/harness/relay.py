@@ -207,6 +207,18 @@ class Relay:
             except Exception:
                 pass
 
+    def proc_status_kb(self, field: str = "VmHWM") -> Optional[int]:
+        """A kB figure of /proc/<pid>/status (VmHWM: peak resident set) while running."""
+        if not self.running:
+            return None
+        try:
+            for ln in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if ln.startswith(field + ":"):
+                    return int(ln.split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
     def assert_running(self, what: str = "") -> None:
         if not self.running:
             raise RelayError(

@@ -55,6 +55,7 @@ class Writers:
         retry_timeout_s: float = 60.0,
         payload_size: int = 0,
         seed: int = 1,
+        track_lsn: bool = False,
     ):
         self.connect = connect
         self.topic = topic
@@ -66,6 +67,10 @@ class Writers:
         self.retry_timeout_s = retry_timeout_s
         self.payload_pad = "x" * payload_size
         self.seed = seed
+        # track_lsn: per committed transaction (event_ids, pre, post) with the WAL insert
+        # position just before COMMIT (< the commit's end LSN) and just after it (>= it).
+        self.track_lsn = track_lsn
+        self.txn_lsns: list[tuple[list[str], int, Optional[int]]] = []
         self._rng = random.Random(seed)  # batch sizes; used under _lock only
         self._lock = threading.Condition()
         self._remaining = total
@@ -196,11 +201,30 @@ class Writers:
             if all(not t.is_alive() or t is threading.current_thread() for t in self._threads):
                 self.finished_at = time.monotonic()
 
+    @property
+    def max_pre_commit_lsn(self) -> Optional[int]:
+        """(track_lsn) A position below the end of the last committed transaction:
+        a slot confirmed past every transaction is at least here."""
+        with self._lock:
+            return max((pre for _, pre, _ in self.txn_lsns), default=None)
+
     def _transaction(self, conn, keys: Sequence[str], writer: int) -> None:
+        from .replication import lsn_int
+
+        ids = []
         with conn.transaction():
             for k in keys:
                 seq = conn.execute("SELECT seq FROM shop.key_state WHERE key = %s FOR UPDATE", (k,)).fetchone()[0]
                 seq += 1
                 conn.execute("UPDATE shop.key_state SET seq = %s WHERE key = %s", (seq, k))
                 payload = json.dumps({"key": k, "seq": seq, "writer": writer, "pad": self.payload_pad}).encode()
-                enqueue(conn, self.topic, k, payload, {"type": "TestEvent", "seq": str(seq)})
+                ids.append(enqueue(conn, self.topic, k, payload, {"type": "TestEvent", "seq": str(seq)}))
+            if self.track_lsn:
+                pre = lsn_int(conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
+        if self.track_lsn:
+            try:
+                post = lsn_int(conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
+            except Exception:  # noqa: BLE001 - committed already: must not be retried
+                post = None
+            with self._lock:
+                self.txn_lsns.append((ids, pre, post))

@@ -84,23 +84,22 @@ class ProgressReporter {
 
 // What replication mode needs of the server, in plain words, with the fix for each.
 template <typename Line>
-void check_replication(pqxx::nontransaction& n, const config::ReplicationConfig& rc,
-                       Line& line) {
+void check_replication(pqxx::nontransaction& n, const config::ReplicationConfig& rc, Line& line) {
   std::string wal_level = n.exec1("SHOW wal_level")[0].as<std::string>();
   line(wal_level == "logical", "wal_level",
        wal_level == "logical"
            ? "logical"
-           : wal_level + "; replication mode needs wal_level = logical (ALTER SYSTEM SET "
-                         "wal_level = logical, then restart PostgreSQL)");
+           : wal_level +
+                 "; replication mode needs wal_level = logical (ALTER SYSTEM SET "
+                 "wal_level = logical, then restart PostgreSQL)");
   auto role = n.exec1(
       "SELECT current_user, rolreplication OR rolsuper FROM pg_roles "
       "WHERE rolname = current_user");
   bool can_replicate = role[1].as<bool>();
   line(can_replicate, "replication privilege",
        can_replicate ? "role " + role[0].as<std::string>() + " may replicate"
-                     : "role " + role[0].as<std::string>() +
-                           " lacks REPLICATION: ALTER ROLE " + role[0].as<std::string>() +
-                           " REPLICATION");
+                     : "role " + role[0].as<std::string>() + " lacks REPLICATION: ALTER ROLE " +
+                           role[0].as<std::string>() + " REPLICATION");
   auto pub = n.exec_params(
       "SELECT p.pubinsert, EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = "
       "p.pubname AND t.schemaname = 'outbox' AND t.tablename = 'events') "
@@ -109,9 +108,10 @@ void check_replication(pqxx::nontransaction& n, const config::ReplicationConfig&
   std::string create_pub = "CREATE PUBLICATION " + rc.publication_name +
                            " FOR TABLE outbox.events WITH (publish = 'insert')";
   if (pub.empty()) {
-    line(rc.create_publication, "publication",
-         rc.publication_name + " missing; " +
-             (rc.create_publication ? "the relay creates it at start" : "create it: " + create_pub));
+    line(
+        rc.create_publication, "publication",
+        rc.publication_name + " missing; " +
+            (rc.create_publication ? "the relay creates it at start" : "create it: " + create_pub));
   } else {
     bool ok = pub[0][0].as<bool>() && pub[0][1].as<bool>();
     line(ok, "publication",
@@ -136,11 +136,11 @@ void check_replication(pqxx::nontransaction& n, const config::ReplicationConfig&
   std::string wal_status = r[3].is_null() ? "unknown" : r[3].as<std::string>();
   bool ok = !r[0].is_null() && r[0].as<std::string>() == "pgoutput" && r[6].as<bool>() &&
             wal_status != "lost";
-  std::string detail = rc.slot_name + ": wal_status " + wal_status + ", confirmed " +
-                       (r[4].is_null() ? "-" : r[4].as<std::string>()) + ", retained WAL " +
-                       (r[5].is_null() ? "-" : r[5].as<std::string>()) +
-                       (r[1].as<bool>() ? ", active (PID " + r[2].as<std::string>() + ")"
-                                        : ", inactive");
+  std::string detail =
+      rc.slot_name + ": wal_status " + wal_status + ", confirmed " +
+      (r[4].is_null() ? "-" : r[4].as<std::string>()) + ", retained WAL " +
+      (r[5].is_null() ? "-" : r[5].as<std::string>()) +
+      (r[1].as<bool>() ? ", active (PID " + r[2].as<std::string>() + ")" : ", inactive");
   if (wal_status == "lost") {
     detail += "; invalidated: drop it (SELECT pg_drop_replication_slot('" + rc.slot_name +
               "')) and restart the relay, which re-creates it and publishes every pending row";
@@ -168,7 +168,8 @@ int run_relay(const config::Config& config) {
   std::unique_ptr<core::OutboxStore> store;
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
-    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, config.source.replication);
+    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, config.source.replication,
+                                                     [] { return g_stop.load(); });
   } else {
     store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted);
   }

@@ -69,14 +69,48 @@ std::vector<ReplicationConnection::Row> ReplicationConnection::query(const std::
   return rows;
 }
 
-Lsn ReplicationConnection::create_slot(const std::string& slot) {
-  auto rows = query("CREATE_REPLICATION_SLOT " + std::string(slot) +
-                    " LOGICAL pgoutput (SNAPSHOT 'nothing')");
-  if (rows.empty() || rows[0].size() < 2 || !rows[0][1]) {
-    throw core::UnavailableError("CREATE_REPLICATION_SLOT returned no consistent point");
+Lsn ReplicationConnection::create_slot(const std::string& slot,
+                                       const std::function<bool()>& cancelled,
+                                       const std::function<void()>& on_wait) {
+  std::string sql = "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput (SNAPSHOT 'nothing')";
+  if (PQsendQuery(conn_, sql.c_str()) != 1) {
+    throw core::UnavailableError("CREATE_REPLICATION_SLOT: " + trimmed(PQerrorMessage(conn_)));
   }
-  auto lsn = Lsn::parse(*rows[0][1]);
-  if (!lsn) throw core::UnavailableError("CREATE_REPLICATION_SLOT: bad LSN " + *rows[0][1]);
+  auto last_note = std::chrono::steady_clock::now();
+  while (PQisBusy(conn_)) {
+    if (cancelled()) {
+      char err[256];
+      if (PGcancel* cancel = PQgetCancel(conn_)) {
+        PQcancel(cancel, err, sizeof err);
+        PQfreeCancel(cancel);
+      }
+      throw core::UnavailableError("CREATE_REPLICATION_SLOT cancelled (stopping)");
+    }
+    int fd = PQsocket(conn_);
+    fd_set readable;
+    FD_ZERO(&readable);
+    FD_SET(fd, &readable);
+    timeval tv{0, 200'000};
+    int ready = select(fd + 1, &readable, nullptr, nullptr, &tv);
+    if (ready < 0 && errno != EINTR)
+      throw core::UnavailableError("CREATE_REPLICATION_SLOT: select");
+    if (ready > 0 && PQconsumeInput(conn_) == 0) {
+      throw core::UnavailableError("CREATE_REPLICATION_SLOT: " + trimmed(PQerrorMessage(conn_)));
+    }
+    if (std::chrono::steady_clock::now() - last_note >= std::chrono::seconds(1)) {
+      on_wait();
+      last_note = std::chrono::steady_clock::now();
+    }
+  }
+  PGresult* result = PQgetResult(conn_);
+  if (PQresultStatus(result) != PGRES_TUPLES_OK) fail_from_result(result, sql);
+  std::optional<Lsn> lsn;
+  if (PQntuples(result) > 0 && PQnfields(result) >= 2 && !PQgetisnull(result, 0, 1)) {
+    lsn = Lsn::parse(PQgetvalue(result, 0, 1));
+  }
+  PQclear(result);
+  while (PGresult* rest = PQgetResult(conn_)) PQclear(rest);
+  if (!lsn) throw core::UnavailableError("CREATE_REPLICATION_SLOT returned no consistent point");
   return *lsn;
 }
 

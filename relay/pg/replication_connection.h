@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,8 +33,12 @@ class ReplicationConnection {
   //! A replication command or SQL (simple protocol); its rows as text.
   std::vector<Row> query(const std::string& sql);
 
-  //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput; the slot's consistent point.
-  Lsn create_slot(const std::string& slot);
+  //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput; the slot's consistent point. PostgreSQL
+  //! answers only once every transaction open at that moment has ended, so this waits in
+  //! short slices, calling `on_wait` about once a second, and cancels the command (throwing
+  //! core::UnavailableError) as soon as `cancelled` returns true.
+  Lsn create_slot(const std::string& slot, const std::function<bool()>& cancelled,
+                  const std::function<void()>& on_wait);
 
   //! START_REPLICATION SLOT ... LOGICAL from the slot's confirmed position, inserts of
   //! `publication` and logical messages.

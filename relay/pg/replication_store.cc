@@ -42,10 +42,12 @@ T parse_number(std::string_view text, const char* column) {
 }  // namespace
 
 PgReplicationStore::PgReplicationStore(std::string conninfo, std::string redacted,
-                                       config::ReplicationConfig options)
+                                       config::ReplicationConfig options,
+                                       std::function<bool()> stopping)
     : conninfo_(conninfo),
       redacted_(redacted),
       options_(std::move(options)),
+      stopping_(std::move(stopping)),
       table_(std::move(conninfo), std::move(redacted)) {}
 
 PgReplicationStore::~PgReplicationStore() {
@@ -169,7 +171,19 @@ void PgReplicationStore::ensure_started() {
   prepare_publication_and_slot(slot_exists);
   stream_ = std::make_unique<ReplicationConnection>(conninfo_);
   if (!slot_exists) {
-    Lsn at = stream_->create_slot(options_.slot_name);
+    log->info(
+        "creating replication slot {}: PostgreSQL first waits for the transactions open "
+        "now to end",
+        options_.slot_name);
+    int waited = 0;
+    Lsn at = stream_->create_slot(options_.slot_name, stopping_, [&] {
+      if (++waited % 10 == 0) {
+        log->warn(
+            "still creating replication slot {} after {} s: a transaction open since "
+            "before the relay started has not ended (see pg_stat_activity)",
+            options_.slot_name, waited);
+      }
+    });
     log->info("created replication slot {} at {}", options_.slot_name, at.to_string());
   }
   draining_ = true;

@@ -25,6 +25,7 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -41,7 +42,9 @@ namespace outbox::pg {
 
 class PgReplicationStore : public core::OutboxStore {
  public:
-  PgReplicationStore(std::string conninfo, std::string redacted, config::ReplicationConfig options);
+  //! `stopping` tells a long wait on the server (creating the slot) to give up.
+  PgReplicationStore(std::string conninfo, std::string redacted, config::ReplicationConfig options,
+                     std::function<bool()> stopping);
   ~PgReplicationStore() override;
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit) override;
@@ -70,6 +73,7 @@ class PgReplicationStore : public core::OutboxStore {
   std::string conninfo_;
   std::string redacted_;
   config::ReplicationConfig options_;
+  std::function<bool()> stopping_;
   PgOutboxStore table_;
   std::unique_ptr<ReplicationConnection> stream_;
   bool streaming_ = false;

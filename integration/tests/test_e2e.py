@@ -1,8 +1,13 @@
-"""End-to-end tests of the polling relay against a real PostgreSQL and Kafka.
+"""End-to-end tests of the relay against a real PostgreSQL and Kafka, in both
+source modes: every test taking `ctx` runs once with `source.mode: polling` and
+once with `source.mode: replication` (the `mode` fixture below).
 
 Each test has its own database (migrated by `outbox-relay migrate`) and topics;
 see conftest.py. Rows are the truth: the audit compares outbox.events with
-everything read back from Kafka.
+everything read back from Kafka. In replication mode the tests also check that
+the slot was confirmed past the last transaction once every row is marked.
+Replication-only behaviour (slot resume, WAL retention, invalidated or busy
+slots...) is in test_replication.py.
 """
 
 from __future__ import annotations
@@ -13,41 +18,23 @@ import time
 import psycopg
 import pytest
 
-from harness import audit, enqueue, hold, setup_keys
-
-KEYS_100 = [f"key-{i:03d}" for i in range(100)]
-
-
-def explain(report, relay=None, extra: str = "") -> str:
-    msg = report.summary() + "\n" + "\n".join(report.problems(allow_duplicates=True))
-    if extra:
-        msg += "\n" + extra
-    if relay is not None:
-        msg += f"\nrelay log ({relay.log_path}) tail:\n{relay.log_tail(30)}"
-    return msg
+from harness import audit, enqueue, hold, setup_keys, wait_until
+from harness.checks import KEYS_100, assert_no_loss, check_confirm_invariant, explain, start_load
 
 
-def assert_no_loss(rep, relay, allow_duplicates: bool) -> None:
-    """Nothing lost, every row marked, headers and contents right, per-key order
-    kept (for at-least-once runs: order of first deliveries)."""
-    assert not rep.lost, "events lost: " + explain(rep, relay)
-    assert not rep.unmarked, "rows not marked published: " + explain(rep, relay)
-    assert not rep.missing_headers, "headers missing: " + explain(rep, relay)
-    assert not rep.mismatches, "records differ from their rows: " + explain(rep, relay)
-    assert not rep.unknown, "records that match no row: " + explain(rep, relay)
-    assert not rep.keys_split, "a key on several partitions: " + explain(rep, relay)
-    if allow_duplicates:
-        assert not rep.order_violations_first_seen, "per-key order (first deliveries): " + explain(rep, relay)
-    else:
-        assert not rep.duplicates, "duplicates: " + explain(rep, relay)
-        assert not rep.order_violations, "per-key order: " + explain(rep, relay)
+@pytest.fixture(params=["polling", "replication"])
+def mode(request) -> str:
+    """Every ctx test of this module runs in both source modes."""
+    return request.param
 
 
-def start_load(ctx, total: int, keys=KEYS_100, threads: int = 4, **kw):
-    topic = ctx.topic()
-    with ctx.connect(autocommit=False) as c:
-        setup_keys(c, keys)
-    return topic, ctx.writers(topic, keys, total, threads=threads, **kw)
+def check_slot_at_stop(ctx, writers, what: str) -> None:
+    """Replication mode, relay stopped: once its walsender let go of the slot, the
+    confirmed position is final and must not be past any unmarked row."""
+    if ctx.mode != "replication":
+        return
+    wait_until(lambda: (s := ctx.slot()) and not s.active, 30, 0.05, f"slot released {what}")
+    check_confirm_invariant(ctx, writers, what)
 
 
 # ----------------------------------------------------------------------------
@@ -69,6 +56,7 @@ def test_concurrent_writers_10k_events_exactly_once_in_key_order(ctx):
     assert_no_loss(rep, relay, allow_duplicates=False)
     # every record carries the row's own headers (checked by the audit) - spot check one
     assert records[0].headers.get("type") == "TestEvent", records[0].headers
+    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
         f"{total} events by {writers.transactions} txs from 8 writers in {t_written:.1f}s; "
@@ -81,6 +69,9 @@ def test_late_commit_is_published(ctx):
     """A (lower id) commits after B (higher id) was already published: A must not be skipped."""
     topic = ctx.topic()
     relay = ctx.relay().start()
+    if ctx.mode == "replication":
+        # creating the slot waits for open transactions: A must open after that
+        ctx.wait_streaming(relay)
     a = ctx.connect(autocommit=False)
     b = ctx.connect(autocommit=False)
 
@@ -105,12 +96,14 @@ def test_late_commit_is_published(ctx):
     assert reader.wait_for(has(eid_b), 30), "B (committed) not published while A is open:\n" + relay.log_tail()
     assert not has(eid_a)(reader.records), "A published before it committed?!"
     relay.assert_running()
+    before_commit_a = ctx.wal_lsn()  # below the end of A's commit
     a.commit()
     assert reader.wait_for(has(eid_a), 60), f"late-committed A (id {id_a}) never published:\n" + relay.log_tail()
     ctx.wait_all_published(2, 30, relay)
     records = reader.read(2, timeout_s=10)
     rep = audit(ctx.rows(), records)
     assert_no_loss(rep, relay, allow_duplicates=False)
+    ctx.check_slot_caught_up(before_commit_a, relay)
     assert relay.terminate(60) == 0, relay.log_tail()
 
 
@@ -122,6 +115,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(ctx):
     writers.start()
     ctx.wait_marked_at_least(1000, 60, relay)
     relay.kill()
+    check_slot_at_stop(ctx, writers, "after the SIGKILL")
     rows_at_kill, marked_at_kill = ctx.counts()
     assert marked_at_kill < total, (
         f"inconclusive: all {total} rows were marked before the SIGKILL landed (writers too slow?)"
@@ -133,6 +127,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(ctx):
     rep = audit(ctx.rows(), records)
     assert rep.rows == total
     assert_no_loss(rep, relay, allow_duplicates=True)
+    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
         f"SIGKILL at {marked_at_kill}/{rows_at_kill} rows marked ({total} in all): "
@@ -162,6 +157,7 @@ def test_postgres_restart_under_load(ctx):
     rep = audit(ctx.rows(), records)
     assert rep.rows == total
     assert_no_loss(rep, relay, allow_duplicates=True)
+    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(f"PostgreSQL down {down_s:.1f}s under load: 0 lost, {rep.duplicate_count} duplicates")
 
@@ -192,6 +188,7 @@ def test_kafka_restart_under_load(ctx):
     rep = audit(ctx.rows(), records)
     assert rep.rows == total
     assert_no_loss(rep, relay, allow_duplicates=True)
+    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
         f"Kafka down {down_s:.1f}s under load ({writers.committed} events written meanwhile): "
@@ -225,6 +222,7 @@ def test_sigterm_mid_stream_exits_0_and_marks_what_it_published(ctx):
     writers.stop()
     writers.join(60)
     assert rc == 0, f"exit code {rc} on SIGTERM:\n{relay.log_tail()}"
+    check_slot_at_stop(ctx, writers, "after the SIGTERM")
 
     rows = ctx.rows()
     marked = sum(1 for r in rows if r.published)
