@@ -223,3 +223,17 @@ TEST_CASE("on stop, the batch in flight is finished and unacknowledged rows stay
   CHECK_FALSE(store.row(b).published);
   CHECK(report.left_pending == 1);
 }
+
+TEST_CASE("the source is kept alive while a batch waits for Kafka", "[relay]") {
+  FakeStore store;
+  FakePublisher kafka;
+  FakeClock clock;
+  store.add("orders", "a");
+  std::atomic<bool> stop{false};
+  kafka.on_publish = [&] { stop = true; };
+  BatchRelay relay(store, kafka, clock, options());
+
+  relay.run(stop);
+
+  CHECK(store.keep_alives >= 1);  // replication: status updates before wal_sender_timeout
+}

@@ -77,6 +77,8 @@ class FakeStore : public core::OutboxStore {
     return false;
   }
 
+  void keep_alive() noexcept override { ++keep_alives; }
+
   const Row& row(std::int64_t id) const { return rows_.at(id); }
   std::size_t pending() const {
     return std::count_if(rows_.begin(), rows_.end(),
@@ -87,6 +89,7 @@ class FakeStore : public core::OutboxStore {
   int fail_finish = 0;
   int begins = 0, finishes = 0, aborts = 0;
   std::atomic<int> waits{0};
+  int keep_alives = 0;
 
  private:
   void REQUIRE_OPEN() const {
@@ -103,6 +106,7 @@ class FakePublisher : public core::Publisher {
   std::vector<core::DeliveryResult> publish(const std::vector<core::Message>& messages,
                                             const std::function<bool()>& give_up) override {
     ++calls;
+    if (give_up) give_up();  // as the real one polls it while it waits for reports
     if (throw_next) {
       throw_next = false;
       throw core::UnavailableError("Kafka: all brokers down");

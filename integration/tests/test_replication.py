@@ -560,3 +560,44 @@ def test_first_start_with_an_open_transaction_sigterm_is_prompt(ctx):
     rep = audit(ctx.rows(), records)
     assert_no_loss(rep, relay, allow_duplicates=False)
     assert relay.terminate(60) == 0, relay.log_tail()
+
+
+# ----------------------------------------------------------------------------
+@pytest.mark.chaos
+def test_kafka_outage_longer_than_wal_sender_timeout_keeps_the_stream(ctx):
+    """While a batch waits for Kafka the relay does not read the stream, but it keeps
+    reporting its position, so the walsender does not time the connection out."""
+    admin = ctx.pg.connect("postgres", autocommit=True)
+    slot_pid = "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s"
+    try:
+        admin.execute("ALTER SYSTEM SET wal_sender_timeout = '3s'")
+        admin.execute("SELECT pg_reload_conf()")
+        topic = ctx.topic()
+        relay = ctx.relay({"source": {"replication": {"status_interval_ms": 500}}}).start()
+        ctx.wait_streaming(relay)
+        with ctx.connect() as c:
+            enqueue(c, topic, "k", b"before")
+        ctx.wait_all_published(1, 60, relay)
+        walsender = ctx._query(slot_pid, (ctx.slot_name,))[0][0]
+        assert walsender is not None
+
+        ctx.kafka.stop()
+        with ctx.connect() as c:
+            enqueue(c, topic, "k", b"during")  # its batch now waits for Kafka
+        alive = lambda: relay.assert_running("while Kafka was down")  # noqa: E731
+        hold(10.0, check=alive)  # more than three wal_sender_timeouts
+        during = ctx._query(slot_pid, (ctx.slot_name,))[0][0]
+        ctx.kafka.start()
+        ctx.wait_all_published(2, 120, relay)
+        after = ctx._query(slot_pid, (ctx.slot_name,))[0][0]
+        assert during == walsender and after == walsender, (
+            f"the replication connection was lost during the outage: walsender {walsender} -> "
+            f"{during} -> {after}\n{relay.log_tail()}")
+        assert "replication stream" not in relay.log_text(), relay.log_tail()
+        records = ctx.kafka.consume_all(topic, 2, timeout_s=60)
+        assert [r.value for r in records] == [b"before", b"during"]
+        assert relay.terminate(60) == 0, relay.log_tail()
+    finally:
+        admin.execute("ALTER SYSTEM RESET wal_sender_timeout")
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()

@@ -113,6 +113,7 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
   auto log = logging::get("core");
   std::optional<std::chrono::steady_clock::time_point> stop_seen;
   auto give_up = [&] {
+    store_.keep_alive();
     if (!stop.load()) return false;
     if (!stop_seen) stop_seen = clock_.now();
     return clock_.now() - *stop_seen >= options_.shutdown_timeout;

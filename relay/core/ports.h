@@ -41,6 +41,10 @@ class OutboxStore {
   virtual void abort_batch() noexcept = 0;
   //! Blocks until new rows may be pending (true: a hint came) or `timeout` passed (false).
   virtual bool wait_for_rows(std::chrono::milliseconds timeout) = 0;
+  //! Called often (about every 100 ms) while a batch waits for Kafka, so a source can keep
+  //! its connection alive (replication: status updates before wal_sender_timeout). Never
+  //! throws; a failure shows at the next call that does I/O.
+  virtual void keep_alive() noexcept {}
 };
 
 //! Kafka. Used from the relay's one worker thread.

@@ -327,6 +327,16 @@ bool PgReplicationStore::wait_for_rows(std::chrono::milliseconds timeout) {
   });
 }
 
+void PgReplicationStore::keep_alive() noexcept {
+  if (!streaming_ || !stream_) return;
+  if (std::chrono::steady_clock::now() - last_report_ < options_.status_interval) return;
+  try {
+    report(false);  // no reading here: the stream waits in the socket, memory stays bounded
+  } catch (...) {
+    // The connection is gone; the next read says so and the stream is re-opened.
+  }
+}
+
 void PgReplicationStore::handle(const std::string& frame) {
   auto decoded = decode_copy_data(frame);
   if (auto* keepalive = std::get_if<Keepalive>(&decoded)) {

@@ -51,6 +51,10 @@ class PgReplicationStore : public core::OutboxStore {
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
+  //! While Kafka keeps a batch waiting, reports the (unchanged) confirmed position every
+  //! status_interval: the walsender's wal_sender_timeout counts from the last report, and
+  //! without them a Kafka outage longer than it would cost the replication connection.
+  void keep_alive() noexcept override;
 
  private:
   struct Queued {
