@@ -86,17 +86,7 @@ Lsn ReplicationConnection::create_slot(const std::string& slot,
       }
       throw core::UnavailableError("CREATE_REPLICATION_SLOT cancelled (stopping)");
     }
-    int fd = PQsocket(conn_);
-    fd_set readable;
-    FD_ZERO(&readable);
-    FD_SET(fd, &readable);
-    timeval tv{0, 200'000};
-    int ready = select(fd + 1, &readable, nullptr, nullptr, &tv);
-    if (ready < 0 && errno != EINTR)
-      throw core::UnavailableError("CREATE_REPLICATION_SLOT: select");
-    if (ready > 0 && PQconsumeInput(conn_) == 0) {
-      throw core::UnavailableError("CREATE_REPLICATION_SLOT: " + trimmed(PQerrorMessage(conn_)));
-    }
+    wait_for_input(std::chrono::milliseconds(200), "CREATE_REPLICATION_SLOT");
     if (std::chrono::steady_clock::now() - last_note >= std::chrono::seconds(1)) {
       on_wait();
       last_note = std::chrono::steady_clock::now();
@@ -137,21 +127,26 @@ std::optional<std::string> ReplicationConnection::read(std::chrono::milliseconds
       throw core::UnavailableError("replication stream: " + trimmed(PQerrorMessage(conn_)));
     if (round == 1) break;
     // Nothing buffered: wait for the socket, then let libpq read what came.
-    int fd = PQsocket(conn_);
-    fd_set readable;
-    FD_ZERO(&readable);
-    FD_SET(fd, &readable);
-    timeval tv{static_cast<time_t>(wait.count() / 1000),
-               static_cast<suseconds_t>((wait.count() % 1000) * 1000)};
-    int ready = select(fd + 1, &readable, nullptr, nullptr, &tv);
-    if (ready < 0 && errno != EINTR)
-      throw core::UnavailableError("replication stream: select failed");
-    if (ready <= 0) return std::nullopt;
-    if (PQconsumeInput(conn_) == 0) {
-      throw core::UnavailableError("replication stream: " + trimmed(PQerrorMessage(conn_)));
-    }
+    if (!wait_for_input(wait, "replication stream")) return std::nullopt;
   }
   return std::nullopt;
+}
+
+bool ReplicationConnection::wait_for_input(std::chrono::milliseconds wait, const char* what) {
+  int fd = PQsocket(conn_);
+  fd_set readable;
+  FD_ZERO(&readable);
+  FD_SET(fd, &readable);
+  timeval tv{static_cast<time_t>(wait.count() / 1000),
+             static_cast<suseconds_t>((wait.count() % 1000) * 1000)};
+  int ready = select(fd + 1, &readable, nullptr, nullptr, &tv);
+  if (ready < 0 && errno != EINTR)
+    throw core::UnavailableError(std::string(what) + ": select failed");
+  if (ready <= 0) return false;
+  if (PQconsumeInput(conn_) == 0) {
+    throw core::UnavailableError(std::string(what) + ": " + trimmed(PQerrorMessage(conn_)));
+  }
+  return true;
 }
 
 void ReplicationConnection::send_status(Lsn received, Lsn flushed, bool reply) {

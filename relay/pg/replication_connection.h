@@ -55,6 +55,8 @@ class ReplicationConnection {
 
  private:
   [[noreturn]] void fail_from_result(PGresult* result, const std::string& what);
+  //! Waits up to `wait` for the socket, then lets libpq read what came: false if nothing did.
+  bool wait_for_input(std::chrono::milliseconds wait, const char* what);
   PGconn* conn_ = nullptr;
 };
 
