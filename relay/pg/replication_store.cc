@@ -22,6 +22,9 @@ constexpr std::chrono::seconds kSlotReleaseGrace{15};
 // is taken for deleted (see visible_row_states).
 constexpr std::chrono::seconds kVisibilityWait{5};
 
+// How long after the slot was created (or the stream re-opened) the drain keeps reading.
+constexpr std::chrono::seconds kDrainSettle{1};
+
 std::string required_text(const Relation& relation, const Insert& insert, const char* column) {
   auto value = column_text(relation, insert, column);
   if (!value) throw PgOutputError(std::string("outbox.events.") + column + " is NULL");
@@ -187,6 +190,7 @@ void PgReplicationStore::ensure_started() {
     log->info("created replication slot {} at {}", options_.slot_name, at.to_string());
   }
   draining_ = true;
+  drain_started_ = std::chrono::steady_clock::now();
   log->info("publishing rows pending in outbox.events before streaming from slot {}",
             options_.slot_name);
 }
@@ -206,7 +210,11 @@ std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit
     if (draining_) {
       std::vector<core::OutboxEvent> events = table_.begin_batch(limit);
       drain_batch_open_ = true;
-      drain_done_after_batch_ = events.size() < limit;
+      // The slot's consistent point comes a moment before the transactions that committed
+      // just ahead of it are visible to other sessions (the same window as in
+      // visible_row_states): keep draining until a read started well after it.
+      bool settled = std::chrono::steady_clock::now() - drain_started_ >= kDrainSettle;
+      drain_done_after_batch_ = events.size() < limit && settled;
       drain_batch_empty_ = events.empty();
       return events;
     }
@@ -297,7 +305,7 @@ void PgReplicationStore::abort_batch() noexcept {
   if (drain_batch_open_) {
     drain_batch_open_ = false;
     table_.abort_batch();
-    if (drain_batch_empty_) draining_ = false;  // nothing was pending: the drain is done
+    if (drain_batch_empty_ && drain_done_after_batch_) draining_ = false;  // drain done
     return;
   }
   for (auto& q : batch_) retained_.push_back(std::move(q));
@@ -307,7 +315,10 @@ void PgReplicationStore::abort_batch() noexcept {
 bool PgReplicationStore::wait_for_rows(std::chrono::milliseconds timeout) {
   return guarded([&] {
     ensure_started();
-    if (draining_) return true;
+    if (draining_) {
+      std::this_thread::sleep_for(std::min(timeout, std::chrono::milliseconds(50)));
+      return true;
+    }
     start_stream();
     if (!retained_.empty() || !queued_.empty()) return true;
     auto now = std::chrono::steady_clock::now();

@@ -85,6 +85,7 @@ class PgReplicationStore : public core::OutboxStore {
   bool drain_batch_open_ = false;
   bool drain_done_after_batch_ = false;
   bool drain_batch_empty_ = false;
+  std::chrono::steady_clock::time_point drain_started_{};
   std::optional<std::chrono::steady_clock::time_point> slot_busy_since_;
 
   RelationCache relations_;
