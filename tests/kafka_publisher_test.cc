@@ -136,3 +136,15 @@ TEST_CASE("librdkafka's own property check names the problem", "[kafka]") {
   CHECK_THAT(*unknown, Catch::Contains("No such configuration property"));
   CHECK(kafka::check_property("linger.ms", "banana"));
 }
+
+TEST_CASE("a librdkafka older than 2.6.1 is refused with the reason", "[kafka]") {
+  auto old = kafka::librdkafka_version_problem(0x020002ff);  // Debian 12's 2.0.2
+  REQUIRE(old);
+  CHECK(old->find("librdkafka 2.0.2 is too old") != std::string::npos);
+  CHECK(old->find("SCRAM") != std::string::npos);
+  CHECK(kafka::librdkafka_version_problem(0x020600ff));  // 2.6.0
+  CHECK_FALSE(kafka::librdkafka_version_problem(0x020601ff));
+  CHECK_FALSE(kafka::librdkafka_version_problem(0x020800ff));
+  // The library the tests run on is one users get.
+  CHECK_FALSE(kafka::librdkafka_version_problem());
+}

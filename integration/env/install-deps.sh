@@ -10,7 +10,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ---------------------------------------------------------------- apt packages
-PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev librdkafka-dev
+PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
   clang-format kcat postgresql-15 postgresql-contrib python3-venv)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
@@ -71,3 +71,7 @@ else
   mv "$JARDIR.tmp" "$JARDIR"
   log "kafka: $(find "$JARDIR" -name '*.jar' | wc -l) jars"
 fi
+
+# ------------------------------------------------------------------ librdkafka
+# Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
+"$OUTBOX_ENV_DIR/librdkafka.sh"

@@ -84,6 +84,11 @@ int main(int argc, char** argv) {
   }
   if (config_path.empty()) return usage_error("--config FILE is required");
 
+  if (auto problem = kafka::librdkafka_version_problem()) {
+    std::fprintf(stderr, "outbox-relay: %s\n", problem->c_str());
+    return cli::kFailure;
+  }
+
   config::ParseOptions options;
   options.kafka_check = kafka::check_property;
   config::ParseResult parsed = config::load_config_file(config_path, options);

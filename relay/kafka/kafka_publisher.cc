@@ -65,6 +65,15 @@ std::vector<std::pair<std::string, std::string>> default_properties(
   };
 }
 
+std::optional<std::string> librdkafka_version_problem(int version) {
+  if (version >= kMinLibrdkafkaVersion) return std::nullopt;
+  auto part = [&](int shift) { return std::to_string((version >> shift) & 0xff); };
+  return "librdkafka " + part(24) + "." + part(16) + "." + part(8) +
+         " is too old: outbox-relay needs 2.6.1 or newer (older versions cannot authenticate "
+         "with SCRAM to Kafka 4 brokers). Install the librdkafka1 package built by "
+         "integration/env/librdkafka.sh, or use the container image";
+}
+
 std::optional<std::string> check_property(const std::string& name, const std::string& value) {
   Conf conf(rd_kafka_conf_new());
   char err[512];

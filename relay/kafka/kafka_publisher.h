@@ -25,6 +25,14 @@ namespace outbox::kafka {
 std::vector<std::pair<std::string, std::string>> default_properties(
     const config::KafkaConfig& config);
 
+//! The oldest librdkafka the relay runs on: older ones cannot authenticate with SCRAM to a
+//! Kafka 4 broker (the nonce is repeated in the client-final message; fixed in 2.6.1).
+inline constexpr int kMinLibrdkafkaVersion = 0x020601ff;  // 2.6.1, rd_kafka_version() format
+
+//! Why librdkafka `version` (rd_kafka_version() format; default: the one linked at run time)
+//! is too old for the relay, or nullopt when it is recent enough.
+std::optional<std::string> librdkafka_version_problem(int version = rd_kafka_version());
+
 //! Whether librdkafka accepts `name`=`value` for a producer; the error text if not.
 std::optional<std::string> check_property(const std::string& name, const std::string& value);
 
