@@ -196,11 +196,9 @@ bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
       // Re-arm the hint and commit, then look once in a fresh snapshot: a writer that read
       // the hint as still sent before the re-arm committed sends none, but its row is seen
       // here if it committed by now (later ones are left to the interval).
+      // The next enqueue's nextval() returns 1 again, and that writer notifies (schema 0003).
       pqxx::nontransaction n(*conn_);
-      // SKIP LOCKED: a writer holding the row is about to notify; never wait behind it.
-      n.exec0(
-          "UPDATE outbox.relay_wakeup SET armed = true WHERE singleton AND NOT armed AND "
-          "singleton IN (SELECT singleton FROM outbox.relay_wakeup FOR UPDATE SKIP LOCKED)");
+      n.exec("SELECT setval('outbox.relay_wakeup_seq', 1, false)");
       bool pending = n.exec1(
                           "SELECT EXISTS (SELECT 1 FROM outbox.events "
                           "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]
