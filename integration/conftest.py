@@ -234,10 +234,12 @@ class ITContext:
         self._closables.append(r)
         return r
 
-    def recvlogical(self, slot: str | None = None, publication: str | None = None) -> Recvlogical:
+    def recvlogical(self, slot: str | None = None, publication: str | None = None,
+                    application_name: str | None = None) -> Recvlogical:
         """A pg_recvlogical --start on the slot (not started yet); stopped at the end."""
+        dsn = self.dsn + (f" application_name={application_name}" if application_name else "")
         r = Recvlogical(
-            self.dsn, slot or self.slot_name, publication or self.publication, self.workdir / "recvlogical.log"
+            dsn, slot or self.slot_name, publication or self.publication, self.workdir / "recvlogical.log"
         )
         self._processes.append(r)
         return r

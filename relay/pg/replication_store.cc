@@ -13,11 +13,6 @@ namespace outbox::pg {
 
 namespace {
 
-// A slot still marked active right after a restart usually belongs to our own previous
-// session, whose walsender has not noticed it is gone yet: wait this long before calling
-// it another process's.
-constexpr std::chrono::seconds kSlotReleaseGrace{15};
-
 // How long a streamed row may take to become visible to the relay's other session before it
 // is taken for deleted (see visible_row_states).
 constexpr std::chrono::seconds kVisibilityWait{5};
@@ -116,8 +111,11 @@ void PgReplicationStore::prepare_publication_and_slot(bool& slot_exists) {
       log->info("created publication {} (inserts into outbox.events)", pub);
     }
     pqxx::result rows = n.exec_params(
-        "SELECT plugin, database = current_database(), active, active_pid, wal_status "
-        "FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT s.plugin, s.database = current_database(), s.active, s.active_pid, "
+        "s.wal_status, a.application_name = current_setting('application_name'), "
+        "coalesce(nullif(a.application_name, ''), a.backend_type) "
+        "FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid "
+        "WHERE s.slot_name = $1",
         slot);
     slot_exists = !rows.empty();
     if (!slot_exists) {
@@ -145,18 +143,25 @@ void PgReplicationStore::prepare_publication_and_slot(bool& slot_exists) {
           "row still pending in outbox.events, so nothing is lost");
     }
     if (row[2].as<bool>()) {
-      auto now = std::chrono::steady_clock::now();
-      if (!slot_busy_since_) slot_busy_since_ = now;
+      // This relay holds the leader lock, so no other relay of this database publishes: a
+      // walsender of ours on the slot (same application_name) belongs to a previous leader
+      // whose session is gone or going (killed, cut off). End it now rather than wait for
+      // wal_sender_timeout. Anything else is another consumer: say so and stop.
       std::string who = row[3].is_null() ? "another process" : "PID " + row[3].as<std::string>();
-      if (now - *slot_busy_since_ >= kSlotReleaseGrace) {
-        throw core::FatalError("replication slot " + slot + " is active for " + who +
-                               "; another consumer is reading it. Stop it, or give this relay "
-                               "its own source.replication.slot_name");
+      if (!row[5].is_null() && row[5].as<bool>()) {
+        bool ended =
+            n.exec_params1("SELECT pg_terminate_backend($1)", row[3].as<int>())[0].as<bool>();
+        log->warn(
+            "replication slot {} was still held by {}, the walsender of a previous "
+            "outbox-relay session; {}",
+            slot, who, ended ? "ended it" : "it is already gone");
+        throw core::UnavailableError("replication slot " + slot + " is being released by " + who);
       }
-      throw core::UnavailableError("replication slot " + slot + " is active for " + who +
-                                   "; waiting briefly for it to be released");
+      throw core::FatalError("replication slot " + slot + " is active for " + who +
+                             (row[6].is_null() ? "" : " (" + row[6].as<std::string>() + ")") +
+                             "; another consumer is reading it. Stop it, or give this relay "
+                             "its own source.replication.slot_name");
     }
-    slot_busy_since_.reset();
   } catch (const core::FatalError&) {
     throw;
   } catch (const core::UnavailableError&) {

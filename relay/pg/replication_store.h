@@ -86,7 +86,6 @@ class PgReplicationStore : public core::OutboxStore {
   bool drain_done_after_batch_ = false;
   bool drain_batch_empty_ = false;
   std::chrono::steady_clock::time_point drain_started_{};
-  std::optional<std::chrono::steady_clock::time_point> slot_busy_since_;
 
   RelationCache relations_;
   core::ConfirmTracker tracker_;
