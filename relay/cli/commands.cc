@@ -223,6 +223,27 @@ int run_migrate(const config::Config& config) {
   }
 }
 
+int run_replay(const config::Config& config, const pg::ReplaySelection& selection) {
+  std::string conninfo = conninfo_or_exit(config);
+  try {
+    pg::ReplayResult result = pg::replay_dead_lettered(conninfo, selection);
+    for (const auto& [old_id, new_id] : result.replayed) {
+      std::printf("replayed %lld as %lld\n", static_cast<long long>(old_id),
+                  static_cast<long long>(new_id));
+    }
+    for (auto id : result.not_replayed) {
+      std::fprintf(stderr, "not replayed %lld: no dead-lettered row has this id\n",
+                   static_cast<long long>(id));
+    }
+    std::printf("%zu rows replayed; the relay publishes them as new rows\n",
+                result.replayed.size());
+    return result.not_replayed.empty() ? kOk : kFailure;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "replay failed: %s\n", e.what());
+    return kFailure;
+  }
+}
+
 int run_check(const config::Config& config) {
   int failures = 0;
   auto line = [&](bool ok, const std::string& what, const std::string& detail) {
@@ -259,7 +280,7 @@ int run_check(const config::Config& config) {
           "AND has_column_privilege('outbox.events', 'attempts', 'UPDATE') "
           "AND has_column_privilege('outbox.events', 'last_error', 'UPDATE') "
           "AND has_column_privilege('outbox.events', 'dead_lettered_at', 'UPDATE'), "
-          "has_table_privilege('outbox.relay_wakeup', 'UPDATE'), "
+          "has_sequence_privilege('outbox.relay_wakeup_seq', 'UPDATE'), "
           "(SELECT count(*) FROM outbox.events "
           " WHERE published_at IS NULL AND dead_lettered_at IS NULL), "
           "(SELECT count(*) FROM outbox.events WHERE dead_lettered_at IS NOT NULL)");
@@ -267,7 +288,7 @@ int run_check(const config::Config& config) {
       line(ok, "privileges",
            "role " + row[0].as<std::string>() +
                (ok ? " can read and mark outbox.events"
-                   : " lacks SELECT/UPDATE on outbox.events or outbox.relay_wakeup; "
+                   : " lacks SELECT/UPDATE on outbox.events or UPDATE on outbox.relay_wakeup_seq; "
                      "GRANT outbox_relay TO " +
                          row[0].as<std::string>()));
       line(true, "outbox",

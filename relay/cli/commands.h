@@ -2,6 +2,7 @@
 #pragma once
 
 #include "config/config.h"
+#include "pg/replay.h"
 
 namespace outbox::cli {
 
@@ -14,5 +15,6 @@ enum ExitCode : int {
 int run_relay(const config::Config& config);
 int run_migrate(const config::Config& config);
 int run_check(const config::Config& config);
+int run_replay(const config::Config& config, const pg::ReplaySelection& selection);
 
 }  // namespace outbox::cli

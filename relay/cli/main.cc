@@ -1,7 +1,10 @@
 // outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "common/logging.h"
@@ -11,7 +14,7 @@ namespace {
 
 constexpr const char* kHelp = R"(outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.
 
-Usage: outbox-relay <command> --config FILE [--log-level LEVEL]
+Usage: outbox-relay <command> --config FILE [--log-level LEVEL] [command options]
 
 Commands:
   run       Read committed rows of outbox.events (source.mode: polling, or replication
@@ -24,6 +27,12 @@ Commands:
             and that the relay's role may read and mark rows; in replication mode also
             wal_level, the REPLICATION privilege, the publication and the slot (wal_status,
             retained WAL). One line per check.
+  replay    Make dead-lettered rows pending again, after fixing what made them fail:
+              replay --id N [--id N ...]     these rows (also --id N,M,...)
+              replay --topic T               every dead-lettered row of row topic T
+              replay --all-dead-lettered     every dead-lettered row
+            Works in both source modes while a relay runs: each row is re-inserted with
+            the same outbox-event-id and a new id (published after the rows before it).
 
 Options:
   --config FILE       YAML configuration (default: $OUTBOX_RELAY_CONFIG).
@@ -44,6 +53,21 @@ The smallest configuration:
     bootstrap_servers: "kafka:9092"
 )";
 
+// "12" or "12,13,14" appended to `ids`; false when a part is not a positive number.
+bool parse_ids(const std::string& text, std::vector<std::int64_t>& ids) {
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    std::size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    std::int64_t id = 0;
+    auto [ptr, ec] = std::from_chars(text.data() + start, text.data() + end, id);
+    if (ec != std::errc() || ptr != text.data() + end || id <= 0) return false;
+    ids.push_back(id);
+    start = end + 1;
+  }
+  return true;
+}
+
 int usage_error(const std::string& message) {
   std::fprintf(stderr, "outbox-relay: %s\nTry 'outbox-relay --help'.\n", message.c_str());
   return outbox::cli::kUsage;
@@ -54,6 +78,8 @@ int usage_error(const std::string& message) {
 int main(int argc, char** argv) {
   using namespace outbox;
   std::string command, config_path, log_level;
+  pg::ReplaySelection replay;
+  int replay_selectors = 0;
   if (const char* env = std::getenv("OUTBOX_RELAY_CONFIG")) config_path = env;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -66,6 +92,19 @@ int main(int argc, char** argv) {
     } else if (arg == "--config" || arg == "--log-level") {
       if (i + 1 >= argc) return usage_error(arg + " needs a value");
       (arg == "--config" ? config_path : log_level) = argv[++i];
+    } else if (arg == "--id" || arg == "--topic") {
+      if (i + 1 >= argc) return usage_error(arg + " needs a value");
+      std::string value = argv[++i];
+      if (arg == "--topic") {
+        replay.topic = value;
+        ++replay_selectors;
+        continue;
+      }
+      if (replay.ids.empty()) ++replay_selectors;
+      if (!parse_ids(value, replay.ids)) return usage_error("--id takes row ids, got " + value);
+    } else if (arg == "--all-dead-lettered") {
+      replay.all = true;
+      ++replay_selectors;
     } else if (arg.rfind("--config=", 0) == 0) {
       config_path = arg.substr(9);
     } else if (arg.rfind("--log-level=", 0) == 0) {
@@ -78,9 +117,15 @@ int main(int argc, char** argv) {
       return usage_error("unexpected argument " + arg);
     }
   }
-  if (command.empty()) return usage_error("no command given (run, migrate or check)");
-  if (command != "run" && command != "migrate" && command != "check") {
+  if (command.empty()) return usage_error("no command given (run, migrate, check or replay)");
+  if (command != "run" && command != "migrate" && command != "check" && command != "replay") {
     return usage_error("unknown command " + command);
+  }
+  if (command == "replay" && replay_selectors != 1) {
+    return usage_error("replay needs exactly one of --id N, --topic T, --all-dead-lettered");
+  }
+  if (command != "replay" && replay_selectors != 0) {
+    return usage_error("--id, --topic and --all-dead-lettered belong to replay");
   }
   if (config_path.empty()) return usage_error("--config FILE is required");
 
@@ -106,5 +151,6 @@ int main(int argc, char** argv) {
 
   if (command == "run") return cli::run_relay(config);
   if (command == "migrate") return cli::run_migrate(config);
+  if (command == "replay") return cli::run_replay(config, replay);
   return cli::run_check(config);
 }
