@@ -131,19 +131,48 @@ TEST_CASE("a publisher failure records nothing and releases the rows", "[relay]"
   CHECK(store.pending() == 1);
 }
 
-TEST_CASE("a failure to record releases the rows, to be sent again", "[relay]") {
+TEST_CASE("an outcome that cannot be recorded is recorded later, never sent again", "[relay]") {
+  FakeStore store;
+  FakePublisher kafka;
+  FakeClock clock;
+  store.add("orders", "a");
+  store.add("orders", "b");
+  store.fail_finish = 1;
+  store.fail_record = 3;  // the mark fails the same way several times (a trigger, a grant)
+  BatchRelay relay(store, kafka, clock, options());
+
+  CHECK_THROWS_AS(relay.run_batch(never), UnavailableError);
+  CHECK(store.pending() == 2);
+  for (int i = 0; i < 3; ++i) {
+    CHECK_THROWS_AS(relay.run_batch(never), UnavailableError);
+    CHECK(store.begins == 1);  // nothing read, nothing re-sent while the marks fail
+  }
+  relay.run_batch(never);
+  CHECK(store.pending() == 0);
+  CHECK(store.row(1).published);
+  CHECK(kafka.sent.size() == 2);  // each message sent once
+  CHECK(relay.counters().published == 2);
+}
+
+TEST_CASE("run() backs off while a mark keeps failing, and stops without re-sending", "[relay]") {
   FakeStore store;
   FakePublisher kafka;
   FakeClock clock;
   store.add("orders", "a");
   store.fail_finish = 1;
+  store.fail_record = 1000;
+  std::atomic<bool> stop{false};
   BatchRelay relay(store, kafka, clock, options());
-
-  CHECK_THROWS_AS(relay.run_batch(never), UnavailableError);
-  CHECK(store.pending() == 1);
-  relay.run_batch(never);  // at least once: sent again, marked this time
-  CHECK(store.pending() == 0);
-  CHECK(kafka.sent.size() == 2);
+  kafka.on_publish = [] {};
+  std::thread stopper([&] {
+    while (store.records < 5) std::this_thread::yield();
+    stop = true;
+  });
+  CHECK(relay.run(stop) == 1);  // the acknowledged message is left unrecorded
+  stopper.join();
+  CHECK(kafka.sent.size() == 1);
+  CHECK(clock.sleeps.size() >= 4);
+  CHECK(clock.sleeps[1] > clock.sleeps[0]);  // backing off
 }
 
 TEST_CASE("an empty outbox publishes nothing", "[relay]") {

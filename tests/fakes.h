@@ -53,6 +53,21 @@ class FakeStore : public core::OutboxStore {
       --fail_finish;
       throw core::UnavailableError("PostgreSQL: server closed the connection");
     }
+    apply(outcome);
+    open_ = false;
+    ++finishes;
+  }
+
+  void record_outcome(const core::BatchOutcome& outcome) override {
+    ++records;
+    if (fail_record > 0) {
+      --fail_record;
+      throw core::UnavailableError("PostgreSQL: permission denied for table events");
+    }
+    apply(outcome);
+  }
+
+  void apply(const core::BatchOutcome& outcome) {
     for (auto id : outcome.published) rows_.at(id).published = true;
     for (const auto& f : outcome.retry) {
       rows_.at(f.id).event.attempts++;
@@ -63,8 +78,6 @@ class FakeStore : public core::OutboxStore {
       rows_.at(f.id).last_error = f.error;
       rows_.at(f.id).dead = true;
     }
-    open_ = false;
-    ++finishes;
   }
 
   void abort_batch() noexcept override {
@@ -87,7 +100,9 @@ class FakeStore : public core::OutboxStore {
 
   int fail_begin = 0;
   int fail_finish = 0;
+  int fail_record = 0;
   int begins = 0, finishes = 0, aborts = 0;
+  std::atomic<int> records{0};
   std::atomic<int> waits{0};
   int keep_alives = 0;
 

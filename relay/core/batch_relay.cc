@@ -17,8 +17,37 @@ BatchRelay::BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock,
       options_(std::move(options)),
       backoff_(options_.backoff_initial, options_.backoff_max) {}
 
+namespace {
+bool has_records(const BatchOutcome& o) {
+  return !o.published.empty() || !o.retry.empty() || !o.dead_letter.empty();
+}
+}  // namespace
+
+void BatchRelay::count(const BatchOutcome& outcome, BatchReport& report) {
+  report.published += outcome.published.size();
+  report.retried += outcome.retry.size();
+  report.dead_lettered += outcome.dead_letter.size();
+  counters_.published += outcome.published.size();
+  counters_.dead_lettered += outcome.dead_letter.size();
+  counters_.failed_attempts += outcome.retry.size() + outcome.dead_letter.size();
+}
+
+void BatchRelay::record_unrecorded() {
+  if (!unrecorded_) return;
+  store_.record_outcome(*unrecorded_);  // throws UnavailableError: kept for the next try
+  logging::get("core")->info(
+      "recorded the outcome of {} messages after the earlier failure",
+      unrecorded_->published.size() + unrecorded_->retry.size() + unrecorded_->dead_letter.size());
+  BatchReport ignored;
+  count(*unrecorded_, ignored);
+  unrecorded_.reset();
+}
+
 BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   BatchReport report;
+  // Invariant 4: nothing new is read (nor anything re-sent) before the last outcome is
+  // recorded; reading first would send those rows to Kafka again.
+  record_unrecorded();
   std::vector<OutboxEvent> events = store_.begin_batch(options_.batch_size);
   report.read = events.size();
   if (events.empty()) {
@@ -82,18 +111,24 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
 
   try {
     store_.finish_batch(outcome);
+  } catch (const UnavailableError& e) {
+    store_.abort_batch();
+    if (!has_records(outcome)) throw;
+    unrecorded_ = std::move(outcome);
+    throw UnavailableError("cannot record the outcome of " +
+                           std::to_string(unrecorded_->published.size() +
+                                          unrecorded_->retry.size() +
+                                          unrecorded_->dead_letter.size()) +
+                           " messages Kafka answered (" + e.what() +
+                           "); they are not sent again, their recording is retried");
   } catch (...) {
     store_.abort_batch();
     throw;
   }
 
-  report.published = outcome.published.size();
-  report.retried = outcome.retry.size();
-  report.dead_lettered = outcome.dead_letter.size();
+  count(outcome, report);
   report.left_pending = outcome.left_pending;
-  counters_.published += report.published;
-  counters_.dead_lettered += report.dead_lettered;
-  counters_.failed_attempts += report.retried + report.dead_lettered + report.left_pending;
+  counters_.failed_attempts += report.left_pending;
   ++counters_.batches;
   return report;
 }
@@ -143,6 +178,17 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
       auto pause = backoff_.next();
       log->warn("{}; retrying in {} ms", e.what(), pause.count());
       clock_.sleep_for(pause, [&] { return stop.load(); });
+    }
+  }
+  if (unrecorded_) {  // one last try: what stays unrecorded is sent again by the next run
+    try {
+      record_unrecorded();
+    } catch (const UnavailableError& e) {
+      log->error(
+          "stopping with the outcome of acknowledged messages unrecorded ({}); their "
+          "rows stay pending and will be sent again",
+          e.what());
+      abandoned += unrecorded_->published.size();
     }
   }
   return abandoned;

@@ -5,6 +5,10 @@
 // by "id greater than the last one seen", so a transaction that commits late is still read.
 // Invariant 3: within a batch messages are handed to the publisher in id order, and a batch
 // is finished before the next one is read, so one key's events reach Kafka in id order.
+// Invariant 4: an outcome that could not be recorded (the mark failed: connection lost, a
+// trigger, a revoked grant, statement_timeout) is kept and its recording retried with
+// backoff before anything else is read; its messages are never sent again by this process
+// for that reason, so a mark that fails every time costs no duplicates.
 #pragma once
 
 #include <atomic>
@@ -12,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "core/backoff.h"
@@ -64,6 +69,8 @@ class BatchRelay {
 
  private:
   void idle_wait(const std::atomic<bool>& stop);
+  void record_unrecorded();
+  void count(const BatchOutcome& outcome, BatchReport& report);
 
   OutboxStore& store_;
   Publisher& publisher_;
@@ -71,6 +78,7 @@ class BatchRelay {
   BatchRelayOptions options_;
   Backoff backoff_;
   RelayCounters counters_;
+  std::optional<BatchOutcome> unrecorded_;  //!< acknowledged, recording failed (invariant 4)
 };
 
 }  // namespace outbox::core

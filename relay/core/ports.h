@@ -31,14 +31,19 @@ class FatalError : public std::runtime_error {
 class OutboxStore {
  public:
   virtual ~OutboxStore() = default;
-  //! Locks and returns up to `limit` pending rows in id order (skipping rows another
-  //! relay holds). Throws UnavailableError when PostgreSQL cannot be reached.
+  //! Returns up to `limit` pending rows in id order. No PostgreSQL transaction stays open
+  //! while the batch waits for Kafka. Throws UnavailableError when PostgreSQL cannot be
+  //! reached.
   virtual std::vector<OutboxEvent> begin_batch(std::size_t limit) = 0;
   //! Records the outcome and releases the rows, atomically. Throws UnavailableError; then
   //! nothing was recorded and the rows stay pending.
   virtual void finish_batch(const BatchOutcome& outcome) = 0;
   //! Releases the rows without recording anything. Never throws.
   virtual void abort_batch() noexcept = 0;
+  //! Records an outcome whose finish_batch failed, in a transaction of its own, with no batch
+  //! open. Idempotent: recording it again changes nothing more. Throws UnavailableError; then
+  //! nothing was recorded.
+  virtual void record_outcome(const BatchOutcome& outcome) = 0;
   //! Blocks until new rows may be pending (true: a hint came) or `timeout` passed (false).
   virtual bool wait_for_rows(std::chrono::milliseconds timeout) = 0;
   //! Called often (about every 100 ms) while a batch waits for Kafka, so a source can keep

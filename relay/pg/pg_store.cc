@@ -17,12 +17,13 @@ SELECT id, event_id::text, topic, key, payload, headers::text, attempts
 FROM outbox.events
 WHERE published_at IS NULL AND dead_lettered_at IS NULL
 ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED)sql";
+LIMIT $1)sql";
 
+// Idempotent (recording an outcome again keeps the first time), and every id must match a
+// row: a mark that updates fewer rows than it was given is an error (see check_count).
 constexpr const char* kMarkPublishedSql = R"sql(
-UPDATE outbox.events SET published_at = now(), last_error = NULL
-WHERE id = ANY($1::bigint[]))sql";
+UPDATE outbox.events SET published_at = coalesce(published_at, now()), last_error = NULL
+WHERE id = ANY($1::bigint[]) AND dead_lettered_at IS NULL)sql";
 
 constexpr const char* kRecordRetrySql = R"sql(
 UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err
@@ -33,6 +34,17 @@ constexpr const char* kDeadLetterSql = R"sql(
 UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err, dead_lettered_at = now()
 FROM unnest($1::bigint[], $2::text[]) AS f(id, err)
 WHERE e.id = f.id)sql";
+
+// A mark that matched fewer rows than it was given: a row not visible to this session yet,
+// or deleted, or dead-lettered by someone else. Never a success: the transaction is rolled
+// back and the outcome recorded again later.
+void check_count(const pqxx::result& r, std::size_t expected, const char* what) {
+  if (static_cast<std::size_t>(r.affected_rows()) != expected) {
+    throw std::runtime_error(std::string("marking ") + what + " matched " +
+                             std::to_string(r.affected_rows()) + " of " + std::to_string(expected) +
+                             " rows");
+  }
+}
 
 void split(const std::vector<core::RowFailure>& failures, std::vector<std::int64_t>& ids,
            std::vector<std::string>& errors) {
@@ -58,7 +70,6 @@ PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted)
 PgOutboxStore::~PgOutboxStore() { disconnect(); }
 
 void PgOutboxStore::disconnect() noexcept {
-  txn_.reset();
   receiver_.reset();
   conn_.reset();
   need_rearm_ = true;
@@ -101,8 +112,10 @@ std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(std::size_t limit) {
   connect();
   std::vector<core::OutboxEvent> events;
   try {
-    txn_ = std::make_unique<pqxx::work>(*conn_);
-    pqxx::result rows = txn_->exec_params(kFetchSql, static_cast<long>(limit));
+    // One statement, no transaction left open while Kafka answers: the leader lock already
+    // makes this relay the only reader, so the rows need no lock of their own.
+    pqxx::nontransaction n(*conn_);
+    pqxx::result rows = n.exec_params(kFetchSql, static_cast<long>(limit));
     events.reserve(rows.size());
     for (const auto& row : rows) {
       core::OutboxEvent e;
@@ -123,32 +136,26 @@ std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(std::size_t limit) {
 
 void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome) {
   if (!outcome.published.empty()) {
-    txn.exec_params0(kMarkPublishedSql, bigint_array(outcome.published));
+    check_count(txn.exec_params(kMarkPublishedSql, bigint_array(outcome.published)),
+                outcome.published.size(), "published");
   }
   std::vector<std::int64_t> ids;
   std::vector<std::string> errors;
   if (!outcome.retry.empty()) {
     split(outcome.retry, ids, errors);
-    txn.exec_params0(kRecordRetrySql, bigint_array(ids), text_array(errors));
+    check_count(txn.exec_params(kRecordRetrySql, bigint_array(ids), text_array(errors)), ids.size(),
+                "retried");
   }
   if (!outcome.dead_letter.empty()) {
     ids.clear();
     errors.clear();
     split(outcome.dead_letter, ids, errors);
-    txn.exec_params0(kDeadLetterSql, bigint_array(ids), text_array(errors));
+    check_count(txn.exec_params(kDeadLetterSql, bigint_array(ids), text_array(errors)), ids.size(),
+                "dead-lettered");
   }
 }
 
-void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) {
-  if (!txn_) throw core::UnavailableError("PostgreSQL: no batch is open (connection was lost)");
-  try {
-    write_outcome(*txn_, outcome);
-    txn_->commit();
-    txn_.reset();
-  } catch (const std::exception& e) {
-    fail(e);
-  }
-}
+void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) { record_outcome(outcome); }
 
 void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   connect();
@@ -179,15 +186,7 @@ std::unordered_map<std::int64_t, bool> PgOutboxStore::row_states(
   return states;
 }
 
-void PgOutboxStore::abort_batch() noexcept {
-  if (!txn_) return;
-  try {
-    txn_->abort();
-    txn_.reset();
-  } catch (...) {
-    disconnect();
-  }
-}
+void PgOutboxStore::abort_batch() noexcept {}  // begin_batch holds nothing
 
 bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
   connect();

@@ -3,7 +3,8 @@
 // Lifecycle: construct (no I/O), then begin_batch/finish_batch/abort_batch and
 // wait_for_rows from the relay's one worker thread. The connection is opened on first use
 // and re-opened after any failure; every libpqxx failure surfaces as core::UnavailableError
-// with the server's message, and the open transaction, with its row locks, is dropped.
+// with the server's message. No transaction is open between begin_batch and finish_batch:
+// reading is one statement, recording the outcome one short transaction.
 //
 // Leadership: each connection takes a session advisory lock before reading, so that one
 // relay at a time publishes from a database (per-key order across replicas). A second
@@ -31,9 +32,7 @@ class PgOutboxStore : public core::OutboxStore {
   void abort_batch() noexcept override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
 
-  //! Records `outcome` in a transaction of its own (no batch open): how the replication
-  //! source marks the events it read from the stream.
-  void record_outcome(const core::BatchOutcome& outcome);
+  void record_outcome(const core::BatchOutcome& outcome) override;
   //! For those of `ids` whose rows this session can see: whether each is still pending
   //! (neither published nor dead-lettered). Rows it cannot see are left out.
   std::unordered_map<std::int64_t, bool> row_states(const std::vector<std::int64_t>& ids);
@@ -52,7 +51,6 @@ class PgOutboxStore : public core::OutboxStore {
   std::string redacted_;
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<HintReceiver> receiver_;
-  std::unique_ptr<pqxx::work> txn_;
   bool need_rearm_ = true;
   bool standby_logged_ = false;
 };

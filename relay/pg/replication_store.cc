@@ -306,6 +306,10 @@ void PgReplicationStore::finish_batch(const core::BatchOutcome& outcome) {
   });
 }
 
+void PgReplicationStore::record_outcome(const core::BatchOutcome& outcome) {
+  guarded([&] { table_.record_outcome(outcome); });
+}
+
 void PgReplicationStore::abort_batch() noexcept {
   if (drain_batch_open_) {
     drain_batch_open_ = false;

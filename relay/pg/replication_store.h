@@ -50,6 +50,9 @@ class PgReplicationStore : public core::OutboxStore {
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit) override;
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
+  //! Marks in the table only: after a failed finish_batch the stream was reset, and the
+  //! rows it brings again are dropped once they are seen marked.
+  void record_outcome(const core::BatchOutcome& outcome) override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   //! While Kafka keeps a batch waiting, reports the (unchanged) confirmed position every
   //! status_interval: the walsender's wal_sender_timeout counts from the last report, and
