@@ -197,6 +197,37 @@ TEST_CASE("batches hold at most batch_size rows", "[relay]") {
   CHECK(store.pending() == 0);
 }
 
+TEST_CASE("batches stop at the row that reaches batch_max_bytes, and count as full", "[relay]") {
+  FakeStore store;
+  FakePublisher kafka;
+  FakeClock clock;
+  // Each row weighs 2 ("p1".."p9" payload) + 1 (key) + 2 ("{}") = 5 bytes.
+  for (int i = 0; i < 9; ++i) store.add("orders", "k");
+  auto o = options(100);
+  o.batch_max_bytes = 12;  // 2 rows stay below it, the 3rd reaches it
+  BatchRelay relay(store, kafka, clock, o);
+  auto first = relay.run_batch(never);
+  CHECK(first.read == 3);
+  CHECK(first.full);  // more may be waiting: no idle wait
+  CHECK(kafka.sent.size() == 3);
+  CHECK(*kafka.sent[0].payload == "p1");
+  relay.run_batch(never);
+  auto last = relay.run_batch(never);
+  CHECK(last.read == 3);
+  CHECK(last.full);
+  auto empty = relay.run_batch(never);
+  CHECK(empty.read == 0);
+  CHECK_FALSE(empty.full);
+
+  FakeStore big;
+  big.add("orders", "k");
+  big.add("orders", "k");
+  o.batch_max_bytes = 1;
+  BatchRelay one(big, kafka, clock, o);
+  CHECK(one.run_batch(never).read == 1);  // a row above the budget still goes, alone
+  CHECK(big.pending() == 1);
+}
+
 TEST_CASE("run() backs off with doubling pauses while PostgreSQL is down", "[relay]") {
   FakeStore store;
   FakePublisher kafka;

@@ -33,7 +33,7 @@ class FakeStore : public core::OutboxStore {
     return r.event.id;
   }
 
-  std::vector<core::OutboxEvent> begin_batch(std::size_t limit) override {
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) override {
     ++begins;
     if (fail_begin > 0) {
       --fail_begin;
@@ -41,8 +41,12 @@ class FakeStore : public core::OutboxStore {
     }
     open_ = true;
     std::vector<core::OutboxEvent> out;
+    std::size_t bytes = 0;
     for (auto& [id, r] : rows_) {
-      if (!r.published && !r.dead && out.size() < limit) out.push_back(r.event);
+      if (r.published || r.dead) continue;
+      if (out.size() >= limit || bytes >= max_bytes) break;
+      bytes += core::event_bytes(r.event);
+      out.push_back(r.event);
     }
     return out;
   }

@@ -312,8 +312,10 @@ void read_source(Reader& r, const YAML::Node& root, Config& c) {
   r.read_enum(n, "source", "mode", c.source.mode,
               {{"polling", SourceMode::polling}, {"replication", SourceMode::replication}});
   YAML::Node p = n["polling"];
-  if (r.section(p, "source.polling", {"batch_size", "interval_ms"})) {
+  if (r.section(p, "source.polling", {"batch_size", "batch_max_bytes", "interval_ms"})) {
     r.read_int(p, "source.polling", "batch_size", c.source.polling.batch_size, 1, 100'000);
+    r.read_int(p, "source.polling", "batch_max_bytes", c.source.polling.batch_max_bytes, 1 << 16,
+               1 << 30);
     r.read_ms(p, "source.polling", "interval_ms", c.source.polling.interval, 10, 3'600'000);
   }
   YAML::Node rep = n["replication"];

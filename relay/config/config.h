@@ -41,6 +41,9 @@ enum class SourceMode { polling, replication };
 struct PollingConfig {
   //! Rows read, published and marked as one unit.
   int batch_size = 1000;
+  //! Bytes (payload + key + headers) read as one unit: a batch stops at the row that
+  //! reaches it. Bounds the relay's memory whatever the payload sizes.
+  int batch_max_bytes = 16 << 20;
   //! Longest wait between two reads when no NOTIFY hint arrives.
   milliseconds interval{500};
 };

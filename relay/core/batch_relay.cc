@@ -48,8 +48,12 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   // Invariant 4: nothing new is read (nor anything re-sent) before the last outcome is
   // recorded; reading first would send those rows to Kafka again.
   record_unrecorded();
-  std::vector<OutboxEvent> events = store_.begin_batch(options_.batch_size);
+  std::vector<OutboxEvent> events =
+      store_.begin_batch(options_.batch_size, options_.batch_max_bytes);
   report.read = events.size();
+  std::size_t bytes = 0;
+  for (const auto& e : events) bytes += event_bytes(e);
+  report.full = events.size() >= options_.batch_size || bytes >= options_.batch_max_bytes;
   if (events.empty()) {
     store_.abort_batch();
     return report;
@@ -60,8 +64,10 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   std::vector<const OutboxEvent*> sent;  // sent[i] is the row of messages[i]
   messages.reserve(events.size());
   sent.reserve(events.size());
-  for (const OutboxEvent& event : events) {
-    auto mapped = to_message(event, options_.topic_map);
+  for (OutboxEvent& event : events) {
+    // The payload moves into the message (one copy of it in the relay); id and attempts
+    // stay readable through sent[].
+    auto mapped = to_message(std::move(event), options_.topic_map);
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
       outcome.dead_letter.push_back({event.id, poison->text});
     } else {
@@ -173,7 +179,7 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
         continue;
       }
       backoff_.reset();
-      if (report.read < options_.batch_size) idle_wait(stop);
+      if (!report.full) idle_wait(stop);
     } catch (const UnavailableError& e) {
       auto pause = backoff_.next();
       log->warn("{}; retrying in {} ms", e.what(), pause.count());

@@ -26,6 +26,7 @@ namespace outbox::core {
 
 struct BatchRelayOptions {
   std::size_t batch_size = 1000;
+  std::size_t batch_max_bytes = 16 << 20;  //!< see OutboxStore::begin_batch
   std::chrono::milliseconds interval{500};
   int max_attempts = 10;
   std::chrono::milliseconds backoff_initial{200};
@@ -37,6 +38,7 @@ struct BatchRelayOptions {
 //! What one batch did.
 struct BatchReport {
   std::size_t read = 0;
+  bool full = false;  //!< stopped at a limit (rows or bytes): more rows may be waiting
   std::size_t published = 0;
   std::size_t retried = 0;
   std::size_t dead_lettered = 0;

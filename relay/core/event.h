@@ -22,6 +22,11 @@ struct OutboxEvent {
   int attempts = 0;          //!< failed attempts so far
 };
 
+//! What a row weighs in a batch's byte budget: payload, key and headers text.
+inline std::size_t event_bytes(const OutboxEvent& e) {
+  return (e.payload ? e.payload->size() : 0) + (e.key ? e.key->size() : 0) + e.headers_json.size();
+}
+
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 //! A Kafka message ready for the publisher.

@@ -15,7 +15,7 @@ bool is_valid_topic_name(const std::string& topic) {
 }
 
 std::variant<Message, PoisonReason> to_message(
-    const OutboxEvent& event, const std::map<std::string, std::string>& topic_map) {
+    OutboxEvent event, const std::map<std::string, std::string>& topic_map) {
   Message message;
   auto mapped = topic_map.find(event.topic);
   message.topic = mapped == topic_map.end() ? event.topic : mapped->second;
@@ -23,8 +23,8 @@ std::variant<Message, PoisonReason> to_message(
     return PoisonReason{"invalid Kafka topic name \"" + message.topic +
                         "\" (1-249 characters of a-z A-Z 0-9 . _ -)"};
   }
-  message.key = event.key;
-  message.payload = event.payload;
+  message.key = std::move(event.key);
+  message.payload = std::move(event.payload);
   message.headers.emplace_back(kEventIdHeader, event.event_id);
   message.headers.emplace_back(kOutboxIdHeader, std::to_string(event.id));
 

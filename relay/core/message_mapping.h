@@ -20,7 +20,7 @@ struct PoisonReason {
 
 //! The message for `event`, or why there can be none (empty or invalid topic, headers
 //! that are not a JSON object of strings, a reserved header name).
-std::variant<Message, PoisonReason> to_message(const OutboxEvent& event,
+std::variant<Message, PoisonReason> to_message(OutboxEvent event,
                                                const std::map<std::string, std::string>& topic_map);
 
 //! Kafka's own rule: 1-249 characters of [a-zA-Z0-9._-], and neither "." nor "..".

@@ -31,10 +31,12 @@ class FatalError : public std::runtime_error {
 class OutboxStore {
  public:
   virtual ~OutboxStore() = default;
-  //! Returns up to `limit` pending rows in id order. No PostgreSQL transaction stays open
-  //! while the batch waits for Kafka. Throws UnavailableError when PostgreSQL cannot be
-  //! reached.
-  virtual std::vector<OutboxEvent> begin_batch(std::size_t limit) = 0;
+  //! Returns pending rows in id order: at most `limit` rows, and rows only while the
+  //! event_bytes() of those before stay below `max_bytes` (so the first row always comes,
+  //! and a batch whose bytes reach max_bytes may have more waiting). No PostgreSQL
+  //! transaction stays open while the batch waits for Kafka. Throws UnavailableError when
+  //! PostgreSQL cannot be reached.
+  virtual std::vector<OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) = 0;
   //! Records the outcome and releases the rows, atomically. Throws UnavailableError; then
   //! nothing was recorded and the rows stay pending.
   virtual void finish_batch(const BatchOutcome& outcome) = 0;

@@ -144,6 +144,8 @@ std::vector<core::DeliveryResult> KafkaPublisher::publish(
       rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), value.data(),
                           static_cast<ssize_t>(value.size()));
     }
+    // No copy (flags 0): librdkafka points into `messages`, which outlives every delivery
+    // report (publish() returns only after the last one, purged ones included).
     // The RD_KAFKA_V_* macros cast their arguments unparenthesised: pass plain variables.
     void* key = m.key ? const_cast<char*>(m.key->data()) : nullptr;
     std::size_t key_len = m.key ? m.key->size() : 0;
@@ -153,8 +155,7 @@ std::vector<core::DeliveryResult> KafkaPublisher::publish(
     for (;;) {
       err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(m.topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
                               RD_KAFKA_V_VALUE(value, value_len), RD_KAFKA_V_HEADERS(headers),
-                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                              RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
+                              RD_KAFKA_V_MSGFLAGS(0), RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
       if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || give_up()) break;
       rd_kafka_poll(rk, 50);  // the local queue is full: serve reports to make room
     }

@@ -12,12 +12,20 @@ namespace {
 // One key for every relay of a database: whoever holds it publishes.
 constexpr const char* kLeaderLockSql = "SELECT pg_try_advisory_lock(hashtext('outbox-relay'))";
 
+// Rows while the bytes before them stay below $2 (core::event_bytes, computed from lengths:
+// payloads beyond the budget are never fetched, let alone detoasted).
 constexpr const char* kFetchSql = R"sql(
-SELECT id, event_id::text, topic, key, payload, headers::text, attempts
-FROM outbox.events
-WHERE published_at IS NULL AND dead_lettered_at IS NULL
-ORDER BY id
-LIMIT $1)sql";
+SELECT id, event_id::text, topic, key, payload, headers_text, attempts
+FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, attempts,
+             sum(coalesce(octet_length(payload), 0) + coalesce(octet_length(key), 0) +
+                 octet_length(headers::text)) OVER (ORDER BY id) AS upto
+      FROM outbox.events
+      WHERE published_at IS NULL AND dead_lettered_at IS NULL
+      ORDER BY id
+      LIMIT $1) AS candidates
+WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0) -
+      octet_length(headers_text) < $2
+ORDER BY id)sql";
 
 // Idempotent (recording an outcome again keeps the first time), and every id must match a
 // row: a mark that updates fewer rows than it was given is an error (see check_count).
@@ -108,14 +116,16 @@ void PgOutboxStore::connect() {
   }
 }
 
-std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(std::size_t limit) {
+std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(std::size_t limit,
+                                                          std::size_t max_bytes) {
   connect();
   std::vector<core::OutboxEvent> events;
   try {
     // One statement, no transaction left open while Kafka answers: the leader lock already
     // makes this relay the only reader, so the rows need no lock of their own.
     pqxx::nontransaction n(*conn_);
-    pqxx::result rows = n.exec_params(kFetchSql, static_cast<long>(limit));
+    pqxx::result rows =
+        n.exec_params(kFetchSql, static_cast<long>(limit), static_cast<long long>(max_bytes));
     events.reserve(rows.size());
     for (const auto& row : rows) {
       core::OutboxEvent e;

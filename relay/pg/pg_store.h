@@ -27,7 +27,7 @@ class PgOutboxStore : public core::OutboxStore {
   PgOutboxStore(std::string conninfo, std::string redacted);
   ~PgOutboxStore() override;
 
-  std::vector<core::OutboxEvent> begin_batch(std::size_t limit) override;
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) override;
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;

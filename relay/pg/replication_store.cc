@@ -209,25 +209,33 @@ void PgReplicationStore::start_stream() {
                            options_.slot_name, options_.publication_name);
 }
 
-std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit) {
+std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit,
+                                                               std::size_t max_bytes) {
   return guarded([&] {
     ensure_started();
     if (draining_) {
-      std::vector<core::OutboxEvent> events = table_.begin_batch(limit);
+      std::vector<core::OutboxEvent> events = table_.begin_batch(limit, max_bytes);
       drain_batch_open_ = true;
       // The slot's consistent point comes a moment before the transactions that committed
       // just ahead of it are visible to other sessions (the same window as in
       // visible_row_states): keep draining until a read started well after it.
       bool settled = std::chrono::steady_clock::now() - drain_started_ >= kDrainSettle;
-      drain_done_after_batch_ = events.size() < limit && settled;
+      std::size_t bytes = 0;
+      for (const auto& e : events) bytes += core::event_bytes(e);
+      drain_done_after_batch_ = events.size() < limit && bytes < max_bytes && settled;
       drain_batch_empty_ = events.empty();
       return events;
     }
     start_stream();
     batch_ = std::move(retained_);
     retained_.clear();
-    while (batch_.size() < limit) {
+    std::size_t bytes = 0;
+    for (const auto& q : batch_) bytes += core::event_bytes(q.event);
+    // The stream is read only as far as the batch needs (rows and bytes): memory stays
+    // bounded whatever the size of a transaction or of its rows.
+    while (batch_.size() < limit && bytes < max_bytes) {
       if (!queued_.empty()) {
+        bytes += core::event_bytes(queued_.front().event);
         batch_.push_back(std::move(queued_.front()));
         queued_.pop_front();
         continue;

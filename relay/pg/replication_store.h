@@ -47,7 +47,7 @@ class PgReplicationStore : public core::OutboxStore {
                      std::function<bool()> stopping);
   ~PgReplicationStore() override;
 
-  std::vector<core::OutboxEvent> begin_batch(std::size_t limit) override;
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) override;
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
   //! Marks in the table only: after a failed finish_batch the stream was reset, and the
