@@ -3,9 +3,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "audit/audit.h"
 #include "cli/commands.h"
 #include "common/logging.h"
 #include "kafka/kafka_publisher.h"
@@ -33,17 +35,25 @@ Commands:
               replay --all-dead-lettered     every dead-lettered row
             Works in both source modes while a relay runs: each row is re-inserted with
             the same outbox-event-id and a new id (published after the rows before it).
+  audit     Compare outbox.events with the Kafka topics its rows went to (reads both,
+            changes nothing): rows, messages, published, pending, dead-lettered, lost
+            (marked published, no message), duplicates, per-key order violations.
 
 Options:
   --config FILE       YAML configuration (default: $OUTBOX_RELAY_CONFIG).
   --log-level LEVEL   Overrides log.level: trace, debug, info, warn, error, off.
+  --since VALUE       audit: only rows created since VALUE, an ISO timestamp
+                      (2024-05-01T12:00:00Z) or a time ago (90s, 30m, 12h, 7d).
+  --json              audit: the report as one JSON object.
   -h, --help          This text.
   --version           The version.
 
 Exit codes:
   0  success (run: stopped by a signal after finishing its batch)
   1  a check failed, a migration failed, or run stopped on an error it cannot retry
-     (replication slot invalidated or used by another process, undecodable stream)
+     (replication slot invalidated or used by another process, undecodable stream);
+     audit found lost rows or order violations (duplicates alone pass), or could not
+     read PostgreSQL or Kafka
   2  bad command line or invalid configuration (every error is printed with key and line)
 
 The smallest configuration:
@@ -80,6 +90,8 @@ int main(int argc, char** argv) {
   std::string command, config_path, log_level;
   pg::ReplaySelection replay;
   int replay_selectors = 0;
+  std::optional<std::string> audit_since;  // audit's options
+  bool audit_json = false;
   if (const char* env = std::getenv("OUTBOX_RELAY_CONFIG")) config_path = env;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -109,6 +121,13 @@ int main(int argc, char** argv) {
       config_path = arg.substr(9);
     } else if (arg.rfind("--log-level=", 0) == 0) {
       log_level = arg.substr(12);
+    } else if (arg == "--since") {
+      if (i + 1 >= argc) return usage_error(arg + " needs a value");
+      audit_since = argv[++i];
+    } else if (arg.rfind("--since=", 0) == 0) {
+      audit_since = arg.substr(8);
+    } else if (arg == "--json") {
+      audit_json = true;
     } else if (!arg.empty() && arg[0] == '-') {
       return usage_error("unknown option " + arg);
     } else if (command.empty()) {
@@ -117,8 +136,11 @@ int main(int argc, char** argv) {
       return usage_error("unexpected argument " + arg);
     }
   }
-  if (command.empty()) return usage_error("no command given (run, migrate, check or replay)");
-  if (command != "run" && command != "migrate" && command != "check" && command != "replay") {
+  if (command.empty()) {
+    return usage_error("no command given (run, migrate, check, replay or audit)");
+  }
+  if (command != "run" && command != "migrate" && command != "check" && command != "replay" &&
+      command != "audit") {
     return usage_error("unknown command " + command);
   }
   if (command == "replay" && replay_selectors != 1) {
@@ -126,6 +148,9 @@ int main(int argc, char** argv) {
   }
   if (command != "replay" && replay_selectors != 0) {
     return usage_error("--id, --topic and --all-dead-lettered belong to replay");
+  }
+  if ((audit_since || audit_json) && command != "audit") {
+    return usage_error("--since and --json are options of audit");
   }
   if (config_path.empty()) return usage_error("--config FILE is required");
 
@@ -152,5 +177,11 @@ int main(int argc, char** argv) {
   if (command == "run") return cli::run_relay(config);
   if (command == "migrate") return cli::run_migrate(config);
   if (command == "replay") return cli::run_replay(config, replay);
+  if (command == "audit") {
+    audit::AuditOptions audit_options;
+    audit_options.since = audit_since;
+    audit_options.json = audit_json;
+    return audit::run_audit(config, audit_options);
+  }
   return cli::run_check(config);
 }
