@@ -12,7 +12,7 @@ set -euo pipefail
 # ---------------------------------------------------------------- apt packages
 PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
-  clang-format kcat postgresql-15 postgresql-contrib python3-venv)
+  clang-format kcat postgresql-15 postgresql-contrib python3-venv nftables)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
 else

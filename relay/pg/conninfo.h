@@ -8,6 +8,16 @@ namespace outbox::pg {
 
 //! `dsn` (key=value or postgresql:// URI) as a key=value string with `password` (when not
 //! empty), connect_timeout and application_name=outbox-relay added unless the dsn sets them.
+//! So that a network cut (a peer that vanished, not a closed socket) is noticed within
+//! seconds on both ends, it also adds, each unless the dsn sets it:
+//!  - client side: keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=3
+//!    tcp_user_timeout=10000 (ms): a libpq call on a dead connection fails instead of blocking;
+//!  - server side, appended to `options` (the dsn's, else PGOPTIONS, kept as they are):
+//!    -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3
+//!    -c tcp_user_timeout=10000, each unless `options` sets that setting (-c name=value,
+//!    -cname=value or --name=value): the server ends a vanished relay's session, and so frees
+//!    its leader lock and replication slot, within seconds.
+//! The same string serves the replication connection (a walsender takes -c settings too).
 //! nullopt and `error` when libpq cannot parse the dsn.
 std::optional<std::string> build_conninfo(const std::string& dsn, const std::string& password,
                                           int connect_timeout_s, std::string* error);
