@@ -207,9 +207,10 @@ class ITContext:
         self._relays.append(r)
         return r
 
-    def topic(self, suffix: str = "events", partitions: int = 6) -> str:
+    def topic(self, suffix: str = "events", partitions: int = 6, config: dict | None = None,
+              create: bool = True) -> str:
         name = re.sub(r"[^a-zA-Z0-9._-]", "-", f"it.{self.name}.{suffix}")[:200]
-        return self.kafka.create_topic(name, partitions)
+        return self.kafka.create_topic(name, partitions, config=config) if create else name
 
     # A blocked statement must fail the test with a message, not hang it. The server runs
     # with synchronous_commit = off (env/pg.sh); writers commit synchronously as services

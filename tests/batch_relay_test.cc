@@ -16,7 +16,6 @@ namespace {
 BatchRelayOptions options(std::size_t batch = 100) {
   BatchRelayOptions o;
   o.batch_size = batch;
-  o.max_attempts = 3;
   o.backoff_initial = milliseconds(100);
   o.backoff_max = milliseconds(400);
   o.shutdown_timeout = milliseconds(1000);
@@ -80,23 +79,72 @@ TEST_CASE("a permanent failure dead-letters the row with its reason", "[relay]")
   CHECK(store.pending() == 0);  // nothing blocks the rest
 }
 
-TEST_CASE("a row-specific failure is retried, then dead-lettered at max_attempts", "[relay]") {
+TEST_CASE("a blocked topic waits with backoff, is never dead-lettered, others flow", "[relay]") {
   FakeStore store;
   FakePublisher kafka;
   FakeClock clock;
-  auto id = store.add("orders", "a");
-  kafka.script[id] = {false, FailureKind::row_retriable, "Kafka: Broker: Unknown topic"};
-  BatchRelay relay(store, kafka, clock, options());  // max_attempts = 3
+  auto a1 = store.add("missing", "k");
+  auto o1 = store.add("orders", "k");
+  kafka.blocked_topics = {"missing"};
+  BatchRelay relay(store, kafka, clock, options());  // backoff 100 ms, doubling to 400
 
+  auto first = relay.run_batch(never);
+  CHECK(first.topic_blocked == 1);
+  CHECK(first.transient == 0);  // no global backoff for a topic's trouble
+  CHECK(store.row(o1).published);
+  CHECK_FALSE(store.row(a1).dead);
+  CHECK(store.row(a1).event.attempts == 0);
+
+  auto o2 = store.add("orders", "k");
+  auto a2 = store.add("missing", "k");
+  relay.run_batch(never);  // within the backoff: the topic's rows are not even read
+  CHECK(store.last_skip == std::vector<std::string>{"missing"});
+  CHECK(store.row(o2).published);
+  std::size_t sent_before = kafka.sent.size();
+
+  for (int i = 0; i < 5; ++i) {  // backoff over: asked first, still blocked, skipped again
+    clock.advance(milliseconds(500));
+    relay.run_batch(never);
+  }
+  CHECK(kafka.sent.size() == sent_before);  // asked about, never sent to while blocked
+  CHECK(kafka.asked.size() >= 1);
+  CHECK_FALSE(store.row(a1).dead);
+
+  kafka.blocked_topics.clear();  // the topic was created
+  clock.advance(milliseconds(500));
   relay.run_batch(never);
-  CHECK(store.row(id).event.attempts == 1);
-  CHECK_FALSE(store.row(id).dead);
-  relay.run_batch(never);
-  CHECK_FALSE(store.row(id).dead);
-  relay.run_batch(never);
-  CHECK(store.row(id).dead);
-  CHECK(store.row(id).event.attempts == 3);
-  CHECK_THAT(store.row(id).last_error, Catch::Contains("after 3 attempts"));
+  CHECK(store.row(a1).published);
+  CHECK(store.row(a2).published);
+  CHECK(store.pending() == 0);
+}
+
+TEST_CASE("an error Kafka may answer for a whole request is retried alone before blame",
+          "[relay]") {
+  FakeStore store;
+  FakePublisher kafka;
+  FakeClock clock;
+  std::vector<std::int64_t> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(store.add("orders", "k"));
+  kafka.too_large_in_company = {ids[1], ids[2]};
+  kafka.too_large_alone = {ids[2]};  // ids[2] is too large on its own; ids[1] is not
+  BatchRelay relay(store, kafka, clock, options());
+
+  auto first = relay.run_batch(never);
+  CHECK(first.suspects == 2);
+  CHECK(first.dead_lettered == 0);  // nobody blamed for a batch-level error
+  for (int i = 0; i < 6 && store.pending() > 0; ++i) {
+    auto report = relay.run_batch(never);
+    CHECK(report.read == 1);  // one row per batch through the suspects
+  }
+  CHECK(store.row(ids[1]).published);
+  CHECK(store.row(ids[2]).dead);
+  CHECK_THAT(store.row(ids[2]).last_error, Catch::Contains("sent alone"));
+  CHECK(store.row(ids[3]).published);
+  CHECK(store.pending() == 0);
+
+  store.add("orders", "k");
+  store.add("orders", "k");
+  CHECK(relay.run_batch(never).read == 2);  // past the suspects: whole batches again
 }
 
 TEST_CASE("poison rows are dead-lettered without being sent", "[relay]") {

@@ -236,6 +236,28 @@ kafka:
   CHECK(r.errors[2].key == "kafka.properties.bootstrap.servers");
 }
 
+TEST_CASE("message timeouts and gaps, which would reorder a key, are refused", "[config]") {
+  ParseResult r = parse_config(R"(postgres:
+  dsn: h
+kafka:
+  bootstrap_servers: b
+  properties:
+    message.timeout.ms: "3000"
+    delivery.timeout.ms: "0"
+    enable.gapless.guarantee: "false"
+relay:
+  max_attempts: 3
+)",
+                               with_env({}));
+  REQUIRE(r.errors.size() == 2);
+  CHECK(r.errors[0].key == "kafka.properties.message.timeout.ms");
+  CHECK(r.errors[0].line == 6);
+  CHECK_THAT(r.errors[0].message, Catch::Contains("out of key order"));
+  CHECK(r.errors[1].key == "kafka.properties.enable.gapless.guarantee");
+  REQUIRE(r.warnings.size() == 1);  // an old key: loads, says it does nothing
+  CHECK_THAT(r.warnings[0], Catch::Contains("relay.max_attempts (line 10) has no effect"));
+}
+
 TEST_CASE("acks=-1 and enable.idempotence=true are accepted as they are", "[config]") {
   ParseResult r = parse_config(
       "postgres: {dsn: h}\nkafka:\n  bootstrap_servers: b\n  properties:\n"

@@ -33,7 +33,9 @@ class FakeStore : public core::OutboxStore {
     return r.event.id;
   }
 
-  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) override {
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
+                                             const std::vector<std::string>& skip) override {
+    last_skip = skip;
     ++begins;
     if (fail_begin > 0) {
       --fail_begin;
@@ -44,6 +46,7 @@ class FakeStore : public core::OutboxStore {
     std::size_t bytes = 0;
     for (auto& [id, r] : rows_) {
       if (r.published || r.dead) continue;
+      if (std::find(skip.begin(), skip.end(), r.event.topic) != skip.end()) continue;
       if (out.size() >= limit || bytes >= max_bytes) break;
       bytes += core::event_bytes(r.event);
       out.push_back(r.event);
@@ -105,6 +108,7 @@ class FakeStore : public core::OutboxStore {
   int fail_begin = 0;
   int fail_finish = 0;
   int fail_record = 0;
+  std::vector<std::string> last_skip;
   int begins = 0, finishes = 0, aborts = 0;
   std::atomic<int> records{0};
   std::atomic<int> waits{0};
@@ -134,7 +138,14 @@ class FakePublisher : public core::Publisher {
     for (const auto& m : messages) {
       sent.push_back(m);
       std::int64_t id = std::stoll(m.headers.at(1).second);
-      if (auto it = script.find(id); it != script.end()) {
+      if (too_large_in_company.count(id)) {  // a broker refusing the whole produce request
+        out.push_back(messages.size() > 1 || too_large_alone.count(id)
+                          ? core::DeliveryResult{false, core::FailureKind::suspect,
+                                                 "Kafka: Broker: Message size too large"}
+                          : core::DeliveryResult{true, core::FailureKind::transient, ""});
+      } else if (blocked_topics.count(m.topic)) {
+        out.push_back({false, core::FailureKind::topic_blocked, "Kafka: Broker: Unknown topic"});
+      } else if (auto it = script.find(id); it != script.end()) {
         out.push_back(it->second);
       } else if (hang && give_up && give_up()) {
         out.push_back({false, core::FailureKind::transient, "abandoned"});
@@ -146,7 +157,17 @@ class FakePublisher : public core::Publisher {
     return out;
   }
 
+  std::optional<std::string> topic_problem(const std::string& topic) override {
+    asked.push_back(topic);
+    if (blocked_topics.count(topic)) return "Kafka: Broker: Unknown topic";
+    return std::nullopt;
+  }
+
   std::map<std::int64_t, core::DeliveryResult> script;
+  std::set<std::int64_t> too_large_in_company;  //!< suspect with others, ok alone...
+  std::set<std::int64_t> too_large_alone;       //!< ...unless also listed here
+  std::set<std::string> blocked_topics;         //!< Kafka topics that cannot take messages
+  std::vector<std::string> asked;               //!< topic_problem calls
   std::vector<core::Message> sent;
   std::function<void()> on_publish;
   bool throw_next = false;

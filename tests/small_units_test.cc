@@ -192,11 +192,17 @@ TEST_CASE("PGOPTIONS counts as the user's options when the dsn has none", "[pg]"
 
 TEST_CASE("Kafka errors are classed by who is at fault", "[kafka]") {
   using core::FailureKind;
-  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) == FailureKind::permanent);
+  // A broker's "too large" may be about the whole produce request; librdkafka's own check
+  // at produce time is about the one message.
+  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) == FailureKind::suspect);
+  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE) == FailureKind::suspect);
+  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_INVALID_RECORD) == FailureKind::suspect);
+  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, true) == FailureKind::permanent);
   CHECK(kafka::classify(RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION) == FailureKind::permanent);
-  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) == FailureKind::row_retriable);
+  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) == FailureKind::topic_blocked);
   CHECK(kafka::classify(RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) ==
-        FailureKind::row_retriable);
+        FailureKind::topic_blocked);
+  CHECK(kafka::classify(RD_KAFKA_RESP_ERR_POLICY_VIOLATION) == FailureKind::topic_blocked);
   CHECK(kafka::classify(RD_KAFKA_RESP_ERR__MSG_TIMED_OUT) == FailureKind::transient);
   CHECK(kafka::classify(RD_KAFKA_RESP_ERR__TRANSPORT) == FailureKind::transient);
   CHECK(kafka::classify(RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS) == FailureKind::transient);

@@ -305,11 +305,13 @@ class Kafka(_ScriptServer):
 
         return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 3})
 
-    def create_topic(self, name: str, partitions: int = 6, timeout_s: float = 30.0) -> str:
+    def create_topic(self, name: str, partitions: int = 6, timeout_s: float = 30.0,
+                     config: dict | None = None) -> str:
         from confluent_kafka.admin import NewTopic
 
         a = self.admin()  # keep the handle alive until the future resolves
-        fs = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        fs = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1,
+                                       config=config or {})])
         fs[name].result(timeout=timeout_s)
         # wait until the metadata shows the leaders, so producers don't race creation
         deadline = time.monotonic() + timeout_s

@@ -178,7 +178,6 @@ int run_relay(const config::Config& config) {
   options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
   options.batch_max_bytes = static_cast<std::size_t>(config.source.polling.batch_max_bytes);
   options.interval = config.source.polling.interval;
-  options.max_attempts = config.relay.max_attempts;
   options.backoff_initial = config.relay.backoff_initial;
   options.backoff_max = config.relay.backoff_max;
   options.shutdown_timeout = config.relay.shutdown_timeout;

@@ -271,6 +271,15 @@ void check_kafka_property(Reader& r, const std::string& name, const std::string&
             "must stay all: a row is marked published only once every in-sync replica has it");
   } else if (name == "bootstrap.servers" || name == "metadata.broker.list") {
     r.error(key, line, "set kafka.bootstrap_servers instead");
+  } else if ((name == "message.timeout.ms" || name == "delivery.timeout.ms") && value != "0") {
+    r.error(key, line,
+            "must stay 0 (no timeout): a message that timed out while later ones of its "
+            "partition succeeded would be sent again after them, out of key order. The relay "
+            "waits for Kafka, and gives up only at shutdown (relay.shutdown_timeout_ms)");
+  } else if (name == "enable.gapless.guarantee" && value != "true") {
+    r.error(key, line,
+            "must stay true: a gap in a partition would be filled by a re-send out of key "
+            "order");
   } else if (name == "transactional.id") {
     r.error(key, line, "is not supported yet: the relay uses the idempotent producer");
   } else if (r.options().kafka_check) {
@@ -347,6 +356,12 @@ void read_relay(Reader& r, const YAML::Node& root, Config& c) {
     return;
   }
   r.read_int(n, "relay", "max_attempts", c.relay.max_attempts, 1, 1'000'000);
+  if (n["max_attempts"]) {
+    r.warnings.push_back(
+        "relay.max_attempts (line " + std::to_string(n["max_attempts"].Mark().line + 1) +
+        ") has no effect any more and can be removed: a row is dead-lettered only for a "
+        "reason proven its own, at once, and a topic that cannot take messages waits");
+  }
   r.read_ms(n, "relay", "backoff_initial_ms", c.relay.backoff_initial, 1, 3'600'000);
   r.read_ms(n, "relay", "backoff_max_ms", c.relay.backoff_max, 1, 3'600'000);
   r.read_ms(n, "relay", "shutdown_timeout_ms", c.relay.shutdown_timeout, 0, 3'600'000);

@@ -69,7 +69,8 @@ struct SourceConfig {
 };
 
 struct RelayConfig {
-  //! Failed attempts after which a row whose error is specific to it is dead-lettered.
+  //! No effect (kept so that older files load): rows are dead-lettered only for reasons
+  //! proven their own, at once; a topic that cannot take messages waits.
   int max_attempts = 10;
   //! First and longest pause after PostgreSQL or Kafka failed (doubling in between).
   milliseconds backoff_initial{200};

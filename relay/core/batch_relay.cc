@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <set>
 #include <variant>
 
 #include "common/logging.h"
@@ -20,6 +21,12 @@ BatchRelay::BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock,
 namespace {
 bool has_records(const BatchOutcome& o) {
   return !o.published.empty() || !o.retry.empty() || !o.dead_letter.empty();
+}
+std::string first_error(const std::vector<DeliveryResult>& results, FailureKind kind) {
+  for (const auto& r : results) {
+    if (!r.ok && r.kind == kind) return r.error;
+  }
+  return "";
 }
 }  // namespace
 
@@ -48,12 +55,22 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   // Invariant 4: nothing new is read (nor anything re-sent) before the last outcome is
   // recorded; reading first would send those rows to Kafka again.
   record_unrecorded();
-  std::vector<OutboxEvent> events =
-      store_.begin_batch(options_.batch_size, options_.batch_max_bytes);
+  // Rows of blocked topics stay where they are; the rest flows.
+  std::vector<std::string> skip;
+  for (const auto& [topic, block] : blocked_) {
+    if (block.until > clock_.now()) skip.push_back(topic);
+  }
+  // Suspects are sent one row per batch until past the last one: alone, a failure is proven
+  // the row's own.
+  std::size_t limit = solo_through_ > 0 ? 1 : options_.batch_size;
+  std::vector<OutboxEvent> events = store_.begin_batch(limit, options_.batch_max_bytes, skip);
+  if (solo_through_ > 0 && (events.empty() || events.back().id >= solo_through_)) {
+    solo_through_ = 0;  // this batch (of one) is the last of the suspects
+  }
   report.read = events.size();
   std::size_t bytes = 0;
   for (const auto& e : events) bytes += event_bytes(e);
-  report.full = events.size() >= options_.batch_size || bytes >= options_.batch_max_bytes;
+  report.full = events.size() >= limit || bytes >= options_.batch_max_bytes;
   if (events.empty()) {
     store_.abort_batch();
     return report;
@@ -62,17 +79,42 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   BatchOutcome outcome;
   std::vector<Message> messages;
   std::vector<const OutboxEvent*> sent;  // sent[i] is the row of messages[i]
+  std::vector<std::string> sent_topics;  // and sent_topics[i] its row topic
   messages.reserve(events.size());
   sent.reserve(events.size());
+  std::set<std::string> checked;  // row topics whose Kafka topic was asked about just now
   for (OutboxEvent& event : events) {
+    if (!known_good_.count(event.topic) && !checked.count(event.topic)) {
+      // A topic seen for the first time, or whose backoff ran out: ask the cluster before
+      // sending anything to it (a message to an unknown topic would wait in librdkafka).
+      checked.insert(event.topic);
+      auto mapped_topic =
+          options_.topic_map.count(event.topic) ? options_.topic_map.at(event.topic) : event.topic;
+      if (auto problem = publisher_.topic_problem(mapped_topic)) {
+        block_topic(event.topic, *problem);
+      } else {
+        known_good_.insert(event.topic);
+        if (auto it = blocked_.find(event.topic); it != blocked_.end()) {
+          it->second.until = clock_.now();  // try it in this batch
+        }
+      }
+    }
+    if (auto it = blocked_.find(event.topic);
+        it != blocked_.end() && it->second.until > clock_.now()) {
+      ++outcome.left_pending;  // waits with its topic; not its fault
+      ++report.topic_blocked;
+      continue;
+    }
     // The payload moves into the message (one copy of it in the relay); id and attempts
     // stay readable through sent[].
+    std::string row_topic = event.topic;
     auto mapped = to_message(std::move(event), options_.topic_map);
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
       outcome.dead_letter.push_back({event.id, poison->text});
     } else {
       messages.push_back(std::move(std::get<Message>(mapped)));
       sent.push_back(&event);
+      sent_topics.push_back(std::move(row_topic));
     }
   }
 
@@ -94,25 +136,39 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
     const OutboxEvent& event = *sent[i];
     if (result.ok) {
       outcome.published.push_back(event.id);
+      blocked_.erase(sent_topics[i]);
       continue;
     }
     switch (result.kind) {
       case FailureKind::permanent:
         outcome.dead_letter.push_back({event.id, result.error});
         break;
-      case FailureKind::row_retriable:
-        if (event.attempts + 1 >= options_.max_attempts) {
-          outcome.dead_letter.push_back(
-              {event.id,
-               result.error + " (after " + std::to_string(event.attempts + 1) + " attempts)"});
+      case FailureKind::suspect:
+        if (messages.size() == 1) {  // alone: proven its own
+          outcome.dead_letter.push_back({event.id, result.error + " (sent alone)"});
         } else {
-          outcome.retry.push_back({event.id, result.error});
+          solo_through_ = std::max(solo_through_, event.id);
+          ++outcome.left_pending;
+          ++report.suspects;
         }
+        break;
+      case FailureKind::topic_blocked:
+        block_topic(sent_topics[i], result.error);
+        ++outcome.left_pending;
+        ++report.topic_blocked;
         break;
       case FailureKind::transient:
         ++outcome.left_pending;
+        ++report.transient;
         break;
     }
+  }
+  if (report.suspects > 0) {
+    logging::get("core")->warn(
+        "Kafka refused a produce request of {} messages ({}); sending the rows one by one to "
+        "find the one at fault (if a topic's max.message.bytes is below the producer's "
+        "batch.size, lower kafka.properties batch.size)",
+        messages.size(), results.empty() ? "" : first_error(results, FailureKind::suspect));
   }
 
   try {
@@ -137,6 +193,20 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   counters_.failed_attempts += report.left_pending;
   ++counters_.batches;
   return report;
+}
+
+void BatchRelay::block_topic(const std::string& topic, const std::string& reason) {
+  auto [it, fresh] = blocked_.try_emplace(
+      topic, TopicBlock{Backoff(options_.backoff_initial, options_.backoff_max), {}});
+  known_good_.erase(topic);
+  if (it->second.until > clock_.now()) return;  // already blocked by this batch
+  auto pause = it->second.backoff.next();
+  it->second.until = clock_.now() + pause;
+  logging::get("core")->warn(
+      "topic {} cannot take messages ({}); its rows wait, asking again in {} ms; other "
+      "topics keep flowing",
+      topic, reason, pause.count());
+  (void)fresh;
 }
 
 void BatchRelay::idle_wait(const std::atomic<bool>& stop) {
@@ -171,10 +241,10 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
         abandoned = report.left_pending;
         break;
       }
-      if (report.left_pending > 0 || report.retried > 0) {
+      if (report.transient > 0) {  // the cluster, not a topic or a row: everyone waits
         auto pause = backoff_.next();
-        log->warn("{} of {} messages not delivered; retrying in {} ms",
-                  report.left_pending + report.retried, report.read, pause.count());
+        log->warn("{} of {} messages not delivered; retrying in {} ms", report.transient,
+                  report.read, pause.count());
         clock_.sleep_for(pause, [&] { return stop.load(); });
         continue;
       }

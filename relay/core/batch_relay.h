@@ -9,6 +9,12 @@
 // trigger, a revoked grant, statement_timeout) is kept and its recording retried with
 // backoff before anything else is read; its messages are never sent again by this process
 // for that reason, so a mark that fails every time costs no duplicates.
+// Invariant 5: a row is dead-lettered only for a reason proven its own: checked on the row
+// alone (topic name, headers, librdkafka's own size check), or an error Kafka may answer for
+// a whole produce request (too large, invalid record) repeated with the row in a batch of
+// its own. Invariant 6: a topic that cannot take messages (unknown, not authorized, policy)
+// never dead-letters its rows: it waits with its own backoff, asked about before its rows
+// are sent again, while the other topics flow (its rows are skipped when reading).
 #pragma once
 
 #include <atomic>
@@ -17,6 +23,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "core/backoff.h"
@@ -28,7 +35,6 @@ struct BatchRelayOptions {
   std::size_t batch_size = 1000;
   std::size_t batch_max_bytes = 16 << 20;  //!< see OutboxStore::begin_batch
   std::chrono::milliseconds interval{500};
-  int max_attempts = 10;
   std::chrono::milliseconds backoff_initial{200};
   std::chrono::milliseconds backoff_max{30'000};
   std::chrono::milliseconds shutdown_timeout{30'000};
@@ -42,7 +48,10 @@ struct BatchReport {
   std::size_t published = 0;
   std::size_t retried = 0;
   std::size_t dead_lettered = 0;
-  std::size_t left_pending = 0;  //!< transient failures and abandoned messages
+  std::size_t left_pending = 0;   //!< not resolved: stays pending, sent again later
+  std::size_t transient = 0;      //!< of which the cluster's fault (the relay backs off)
+  std::size_t topic_blocked = 0;  //!< of which waiting for their topic
+  std::size_t suspects = 0;       //!< of which to be sent alone (batch-level error)
 };
 
 //! Counters since start, readable from any thread.
@@ -72,6 +81,7 @@ class BatchRelay {
  private:
   void idle_wait(const std::atomic<bool>& stop);
   void record_unrecorded();
+  void block_topic(const std::string& topic, const std::string& reason);
   void count(const BatchOutcome& outcome, BatchReport& report);
 
   OutboxStore& store_;
@@ -81,6 +91,13 @@ class BatchRelay {
   Backoff backoff_;
   RelayCounters counters_;
   std::optional<BatchOutcome> unrecorded_;  //!< acknowledged, recording failed (invariant 4)
+  struct TopicBlock {
+    Backoff backoff;
+    std::chrono::steady_clock::time_point until;
+  };
+  std::map<std::string, TopicBlock> blocked_;  //!< by row topic (invariant 6)
+  std::set<std::string> known_good_;           //!< row topics the cluster said are there
+  std::int64_t solo_through_ = 0;  //!< rows up to this id go one per batch (invariant 5)
 };
 
 }  // namespace outbox::core

@@ -37,14 +37,21 @@ struct Message {
   Headers headers;
 };
 
-//! How the relay treats a failed delivery.
+//! How the relay treats a failed delivery. A row is dead-lettered only for a reason proven
+//! to be its own.
 enum class FailureKind {
-  //! The cluster or the network (broker down, timeout): retry later, the row is not at fault.
+  //! The cluster or the network (broker down, producer re-created): retry later, the row is
+  //! not at fault.
   transient,
-  //! Specific to this message but possibly temporary (topic not there yet, no permission):
-  //! counts towards relay.max_attempts, then dead-letter.
-  row_retriable,
-  //! Can never succeed (too large, invalid topic name): dead-letter now.
+  //! The message's topic cannot take messages now (unknown topic, not authorized, a policy):
+  //! the topic waits with backoff while other topics flow; never dead-lettered.
+  topic_blocked,
+  //! An error Kafka may answer for a whole produce request (too large, invalid record): the
+  //! row is proven at fault only when it fails so in a batch of its own, so it is sent
+  //! alone before it is blamed.
+  suspect,
+  //! Proven the message's own (larger than the producer's message.max.bytes, invalid topic
+  //! name): dead-letter now.
   permanent,
 };
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,10 +34,12 @@ class OutboxStore {
   virtual ~OutboxStore() = default;
   //! Returns pending rows in id order: at most `limit` rows, and rows only while the
   //! event_bytes() of those before stay below `max_bytes` (so the first row always comes,
-  //! and a batch whose bytes reach max_bytes may have more waiting). No PostgreSQL
-  //! transaction stays open while the batch waits for Kafka. Throws UnavailableError when
-  //! PostgreSQL cannot be reached.
-  virtual std::vector<OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) = 0;
+  //! and a batch whose bytes reach max_bytes may have more waiting), leaving out rows whose
+  //! row topic is in `skip_topics` (they stay pending, in order). No PostgreSQL transaction
+  //! stays open while the batch waits for Kafka. Throws UnavailableError when PostgreSQL
+  //! cannot be reached.
+  virtual std::vector<OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
+                                               const std::vector<std::string>& skip_topics) = 0;
   //! Records the outcome and releases the rows, atomically. Throws UnavailableError; then
   //! nothing was recorded and the rows stay pending.
   virtual void finish_batch(const BatchOutcome& outcome) = 0;
@@ -64,6 +67,12 @@ class Publisher {
   //! Kafka did not acknowledge.
   virtual std::vector<DeliveryResult> publish(const std::vector<Message>& messages,
                                               const std::function<bool()>& give_up) = 0;
+  //! Asks the cluster whether Kafka topic `topic` can take messages now: nullopt if it can
+  //! (or the cluster cannot say just now), else why not (unknown topic, not authorized).
+  virtual std::optional<std::string> topic_problem(const std::string& topic) {
+    (void)topic;
+    return std::nullopt;
+  }
 };
 
 //! Time, so that backoff and deadlines can be tested without waiting.

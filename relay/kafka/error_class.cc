@@ -2,14 +2,15 @@
 
 namespace outbox::kafka {
 
-core::FailureKind classify(rd_kafka_resp_err_t err) {
+core::FailureKind classify(rd_kafka_resp_err_t err, bool local) {
   switch (err) {
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
     case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
     case RD_KAFKA_RESP_ERR_INVALID_MSG:
     case RD_KAFKA_RESP_ERR_INVALID_RECORD:
     case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
-    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:  // invalid topic name
+      return local ? core::FailureKind::permanent : core::FailureKind::suspect;
+    case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:  // invalid topic name: the row chose it
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
       return core::FailureKind::permanent;
     case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
@@ -17,7 +18,7 @@ core::FailureKind classify(rd_kafka_resp_err_t err) {
     case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
     case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
     case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
-      return core::FailureKind::row_retriable;
+      return core::FailureKind::topic_blocked;
     default:
       return core::FailureKind::transient;
   }

@@ -7,9 +7,9 @@
 
 namespace outbox::kafka {
 
-//! permanent: the message can never be produced (dead-letter now). row_retriable: specific
-//! to the message's topic but possibly temporary (counts towards relay.max_attempts).
-//! transient: the cluster or network; the row is not at fault and is simply retried.
-core::FailureKind classify(rd_kafka_resp_err_t err);
+//! What `err` proves (see core::FailureKind). `local`: librdkafka refused the message itself
+//! at produce time (it looked at this message alone), rather than a broker answering for a
+//! produce request that may have carried others.
+core::FailureKind classify(rd_kafka_resp_err_t err, bool local = false);
 
 }  // namespace outbox::kafka

@@ -31,8 +31,13 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* msg, void*) {
 
 void on_log(const rd_kafka_t*, int level, const char* facility, const char* text) {
   auto log = logging::get("kafka");
-  // Connection failures also come through on_error: once, at warn, is enough.
+  // Connection failures also come through on_error: once, at warn, is enough. The relay
+  // sets enable.gapless.guarantee on purpose: librdkafka's "experimental" notice is noise.
   if (std::string_view(facility) == "FAIL") level = 7;
+  if (std::string_view(facility) == "CONFWARN" &&
+      std::string_view(text).find("enable.gapless.guarantee") != std::string_view::npos) {
+    level = 7;
+  }
   auto lvl = level <= 3   ? spdlog::level::err
              : level <= 4 ? spdlog::level::warn
              : level <= 6 ? spdlog::level::info
@@ -61,6 +66,12 @@ std::vector<std::pair<std::string, std::string>> default_properties(
       {"enable.idempotence", "true"},
       {"acks", "all"},
       {"linger.ms", "5"},
+      // Per-key order under any failure: a message never times out while later ones of its
+      // partition may still succeed (the relay waits for Kafka and gives up only at
+      // shutdown, by purging), and a permanent failure in a partition stops the producer
+      // (re-created) instead of leaving a gap that a re-send would fill out of order.
+      {"message.timeout.ms", "0"},
+      {"enable.gapless.guarantee", "true"},
       {"log.connection.close", "false"},
   };
 }
@@ -164,7 +175,7 @@ std::vector<core::DeliveryResult> KafkaPublisher::publish(
       continue;
     }
     rd_kafka_headers_destroy(headers);
-    results[i].kind = classify(err);
+    results[i].kind = classify(err, /*local=*/true);
     results[i].error = std::string("Kafka: ") + rd_kafka_err2str(err);
     if (err == RD_KAFKA_RESP_ERR__FATAL) break;
   }
@@ -190,6 +201,28 @@ std::vector<core::DeliveryResult> KafkaPublisher::publish(
     }
   }
   return results;
+}
+
+std::optional<std::string> KafkaPublisher::topic_problem(const std::string& topic) {
+  try {
+    ensure_producer();
+  } catch (const std::exception&) {
+    return std::nullopt;  // the next publish says what is wrong
+  }
+  rd_kafka_topic_t* rkt = rd_kafka_topic_new(producer_->rk, topic.c_str(), nullptr);
+  if (rkt == nullptr) return std::nullopt;
+  const rd_kafka_metadata_t* md = nullptr;
+  rd_kafka_resp_err_t err = rd_kafka_metadata(producer_->rk, 0, rkt, &md, 10'000);
+  std::optional<std::string> problem;
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1) {
+    rd_kafka_resp_err_t terr = md->topics[0].err;
+    if (classify(terr) == core::FailureKind::topic_blocked) {
+      problem = std::string("Kafka: ") + rd_kafka_err2str(terr);
+    }
+  }
+  if (md != nullptr) rd_kafka_metadata_destroy(md);
+  rd_kafka_topic_destroy(rkt);
+  return problem;
 }
 
 std::pair<int, std::string> KafkaPublisher::probe_cluster(int timeout_ms) {

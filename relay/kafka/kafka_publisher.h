@@ -47,6 +47,8 @@ class KafkaPublisher : public core::Publisher {
   std::vector<core::DeliveryResult> publish(const std::vector<core::Message>& messages,
                                             const std::function<bool()>& give_up) override;
 
+  std::optional<std::string> topic_problem(const std::string& topic) override;
+
   //! Asks a broker for cluster metadata: the broker count, or the error text.
   std::pair<int, std::string> probe_cluster(int timeout_ms);
 

@@ -20,7 +20,7 @@ FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, a
              sum(coalesce(octet_length(payload), 0) + coalesce(octet_length(key), 0) +
                  octet_length(headers::text)) OVER (ORDER BY id) AS upto
       FROM outbox.events
-      WHERE published_at IS NULL AND dead_lettered_at IS NULL
+      WHERE published_at IS NULL AND dead_lettered_at IS NULL AND topic <> ALL($3::text[])
       ORDER BY id
       LIMIT $1) AS candidates
 WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0) -
@@ -116,16 +116,16 @@ void PgOutboxStore::connect() {
   }
 }
 
-std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(std::size_t limit,
-                                                          std::size_t max_bytes) {
+std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(
+    std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
   connect();
   std::vector<core::OutboxEvent> events;
   try {
     // One statement, no transaction left open while Kafka answers: the leader lock already
     // makes this relay the only reader, so the rows need no lock of their own.
     pqxx::nontransaction n(*conn_);
-    pqxx::result rows =
-        n.exec_params(kFetchSql, static_cast<long>(limit), static_cast<long long>(max_bytes));
+    pqxx::result rows = n.exec_params(kFetchSql, static_cast<long>(limit),
+                                      static_cast<long long>(max_bytes), text_array(skip_topics));
     events.reserve(rows.size());
     for (const auto& row : rows) {
       core::OutboxEvent e;

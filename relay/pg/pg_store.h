@@ -27,7 +27,8 @@ class PgOutboxStore : public core::OutboxStore {
   PgOutboxStore(std::string conninfo, std::string redacted);
   ~PgOutboxStore() override;
 
-  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) override;
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
+                                             const std::vector<std::string>& skip_topics) override;
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;

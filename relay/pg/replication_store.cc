@@ -84,6 +84,7 @@ void PgReplicationStore::reset() noexcept {
   queued_.clear();
   batch_.clear();
   retained_.clear();
+  parked_.clear();
 }
 
 void PgReplicationStore::prepare_publication_and_slot(bool& slot_exists) {
@@ -209,12 +210,12 @@ void PgReplicationStore::start_stream() {
                            options_.slot_name, options_.publication_name);
 }
 
-std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit,
-                                                               std::size_t max_bytes) {
+std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(
+    std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
   return guarded([&] {
     ensure_started();
     if (draining_) {
-      std::vector<core::OutboxEvent> events = table_.begin_batch(limit, max_bytes);
+      std::vector<core::OutboxEvent> events = table_.begin_batch(limit, max_bytes, skip_topics);
       drain_batch_open_ = true;
       // The slot's consistent point comes a moment before the transactions that committed
       // just ahead of it are visible to other sessions (the same window as in
@@ -227,16 +228,36 @@ std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(std::size_t limit
       return events;
     }
     start_stream();
-    batch_ = std::move(retained_);
-    retained_.clear();
+    // Rows of skipped topics wait in parked_ in arrival order (their events unresolved, so
+    // the confirmed position stays before them); once their topic is no longer skipped they
+    // come first, before anything newer of that topic.
+    auto skipped = [&](const Queued& q) {
+      return std::find(skip_topics.begin(), skip_topics.end(), q.event.topic) != skip_topics.end();
+    };
+    std::vector<Queued> carried;
+    for (auto* from : {&parked_, &retained_}) {
+      for (auto& q : *from) carried.push_back(std::move(q));
+      from->clear();
+    }
+    batch_.clear();
     std::size_t bytes = 0;
-    for (const auto& q : batch_) bytes += core::event_bytes(q.event);
-    // The stream is read only as far as the batch needs (rows and bytes): memory stays
-    // bounded whatever the size of a transaction or of its rows.
-    while (batch_.size() < limit && bytes < max_bytes) {
+    auto take = [&](Queued&& q) {
+      if (skipped(q)) {
+        parked_.push_back(std::move(q));
+      } else if (batch_.size() >= limit || bytes >= max_bytes) {
+        retained_.push_back(std::move(q));  // the batch is full: first in the next one
+      } else {
+        bytes += core::event_bytes(q.event);
+        batch_.push_back(std::move(q));
+      }
+    };
+    for (auto& q : carried) take(std::move(q));
+    // The stream is read only as far as the batch needs (rows and bytes), and not at all
+    // while too many rows are parked: memory stays bounded whatever the size of a
+    // transaction or of its rows.
+    while (batch_.size() < limit && bytes < max_bytes && parked_.size() < limit) {
       if (!queued_.empty()) {
-        bytes += core::event_bytes(queued_.front().event);
-        batch_.push_back(std::move(queued_.front()));
+        take(std::move(queued_.front()));
         queued_.pop_front();
         continue;
       }

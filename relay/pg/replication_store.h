@@ -47,7 +47,8 @@ class PgReplicationStore : public core::OutboxStore {
                      std::function<bool()> stopping);
   ~PgReplicationStore() override;
 
-  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) override;
+  std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
+                                             const std::vector<std::string>& skip_topics) override;
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
   //! Marks in the table only: after a failed finish_batch the stream was reset, and the
@@ -95,6 +96,7 @@ class PgReplicationStore : public core::OutboxStore {
   std::deque<Queued> queued_;     // decoded, not yet in a batch
   std::vector<Queued> batch_;     // the open batch
   std::vector<Queued> retained_;  // not resolved by the last batch: first in the next
+  std::vector<Queued> parked_;    // of topics the relay skips for now (blocked topics)
 
   Lsn received_;
   Lsn confirmed_;

@@ -1,0 +1,81 @@
+"""A row is dead-lettered only for a reason proven its own; a topic that cannot take
+messages waits without blocking the others.
+
+Before: a topic whose max.message.bytes was below the producer's batch got every row of a
+batch dead-lettered (Kafka answers "too large" for the whole produce request), and an
+unknown topic held each batch for about 30 s, then its rows were dead-lettered after
+relay.max_attempts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness import enqueue, wait_until
+
+
+@pytest.fixture(params=["polling", "replication"])
+def mode(request):
+    return request.param
+
+
+def _dead(ctx):
+    return ctx._query("SELECT id, octet_length(payload), last_error FROM outbox.events "
+                      "WHERE dead_lettered_at IS NOT NULL ORDER BY id")
+
+
+def test_a_batch_level_too_large_blames_only_the_row_too_large_on_its_own(ctx):
+    topic = ctx.topic(partitions=2, config={"max.message.bytes": "20000"})
+    relay = ctx.relay().start()
+    if ctx.mode == "replication":
+        ctx.wait_streaming(relay)
+    total = 300
+    with ctx.connect() as c:
+        for i in range(total):
+            enqueue(c, topic, f"k{i % 4}", bytes(500))
+            if i == 150:
+                enqueue(c, topic, "k-big", bytes(30000))  # above the topic's limit alone
+    wait_until(lambda: ctx._query("SELECT count(*) FROM outbox.events "
+                                  "WHERE published_at IS NULL AND dead_lettered_at IS NULL")[0][0] == 0,
+               120, 0.1, "every row published or dead-lettered", lambda: relay.assert_running())
+    dead = _dead(ctx)
+    assert [d[1] for d in dead] == [30000], dead  # only the row too large on its own
+    assert "sent alone" in dead[0][2] and "too large" in dead[0][2].lower(), dead
+    records = ctx.kafka.consume_all(topic, total, timeout_s=60)
+    assert len(records) == total
+    for k in range(4):  # per-key order through the one-by-one retries
+        ids = [int(r.headers["outbox-id"]) for r in records if r.key == f"k{k}"]
+        assert ids == sorted(ids)
+    ctx.note(f"{total} rows of 500 B published, 1 of 30,000 B dead-lettered: {dead[0][2][:80]}")
+
+
+def test_an_unknown_topic_waits_and_the_others_flow(ctx):
+    missing = ctx.topic("missing", create=False)
+    good = ctx.topic()
+    relay = ctx.relay({"kafka": {"properties": {"allow.auto.create.topics": "false"}},
+                       "relay": {"backoff_max_ms": 2000}}).start()
+    if ctx.mode == "replication":
+        ctx.wait_streaming(relay)
+    with ctx.connect() as c:
+        for i in range(20):
+            enqueue(c, missing, f"m{i % 2}", f"m{i}".encode())
+            enqueue(c, good, "g", f"g{i}".encode())
+    reader = ctx.reader(good)
+    t0 = time.monotonic()
+    assert reader.wait_for(lambda rs: len(rs) >= 20, 20), relay.log_tail()
+    ctx.note(f"the other topic's 20 rows in {time.monotonic() - t0:.1f}s while {missing} is unknown")
+    wait_until(lambda: "cannot take messages" in relay.log_text(), 30, 0.1,
+               "the relay saying the topic waits")
+    with ctx.connect() as c:  # more traffic for the good topic keeps flowing
+        for i in range(20, 40):
+            enqueue(c, good, "g", f"g{i}".encode())
+    assert reader.wait_for(lambda rs: len(rs) >= 40, 20), relay.log_tail()
+    assert _dead(ctx) == []
+    ctx.kafka.create_topic(missing, 6)  # the operator creates it
+    ctx.wait_all_published(60, 60, relay)
+    assert _dead(ctx) == []
+    records = ctx.kafka.consume_all(missing, 20, timeout_s=60)
+    for k in ("m0", "m1"):
+        values = [r.value for r in records if r.key == k]
+        assert values == sorted(values, key=lambda v: int(v[1:])), values
