@@ -55,7 +55,7 @@ if skipped build; then
   step build true # recorded as skipped; an existing build/ is used as is
   [ -x build/outbox-relay ] && BUILD_OK=1
   [ -d build ] && step unit ctest --test-dir build --output-on-failure -j"$JOBS"
-elif step build build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
+elif step build build build -DCMAKE_BUILD_TYPE=Release -DOUTBOX_WERROR=ON; then
   BUILD_OK=1
   step unit ctest --test-dir build --output-on-failure -j"$JOBS"
 else
@@ -63,7 +63,7 @@ else
 fi
 
 asan() {
-  build build-asan -DOUTBOX_SANITIZE=ON &&
+  build build-asan -DOUTBOX_SANITIZE=ON -DOUTBOX_WERROR=ON &&
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       ctest --test-dir build-asan --output-on-failure -j"$JOBS"
 }

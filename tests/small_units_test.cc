@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/logging.h"
+#include "config/config.h"
 #include "core/backoff.h"
 #include "kafka/error_class.h"
 #include "pg/conninfo.h"
@@ -211,4 +212,19 @@ TEST_CASE("Kafka errors are classed by who is at fault", "[kafka]") {
 
 TEST_CASE("log messages are escaped for JSON lines", "[logging]") {
   CHECK(logging::json_escape("a \"b\"\n\\c\x01") == "a \\\"b\\\"\\n\\\\c\\u0001");
+}
+
+TEST_CASE("multi-line messages are folded into one text log line", "[logging]") {
+  // libpq's messages end with a line break and put a hint on a tab-indented second line.
+  CHECK(logging::fold_lines("connection refused\n\tIs the server running?\n; retrying") ==
+        "connection refused Is the server running? ; retrying");
+  CHECK(logging::fold_lines("ends with a break\n") == "ends with a break");
+  CHECK(logging::fold_lines("a  b\tc") == "a  b\tc");  // no break: spacing kept
+  CHECK(logging::fold_lines("x \r\n y") == "x y");
+}
+
+TEST_CASE("log levels are the configuration's words", "[logging]") {
+  CHECK(config::is_log_level("warn"));
+  CHECK_FALSE(config::is_log_level("warning"));
+  CHECK_FALSE(config::is_log_level("bogus"));
 }

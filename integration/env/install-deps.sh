@@ -64,8 +64,10 @@ else
   log "kafka: fetching Kafka $(kafka_version) jars into $JARDIR"
   rm -rf "$JARDIR.tmp"
   mkdir -p "$JARDIR.tmp"
+  # Debian's Maven prints colour escapes even with -B and style.color=never: strip them.
   mvn -q -B -Dstyle.color=never -f "$OUTBOX_ENV_DIR/kafka-pom.xml" dependency:copy-dependencies \
-    -DoutputDirectory="$JARDIR.tmp" -DincludeScope=runtime >&2
+    -DoutputDirectory="$JARDIR.tmp" -DincludeScope=runtime 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2
+  [ "${PIPESTATUS[0]}" -eq 0 ] || die "mvn could not fetch the Kafka jars"
   echo "$POMSUM" >"$JARDIR.tmp/.complete"
   rm -rf "$JARDIR"
   mv "$JARDIR.tmp" "$JARDIR"

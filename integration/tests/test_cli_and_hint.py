@@ -96,3 +96,17 @@ def test_migrate_is_safe_twice_and_from_two_processes_at_once(ctx, tmp_path):
         assert versions == [int(m.name[:4]) for m in migrations]
     finally:
         ctx.pg.drop_database(db)
+
+
+def test_bad_log_level_is_refused_and_levels_print_as_configured(ctx):
+    relay = ctx.relay()
+    bad = relay.command("check", "--log-level", "bogus")
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "--log-level must be one of" in bad.stderr and "bogus" in bad.stderr
+    # An unreachable PostgreSQL: a warn line, one line per record (libpq's message has two).
+    down = ctx.relay({"postgres": {"dsn": "host=127.0.0.1 port=1 dbname=x connect_timeout=2"}},
+                     name="down").start()
+    wait_until(lambda: " warn  [core] PostgreSQL:" in down.log_text(), 30, 0.1, "a warn line")
+    lines = [ln for ln in down.log_text().splitlines() if "PostgreSQL:" in ln]
+    assert all(ln.startswith("20") for ln in lines), lines[:3]  # no continuation lines
+    assert "warning" not in down.log_text()

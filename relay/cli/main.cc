@@ -153,6 +153,10 @@ int main(int argc, char** argv) {
     return usage_error("--since and --json are options of audit");
   }
   if (config_path.empty()) return usage_error("--config FILE is required");
+  if (!log_level.empty() && !config::is_log_level(log_level)) {
+    return usage_error("--log-level must be one of trace, debug, info, warn, error, off, got " +
+                       log_level);
+  }
 
   if (auto problem = kafka::librdkafka_version_problem()) {
     std::fprintf(stderr, "outbox-relay: %s\n", problem->c_str());

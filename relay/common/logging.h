@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace outbox::logging {
 
@@ -15,6 +16,10 @@ void setup(const std::string& level, Format format);
 
 //! The logger of module `name` ("core", "pg", "kafka", "cli"), created on first use.
 std::shared_ptr<spdlog::logger> get(const std::string& name);
+
+//! `text` on one line: each run of white space holding a line break becomes one space, and
+//! trailing breaks go (libpq's messages end with one). Text log lines use it.
+std::string fold_lines(std::string_view text);
 
 //! `text` with control characters and quotes escaped for a JSON string.
 std::string json_escape(const std::string& text);

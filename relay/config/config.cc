@@ -371,13 +371,20 @@ void read_relay(Reader& r, const YAML::Node& root, Config& c) {
   }
 }
 
+}  // namespace
+
+bool is_log_level(const std::string& level) {
+  static constexpr std::string_view kLevels[] = {"trace", "debug", "info", "warn", "error", "off"};
+  return std::find(std::begin(kLevels), std::end(kLevels), level) != std::end(kLevels);
+}
+
+namespace {
+
 void read_log(Reader& r, const YAML::Node& root, Config& c) {
   YAML::Node n = root["log"];
   if (!r.section(n, "log", {"level", "format"})) return;
   if (auto level = r.scalar(n, "log", "level")) {
-    static constexpr std::string_view kLevels[] = {"trace", "debug", "info",
-                                                   "warn",  "error", "off"};
-    if (std::find(std::begin(kLevels), std::end(kLevels), *level) == std::end(kLevels)) {
+    if (!is_log_level(*level)) {
       r.error("log.level", line_of(n["level"]),
               "must be one of trace, debug, info, warn, error, off, got \"" + *level + "\"");
     } else {

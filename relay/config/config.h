@@ -121,6 +121,9 @@ struct ParseOptions {
   FileReader read_file;       //!< default: read from disk
 };
 
+//! trace, debug, info, warn, error or off.
+bool is_log_level(const std::string& level);
+
 ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options = {});
 ParseResult load_config_file(const std::string& path, const ParseOptions& options = {});
 
