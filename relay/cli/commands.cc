@@ -165,15 +165,15 @@ int run_relay(const config::Config& config) {
     log->error("{}", e.what());
     return kUsage;
   }
+  core::SteadyClock clock;
   std::unique_ptr<core::OutboxStore> store;
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
     store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, config.source.replication,
-                                                     [] { return g_stop.load(); });
+                                                     clock, [] { return g_stop.load(); });
   } else {
     store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted);
   }
-  core::SteadyClock clock;
   core::BatchRelayOptions options;
   options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
   options.batch_max_bytes = static_cast<std::size_t>(config.source.polling.batch_max_bytes);

@@ -1,0 +1,47 @@
+// The replication side of replication mode on PostgreSQL (pg/replication_ports.h): the
+// publication and slot administration on a normal connection, and the walsender session
+// (ReplicationConnection) whose pgoutput messages are decoded here into StreamMessages.
+//
+// Lifecycle: as ReplicationStream; one worker thread. Bytes that cannot be decoded throw
+// core::FatalError: a stream that is not understood stops the relay, never is skipped.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+#include "pg/pgoutput.h"
+#include "pg/replication_connection.h"
+#include "pg/replication_ports.h"
+
+namespace outbox::pg {
+
+class PgReplicationStream : public ReplicationStream {
+ public:
+  //! `stopping` cancels a slot creation that waits for open transactions.
+  PgReplicationStream(std::string conninfo, config::ReplicationConfig options,
+                      std::function<bool()> stopping);
+
+  //! The leader lock must be held: a walsender of ours (same application_name) on the
+  //! slot is then a previous session's, and is ended.
+  bool prepare() override;
+  Created create_slot() override;
+  void release_snapshot() override;
+  void start() override;
+  std::optional<StreamMessage> read(std::chrono::milliseconds wait) override;
+  void send_status(Lsn written, Lsn flushed, bool reply) override;
+  void close() noexcept override;
+
+ private:
+  ReplicationConnection& connection();
+  StreamMessage decode(const std::string& frame);
+
+  std::string conninfo_;
+  config::ReplicationConfig options_;
+  std::function<bool()> stopping_;
+  std::unique_ptr<ReplicationConnection> conn_;
+  RelationCache relations_;
+};
+
+}  // namespace outbox::pg
