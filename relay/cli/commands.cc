@@ -169,8 +169,16 @@ int run_relay(const config::Config& config) {
   std::unique_ptr<core::OutboxStore> store;
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
-    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, config.source.replication,
-                                                     clock, [] { return g_stop.load(); });
+    const config::ReplicationConfig& rc = config.source.replication;
+    pg::ReplicationSettings settings;
+    settings.slot_name = rc.slot_name;
+    settings.publication_name = rc.publication_name;
+    settings.create_slot = rc.create_slot;
+    settings.create_publication = rc.create_publication;
+    settings.status_interval = rc.status_interval;
+    settings.heartbeat_interval = rc.heartbeat_interval;
+    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, settings, clock,
+                                                     [] { return g_stop.load(); });
   } else {
     store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted);
   }

@@ -4,7 +4,7 @@ namespace outbox::pg {
 
 namespace {
 
-ReplicationSourceOptions source_options(const config::ReplicationConfig& c) {
+ReplicationSourceOptions source_options(const ReplicationSettings& c) {
   ReplicationSourceOptions o;
   o.slot_name = c.slot_name;
   o.status_interval = c.status_interval;
@@ -15,7 +15,7 @@ ReplicationSourceOptions source_options(const config::ReplicationConfig& c) {
 }  // namespace
 
 PgReplicationStore::PgReplicationStore(std::string conninfo, std::string redacted,
-                                       config::ReplicationConfig options, core::Clock& clock,
+                                       ReplicationSettings options, core::Clock& clock,
                                        std::function<bool()> stopping)
     : store_(conninfo, std::move(redacted)),
       table_(store_),

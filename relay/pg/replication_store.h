@@ -13,7 +13,6 @@
 #include <functional>
 #include <string>
 
-#include "config/config.h"
 #include "core/ports.h"
 #include "pg/pg_store.h"
 #include "pg/replication_source.h"
@@ -25,7 +24,7 @@ namespace outbox::pg {
 class PgReplicationStore : public core::OutboxStore {
  public:
   //! `stopping` tells a long wait on the server (creating the slot) to give up.
-  PgReplicationStore(std::string conninfo, std::string redacted, config::ReplicationConfig options,
+  PgReplicationStore(std::string conninfo, std::string redacted, ReplicationSettings options,
                      core::Clock& clock, std::function<bool()> stopping);
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes) override;

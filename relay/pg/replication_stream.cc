@@ -46,7 +46,7 @@ core::OutboxEvent outbox_event(const Relation& relation, const Insert& insert) {
 
 }  // namespace
 
-PgReplicationStream::PgReplicationStream(std::string conninfo, config::ReplicationConfig options,
+PgReplicationStream::PgReplicationStream(std::string conninfo, ReplicationSettings options,
                                          std::function<bool()> stopping)
     : conninfo_(std::move(conninfo)),
       options_(std::move(options)),

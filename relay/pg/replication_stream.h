@@ -6,21 +6,32 @@
 // core::FatalError: a stream that is not understood stops the relay, never is skipped.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
 
-#include "config/config.h"
 #include "pg/pgoutput.h"
 #include "pg/replication_connection.h"
 #include "pg/replication_ports.h"
 
 namespace outbox::pg {
 
+//! source.replication of the configuration (config::ReplicationConfig; cli/ copies it here,
+//! so that pg/ depends on core/ only).
+struct ReplicationSettings {
+  std::string slot_name = "outbox_relay";
+  std::string publication_name = "outbox_relay";
+  bool create_slot = true;  //!< create the slot / publication when missing
+  bool create_publication = true;
+  std::chrono::milliseconds status_interval{10'000};
+  std::chrono::milliseconds heartbeat_interval{10'000};
+};
+
 class PgReplicationStream : public ReplicationStream {
  public:
   //! `stopping` cancels a slot creation that waits for open transactions.
-  PgReplicationStream(std::string conninfo, config::ReplicationConfig options,
+  PgReplicationStream(std::string conninfo, ReplicationSettings options,
                       std::function<bool()> stopping);
 
   //! The leader lock must be held: a walsender of ours (same application_name) on the
@@ -38,7 +49,7 @@ class PgReplicationStream : public ReplicationStream {
   StreamMessage decode(const std::string& frame);
 
   std::string conninfo_;
-  config::ReplicationConfig options_;
+  ReplicationSettings options_;
   std::function<bool()> stopping_;
   std::unique_ptr<ReplicationConnection> conn_;
   RelationCache relations_;
