@@ -198,17 +198,26 @@ class FakeTable : public pg::ReplicationTable {
  public:
   explicit FakeTable(FakeServer& s) : s_(s) {}
   void connect() override {}
-  std::vector<std::int64_t> pending_ids_in_snapshot(const std::string& snapshot) override {
+  Listed pending_ids_in_snapshot(const std::string& name) override {
     REQUIRE(s_.snapshot_alive);  // only while the replication connection is idle
-    REQUIRE(snapshot == "snap-1");
+    REQUIRE(name == "snap-1");
     s_.calls.push_back("import");
-    std::vector<std::int64_t> ids;  // exactly what committed before the consistent point
+    Listed listed;  // exactly what committed before the consistent point, visible or not
+    listed.snapshot = "S";
     for (const auto& [id, r] : s_.rows) {
       if (r.commit_end <= s_.consistent_point && !r.deleted && FakeServer::pending(r)) {
-        ids.push_back(id);
+        listed.ids.push_back(id);
       }
     }
-    return ids;
+    return listed;
+  }
+  std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) override {
+    REQUIRE(snapshot == "S");
+    std::vector<std::uint64_t> xids;  // committed before the consistent point, not visible
+    for (const auto& t : s_.txns) {
+      if (t.end <= s_.consistent_point && s_.invisible.count(t.xid)) xids.push_back(t.xid);
+    }
+    return xids;
   }
   std::vector<std::uint64_t> committed_not_visible() override {
     return {s_.invisible.begin(), s_.invisible.end()};
@@ -344,6 +353,27 @@ TEST_CASE("first start: the snapshot's pending rows are drained, then the stream
   CHECK(rig.server.pending_count() == 0);
   CHECK(rig.server.calls.back() == "start");
   CHECK(source.confirmed().value == rig.server.txns.back().end);
+}
+
+TEST_CASE("first start: a row the slot's snapshot shows, not yet visible, is waited for",
+          "[replication][handover][visibility]") {
+  Rig rig;
+  auto before = rig.server.commit({"a"});
+  // Committed just before the consistent point, still in the proc array (a synchronous
+  // standby's wait): the exported snapshot shows it, new snapshots do not yet.
+  auto late = rig.server.commit({"b"}, /*visible=*/false);
+  std::uint32_t xid = rig.server.row(late[0]).xid;
+  rig.server.on_visible = [&](int n) {
+    if (n == 30) rig.server.invisible.erase(xid);
+  };
+  auto& source = rig.make();
+
+  CHECK(rig.publish() == Ids{before[0], late[0]});  // not dropped from the list
+  CHECK(rig.server.visible_polls == 30);
+  CHECK(rig.clock.sleeps.size() == 29);
+  CHECK(rig.publish().empty());
+  CHECK(source.phase() == Phase::streaming);
+  CHECK(rig.server.pending_count() == 0);
 }
 
 TEST_CASE("the drain does not end while one of its rows is unresolved", "[replication][handover]") {

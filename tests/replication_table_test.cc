@@ -25,3 +25,17 @@ TEST_CASE("a pg_snapshot tells which committed transactions it shows", "[replica
   CHECK_FALSE(pg::PgSnapshot::parse("746:745:"));
   CHECK_FALSE(pg::PgSnapshot::parse("1:2:x"));
 }
+
+TEST_CASE("a pg_snapshot widens 32-bit xids and says which transactions it counts as ended",
+          "[replication]") {
+  auto s = pg::PgSnapshot::parse("4294967290:4294967300:4294967292,4294967295");
+  REQUIRE(s);
+  CHECK(s->full_xid(4) == 4294967300ULL);  // across the 2^32 boundary
+  CHECK(s->full_xid(4294967291U) == 4294967291ULL);
+  CHECK(s->full_xid(10) == 4294967306ULL);  // above xmax
+  CHECK(s->counts_ended(4294967289ULL));    // below xmin
+  CHECK(s->counts_ended(4294967291ULL));
+  CHECK_FALSE(s->counts_ended(4294967292ULL));  // in progress
+  CHECK(s->counts_ended(4294967299ULL));
+  CHECK_FALSE(s->counts_ended(4294967300ULL));  // xmax: not ended then
+}

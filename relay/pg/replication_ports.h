@@ -89,12 +89,20 @@ class ReplicationTable {
   virtual ~ReplicationTable() = default;
   //! Connects and takes the leader lock (core::UnavailableError: standing by).
   virtual void connect() = 0;
-  //! Ids of the rows pending in the snapshot a slot exported, ascending.
-  virtual std::vector<std::int64_t> pending_ids_in_snapshot(const std::string& snapshot) = 0;
-  //! Full (64-bit) ids of the transactions that have committed but that new snapshots do
-  //! not show yet (still in the proc array: e.g. waiting for a synchronous standby).
+  //! The rows pending in the snapshot a slot exported (`name`): their ids, ascending, and
+  //! that snapshot as pg_current_snapshot() prints it.
+  struct Listed {
+    std::vector<std::int64_t> ids;
+    std::string snapshot;
+  };
+  virtual Listed pending_ids_in_snapshot(const std::string& name) = 0;
+  //! Full (64-bit) ids of the transactions `snapshot` (from pending_ids_in_snapshot) shows
+  //! as committed that a new snapshot does not show yet: their commit is written but they
+  //! have not left the proc array (e.g. they wait for a synchronous standby).
+  virtual std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) = 0;
+  //! Full ids of the transactions clog says committed that a new snapshot does not show yet.
   virtual std::vector<std::uint64_t> committed_not_visible() = 0;
-  //! Whether a new snapshot shows every transaction of `xids` (as committed_not_visible).
+  //! Whether a new snapshot shows every transaction of `xids`.
   virtual bool visible(const std::vector<std::uint64_t>& xids) = 0;
   //! Ids of the rows pending now, in a new snapshot, ascending.
   virtual std::vector<std::int64_t> pending_ids() = 0;

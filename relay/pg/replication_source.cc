@@ -120,9 +120,10 @@ std::vector<core::OutboxEvent> StreamSource::check_batch() {
   if (batch_.empty()) return {};
   std::vector<std::int64_t> ids;
   std::vector<std::uint32_t> xids;
+  std::unordered_set<std::uint32_t> seen;
   for (const auto& q : batch_) {
     ids.push_back(q.event.id);
-    if (std::find(xids.begin(), xids.end(), q.xid) == xids.end()) xids.push_back(q.xid);
+    if (seen.insert(q.xid).second) xids.push_back(q.xid);
   }
   auto waiting_since = clock_.now();
   auto next_log = waiting_since + options_.visibility_log_every;
@@ -323,10 +324,13 @@ void ReplicationSource::start() {
               created.consistent_point.to_string());
     // Exactly what committed before the consistent point (2 in the header), read while the
     // replication connection is idle, then released.
-    ids = table_.pending_ids_in_snapshot(created.snapshot);
+    ReplicationTable::Listed listed = table_.pending_ids_in_snapshot(created.snapshot);
     stream_.release_snapshot();
+    wait_visible(table_.not_yet_visible(listed.snapshot));
+    ids = std::move(listed.ids);
   } else {
-    ids = pending_ids_after_visible();  // 3 in the header
+    wait_visible(table_.committed_not_visible());  // 3 in the header
+    ids = table_.pending_ids();
   }
   log->info("publishing the {} rows pending in outbox.events before streaming from slot {}",
             ids.size(), options_.slot_name);
@@ -334,11 +338,10 @@ void ReplicationSource::start() {
   phase_ = Phase::draining;
 }
 
-std::vector<std::int64_t> ReplicationSource::pending_ids_after_visible() {
-  std::vector<std::uint64_t> waiting = table_.committed_not_visible();
+void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
   auto since = clock_.now();
   auto next_log = since + options_.visibility_log_every;
-  while (!waiting.empty() && !table_.visible(waiting)) {
+  while (!xids.empty() && !table_.visible(xids)) {
     if (stopping_()) {
       throw core::UnavailableError("stopping while committed transactions were not visible yet");
     }
@@ -347,12 +350,11 @@ std::vector<std::int64_t> ReplicationSource::pending_ids_after_visible() {
       logging::get("pg")->warn(
           "{} transactions committed but not visible to other sessions for {} s (a "
           "synchronous standby's wait?): the relay reads the pending rows once they are",
-          waiting.size(), std::chrono::duration_cast<std::chrono::seconds>(now - since).count());
+          xids.size(), std::chrono::duration_cast<std::chrono::seconds>(now - since).count());
       next_log = now + options_.visibility_log_every;
     }
     clock_.sleep_for(options_.visibility_retry, stopping_);
   }
-  return table_.pending_ids();
 }
 
 BatchSource& ReplicationSource::current() {

@@ -21,27 +21,40 @@
 //     replay inserts a copy) until it is marked published or dead-lettered. The stream
 //     brings the inserts of exactly the transactions that commit after the slot's confirmed
 //     position, where START_REPLICATION resumes.
-//  2. First start (the slot is created now). CREATE_REPLICATION_SLOT exports a snapshot that
-//     shows exactly the transactions committed before the slot's consistent point, where
-//     the stream starts. The drain list is the pending rows of that snapshot: their ids are
-//     read at once on the normal session (SET TRANSACTION SNAPSHOT, while the replication
-//     connection is still idle), then the snapshot is released (it would hold back vacuum
-//     for the whole drain). Drain list and stream are disjoint and together hold every row.
+//  2. First start (the slot is created now). CREATE_REPLICATION_SLOT exports a snapshot S
+//     that shows exactly the transactions committed before the slot's consistent point,
+//     where the stream starts. The drain list is the pending rows of S: their ids (and S's
+//     own xmin:xmax:xip) are read at once on the normal session (SET TRANSACTION SNAPSHOT,
+//     while the replication connection is still idle), then S is released (it would hold
+//     back vacuum for the whole drain). Drain list and stream are disjoint and together hold
+//     every row.
+//     One more step before the drain reads a row: S counts a transaction as committed once
+//     its commit record is decoded, a moment before the committing backend leaves the proc
+//     array (for as long as it waits for a synchronous standby, say), and until then new
+//     snapshots, which the drain reads and marks with, do not show it. Those transactions
+//     are exactly the ones S counts as ended (below its xmax, not in its xip) that a new
+//     snapshot does not: in its xip, or at or above its xmax (xmax only moves once a
+//     transaction has left the proc array), found as a backend's xid. The relay waits,
+//     without deadline, until a new snapshot shows them all. From then on a row of the list
+//     that a new snapshot does not show as pending is resolved (or was deleted): a row is
+//     never dropped from the list for not being visible yet.
 //  3. Restart (the slot exists, confirmed at C; no snapshot can be exported for it). The rows
 //     the stream will not bring are those pending and committed before C. By invariant 5
 //     every streamed transaction before C has all its rows marked, so these committed before
 //     the slot's consistent point: left by an interrupted drain (2), or the slot was made by
-//     someone else. A snapshot taken now shows them all, except a transaction that committed
-//     but has not left the proc array yet (it waits for a synchronous standby, say); clog
-//     already says committed for it (clog is set in the commit's own critical section,
-//     before the commit record can be decoded). So: list the transactions a new snapshot
-//     shows in progress while clog says committed, wait (no deadline) until a new snapshot
-//     shows them, then take the pending ids of a new snapshot. That is a superset: it also
-//     holds rows committed after C, which the stream brings again and drops as marked (4).
-//     A superset is safe, a subset is not, which is why the list is not "ids below the
-//     smallest id the stream can bring": ids are taken at insert, not at commit, so a
-//     transaction still open at C may bring any older id, and no bound on it is known
-//     before the stream has been read to its end.
+//     someone else. For a slot this relay made, a snapshot taken now shows them all (2
+//     waited for that, and what a snapshot shows never shrinks). For a slot made elsewhere,
+//     a transaction may have committed before its consistent point and still be in the
+//     proc array; clog already says committed for it (clog is set in the commit's own
+//     critical section, before the commit record can be decoded). So, always: take the
+//     transactions a new snapshot does not show as ended (its xip, and any backend's xid at
+//     or above its xmax), keep those clog says committed, wait (no deadline) until a new
+//     snapshot shows them, and then take the pending ids of a new snapshot. That is a
+//     superset of what is needed: it also holds rows committed after C, which the stream
+//     brings again and drops as marked (4). A superset is safe, a subset is not, which is
+//     why the list is not "ids below the smallest id the stream can bring": ids are taken
+//     at insert, not at commit, so a transaction still open at C may bring any older id, and
+//     no bound on it is known before the stream has been read to its end.
 //  4. Before a streamed row is published, its state and whether its transaction (the
 //     Begin's xid) is visible are read in ONE snapshot. Visible and not pending: published
 //     or dead-lettered already (by the drain, or before a crash): dropped. Visible and
@@ -212,7 +225,8 @@ class ReplicationSource : public core::OutboxStore {
   //! (draining -> streaming) as due. Only between batches.
   BatchSource& current();
   void start();
-  std::vector<std::int64_t> pending_ids_after_visible();
+  //! Until a new snapshot shows every transaction of `xids`; no deadline.
+  void wait_visible(const std::vector<std::uint64_t>& xids);
   void reset() noexcept;
   template <typename F>
   auto guarded(F&& body) -> decltype(body());

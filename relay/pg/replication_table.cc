@@ -38,11 +38,19 @@ FROM (SELECT pg_current_snapshot()::text AS snap) AS s
 LEFT JOIN (SELECT id, published_at IS NULL AND dead_lettered_at IS NULL AS pending
            FROM outbox.events WHERE id = ANY($1::bigint[])) AS e ON true)sql";
 
-// In progress for a new snapshot while clog says committed: the commit record is written
-// but the backend has not left the proc array (e.g. it waits for a synchronous standby).
-constexpr const char* kCommittedNotVisibleSql = R"sql(
-SELECT x::text FROM unnest(pg_snapshot_xip(pg_current_snapshot())) AS x
-WHERE pg_xact_status(x) = 'committed')sql";
+// A new snapshot and the transaction id of every backend, in one statement: the snapshot's
+// in-progress list stops at its xmax, while a transaction at or above it (none after it has
+// ended yet) may be in the proc array too.
+constexpr const char* kInProgressSql = R"sql(
+SELECT 's', pg_current_snapshot()::text
+UNION ALL
+SELECT 'b', backend_xid::text FROM pg_stat_activity WHERE backend_xid IS NOT NULL)sql";
+
+// Of those, the ones whose commit is already in clog.
+constexpr const char* kCommittedSql = R"sql(
+SELECT x::text FROM unnest($1::xid8[]) AS x WHERE pg_xact_status(x) = 'committed')sql";
+
+constexpr const char* kSnapshotSql = "SELECT pg_current_snapshot()::text";
 
 constexpr const char* kNotVisibleCountSql = R"sql(
 SELECT count(*) FROM unnest($1::xid8[]) AS x
@@ -85,42 +93,93 @@ std::optional<PgSnapshot> PgSnapshot::parse(std::string_view text) {
   return s;
 }
 
-bool PgSnapshot::shows_committed(std::uint32_t xid) const {
-  // The full id of `xid`: the one nearest to xmax with these low 32 bits.
+std::uint64_t PgSnapshot::full_xid(std::uint32_t xid) const {
+  // The one nearest to xmax with these low 32 bits.
   auto delta = static_cast<std::int32_t>(xid - static_cast<std::uint32_t>(xmax));
   auto full = static_cast<std::int64_t>(xmax) + delta;
-  if (full < 0 || static_cast<std::uint64_t>(full) >= xmax) return false;  // not ended then
-  return std::find(xip.begin(), xip.end(), static_cast<std::uint64_t>(full)) == xip.end();
+  return full < 0 ? 0 : static_cast<std::uint64_t>(full);
+}
+
+bool PgSnapshot::shows_committed(std::uint32_t xid) const {
+  std::uint64_t full = full_xid(xid);
+  if (full >= xmax) return false;  // had not ended when the snapshot was taken
+  return std::find(xip.begin(), xip.end(), full) == xip.end();
+}
+
+bool PgSnapshot::counts_ended(std::uint64_t full) const {
+  return full < xmax && std::find(xip.begin(), xip.end(), full) == xip.end();
 }
 
 void PgReplicationTable::connect() {
   store_.with_connection([](pqxx::connection&) {});
 }
 
-std::vector<std::int64_t> PgReplicationTable::pending_ids_in_snapshot(const std::string& snapshot) {
-  std::vector<std::int64_t> ids;
+ReplicationTable::Listed PgReplicationTable::pending_ids_in_snapshot(const std::string& name) {
+  Listed listed;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> txn(conn);
-    txn.exec0("SET TRANSACTION SNAPSHOT " + txn.quote(snapshot));
-    ids = ids_of(txn.exec(kPendingIdsSql));
+    txn.exec0("SET TRANSACTION SNAPSHOT " + txn.quote(name));
+    listed.snapshot = txn.exec1(kSnapshotSql)[0].as<std::string>();
+    listed.ids = ids_of(txn.exec(kPendingIdsSql));
     txn.commit();
   });
-  return ids;
+  return listed;
+}
+
+std::vector<std::uint64_t> PgReplicationTable::in_progress_now(pqxx::connection& conn) {
+  pqxx::nontransaction n(conn);
+  std::optional<PgSnapshot> now;
+  std::vector<std::uint32_t> backends;
+  for (const auto& row : n.exec(kInProgressSql)) {
+    std::string text = row[1].as<std::string>();
+    if (row[0].as<std::string>() == "s") {
+      now = PgSnapshot::parse(text);
+      if (!now) throw std::runtime_error("unexpected snapshot " + text);
+    } else {
+      std::uint64_t x = 0;
+      if (!parse_u64(text, x) || x > 0xFFFFFFFFULL) {
+        throw std::runtime_error("unexpected transaction id " + text);
+      }
+      backends.push_back(static_cast<std::uint32_t>(x));
+    }
+  }
+  if (!now) throw std::runtime_error("no snapshot");
+  std::vector<std::uint64_t> xids = now->xip;
+  for (auto x32 : backends) {
+    std::uint64_t x = now->full_xid(x32);
+    if (x >= now->xmax) xids.push_back(x);
+  }
+  return xids;
+}
+
+std::vector<std::uint64_t> PgReplicationTable::not_yet_visible(const std::string& snapshot) {
+  auto exported = PgSnapshot::parse(snapshot);
+  if (!exported) throw core::UnavailableError("unexpected snapshot " + snapshot);
+  std::vector<std::uint64_t> xids;
+  store_.with_connection([&](pqxx::connection& conn) {
+    for (auto x : in_progress_now(conn)) {
+      if (exported->counts_ended(x)) xids.push_back(x);
+    }
+  });
+  return xids;
 }
 
 std::vector<std::uint64_t> PgReplicationTable::committed_not_visible() {
-  std::vector<std::uint64_t> xids;
+  std::vector<std::uint64_t> committed;
   store_.with_connection([&](pqxx::connection& conn) {
+    std::vector<std::string> candidates;
+    for (auto x : in_progress_now(conn)) candidates.push_back(std::to_string(x));
+    if (candidates.empty()) return;
     pqxx::nontransaction n(conn);
-    for (const auto& row : n.exec(kCommittedNotVisibleSql)) {
+    for (const auto& row : n.exec_params(kCommittedSql, text_array(candidates))) {
       std::uint64_t x = 0;
       if (!parse_u64(row[0].as<std::string>(), x)) {
         throw std::runtime_error("unexpected transaction id " + row[0].as<std::string>());
       }
-      xids.push_back(x);
+      committed.push_back(x);
     }
   });
-  return xids;
+  return committed;
 }
 
 bool PgReplicationTable::visible(const std::vector<std::uint64_t>& xids) {

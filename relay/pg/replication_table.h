@@ -23,10 +23,15 @@ struct PgSnapshot {
   std::vector<std::uint64_t> xip;  //!< in progress when the snapshot was taken
 
   static std::optional<PgSnapshot> parse(std::string_view text);
-  //! Whether the snapshot shows the commit of a transaction known to have committed, given
-  //! its 32-bit xid (as a pgoutput Begin carries it; the epoch is taken from xmax, valid
-  //! within 2^31 transactions of it, which the server's wraparound protection ensures).
+  //! The full id of a 32-bit xid (as a pgoutput Begin or pg_stat_activity carry it): the
+  //! epoch is taken from xmax, right within 2^31 transactions of it, which the server's
+  //! wraparound protection ensures for any transaction still of interest.
+  std::uint64_t full_xid(std::uint32_t xid) const;
+  //! Whether the snapshot shows the commit of a transaction known to have committed.
   bool shows_committed(std::uint32_t xid) const;
+  //! Whether the snapshot counts transaction `full` as ended (for a slot's exported
+  //! snapshot: committed, or aborted).
+  bool counts_ended(std::uint64_t full) const;
 };
 
 class PgReplicationTable : public ReplicationTable {
@@ -34,7 +39,8 @@ class PgReplicationTable : public ReplicationTable {
   explicit PgReplicationTable(PgOutboxStore& store) : store_(store) {}
 
   void connect() override;
-  std::vector<std::int64_t> pending_ids_in_snapshot(const std::string& snapshot) override;
+  Listed pending_ids_in_snapshot(const std::string& name) override;
+  std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) override;
   std::vector<std::uint64_t> committed_not_visible() override;
   bool visible(const std::vector<std::uint64_t>& xids) override;
   std::vector<std::int64_t> pending_ids() override;
@@ -45,6 +51,10 @@ class PgReplicationTable : public ReplicationTable {
   void record_outcome(const core::BatchOutcome& outcome) override;
 
  private:
+  //! The transactions a new snapshot does not show as ended: its xip, and the xid of any
+  //! backend at or above its xmax (the xip stops there).
+  std::vector<std::uint64_t> in_progress_now(pqxx::connection& conn);
+
   PgOutboxStore& store_;
 };
 
