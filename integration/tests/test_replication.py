@@ -622,3 +622,95 @@ def test_kafka_outage_longer_than_wal_sender_timeout_keeps_the_stream(ctx):
         admin.execute("ALTER SYSTEM RESET wal_sender_timeout")
         admin.execute("SELECT pg_reload_conf()")
         admin.close()
+
+
+# ----------------------------------------------------------------------------
+@pytest.mark.chaos
+def test_rows_pending_at_first_start_kafka_down_all_published_before_newer_rows(ctx):
+    """Rows pending at the first start are published by the drain, and the drain
+    ends only once each of them is resolved: a Kafka outage during the drain (every
+    delivery times out after message.timeout.ms) must not end it with rows left
+    pending. Before the fix the drain ended after a short batch however it went;
+    those rows were committed before the slot's consistent point, so the stream
+    never brought them: they stayed pending (until a restart, which then published
+    them after newer events of the same keys) while newer rows flowed. The
+    replication connection waits idle during the drain: wal_sender_timeout (3 s
+    here) must not cost it."""
+    n_old, n_new, keys = 500, 100, [f"d-{i}" for i in range(10)]
+    topic = ctx.topic()
+    with ctx.connect(autocommit=False) as c:
+        for i in range(n_old):
+            enqueue(c, topic, keys[i % len(keys)], b"pending at the first start %d" % i)
+        c.commit()
+    old_max = ctx._query("SELECT max(id) FROM outbox.events")[0][0]
+    walsenders = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' AND datname = current_database()"
+    admin = ctx.pg.connect("postgres", autocommit=True)
+    try:
+        admin.execute("ALTER SYSTEM SET wal_sender_timeout = '3s'")
+        admin.execute("SELECT pg_reload_conf()")
+        ctx.kafka.stop()
+        t0 = time.monotonic()
+        relay = ctx.relay({
+            "kafka": {"properties": {"message.timeout.ms": "3000"}},
+            "source": {"polling": {"batch_size": 1000}},
+        }).start()
+        alive = lambda: relay.assert_running("while Kafka was down")  # noqa: E731
+        hold(8.0, check=alive)
+        c = ctx.connect()
+        for i in range(n_new // 2):  # newer events of the same keys, while Kafka is down...
+            enqueue(c, topic, keys[i % len(keys)], b"newer, during the outage %d" % i)
+        hold(max(0.0, t0 + 12.0 - time.monotonic()), check=alive)
+        assert ctx.counts()[1] == 0, "rows marked published while Kafka was down"
+        pids_down = {r[0] for r in ctx._query(walsenders)}
+        down_s = time.monotonic() - t0
+        ctx.kafka.start()
+        t_up = time.monotonic()
+        for i in range(n_new // 2, n_new):  # ...and after it came back
+            enqueue(c, topic, keys[i % len(keys)], b"newer, after the outage %d" % i)
+
+        def old_done():
+            left, newer = ctx._query(
+                "SELECT count(*) FILTER (WHERE id <= %s AND published_at IS NULL),"
+                " count(*) FILTER (WHERE id > %s AND published_at IS NOT NULL) FROM outbox.events",
+                (old_max, old_max),
+            )[0]
+            old_done.last = (left, newer)
+            return left == 0
+
+        old_done.last = None
+        try:
+            wait_until(old_done, 60, 0.2, "the rows pending at the first start published", alive)
+        except AssertionError as e:
+            left, newer = old_done.last
+            raise AssertionError(
+                f"{e}: {left} of {n_old} rows pending at the first start still unpublished "
+                f"{time.monotonic() - t_up:.0f}s after Kafka came back, while {newer} of {n_new} newer rows "
+                f"were published\n{relay.log_tail()}"
+            ) from None
+        took = time.monotonic() - t_up
+        ctx.wait_all_published(n_old + n_new, 60, relay)
+        pids_after = {r[0] for r in ctx._query(walsenders)}
+    finally:
+        admin.execute("ALTER SYSTEM RESET wal_sender_timeout")
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()
+    assert len(pids_down) == 1 and pids_after == pids_down, (
+        f"the replication connection was lost during the drain: walsenders {pids_down} -> {pids_after}\n"
+        + relay.log_tail()
+    )
+    records = ctx.kafka.consume_all(topic, n_old + n_new, timeout_s=60)
+    rep = audit(ctx.rows(), records)
+    assert rep.rows == n_old + n_new
+    assert_no_loss(rep, relay, allow_duplicates=True)
+    # per key: every event pending at the first start reached Kafka before any newer one
+    for key in keys:
+        ids = [r.outbox_id for r in sorted(records, key=lambda r: (r.partition, r.offset)) if r.key == key]
+        last_old = max((i for i, oid in enumerate(ids) if oid <= old_max), default=-1)
+        first_new = min((i for i, oid in enumerate(ids) if oid > old_max), default=len(ids))
+        assert last_old < first_new, f"key {key}: a newer event reached Kafka before an older pending one: {ids}"
+    assert relay.terminate(60) == 0, relay.log_tail()
+    ctx.note(
+        f"{n_old} rows pending at the first start, Kafka down {down_s:.0f}s (message.timeout.ms 3000, "
+        f"wal_sender_timeout 3s): all published {took:.1f}s after Kafka was back, before every newer row "
+        f"of their keys; {rep.duplicate_count} duplicates; one walsender throughout"
+    )

@@ -165,15 +165,23 @@ int run_relay(const config::Config& config) {
     log->error("{}", e.what());
     return kUsage;
   }
+  core::SteadyClock clock;
   std::unique_ptr<core::OutboxStore> store;
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
-    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, config.source.replication,
+    const config::ReplicationConfig& rc = config.source.replication;
+    pg::ReplicationSettings settings;
+    settings.slot_name = rc.slot_name;
+    settings.publication_name = rc.publication_name;
+    settings.create_slot = rc.create_slot;
+    settings.create_publication = rc.create_publication;
+    settings.status_interval = rc.status_interval;
+    settings.heartbeat_interval = rc.heartbeat_interval;
+    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, settings, clock,
                                                      [] { return g_stop.load(); });
   } else {
     store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted);
   }
-  core::SteadyClock clock;
   core::BatchRelayOptions options;
   options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
   options.batch_max_bytes = static_cast<std::size_t>(config.source.polling.batch_max_bytes);

@@ -188,6 +188,9 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
     throw;
   }
 
+  // Only rows of blocked topics (the replication drain returns them): wait like an idle relay
+  // rather than read the same rows again at once.
+  if (report.topic_blocked == report.read) report.full = false;
   count(outcome, report);
   report.left_pending = outcome.left_pending;
   counters_.failed_attempts += report.left_pending;

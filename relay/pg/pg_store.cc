@@ -178,22 +178,16 @@ void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   }
 }
 
-std::unordered_map<std::int64_t, bool> PgOutboxStore::row_states(
-    const std::vector<std::int64_t>& ids) {
+void PgOutboxStore::with_connection(const std::function<void(pqxx::connection&)>& body) {
   connect();
-  std::unordered_map<std::int64_t, bool> states;
   try {
-    pqxx::nontransaction n(*conn_);
-    for (const auto& row :
-         n.exec_params("SELECT id, published_at IS NULL AND dead_lettered_at IS NULL "
-                       "FROM outbox.events WHERE id = ANY($1::bigint[])",
-                       bigint_array(ids))) {
-      states[row[0].as<std::int64_t>()] = row[1].as<bool>();
-    }
+    body(*conn_);
+  } catch (const core::UnavailableError&) {
+    disconnect();
+    throw;
   } catch (const std::exception& e) {
     fail(e);
   }
-  return states;
 }
 
 void PgOutboxStore::abort_batch() noexcept {}  // begin_batch holds nothing

@@ -13,6 +13,7 @@
 
 #include <pqxx/pqxx>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -34,9 +35,10 @@ class PgOutboxStore : public core::OutboxStore {
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
 
   void record_outcome(const core::BatchOutcome& outcome) override;
-  //! For those of `ids` whose rows this session can see: whether each is still pending
-  //! (neither published nor dead-lettered). Rows it cannot see are left out.
-  std::unordered_map<std::int64_t, bool> row_states(const std::vector<std::int64_t>& ids);
+  //! Runs `body` on this store's session (connecting and taking the leader lock first), for
+  //! the queries of replication mode (pg/replication_table.h). A failure disconnects and
+  //! throws core::UnavailableError, as the other calls do.
+  void with_connection(const std::function<void(pqxx::connection&)>& body);
 
   //! The channel outbox.hint_relay() notifies.
   static constexpr const char* kChannel = "outbox_events";

@@ -69,10 +69,10 @@ std::vector<ReplicationConnection::Row> ReplicationConnection::query(const std::
   return rows;
 }
 
-Lsn ReplicationConnection::create_slot(const std::string& slot,
-                                       const std::function<bool()>& cancelled,
-                                       const std::function<void()>& on_wait) {
-  std::string sql = "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput (SNAPSHOT 'nothing')";
+ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
+    const std::string& slot, const std::function<bool()>& cancelled,
+    const std::function<void()>& on_wait) {
+  std::string sql = "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput (SNAPSHOT 'export')";
   if (PQsendQuery(conn_, sql.c_str()) != 1) {
     throw core::UnavailableError("CREATE_REPLICATION_SLOT: " + trimmed(PQerrorMessage(conn_)));
   }
@@ -94,14 +94,21 @@ Lsn ReplicationConnection::create_slot(const std::string& slot,
   }
   PGresult* result = PQgetResult(conn_);
   if (PQresultStatus(result) != PGRES_TUPLES_OK) fail_from_result(result, sql);
+  // slot_name, consistent_point, snapshot_name, output_plugin
   std::optional<Lsn> lsn;
-  if (PQntuples(result) > 0 && PQnfields(result) >= 2 && !PQgetisnull(result, 0, 1)) {
+  std::string snapshot;
+  if (PQntuples(result) > 0 && PQnfields(result) >= 3 && !PQgetisnull(result, 0, 1) &&
+      !PQgetisnull(result, 0, 2)) {
     lsn = Lsn::parse(PQgetvalue(result, 0, 1));
+    snapshot = PQgetvalue(result, 0, 2);
   }
   PQclear(result);
   while (PGresult* rest = PQgetResult(conn_)) PQclear(rest);
-  if (!lsn) throw core::UnavailableError("CREATE_REPLICATION_SLOT returned no consistent point");
-  return *lsn;
+  if (!lsn || snapshot.empty()) {
+    throw core::UnavailableError(
+        "CREATE_REPLICATION_SLOT returned no consistent point or no snapshot");
+  }
+  return {*lsn, snapshot};
 }
 
 void ReplicationConnection::start(const std::string& slot, const std::string& publication) {

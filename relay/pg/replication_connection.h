@@ -33,12 +33,17 @@ class ReplicationConnection {
   //! A replication command or SQL (simple protocol); its rows as text.
   std::vector<Row> query(const std::string& sql);
 
-  //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput; the slot's consistent point. PostgreSQL
-  //! answers only once every transaction open at that moment has ended, so this waits in
-  //! short slices, calling `on_wait` about once a second, and cancels the command (throwing
-  //! core::UnavailableError) as soon as `cancelled` returns true.
-  Lsn create_slot(const std::string& slot, const std::function<bool()>& cancelled,
-                  const std::function<void()>& on_wait);
+  struct CreatedSlot {
+    Lsn consistent_point;
+    std::string snapshot;  //!< the exported snapshot's name, valid until the next command
+  };
+  //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput (SNAPSHOT 'export'): the slot's consistent
+  //! point and a snapshot that shows exactly the transactions committed before it.
+  //! PostgreSQL answers only once every transaction open at that moment has ended, so this
+  //! waits in short slices, calling `on_wait` about once a second, and cancels the command
+  //! (throwing core::UnavailableError) as soon as `cancelled` returns true.
+  CreatedSlot create_slot(const std::string& slot, const std::function<bool()>& cancelled,
+                          const std::function<void()>& on_wait);
 
   //! START_REPLICATION SLOT ... LOGICAL from the slot's confirmed position, inserts of
   //! `publication` and logical messages.

@@ -1,0 +1,687 @@
+// The replication hand-over and confirmation rules (pg/replication_source.h) against a fake
+// PostgreSQL: one FakeServer holds the table, the transactions in commit order, the slot
+// and the stream, seen through the two ports the state machine uses.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "core/batch_relay.h"
+#include "fakes.h"
+#include "pg/replication_source.h"
+
+using namespace outbox;
+using outbox::pg::Lsn;
+using outbox::pg::ReplicationSource;
+using outbox::pg::StreamMessage;
+using outbox::testing::FakeClock;
+using outbox::testing::FakePublisher;
+using std::chrono::milliseconds;
+
+namespace {
+
+using Phase = ReplicationSource::Phase;
+
+//! PostgreSQL as the state machine sees it.
+struct FakeServer {
+  struct Row {
+    core::OutboxEvent event;
+    std::uint32_t xid = 0;
+    std::uint64_t commit_end = 0;
+    bool published = false;
+    bool dead = false;
+    bool deleted = false;
+  };
+  struct Txn {
+    std::uint32_t xid;
+    std::vector<std::int64_t> ids;
+    std::uint64_t end;
+  };
+
+  std::map<std::int64_t, Row> rows;
+  std::vector<Txn> txns;              // commit order
+  std::set<std::uint32_t> invisible;  // committed, not visible to other sessions yet
+  std::uint64_t lsn = 1000;
+  std::int64_t next_id = 1;
+  std::uint32_t next_xid = 700;
+
+  bool slot_exists = false;
+  std::uint64_t slot_confirmed = 0;
+  std::uint64_t consistent_point = 0;
+  bool snapshot_alive = false;
+  bool connected = false;
+  bool streaming = false;
+  std::deque<StreamMessage> wire;
+  std::vector<std::uint64_t> flushed;  // each status update's confirmed position
+  std::vector<std::string> calls;      // create, import, release, start, close
+  bool fail_next_read = false;
+  bool fail_next_mark = false;
+
+  std::function<void()> on_create;      // runs while the slot is being created
+  std::function<void(int)> on_check;    // after the n-th row check
+  std::function<void(int)> on_visible;  // after the n-th visibility poll
+  int checks = 0;
+  int visible_polls = 0;
+
+  //! A transaction that inserts one row per key (ids given or the next ones), committed.
+  std::vector<std::int64_t> commit(const std::vector<std::string>& keys, bool visible = true,
+                                   std::vector<std::int64_t> ids = {}) {
+    Txn t{next_xid++, {}, 0};
+    lsn += 100;
+    t.end = lsn;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      Row r;
+      r.event.id = i < ids.size() ? ids[i] : next_id++;
+      r.event.event_id = "evt-" + std::to_string(r.event.id);
+      r.event.topic = "orders";
+      r.event.key = keys[i];
+      r.event.payload = "p" + std::to_string(r.event.id);
+      r.event.headers_json = "{}";
+      r.xid = t.xid;
+      r.commit_end = t.end;
+      t.ids.push_back(r.event.id);
+      rows[r.event.id] = r;
+    }
+    if (!visible) invisible.insert(t.xid);
+    txns.push_back(t);
+    if (streaming) send(t);
+    return t.ids;
+  }
+  //! A transaction of another table: the stream carries it, without outbox rows.
+  void commit_other_table() {
+    Txn t{next_xid++, {}, lsn += 100};
+    txns.push_back(t);
+    if (streaming) send(t);
+  }
+
+  void send(const Txn& t) {
+    StreamMessage b;
+    b.kind = StreamMessage::Kind::begin;
+    b.xid = t.xid;
+    b.wal = Lsn{t.end - 90};
+    wire.push_back(b);
+    std::uint64_t at = t.end - 80;
+    for (auto id : t.ids) {
+      StreamMessage r;
+      r.kind = StreamMessage::Kind::row;
+      r.event = rows.at(id).event;
+      r.event.attempts = 0;  // as inserted
+      r.wal = Lsn{at++};
+      wire.push_back(r);
+    }
+    StreamMessage c;
+    c.kind = StreamMessage::Kind::commit;
+    c.wal = Lsn{t.end - 10};
+    c.end_lsn = Lsn{t.end};
+    wire.push_back(c);
+  }
+  void keepalive(bool reply = false) {
+    StreamMessage k;
+    k.kind = StreamMessage::Kind::keepalive;
+    k.wal = Lsn{lsn};
+    k.reply_requested = reply;
+    wire.push_back(k);
+  }
+
+  bool visible(const Row& r) const { return !r.deleted && !invisible.count(r.xid); }
+  static bool pending(const Row& r) { return !r.published && !r.dead; }
+  const Row& row(std::int64_t id) const { return rows.at(id); }
+  std::size_t pending_count() const {
+    return std::count_if(rows.begin(), rows.end(),
+                         [](const auto& kv) { return pending(kv.second) && !kv.second.deleted; });
+  }
+};
+
+class FakeStream : public pg::ReplicationStream {
+ public:
+  explicit FakeStream(FakeServer& s) : s_(s) {}
+  bool prepare() override {
+    s_.connected = true;
+    return s_.slot_exists;
+  }
+  Created create_slot() override {
+    REQUIRE(s_.connected);
+    s_.calls.push_back("create");
+    s_.slot_exists = true;
+    s_.consistent_point = s_.slot_confirmed = s_.lsn;
+    s_.snapshot_alive = true;
+    if (s_.on_create) s_.on_create();
+    return {Lsn{s_.consistent_point}, "snap-1"};
+  }
+  void release_snapshot() override {
+    s_.calls.push_back("release");
+    s_.snapshot_alive = false;
+  }
+  void start() override {
+    REQUIRE(s_.connected);
+    REQUIRE_FALSE(s_.snapshot_alive);
+    s_.calls.push_back("start");
+    s_.streaming = true;
+    s_.wire.clear();
+    for (const auto& t : s_.txns) {
+      if (t.end > s_.slot_confirmed) s_.send(t);  // everything after the confirmed position
+    }
+  }
+  std::optional<StreamMessage> read(milliseconds) override {
+    REQUIRE(s_.streaming);
+    if (s_.fail_next_read) {
+      s_.fail_next_read = false;
+      throw core::UnavailableError("replication stream: server closed the connection");
+    }
+    if (s_.wire.empty()) return std::nullopt;
+    StreamMessage m = s_.wire.front();
+    s_.wire.pop_front();
+    return m;
+  }
+  void send_status(Lsn, Lsn flushed, bool reply) override {
+    REQUIRE(s_.streaming);
+    s_.flushed.push_back(flushed.value);
+    REQUIRE(flushed.value <= s_.lsn);
+    s_.slot_confirmed = std::max(s_.slot_confirmed, flushed.value);
+    if (reply) s_.keepalive();
+  }
+  void close() noexcept override {
+    s_.calls.push_back("close");
+    s_.connected = s_.streaming = s_.snapshot_alive = false;
+    s_.wire.clear();
+  }
+
+ private:
+  FakeServer& s_;
+};
+
+class FakeTable : public pg::ReplicationTable {
+ public:
+  explicit FakeTable(FakeServer& s) : s_(s) {}
+  void connect() override {}
+  Listed pending_ids_in_snapshot(const std::string& name) override {
+    REQUIRE(s_.snapshot_alive);  // only while the replication connection is idle
+    REQUIRE(name == "snap-1");
+    s_.calls.push_back("import");
+    Listed listed;  // exactly what committed before the consistent point, visible or not
+    listed.snapshot = "S";
+    for (const auto& [id, r] : s_.rows) {
+      if (r.commit_end <= s_.consistent_point && !r.deleted && FakeServer::pending(r)) {
+        listed.ids.push_back(id);
+      }
+    }
+    return listed;
+  }
+  std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) override {
+    REQUIRE(snapshot == "S");
+    std::vector<std::uint64_t> xids;  // committed before the consistent point, not visible
+    for (const auto& t : s_.txns) {
+      if (t.end <= s_.consistent_point && s_.invisible.count(t.xid)) xids.push_back(t.xid);
+    }
+    return xids;
+  }
+  std::vector<std::uint64_t> committed_not_visible() override {
+    return {s_.invisible.begin(), s_.invisible.end()};
+  }
+  bool visible(const std::vector<std::uint64_t>& xids) override {
+    ++s_.visible_polls;
+    if (s_.on_visible) s_.on_visible(s_.visible_polls);
+    return std::none_of(xids.begin(), xids.end(), [&](std::uint64_t x) {
+      return s_.invisible.count(static_cast<std::uint32_t>(x)) > 0;
+    });
+  }
+  std::vector<std::int64_t> pending_ids() override {
+    std::vector<std::int64_t> ids;
+    for (const auto& [id, r] : s_.rows) {
+      if (s_.visible(r) && FakeServer::pending(r)) ids.push_back(id);
+    }
+    return ids;
+  }
+  std::vector<core::OutboxEvent> pending_rows(const std::vector<std::int64_t>& ids,
+                                              std::size_t limit, std::size_t max_bytes) override {
+    std::vector<core::OutboxEvent> out;
+    std::size_t bytes = 0;
+    for (const auto& [id, r] : s_.rows) {
+      if (std::find(ids.begin(), ids.end(), id) == ids.end()) continue;
+      if (!s_.visible(r) || !FakeServer::pending(r)) continue;
+      if (out.size() >= limit || bytes >= max_bytes) break;
+      bytes += core::event_bytes(r.event);
+      out.push_back(r.event);
+    }
+    return out;
+  }
+  pg::RowCheck check(const std::vector<std::int64_t>& ids,
+                     const std::vector<std::uint32_t>& xids) override {
+    ++s_.checks;
+    if (s_.on_check) s_.on_check(s_.checks);
+    pg::RowCheck c;
+    for (auto id : ids) {
+      auto it = s_.rows.find(id);
+      if (it != s_.rows.end() && s_.visible(it->second)) {
+        c.pending[id] = FakeServer::pending(it->second);
+      }
+    }
+    for (auto x : xids) {
+      if (s_.invisible.count(x)) c.not_visible.insert(x);
+    }
+    return c;
+  }
+  void record_outcome(const core::BatchOutcome& outcome) override {
+    if (s_.fail_next_mark) {
+      s_.fail_next_mark = false;
+      throw core::UnavailableError("PostgreSQL: server closed the connection");
+    }
+    // As PgOutboxStore: every id must match a visible row, or nothing is recorded.
+    for (auto id : outcome.published) {
+      auto it = s_.rows.find(id);
+      if (it == s_.rows.end() || !s_.visible(it->second) || it->second.dead) {
+        throw core::UnavailableError("marking published matched fewer rows");
+      }
+    }
+    for (auto id : outcome.published) s_.rows.at(id).published = true;
+    for (const auto& f : outcome.retry) s_.rows.at(f.id).event.attempts++;
+    for (const auto& f : outcome.dead_letter) {
+      s_.rows.at(f.id).event.attempts++;
+      s_.rows.at(f.id).dead = true;
+    }
+  }
+
+ private:
+  FakeServer& s_;
+};
+
+struct Rig {
+  FakeServer server;
+  FakeTable table{server};
+  FakeStream stream{server};
+  FakeClock clock;
+  bool stop = false;
+  pg::ReplicationSourceOptions options;
+  std::unique_ptr<ReplicationSource> source;
+
+  Rig() {
+    options.status_interval = milliseconds(1000);
+    options.heartbeat_interval = milliseconds(1000);
+    options.visibility_retry = milliseconds(2);
+  }
+  ReplicationSource& make() {
+    source =
+        std::make_unique<ReplicationSource>(table, stream, clock, options, [this] { return stop; });
+    return *source;
+  }
+  //! A batch published in full and recorded.
+  std::vector<std::int64_t> publish(std::size_t limit = 100) {
+    auto events = source->begin_batch(limit, 1 << 20, {});
+    core::BatchOutcome o;
+    for (const auto& e : events) o.published.push_back(e.id);
+    if (events.empty()) {
+      source->abort_batch();
+    } else {
+      source->finish_batch(o);
+    }
+    return o.published;
+  }
+};
+
+std::vector<std::int64_t> ids_of(const std::vector<core::OutboxEvent>& events) {
+  std::vector<std::int64_t> ids;
+  for (const auto& e : events) ids.push_back(e.id);
+  return ids;
+}
+
+using Ids = std::vector<std::int64_t>;
+
+}  // namespace
+
+TEST_CASE("first start: the snapshot's pending rows are drained, then the stream follows",
+          "[replication][handover]") {
+  Rig rig;
+  auto before = rig.server.commit({"a", "b", "c"});
+  rig.server.rows.at(before[1]).published = true;  // already published by polling mode
+  Ids during;
+  // A writer commits right after the consistent point, before the drain reads its list.
+  rig.server.on_create = [&] { during = rig.server.commit({"a"}); };
+  auto& source = rig.make();
+
+  CHECK(rig.publish() == Ids{before[0], before[2]});
+  CHECK(source.phase() == Phase::draining);
+  // The ids were read while the exported snapshot lived, then it was released; no stream.
+  CHECK(rig.server.calls == std::vector<std::string>{"create", "import", "release"});
+
+  auto after = rig.server.commit({"b"});
+  CHECK(rig.publish() == Ids{during[0], after[0]});  // the drain ended: the stream's rows
+  CHECK(source.phase() == Phase::streaming);
+  CHECK(rig.server.pending_count() == 0);
+  CHECK(rig.server.calls.back() == "start");
+  CHECK(source.confirmed().value == rig.server.txns.back().end);
+}
+
+TEST_CASE("first start: a row the slot's snapshot shows, not yet visible, is waited for",
+          "[replication][handover][visibility]") {
+  Rig rig;
+  auto before = rig.server.commit({"a"});
+  // Committed just before the consistent point, still in the proc array (a synchronous
+  // standby's wait): the exported snapshot shows it, new snapshots do not yet.
+  auto late = rig.server.commit({"b"}, /*visible=*/false);
+  std::uint32_t xid = rig.server.row(late[0]).xid;
+  rig.server.on_visible = [&](int n) {
+    if (n == 30) rig.server.invisible.erase(xid);
+  };
+  auto& source = rig.make();
+
+  CHECK(rig.publish() == Ids{before[0], late[0]});  // not dropped from the list
+  CHECK(rig.server.visible_polls == 30);
+  CHECK(rig.clock.sleeps.size() == 29);
+  CHECK(rig.publish().empty());
+  CHECK(source.phase() == Phase::streaming);
+  CHECK(rig.server.pending_count() == 0);
+}
+
+TEST_CASE("the drain does not end while one of its rows is unresolved", "[replication][handover]") {
+  Rig rig;
+  auto old = rig.server.commit({"a", "b", "c"});
+  auto& source = rig.make();
+
+  auto batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(batch) == old);
+  core::BatchOutcome o;  // Kafka timed out on the second row
+  o.published = {old[0], old[2]};
+  o.left_pending = 1;
+  source.finish_batch(o);
+  CHECK(source.phase() == Phase::draining);
+  CHECK(source.drain_left() == 1);
+
+  auto newer = rig.server.commit({"b"});  // a newer row of the same key meanwhile
+  CHECK(source.wait_for_rows(milliseconds(100)));
+  batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(batch) == Ids{old[1]});  // not the newer row: the stream is not read yet
+  o = {};
+  o.retry = {{old[1], "Kafka: Broker: Unknown topic or partition"}};
+  source.finish_batch(o);
+  CHECK(source.phase() == Phase::draining);
+  CHECK(rig.server.row(old[1]).event.attempts == 1);
+
+  batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(batch) == Ids{old[1]});
+  CHECK(batch[0].attempts == 1);
+  o = {};
+  o.dead_letter = {{old[1], "too many attempts"}};
+  source.finish_batch(o);
+  CHECK(source.drain_left() == 0);
+  CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "start") == 0);
+
+  CHECK(rig.publish() == newer);  // now the stream
+  CHECK(source.phase() == Phase::streaming);
+}
+
+TEST_CASE("the drain reads its list in windows; rows left out for their bytes stay",
+          "[replication][handover]") {
+  Rig rig;
+  auto old = rig.server.commit({"a", "b", "c", "d", "e"});
+  rig.server.rows.at(old[1]).published = true;  // not pending in the snapshot: not listed
+  auto& source = rig.make();
+
+  // Two rows per batch, bytes for one row only: the first pending row always comes, the
+  // second stays in the list.
+  auto batch = source.begin_batch(2, 1, {});
+  CHECK(ids_of(batch) == Ids{old[0]});
+  source.abort_batch();
+  CHECK(source.drain_left() == 4);
+  rig.server.rows.at(old[0]).published = true;  // marked meanwhile (a recorded outcome)
+  batch = source.begin_batch(2, 1 << 20, {});
+  CHECK(ids_of(batch) == Ids{old[2]});  // old[0] left the list: no longer pending
+  CHECK(source.drain_left() == 3);
+  core::BatchOutcome o;
+  o.published = ids_of(batch);
+  source.finish_batch(o);
+  CHECK(source.drain_left() == 2);
+  CHECK(rig.publish(2) == Ids{old[3], old[4]});
+  CHECK(source.drain_left() == 0);
+}
+
+TEST_CASE("the confirmed position never passes an unresolved event", "[replication][confirm]") {
+  Rig rig;
+  auto& source = rig.make();
+  CHECK(rig.publish().empty());  // nothing to drain; streaming
+  REQUIRE(source.phase() == Phase::streaming);
+  auto first = rig.server.commit({"a"});
+  std::uint64_t first_end = rig.server.lsn;
+  auto second = rig.server.commit({"b"});
+  std::uint64_t second_end = rig.server.lsn;
+
+  auto batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(batch) == Ids{first[0], second[0]});
+  core::BatchOutcome o;
+  o.published = {second[0]};
+  o.retry = {{first[0], "Kafka: Broker: Unknown topic or partition"}};
+  source.finish_batch(o);
+  CHECK(source.confirmed().value < first_end);
+  rig.server.keepalive();  // the server's position is not confirmed while a row is retried
+  CHECK(source.wait_for_rows(milliseconds(0)));
+  CHECK(source.confirmed().value < first_end);
+
+  batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(batch) == Ids{first[0]});
+  CHECK(batch[0].attempts == 1);
+  o = {};
+  o.published = {first[0]};
+  source.finish_batch(o);
+  CHECK(source.confirmed().value == second_end);
+  CHECK(rig.server.slot_confirmed == second_end);  // reported at once
+  for (auto f : rig.server.flushed) CHECK((f < first_end || f >= second_end));
+}
+
+TEST_CASE("a keepalive's position is confirmed only when nothing is pending",
+          "[replication][confirm]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  rig.server.commit_other_table();
+  rig.server.keepalive();
+  CHECK_FALSE(source.wait_for_rows(milliseconds(0)));
+  CHECK(source.confirmed().value == rig.server.lsn);
+
+  auto row = rig.server.commit({"a"});
+  std::uint64_t row_end = rig.server.lsn;
+  auto batch = source.begin_batch(100, 1 << 20, {});  // open batch, not yet acknowledged
+  rig.server.commit_other_table();
+  rig.server.keepalive();
+  source.abort_batch();
+  CHECK(source.wait_for_rows(milliseconds(0)));  // the aborted row is still there
+  CHECK(source.confirmed().value < row_end);
+  CHECK(rig.publish() == row);
+  CHECK(source.confirmed().value >= row_end);
+}
+
+TEST_CASE("while Kafka keeps a batch waiting, the position is reported every status_interval",
+          "[replication][confirm]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  rig.server.commit({"a"});
+  auto batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(batch.size() == 1);
+  auto reports = rig.server.flushed.size();
+  rig.clock.advance(milliseconds(500));
+  source.keep_alive();
+  CHECK(rig.server.flushed.size() == reports);  // not due yet
+  rig.clock.advance(milliseconds(600));
+  source.keep_alive();
+  CHECK(rig.server.flushed.size() == reports + 1);
+  CHECK(rig.server.wire.empty());  // nothing read meanwhile
+  source.abort_batch();
+}
+
+TEST_CASE("a streamed row not yet visible is waited for, never taken for marked",
+          "[replication][visibility]") {
+  Rig rig;
+  rig.options.status_interval = milliseconds(10);
+  auto& source = rig.make();
+  rig.publish();
+  auto row = rig.server.commit({"a"}, /*visible=*/false);
+  std::uint32_t xid = rig.server.row(row[0]).xid;
+  // It becomes visible only after many looks (a synchronous standby's wait, say).
+  rig.server.on_check = [&](int n) {
+    if (n == 400) rig.server.invisible.erase(xid);
+  };
+  auto reports = rig.server.flushed.size();
+
+  auto batch = source.begin_batch(100, 1 << 20, {});
+
+  CHECK(ids_of(batch) == row);  // published, not dropped
+  CHECK(rig.server.checks == 400);
+  CHECK(rig.clock.sleeps.size() == 399);
+  CHECK(rig.server.flushed.size() > reports);  // the walsender was kept content meanwhile
+  core::BatchOutcome o;
+  o.published = row;
+  source.finish_batch(o);  // visible now: the mark matches
+  CHECK(rig.server.row(row[0]).published);
+}
+
+TEST_CASE("a wait for visibility ends when the relay stops", "[replication][visibility]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  rig.server.commit({"a"}, /*visible=*/false);
+  rig.server.on_check = [&](int n) { rig.stop = n == 3; };
+  CHECK_THROWS_AS(source.begin_batch(100, 1 << 20, {}), core::UnavailableError);
+  CHECK(source.phase() == Phase::stopped);
+  CHECK(rig.server.pending_count() == 1);
+}
+
+TEST_CASE("streamed rows already marked, or deleted, are dropped and confirmed past",
+          "[replication][visibility]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  auto rows = rig.server.commit({"a", "b", "c"});
+  rig.server.rows.at(rows[0]).published = true;
+  rig.server.rows.at(rows[1]).deleted = true;
+
+  CHECK(rig.publish() == Ids{rows[2]});
+  CHECK(source.confirmed().value == rig.server.lsn);
+}
+
+TEST_CASE(
+    "restart: the stream resumes at the confirmed position; what it re-sends that is "
+    "marked is dropped, and pending rows before it are drained first",
+    "[replication][restart]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  auto a = rig.server.commit({"a"});
+  auto b = rig.server.commit({"b"});
+  auto c = rig.server.commit({"c"});
+  std::uint64_t a_end = rig.server.txns[0].end;
+
+  auto batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(batch) == Ids{a[0], b[0], c[0]});
+  core::BatchOutcome o;
+  o.published = {b[0], c[0]};  // a's delivery timed out: it holds the position
+  o.left_pending = 1;
+  source.finish_batch(o);
+  CHECK(rig.server.slot_confirmed < a_end);
+
+  rig.server.fail_next_read = true;  // the connection drops
+  auto d = rig.server.commit({"a"});
+  CHECK_THROWS_AS(source.begin_batch(100, 1 << 20, {}), core::UnavailableError);
+  CHECK(source.phase() == Phase::stopped);
+
+  // The restart drains every row pending now (a and d), then streams a, b, c, d again:
+  // all marked by then, so nothing comes twice.
+  std::vector<std::int64_t> published;
+  for (int i = 0; i < 5; ++i) {
+    for (auto id : rig.publish()) published.push_back(id);
+  }
+  CHECK(published == Ids{a[0], d[0]});
+  CHECK(source.phase() == Phase::streaming);
+  CHECK(rig.server.pending_count() == 0);
+  CHECK(source.confirmed().value == rig.server.lsn);
+}
+
+TEST_CASE("restart after an interrupted first-start drain publishes the rest before the stream",
+          "[replication][restart]") {
+  Rig rig;
+  auto old = rig.server.commit({"a", "b", "c", "d"});
+  auto& source = rig.make();
+  CHECK(rig.publish(2) == Ids{old[0], old[1]});
+  auto newer = rig.server.commit({"c"});
+
+  auto batch = source.begin_batch(1, 1 << 20, {});
+  REQUIRE(ids_of(batch) == Ids{old[2]});
+  rig.server.fail_next_mark = true;  // recording fails: everything is reset
+  core::BatchOutcome o;
+  o.published = ids_of(batch);
+  CHECK_THROWS_AS(source.finish_batch(o), core::UnavailableError);
+  source.abort_batch();
+  CHECK(source.phase() == Phase::stopped);
+  source.record_outcome(o);  // as BatchRelay does before reading anything else
+  CHECK(rig.server.row(old[2]).published);
+
+  // The slot exists now: its confirmed position is the consistent point; old[3] committed
+  // before it is drained, the newer row (after it) also (it is pending now), and the
+  // stream then brings the newer row again, marked: dropped.
+  CHECK(rig.publish() == Ids{old[3], newer[0]});
+  CHECK(source.phase() == Phase::draining);
+  CHECK(rig.publish().empty());
+  CHECK(source.phase() == Phase::streaming);
+  CHECK(rig.server.pending_count() == 0);
+  CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "create") == 1);
+}
+
+TEST_CASE("restart waits until committed transactions are visible before listing the rows",
+          "[replication][restart]") {
+  Rig rig;
+  rig.server.slot_exists = true;  // e.g. made by hand, or an earlier session's
+  auto late = rig.server.commit({"a"}, /*visible=*/false);  // still in the proc array
+  rig.server.slot_confirmed = rig.server.lsn;               // the stream will not bring it
+  std::uint32_t xid = rig.server.row(late[0]).xid;
+  rig.server.on_visible = [&](int n) {
+    if (n == 50) rig.server.invisible.erase(xid);
+  };
+  auto& source = rig.make();
+
+  CHECK(rig.publish() == late);
+  CHECK(rig.server.visible_polls == 50);
+  CHECK(rig.clock.sleeps.size() == 49);
+  CHECK(source.phase() == Phase::draining);
+  CHECK(rig.publish().empty());
+  CHECK(source.phase() == Phase::streaming);
+}
+
+TEST_CASE("with the relay: rows pending at the first start go out first, whatever Kafka does",
+          "[replication][handover]") {
+  Rig rig;
+  std::vector<std::string> keys{"k0", "k1", "k2"};
+  std::vector<std::string> keys12;
+  for (int i = 0; i < 12; ++i) keys12.push_back(keys[i % 3]);
+  auto old = rig.server.commit(keys12);
+  auto& source = rig.make();
+  FakePublisher kafka;
+  for (auto id : old) kafka.script[id] = {false, core::FailureKind::transient, "timed out"};
+  core::BatchRelayOptions o;
+  o.batch_size = 5;
+  core::BatchRelay relay(source, kafka, rig.clock, o);
+  auto never = [] { return false; };
+
+  // Kafka down: every batch of the drain fails, for a while.
+  for (int i = 0; i < 6; ++i) {
+    auto report = relay.run_batch(never);
+    CHECK(report.left_pending == report.read);
+    if (i == 2) rig.server.commit({"k0", "k1"});  // newer rows of the same keys
+  }
+  CHECK(source.phase() == Phase::draining);
+  CHECK(rig.server.pending_count() == 14);
+  kafka.script.clear();  // Kafka is back
+  for (int i = 0; i < 10 && rig.server.pending_count() > 0; ++i) relay.run_batch(never);
+
+  CHECK(rig.server.pending_count() == 0);
+  std::map<std::string, std::vector<std::int64_t>> per_key;
+  for (const auto& m : kafka.sent) per_key[*m.key].push_back(std::stoll(m.headers.at(1).second));
+  for (const auto& [key, ids] : per_key) {  // first deliveries in id order, old before newer
+    std::vector<std::int64_t> firsts;
+    for (auto id : ids) {
+      if (std::find(firsts.begin(), firsts.end(), id) == firsts.end()) firsts.push_back(id);
+    }
+    CHECK(std::is_sorted(firsts.begin(), firsts.end()));
+  }
+}
