@@ -46,12 +46,15 @@ from harness import (
     wait_until,
 )
 
+from harness.faults import FAULTS_KEY, profile as fault_profile, table_lines as fault_table_lines
+
 _counter = itertools.count(1)
 NOTES_KEY = pytest.StashKey[list]()
 
 
 def pytest_configure(config):
     config.stash[NOTES_KEY] = []
+    config.stash[FAULTS_KEY] = []
 
 
 def pytest_report_header(config):
@@ -65,6 +68,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("outbox-relay integration notes")
         for test, text in notes:
             terminalreporter.write_line(f"{test}: {text}")
+    faults = config.stash.get(FAULTS_KEY, [])
+    if faults:  # tests/test_faults.py: one row per scenario and mode
+        terminalreporter.section(f"fault injection ({fault_profile().name} profile)")
+        for line in fault_table_lines(faults):
+            terminalreporter.write_line(line)
 
 
 def _say(config, text: str) -> None:
@@ -401,3 +409,27 @@ def ctx(request, pg, kafka, relay_bin, tmp_path, mode) -> ITContext:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def ctx_factory(request, pg, kafka, relay_bin, tmp_path):
+    """make(mode) -> a further ITContext (own database, topics, workdir tmp_path/mode), e.g.
+    to run both source modes through one server fault; all closed when the test ends."""
+    made: list[ITContext] = []
+
+    def make(mode: str) -> ITContext:
+        c = ITContext(request, pg, kafka, relay_bin, tmp_path / mode, mode)
+        made.append(c)
+        return c
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for c in made:
+            try:
+                c.close()
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if errors:
+            raise errors[0]

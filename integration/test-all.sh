@@ -55,7 +55,8 @@ if skipped build; then
   step build true # recorded as skipped; an existing build/ is used as is
   [ -x build/outbox-relay ] && BUILD_OK=1
   [ -d build ] && step unit ctest --test-dir build --output-on-failure -j"$JOBS"
-elif step build build build -DCMAKE_BUILD_TYPE=Release -DOUTBOX_WERROR=ON; then
+# Release, as users build it; warnings as errors; crash points compiled in for tests/test_faults.py
+elif step build build build -DCMAKE_BUILD_TYPE=Release -DOUTBOX_WERROR=ON -DOUTBOX_CRASH_POINTS=ON; then
   BUILD_OK=1
   step unit ctest --test-dir build --output-on-failure -j"$JOBS"
 else

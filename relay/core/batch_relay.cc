@@ -5,6 +5,7 @@
 #include <set>
 #include <variant>
 
+#include "common/crash_point.h"
 #include "common/logging.h"
 #include "core/message_mapping.h"
 
@@ -121,6 +122,7 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   std::vector<DeliveryResult> results;
   try {
     results = publisher_.publish(messages, give_up);
+    common::crash_point("after_delivery");
   } catch (...) {
     store_.abort_batch();
     throw;

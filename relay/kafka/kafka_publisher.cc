@@ -3,6 +3,7 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "common/crash_point.h"
 #include "common/logging.h"
 #include "kafka/error_class.h"
 
@@ -179,6 +180,7 @@ std::vector<core::DeliveryResult> KafkaPublisher::publish(
     results[i].error = std::string("Kafka: ") + rd_kafka_err2str(err);
     if (err == RD_KAFKA_RESP_ERR__FATAL) break;
   }
+  common::crash_point("after_produce");
 
   // Every report, or give up (shutdown deadline) and purge what is left.
   while (outstanding > 0) {

@@ -2,6 +2,7 @@
 
 #include <pqxx/pqxx>
 
+#include "common/crash_point.h"
 #include "common/logging.h"
 #include "pg/pg_array.h"
 
@@ -172,6 +173,7 @@ void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   try {
     pqxx::work txn(*conn_);
     write_outcome(txn, outcome);
+    common::crash_point("inside_mark");
     txn.commit();
   } catch (const std::exception& e) {
     fail(e);
