@@ -117,6 +117,23 @@ void PgOutboxStore::connect() {
   }
 }
 
+std::vector<core::OutboxEvent> events_of(const pqxx::result& rows) {
+  std::vector<core::OutboxEvent> events;
+  events.reserve(rows.size());
+  for (const auto& row : rows) {
+    core::OutboxEvent e;
+    e.id = row[0].as<std::int64_t>();
+    e.event_id = row[1].as<std::string>();
+    e.topic = row[2].as<std::string>();
+    if (!row[3].is_null()) e.key = row[3].as<std::string>();
+    if (!row[4].is_null()) e.payload = pqxx::binarystring(row[4]).str();
+    e.headers_json = row[5].is_null() ? "" : row[5].as<std::string>();
+    e.attempts = row[6].as<int>();
+    events.push_back(std::move(e));
+  }
+  return events;
+}
+
 std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(
     std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
   connect();
@@ -127,18 +144,7 @@ std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(
     pqxx::nontransaction n(*conn_);
     pqxx::result rows = n.exec_params(kFetchSql, static_cast<long>(limit),
                                       static_cast<long long>(max_bytes), text_array(skip_topics));
-    events.reserve(rows.size());
-    for (const auto& row : rows) {
-      core::OutboxEvent e;
-      e.id = row[0].as<std::int64_t>();
-      e.event_id = row[1].as<std::string>();
-      e.topic = row[2].as<std::string>();
-      if (!row[3].is_null()) e.key = row[3].as<std::string>();
-      if (!row[4].is_null()) e.payload = pqxx::binarystring(row[4]).str();
-      e.headers_json = row[5].is_null() ? "" : row[5].as<std::string>();
-      e.attempts = row[6].as<int>();
-      events.push_back(std::move(e));
-    }
+    events = events_of(rows);
   } catch (const std::exception& e) {
     fail(e);
   }

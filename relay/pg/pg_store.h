@@ -22,6 +22,9 @@
 
 namespace outbox::pg {
 
+//! Rows of (id, event_id::text, topic, key, payload, headers::text, attempts) as events.
+std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
+
 class PgOutboxStore : public core::OutboxStore {
  public:
   //! `conninfo` as made by build_conninfo; `redacted` is what logs may show of it.

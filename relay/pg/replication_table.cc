@@ -209,18 +209,7 @@ std::vector<core::OutboxEvent> PgReplicationTable::pending_rows(
     pqxx::nontransaction n(conn);
     pqxx::result rows = n.exec_params(kFetchAmongSql, static_cast<long>(limit),
                                       static_cast<long long>(max_bytes), bigint_array(ids));
-    events.reserve(rows.size());
-    for (const auto& row : rows) {
-      core::OutboxEvent e;
-      e.id = row[0].as<std::int64_t>();
-      e.event_id = row[1].as<std::string>();
-      e.topic = row[2].as<std::string>();
-      if (!row[3].is_null()) e.key = row[3].as<std::string>();
-      if (!row[4].is_null()) e.payload = pqxx::binarystring(row[4]).str();
-      e.headers_json = row[5].is_null() ? "" : row[5].as<std::string>();
-      e.attempts = row[6].as<int>();
-      events.push_back(std::move(e));
-    }
+    events = events_of(rows);
   });
   return events;
 }
