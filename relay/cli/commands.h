@@ -1,6 +1,8 @@
 // The subcommands of outbox-relay. Each returns the process exit code (see cli/main.cc).
 #pragma once
 
+#include <string>
+
 #include "config/config.h"
 #include "pg/replay.h"
 
@@ -11,6 +13,10 @@ enum ExitCode : int {
   kFailure = 1,  //!< run stopped on an error, migrate failed, or a check failed
   kUsage = 2,    //!< bad command line or invalid configuration
 };
+
+//! postgres.dsn with the password and connection defaults applied; on a bad DSN prints the
+//! reason and exits with kUsage.
+std::string conninfo_or_exit(const config::Config& config);
 
 int run_relay(const config::Config& config);
 int run_migrate(const config::Config& config);

@@ -73,6 +73,18 @@ class PgOutboxStore::HintReceiver : public pqxx::notification_receiver {
   int received = 0;
 };
 
+const char* to_string(SessionRole role) {
+  switch (role) {
+    case SessionRole::disconnected:
+      return "disconnected";
+    case SessionRole::standby:
+      return "standby";
+    case SessionRole::leader:
+      return "leader";
+  }
+  return "unknown";
+}
+
 PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted)
     : conninfo_(std::move(conninfo)), redacted_(std::move(redacted)) {}
 
@@ -82,6 +94,7 @@ void PgOutboxStore::disconnect() noexcept {
   receiver_.reset();
   conn_.reset();
   need_rearm_ = true;
+  role_ = SessionRole::disconnected;
 }
 
 void PgOutboxStore::fail(const std::exception& e) {
@@ -101,6 +114,7 @@ void PgOutboxStore::connect() {
     }
     if (!leader) {
       conn_.reset();
+      role_ = SessionRole::standby;
       if (!standby_logged_) {
         log->info("another outbox-relay holds the leader lock on this database; standing by");
         standby_logged_ = true;
@@ -109,6 +123,7 @@ void PgOutboxStore::connect() {
     }
     receiver_ = std::make_unique<HintReceiver>(*conn_);
     standby_logged_ = false;
+    role_ = SessionRole::leader;
     log->info("connected to PostgreSQL ({}) and holding the leader lock", redacted_);
   } catch (const core::UnavailableError&) {
     throw;

@@ -13,6 +13,7 @@
 
 #include <pqxx/pqxx>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,6 +25,14 @@ namespace outbox::pg {
 
 //! Rows of (id, event_id::text, topic, key, payload, headers::text, attempts) as events.
 std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
+
+//! Where a store's session stands, readable from any thread (metrics, readiness, retention).
+enum class SessionRole : int {
+  disconnected = 0,  //!< no session (not tried yet, or the last one failed)
+  standby = 1,       //!< PostgreSQL answers, another relay holds the leader lock
+  leader = 2,        //!< connected and holding the leader lock: this relay publishes
+};
+const char* to_string(SessionRole role);
 
 class PgOutboxStore : public core::OutboxStore {
  public:
@@ -43,6 +52,9 @@ class PgOutboxStore : public core::OutboxStore {
   //! throws core::UnavailableError, as the other calls do.
   void with_connection(const std::function<void(pqxx::connection&)>& body);
 
+  //! Set by the worker thread as it connects, fails or stands by; read from any thread.
+  SessionRole role() const { return role_.load(std::memory_order_relaxed); }
+
   //! The channel outbox.hint_relay() notifies.
   static constexpr const char* kChannel = "outbox_events";
 
@@ -59,6 +71,7 @@ class PgOutboxStore : public core::OutboxStore {
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;
   bool standby_logged_ = false;
+  std::atomic<SessionRole> role_{SessionRole::disconnected};
 };
 
 }  // namespace outbox::pg

@@ -34,6 +34,8 @@ class PgReplicationStore : public core::OutboxStore {
   void record_outcome(const core::BatchOutcome& outcome) override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   void keep_alive() noexcept override;
+  //! The leader-lock session's state (see PgOutboxStore::role).
+  SessionRole role() const { return store_.role(); }
 
  private:
   PgOutboxStore store_;

@@ -1,0 +1,137 @@
+// `outbox-relay run`: wires the store, the publisher and the relay loop; signals.
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "cli/commands.h"
+#include "common/logging.h"
+#include "core/batch_relay.h"
+#include "core/steady_clock.h"
+#include "kafka/kafka_publisher.h"
+#include "pg/conninfo.h"
+#include "pg/pg_store.h"
+#include "pg/replication_store.h"
+
+namespace outbox::cli {
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+}
+
+// Logs what was done every few seconds, so an operator sees the relay move.
+class ProgressReporter {
+ public:
+  explicit ProgressReporter(const core::RelayCounters& counters)
+      : counters_(counters), thread_([this] { loop(); }) {}
+  ~ProgressReporter() {
+    done_ = true;
+    thread_.join();
+  }
+
+ private:
+  void loop() {
+    auto log = logging::get("core");
+    std::uint64_t last = 0;
+    auto last_time = std::chrono::steady_clock::now();
+    int ticks = 0;
+    while (!done_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (++ticks < 50) continue;  // every 5 s
+      ticks = 0;
+      std::uint64_t now_count = counters_.published.load();
+      auto now = std::chrono::steady_clock::now();
+      if (now_count != last) {
+        double secs = std::chrono::duration<double>(now - last_time).count();
+        log->info(
+            "published {} events in the last {:.1f} s ({:.0f}/s), {} in total, {} dead-lettered",
+            now_count - last, secs, (now_count - last) / secs, now_count,
+            counters_.dead_lettered.load());
+      }
+      last = now_count;
+      last_time = now;
+    }
+  }
+  const core::RelayCounters& counters_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+int run_relay(const config::Config& config) {
+  auto log = logging::get("cli");
+  install_signal_handlers();
+  std::string conninfo = conninfo_or_exit(config);
+  std::string redacted = pg::redact_dsn(config.postgres.dsn);
+
+  std::unique_ptr<kafka::KafkaPublisher> publisher;
+  try {
+    publisher = std::make_unique<kafka::KafkaPublisher>(config.kafka);
+  } catch (const std::exception& e) {
+    log->error("{}", e.what());
+    return kUsage;
+  }
+  core::SteadyClock clock;
+  std::unique_ptr<core::OutboxStore> store;
+  bool replication = config.source.mode == config::SourceMode::replication;
+  if (replication) {
+    const config::ReplicationConfig& rc = config.source.replication;
+    pg::ReplicationSettings settings;
+    settings.slot_name = rc.slot_name;
+    settings.publication_name = rc.publication_name;
+    settings.create_slot = rc.create_slot;
+    settings.create_publication = rc.create_publication;
+    settings.status_interval = rc.status_interval;
+    settings.heartbeat_interval = rc.heartbeat_interval;
+    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, settings, clock,
+                                                     [] { return g_stop.load(); });
+  } else {
+    store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted);
+  }
+  core::BatchRelayOptions options;
+  options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
+  options.batch_max_bytes = static_cast<std::size_t>(config.source.polling.batch_max_bytes);
+  options.interval = config.source.polling.interval;
+  options.backoff_initial = config.relay.backoff_initial;
+  options.backoff_max = config.relay.backoff_max;
+  options.shutdown_timeout = config.relay.shutdown_timeout;
+  options.topic_map = config.kafka.topic_map;
+  core::BatchRelay relay(*store, *publisher, clock, options);
+
+  log->info("outbox-relay starting: mode {}, PostgreSQL {}, Kafka {}",
+            replication ? "replication (slot " + config.source.replication.slot_name + ")"
+                        : std::string("polling"),
+            redacted, config.kafka.bootstrap_servers);
+  std::size_t abandoned = 0;
+  try {
+    ProgressReporter progress(relay.counters());
+    abandoned = relay.run(g_stop);
+  } catch (const core::FatalError& e) {
+    log->error("stopping: {}", e.what());
+    return kFailure;
+  }
+  if (abandoned > 0) {
+    log->warn(
+        "stopped with {} messages unacknowledged after {} ms; their rows stay pending and "
+        "will be sent again (consumers deduplicate by outbox-event-id)",
+        abandoned, config.relay.shutdown_timeout.count());
+  }
+  log->info("outbox-relay stopped: {} events published, {} dead-lettered",
+            relay.counters().published.load(), relay.counters().dead_lettered.load());
+  return kOk;
+}
+
+}  // namespace outbox::cli
