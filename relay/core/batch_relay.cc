@@ -42,7 +42,10 @@ void BatchRelay::count(const BatchOutcome& outcome, BatchReport& report) {
 
 void BatchRelay::record_unrecorded() {
   if (!unrecorded_) return;
+  auto mark_start = clock_.now();
   store_.record_outcome(*unrecorded_);  // throws UnavailableError: kept for the next try
+  observer_->on_recorded(unrecorded_->published.size(), unrecorded_->retry.size(),
+                         unrecorded_->dead_letter.size(), clock_.now() - mark_start);
   logging::get("core")->info(
       "recorded the outcome of {} messages after the earlier failure",
       unrecorded_->published.size() + unrecorded_->retry.size() + unrecorded_->dead_letter.size());
@@ -64,6 +67,7 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   // Suspects are sent one row per batch until past the last one: alone, a failure is proven
   // the row's own.
   std::size_t limit = solo_through_ > 0 ? 1 : options_.batch_size;
+  auto read_start = clock_.now();
   std::vector<OutboxEvent> events = store_.begin_batch(limit, options_.batch_max_bytes, skip);
   if (solo_through_ > 0 && (events.empty() || events.back().id >= solo_through_)) {
     solo_through_ = 0;  // this batch (of one) is the last of the suspects
@@ -72,6 +76,7 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   std::size_t bytes = 0;
   for (const auto& e : events) bytes += event_bytes(e);
   report.full = events.size() >= limit || bytes >= options_.batch_max_bytes;
+  observer_->on_read(events.size(), bytes, clock_.now() - read_start);
   if (events.empty()) {
     store_.abort_batch();
     return report;
@@ -111,6 +116,7 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
     std::string row_topic = event.topic;
     auto mapped = to_message(std::move(event), options_.topic_map);
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
+      observer_->on_dead_lettered(row_topic, 1);
       outcome.dead_letter.push_back({event.id, poison->text});
     } else {
       messages.push_back(std::move(std::get<Message>(mapped)));
@@ -120,6 +126,7 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
   }
 
   std::vector<DeliveryResult> results;
+  auto publish_start = clock_.now();
   try {
     results = publisher_.publish(messages, give_up);
     common::crash_point("after_delivery");
@@ -133,20 +140,26 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
                            " results for " + std::to_string(messages.size()) + " messages");
   }
 
+  auto publish_took = clock_.now() - publish_start;
+  bool any_ok = false;
   for (std::size_t i = 0; i < results.size(); ++i) {
     const DeliveryResult& result = results[i];
     const OutboxEvent& event = *sent[i];
+    observer_->on_delivery(sent_topics[i], result.ok, result.kind, publish_took);
     if (result.ok) {
+      any_ok = true;
       outcome.published.push_back(event.id);
-      blocked_.erase(sent_topics[i]);
+      if (blocked_.erase(sent_topics[i]) > 0) observer_->on_topic_blocked(sent_topics[i], false);
       continue;
     }
     switch (result.kind) {
       case FailureKind::permanent:
+        observer_->on_dead_lettered(sent_topics[i], 1);
         outcome.dead_letter.push_back({event.id, result.error});
         break;
       case FailureKind::suspect:
         if (messages.size() == 1) {  // alone: proven its own
+          observer_->on_dead_lettered(sent_topics[i], 1);
           outcome.dead_letter.push_back({event.id, result.error + " (sent alone)"});
         } else {
           solo_through_ = std::max(solo_through_, event.id);
@@ -173,8 +186,12 @@ BatchReport BatchRelay::run_batch(const std::function<bool()>& give_up) {
         messages.size(), results.empty() ? "" : first_error(results, FailureKind::suspect));
   }
 
+  if (any_ok) observer_->on_kafka_ok();
+  auto mark_start = clock_.now();
   try {
     store_.finish_batch(outcome);
+    observer_->on_recorded(outcome.published.size(), outcome.retry.size(),
+                           outcome.dead_letter.size(), clock_.now() - mark_start);
   } catch (const UnavailableError& e) {
     store_.abort_batch();
     if (!has_records(outcome)) throw;
@@ -207,11 +224,11 @@ void BatchRelay::block_topic(const std::string& topic, const std::string& reason
   if (it->second.until > clock_.now()) return;  // already blocked by this batch
   auto pause = it->second.backoff.next();
   it->second.until = clock_.now() + pause;
+  if (fresh) observer_->on_topic_blocked(topic, true);
   logging::get("core")->warn(
       "topic {} cannot take messages ({}); its rows wait, asking again in {} ms; other "
       "topics keep flowing",
       topic, reason, pause.count());
-  (void)fresh;
 }
 
 void BatchRelay::idle_wait(const std::atomic<bool>& stop) {
@@ -219,6 +236,7 @@ void BatchRelay::idle_wait(const std::atomic<bool>& stop) {
   constexpr std::chrono::milliseconds kSlice{200};
   auto deadline = clock_.now() + options_.interval;
   while (!stop.load()) {
+    observer_->on_tick();
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_.now());
     if (left <= std::chrono::milliseconds::zero()) return;
     if (store_.wait_for_rows(std::min(left, kSlice))) return;
@@ -229,13 +247,24 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
   auto log = logging::get("core");
   std::optional<std::chrono::steady_clock::time_point> stop_seen;
   auto give_up = [&] {
+    observer_->on_tick();
     store_.keep_alive();
     if (!stop.load()) return false;
     if (!stop_seen) stop_seen = clock_.now();
     return clock_.now() - *stop_seen >= options_.shutdown_timeout;
   };
   std::size_t abandoned = 0;
+  // Backoff pauses tick too, in slices, so a long pause never looks like a stuck loop.
+  auto pause_for = [&](std::chrono::milliseconds pause) {
+    auto until = clock_.now() + pause;
+    while (!stop.load() && clock_.now() < until) {
+      observer_->on_tick();
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clock_.now());
+      clock_.sleep_for(std::min(left, std::chrono::milliseconds(500)), [&] { return stop.load(); });
+    }
+  };
   while (!stop.load()) {
+    observer_->on_tick();
     try {
       BatchReport report = run_batch(give_up);
       if (report.dead_lettered > 0) {
@@ -250,7 +279,9 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
         auto pause = backoff_.next();
         log->warn("{} of {} messages not delivered; retrying in {} ms", report.transient,
                   report.read, pause.count());
-        clock_.sleep_for(pause, [&] { return stop.load(); });
+        observer_->on_failure("Kafka did not deliver " + std::to_string(report.transient) +
+                              " messages");
+        pause_for(pause);
         continue;
       }
       backoff_.reset();
@@ -258,7 +289,8 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
     } catch (const UnavailableError& e) {
       auto pause = backoff_.next();
       log->warn("{}; retrying in {} ms", e.what(), pause.count());
-      clock_.sleep_for(pause, [&] { return stop.load(); });
+      observer_->on_failure(e.what());
+      pause_for(pause);
     }
   }
   if (unrecorded_) {  // one last try: what stays unrecorded is sent again by the next run

@@ -27,6 +27,7 @@
 #include <string>
 
 #include "core/backoff.h"
+#include "core/observer.h"
 #include "core/ports.h"
 
 namespace outbox::core {
@@ -78,6 +79,9 @@ class BatchRelay {
 
   const RelayCounters& counters() const { return counters_; }
 
+  //! Reports progress and health to `observer` (not owned; outlives run()). Call before run().
+  void set_observer(RelayObserver* observer) { observer_ = observer ? observer : &no_observer_; }
+
  private:
   void idle_wait(const std::atomic<bool>& stop);
   void record_unrecorded();
@@ -97,6 +101,8 @@ class BatchRelay {
   };
   std::map<std::string, TopicBlock> blocked_;  //!< by row topic (invariant 6)
   std::set<std::string> known_good_;           //!< row topics the cluster said are there
+  RelayObserver no_observer_;
+  RelayObserver* observer_ = &no_observer_;
   std::int64_t solo_through_ = 0;  //!< rows up to this id go one per batch (invariant 5)
 };
 
