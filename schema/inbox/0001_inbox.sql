@@ -3,7 +3,7 @@
 -- keyed by (consumer, outbox-event-id), the function that records an id and says whether it
 -- was new, and a retention purge. Not applied by `outbox-relay migrate`; apply it with
 --   psql -v ON_ERROR_STOP=1 -1 -f schema/inbox/0001_inbox.sql "$CONSUMER_DATABASE_URL"
--- Every statement is idempotent, so a re-run changes nothing. Needs PostgreSQL 13 or newer.
+-- Every statement is idempotent, so a re-run changes nothing. Tested on PostgreSQL 15.
 --
 -- The pattern (README.md, "Consuming exactly once"): in ONE transaction, call
 -- inbox.record(consumer, event_id) and apply the event only if it returned true; commit; then
