@@ -154,6 +154,11 @@ TEST_CASE("invalid YAML names its line and column, as editors count them", "[con
     CHECK(r.errors[0].column == 7);
     CHECK(r.errors[0].to_string() == "line 3, column 7: invalid YAML: illegal map value");
   }
+  SECTION("an error in the first character is line 1, column 1") {
+    ParseResult r = parse_config("]\nkafka: {}\n");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].to_string() == "line 1, column 1: invalid YAML: illegal flow end");
+  }
   SECTION("an unclosed [ is reported where it opens, not where the parser gave up") {
     ParseResult r = parse_config(
         "postgres:\n  dsn: x\nkafka:\n  bootstrap_servers: [a, b\n  foo: 1\nsource:\n"

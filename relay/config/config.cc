@@ -262,7 +262,7 @@ std::optional<std::string> read_whole_file(const std::string& path) {
 std::pair<int, int> line_and_column(std::string_view text, std::size_t pos) {
   pos = std::min(pos, text.size());
   if (pos == text.size() && pos > 0 && text[pos - 1] == '\n') --pos;  // not past the last line
-  auto line_start = text.rfind('\n', pos == 0 ? std::string_view::npos : pos - 1);
+  auto line_start = pos == 0 ? std::string_view::npos : text.rfind('\n', pos - 1);
   line_start = line_start == std::string_view::npos ? 0 : line_start + 1;
   int line = static_cast<int>(std::count(text.begin(), text.begin() + line_start, '\n')) + 1;
   return {line, static_cast<int>(pos - line_start) + 1};
