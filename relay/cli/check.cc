@@ -2,9 +2,14 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
+#include "cli/server_version.h"
 #include "kafka/kafka_publisher.h"
 #include "pg/conninfo.h"
 #include "pg/migrations.h"
@@ -81,76 +86,184 @@ void check_replication(pqxx::nontransaction& n, const config::ReplicationConfig&
   line(ok, "slot", detail);
 }
 
+// One line per check (libpq's multi-line messages joined); a failure carries the fix on the
+// line below it.
+class Report {
+ public:
+  void operator()(bool ok, const std::string& what, std::string detail,
+                  const std::string& fix = "") {
+    while (!detail.empty() && std::isspace(static_cast<unsigned char>(detail.back()))) {
+      detail.pop_back();
+    }
+    for (std::size_t at; (at = detail.find_first_of("\n\t")) != std::string::npos;) {
+      std::size_t end = detail.find_first_not_of(" \n\t", at);
+      detail.replace(at, end == std::string::npos ? std::string::npos : end - at, " ");
+    }
+    std::printf("%-5s %s%s%s\n", ok ? "ok" : "FAIL", what.c_str(), detail.empty() ? "" : ": ",
+                detail.c_str());
+    if (!ok && !fix.empty()) std::printf("      fix: %s\n", fix.c_str());
+    if (!ok) ++failures;
+  }
+  int failures = 0;
+};
+
+// What the relay's role may do in schema outbox. Read from the catalogs by oid, so that a
+// missing privilege is an answer here and not an error ("permission denied for schema").
+struct Privileges {
+  std::string role;
+  bool schema_exists = false, usage = false, events_exist = false, select = false, mark = false,
+       wakeup = false, migrations_readable = false;
+
+  explicit Privileges(pqxx::nontransaction& n) {
+    auto row = n.exec1(
+        "SELECT current_user, n.oid IS NOT NULL, "
+        "coalesce(has_schema_privilege(n.oid, 'USAGE'), false), e.oid IS NOT NULL, "
+        "coalesce(has_table_privilege(e.oid, 'SELECT'), false), "
+        "coalesce(has_column_privilege(e.oid, 'published_at', 'UPDATE') "
+        "AND has_column_privilege(e.oid, 'attempts', 'UPDATE') "
+        "AND has_column_privilege(e.oid, 'last_error', 'UPDATE') "
+        "AND has_column_privilege(e.oid, 'dead_lettered_at', 'UPDATE'), false), "
+        "coalesce(has_sequence_privilege(s.oid, 'UPDATE'), false), "
+        "coalesce(has_table_privilege(m.oid, 'SELECT'), m.oid IS NULL) "
+        "FROM (SELECT 1) AS one "
+        "LEFT JOIN pg_namespace n ON n.nspname = 'outbox' "
+        "LEFT JOIN pg_class e ON e.relnamespace = n.oid AND e.relname = 'events' "
+        "LEFT JOIN pg_class s ON s.relnamespace = n.oid AND s.relname = 'relay_wakeup_seq' "
+        "LEFT JOIN pg_class m ON m.relnamespace = n.oid AND m.relname = 'schema_migrations'");
+    role = row[0].as<std::string>();
+    schema_exists = row[1].as<bool>();
+    usage = row[2].as<bool>();
+    events_exist = row[3].as<bool>();
+    select = row[4].as<bool>();
+    mark = row[5].as<bool>();
+    wakeup = row[6].as<bool>();
+    migrations_readable = row[7].as<bool>();
+  }
+
+  // What is missing, in GRANT's words; empty when nothing is.
+  std::string missing() const {
+    std::string out;
+    auto add = [&](bool ok, const char* what) {
+      if (!ok) out += (out.empty() ? "" : ", ") + std::string(what);
+    };
+    add(usage, "USAGE on schema outbox");
+    if (events_exist) {
+      add(select, "SELECT on outbox.events");
+      add(mark, "UPDATE (published_at, attempts, last_error, dead_lettered_at) on outbox.events");
+    }
+    add(wakeup, "UPDATE on sequence outbox.relay_wakeup_seq");
+    add(migrations_readable, "SELECT on outbox.schema_migrations");
+    return out;
+  }
+};
+
+void check_postgres(const config::Config& config, Report& line) {
+  std::string conninfo = conninfo_or_exit(config);
+  std::string redacted = pg::redact_dsn(config.postgres.dsn);
+  std::optional<pqxx::connection> conn;
+  try {
+    conn.emplace(conninfo);
+  } catch (const std::exception& e) {
+    line(false, "postgres reachable", redacted + ": " + e.what(),
+         "check postgres.dsn (host, port, dbname, user), the password, and that the server "
+         "accepts this client (listen_addresses, pg_hba.conf)");
+    return;
+  }
+  pqxx::nontransaction n(*conn);
+  line(true, "postgres reachable", redacted);
+  try {
+    auto row = n.exec1(
+        "SELECT current_setting('server_version_num')::int, "
+        "current_setting('server_version')");
+    std::string version = row[1].as<std::string>();
+    auto problem = postgres_version_problem(row[0].as<int>(), version);
+    line(!problem, "postgres version",
+         problem ? *problem : version + " (supported: " + supported_postgres_range() + ")",
+         "run the relay against PostgreSQL " + supported_postgres_range());
+  } catch (const std::exception& e) {
+    line(false, "postgres version", e.what());
+  }
+  std::optional<Privileges> privileges;
+  try {
+    privileges.emplace(n);
+  } catch (const std::exception& e) {
+    line(false, "privileges", std::string("cannot be read: ") + e.what());
+    return;
+  }
+  const Privileges& p = *privileges;
+  std::string migrate_fix =
+      "run `outbox-relay migrate` as a role that may create schemas and roles (the schema "
+      "owner), then grant the relay's role outbox_relay";
+  if (!p.schema_exists) {
+    line(false, "schema", "schema outbox missing", migrate_fix);
+    return;
+  }
+  if (p.usage && p.migrations_readable) {
+    try {
+      std::vector<int> applied = pg::applied_versions(conninfo);
+      std::vector<int> missing;
+      for (const auto& m : pg::embedded_migrations()) {
+        if (std::find(applied.begin(), applied.end(), m.version) == applied.end()) {
+          missing.push_back(m.version);
+        }
+      }
+      line(missing.empty(), "schema",
+           missing.empty() ? std::to_string(applied.size()) + " migrations applied"
+                           : std::to_string(missing.size()) + " migrations missing",
+           migrate_fix);
+    } catch (const std::exception& e) {
+      line(false, "schema", e.what(), migrate_fix);
+    }
+  }
+  std::string lacking = p.missing();
+  line(lacking.empty(), "privileges",
+       "role " + p.role +
+           (lacking.empty() ? " can read and mark outbox.events" : " lacks " + lacking),
+       "as the owner of schema outbox: GRANT outbox_relay TO " + p.role +
+           "; (outbox_relay, created by `outbox-relay migrate`, holds exactly these)");
+  if (p.usage && p.select && p.events_exist) {
+    try {
+      auto row = n.exec1(
+          "SELECT (SELECT count(*) FROM outbox.events "
+          " WHERE published_at IS NULL AND dead_lettered_at IS NULL), "
+          "(SELECT count(*) FROM outbox.events WHERE dead_lettered_at IS NOT NULL)");
+      line(true, "outbox",
+           row[0].as<std::string>() + " pending, " + row[1].as<std::string>() + " dead-lettered");
+    } catch (const std::exception& e) {
+      line(false, "outbox", e.what());
+    }
+  }
+  if (config.source.mode == config::SourceMode::replication) {
+    try {
+      check_replication(n, config.source.replication, line);
+    } catch (const std::exception& e) {
+      line(false, "replication", e.what(),
+           "see the replication section of README.md (wal_level, REPLICATION, publication, "
+           "slot)");
+    }
+  }
+}
+
 }  // namespace
 
 int run_check(const config::Config& config) {
-  int failures = 0;
-  auto line = [&](bool ok, const std::string& what, const std::string& detail) {
-    std::printf("%-5s %s%s%s\n", ok ? "ok" : "FAIL", what.c_str(), detail.empty() ? "" : ": ",
-                detail.c_str());
-    if (!ok) ++failures;
-  };
+  Report line;
   line(true, "config", "valid");
-  std::string conninfo = conninfo_or_exit(config);
-  std::string redacted = pg::redact_dsn(config.postgres.dsn);
-  try {
-    pqxx::connection conn(conninfo);
-    pqxx::nontransaction n(conn);
-    line(true, "postgres reachable",
-         redacted + " (server " + n.exec1("SHOW server_version")[0].as<std::string>() + ")");
-    std::vector<int> applied = pg::applied_versions(conninfo);
-    std::vector<int> missing;
-    for (const auto& m : pg::embedded_migrations()) {
-      if (std::find(applied.begin(), applied.end(), m.version) == applied.end()) {
-        missing.push_back(m.version);
-      }
-    }
-    if (missing.empty()) {
-      line(true, "schema", std::to_string(applied.size()) + " migrations applied");
-    } else {
-      line(false, "schema",
-           std::to_string(missing.size()) + " migrations missing; run `outbox-relay migrate`");
-    }
-    if (n.exec1("SELECT to_regclass('outbox.events') IS NOT NULL")[0].as<bool>()) {
-      auto row = n.exec1(
-          "SELECT current_user, "
-          "has_table_privilege('outbox.events', 'SELECT'), "
-          "has_column_privilege('outbox.events', 'published_at', 'UPDATE') "
-          "AND has_column_privilege('outbox.events', 'attempts', 'UPDATE') "
-          "AND has_column_privilege('outbox.events', 'last_error', 'UPDATE') "
-          "AND has_column_privilege('outbox.events', 'dead_lettered_at', 'UPDATE'), "
-          "has_sequence_privilege('outbox.relay_wakeup_seq', 'UPDATE'), "
-          "(SELECT count(*) FROM outbox.events "
-          " WHERE published_at IS NULL AND dead_lettered_at IS NULL), "
-          "(SELECT count(*) FROM outbox.events WHERE dead_lettered_at IS NOT NULL)");
-      bool ok = row[1].as<bool>() && row[2].as<bool>() && row[3].as<bool>();
-      line(ok, "privileges",
-           "role " + row[0].as<std::string>() +
-               (ok ? " can read and mark outbox.events"
-                   : " lacks SELECT/UPDATE on outbox.events or UPDATE on outbox.relay_wakeup_seq; "
-                     "GRANT outbox_relay TO " +
-                         row[0].as<std::string>()));
-      line(true, "outbox",
-           row[4].as<std::string>() + " pending, " + row[5].as<std::string>() + " dead-lettered");
-    }
-    if (config.source.mode == config::SourceMode::replication) {
-      check_replication(n, config.source.replication, line);
-    }
-  } catch (const std::exception& e) {
-    line(false, "postgres reachable", redacted + ": " + e.what());
-  }
+  check_postgres(config, line);
   try {
     kafka::KafkaPublisher publisher(config.kafka);
     auto [brokers, error] = publisher.probe_cluster(10'000);
     line(error.empty(), "kafka reachable",
          error.empty()
              ? config.kafka.bootstrap_servers + " (" + std::to_string(brokers) + " brokers)"
-             : config.kafka.bootstrap_servers + ": " + error);
+             : config.kafka.bootstrap_servers + ": " + error,
+         "check kafka.bootstrap_servers, that this host reaches those brokers, and the "
+         "security settings in kafka.properties (security.protocol, sasl.*, ssl.*)");
   } catch (const std::exception& e) {
-    line(false, "kafka reachable", e.what());
+    line(false, "kafka reachable", e.what(), "check kafka.properties");
   }
-  std::printf("%s\n", failures == 0 ? "all checks passed" : "some checks failed");
-  return failures == 0 ? kOk : kFailure;
+  std::printf("%s\n", line.failures == 0 ? "all checks passed" : "some checks failed");
+  return line.failures == 0 ? kOk : kFailure;
 }
 
 }  // namespace outbox::cli

@@ -98,6 +98,7 @@ struct ConfigError {
   std::string key;  //!< dotted path, e.g. "source.polling.batch_size"
   int line = 0;     //!< 1-based line in the file, 0 when the key is missing altogether
   std::string message;
+  int column = 0;  //!< 1-based column of a YAML syntax error (key empty then), else 0
   std::string to_string() const;
 };
 

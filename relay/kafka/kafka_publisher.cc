@@ -1,5 +1,6 @@
 #include "kafka/kafka_publisher.h"
 
+#include <chrono>
 #include <stdexcept>
 #include <string_view>
 
@@ -227,11 +228,50 @@ std::optional<std::string> KafkaPublisher::topic_problem(const std::string& topi
   return problem;
 }
 
+namespace {
+
+// What librdkafka knew about a failed probe: the error events its broker threads raised
+// ("127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused",
+// an SSL or SASL failure), which rd_kafka_metadata() sums up as "Broker transport failure".
+// They wait on the main queue until something polls it; here they are taken as events (not
+// served to the error callback), the last specific one winning over "N/N brokers are down".
+// Waits at most `wait_ms` for the first one. Only for a producer with nothing in flight:
+// delivery reports on that queue would be taken too.
+std::string probe_failure_detail(rd_kafka_t* rk, int wait_ms) {
+  rd_kafka_queue_t* queue = rd_kafka_queue_get_main(rk);
+  std::string specific, summary;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    bool waiting = specific.empty() && left > 0;
+    rd_kafka_event_t* event = rd_kafka_queue_poll(queue, waiting ? static_cast<int>(left) : 0);
+    if (event == nullptr) {
+      if (waiting) continue;
+      break;
+    }
+    if (rd_kafka_event_type(event) == RD_KAFKA_EVENT_ERROR) {
+      const char* text = rd_kafka_event_error_string(event);
+      (rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ? summary : specific) =
+          text != nullptr ? text : "";
+    }
+    rd_kafka_event_destroy(event);
+  }
+  rd_kafka_queue_destroy(queue);
+  return specific.empty() ? summary : specific;
+}
+
+}  // namespace
+
 std::pair<int, std::string> KafkaPublisher::probe_cluster(int timeout_ms) {
   ensure_producer();
   const rd_kafka_metadata_t* md = nullptr;
   rd_kafka_resp_err_t err = rd_kafka_metadata(producer_->rk, 0, nullptr, &md, timeout_ms);
-  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) return {0, rd_kafka_err2str(err)};
+  if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    std::string detail = probe_failure_detail(producer_->rk, 1000);
+    return {0, rd_kafka_err2str(err) + (detail.empty() ? "" : " (" + detail + ")")};
+  }
   int brokers = md->broker_cnt;
   rd_kafka_metadata_destroy(md);
   return {brokers, ""};
