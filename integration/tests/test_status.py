@@ -85,3 +85,25 @@ def test_status_exits_1_when_postgres_cannot_be_read(ctx):
     r = cli.command("status", timeout_s=60)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "status: PostgreSQL" in r.stderr and "password" not in r.stderr
+
+
+def test_each_command_has_its_own_help(relay_bin):
+    import subprocess
+
+    def run(*args):
+        return subprocess.run([str(relay_bin), *args], capture_output=True, text=True, timeout=30)
+
+    top = run("--help")
+    assert top.returncode == 0
+    for command in ("run", "migrate", "check", "status", "replay", "audit"):
+        assert f"\n  {command} " in top.stdout, top.stdout
+    own = {"migrate": "--dsn", "status": "--json", "replay": "--all-dead-lettered", "audit": "--since"}
+    for command, option in own.items():
+        r = run(command, "--help")
+        assert r.returncode == 0 and option in r.stdout and "--config" in r.stdout, (command, r.stdout)
+        others = set(own.values()) - {option} - ({"--json"} if command in ("status", "audit") else set())
+        assert not any(o in r.stdout for o in others), (command, r.stdout)
+    bad = run("status", "--config", "x.yaml", "--bogus")
+    assert bad.returncode == 2 and "--bogus" in bad.stderr, bad.stderr
+    none = run("--config", "x.yaml")
+    assert none.returncode == 2 and "no command given" in none.stderr, none.stderr

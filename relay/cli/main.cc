@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
     for (const auto& text : replay_ids) {
       if (!parse_ids(text, selection.ids)) return usage_error("--id takes row ids, got " + text);
     }
-    selection.topic = replay_topic;
+    if (replay->count("--topic") > 0) selection.topic = replay_topic;
     selection.all = replay_all;
     int selectors = (replay_ids.empty() ? 0 : 1) + (replay->count("--topic") > 0 ? 1 : 0) +
                     (replay_all ? 1 : 0);
