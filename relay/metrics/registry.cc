@@ -60,14 +60,16 @@ bool valid_label_name(const std::string& name) {
   return valid_name(name, false) && name.rfind("__", 0) != 0;
 }
 
-std::string escape_label_value(const std::string& value) {
+namespace {
+
+// Backslash and newline always; the double quote too inside a label value.
+std::string escape(const std::string& text, bool quote) {
   std::string out;
-  out.reserve(value.size());
-  for (char c : value) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '"') {
-      out += "\\\"";
+  out.reserve(text.size());
+  for (char c : text) {
+    if (c == '\\' || (quote && c == '"')) {
+      out += '\\';
+      out += c;
     } else if (c == '\n') {
       out += "\\n";
     } else {
@@ -77,20 +79,11 @@ std::string escape_label_value(const std::string& value) {
   return out;
 }
 
-std::string escape_help(const std::string& text) {
-  std::string out;
-  out.reserve(text.size());
-  for (char c : text) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
+}  // namespace
+
+std::string escape_label_value(const std::string& value) { return escape(value, true); }
+
+std::string escape_help(const std::string& text) { return escape(text, false); }
 
 std::string format_value(double v) {
   if (std::isnan(v)) return "NaN";
