@@ -25,10 +25,13 @@ SELECT wal_status, active, active_pid, confirmed_flush_lsn::text,
 FROM pg_replication_slots WHERE slot_name = $1)sql";
 
 // The key of pg_try_advisory_lock(hashtext('outbox-relay')) as pg_locks shows it: a bigint
-// key is split into classid (high 32 bits) and objid (low 32 bits), objsubid 1.
+// key is split into classid (high 32 bits) and objid (low 32 bits), objsubid 1. Another
+// role's client address shows only to members of pg_read_all_stats: "hidden" then.
 constexpr const char* kLeaderSql = R"sql(
 SELECT a.pid, coalesce(a.application_name, ''),
-       coalesce(host(a.client_addr), 'local'), coalesce(a.backend_start::text, '')
+       coalesce(host(a.client_addr),
+                CASE WHEN a.client_port = -1 THEN 'local' ELSE 'hidden' END),
+       coalesce(a.backend_start::text, '')
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
         SELECT oid FROM pg_database WHERE datname = current_database())

@@ -31,7 +31,7 @@ struct SlotStats {
 struct LeaderInfo {
   int pid = 0;
   std::string application_name;
-  std::string client_addr;  //!< "local" for a Unix socket
+  std::string client_addr;  //!< "local" for a Unix socket, "hidden" without pg_read_all_stats
   std::string backend_start;
 };
 
