@@ -415,5 +415,46 @@ TEST_CASE("the example config in the repository is valid and shows the defaults"
   CHECK(r.config->relay.backoff_max == defaults.relay.backoff_max);
   CHECK(r.config->relay.shutdown_timeout == defaults.relay.shutdown_timeout);
   CHECK(r.config->postgres.connect_timeout_s == defaults.postgres.connect_timeout_s);
+  CHECK(r.config->http.enabled == defaults.http.enabled);
+  CHECK(r.config->http.address == defaults.http.address);
+  CHECK(r.config->http.port == defaults.http.port);
+  CHECK(r.config->http.stats_interval == defaults.http.stats_interval);
   CHECK(r.config->postgres.dsn == "host=127.0.0.1 port=5432 dbname=app user=outbox_relay_login");
+}
+
+TEST_CASE("http keys: defaults, values, and errors naming key and line", "[config][http]") {
+  ParseResult d = parse_config(kMinimal, with_env({}));
+  REQUIRE(d.errors.empty());
+  CHECK(d.config->http.enabled);
+  CHECK(d.config->http.address == "0.0.0.0");
+  CHECK(d.config->http.port == 8080);
+  CHECK(d.config->http.stats_interval == std::chrono::milliseconds(10'000));
+
+  std::string text = std::string(kMinimal) +
+                     "http:\n  enabled: false\n  address: 127.0.0.1\n  port: 0\n"
+                     "  stats_interval_ms: 500\n";
+  ParseResult r = parse_config(text, with_env({}));
+  REQUIRE(r.errors.empty());
+  CHECK_FALSE(r.config->http.enabled);
+  CHECK(r.config->http.address == "127.0.0.1");
+  CHECK(r.config->http.port == 0);
+  CHECK(r.config->http.stats_interval == std::chrono::milliseconds(500));
+
+  std::string bad = std::string(kMinimal) +
+                    "http:\n  enabled: maybe\n  port: 70000\n  adress: x\n  address: \"\"\n";
+  ParseResult b = parse_config(bad, with_env({}));
+  REQUIRE_FALSE(b.config);
+  const ConfigError* enabled = find_error(b, "http.enabled");
+  REQUIRE(enabled);
+  CHECK(enabled->line == 6);
+  const ConfigError* port = find_error(b, "http.port");
+  REQUIRE(port);
+  CHECK(port->line == 7);
+  CHECK(port->message.find("between 0 and 65535") != std::string::npos);
+  const ConfigError* typo = find_error(b, "http.adress");
+  REQUIRE(typo);
+  CHECK(typo->line == 8);
+  const ConfigError* empty = find_error(b, "http.address");
+  REQUIRE(empty);
+  CHECK(empty->line == 9);
 }

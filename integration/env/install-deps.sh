@@ -13,6 +13,9 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
   clang-format kcat postgresql-15 postgresql-contrib python3-venv nftables)
+# The HTTP endpoint (cpp-httplib), the command line (CLI11), and promtool for the metrics test
+# (Debian's prometheus package: about 22 MB, 16 s to install; its service is not started here).
+PKGS+=(libcpp-httplib-dev libcli11-dev prometheus)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
 else

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .servers import REPO_DIR
+from .wait import wait_until
 
 
 class RelayError(RuntimeError):
@@ -98,6 +100,9 @@ class Relay:
 
     # ------------------------------------------------------------------ config
     def set_config(self, config: dict | str) -> None:
+        if isinstance(config, dict) and "port" not in config.get("http", {}):
+            # Never the fixed default 8080: any free port, read back with http_port().
+            config = deep_merge(config, {"http": {"port": 0}})
         self.config = config
         text = config if isinstance(config, str) else to_yaml(config) + "\n"
         self.config_path.write_text(text)
@@ -225,6 +230,22 @@ class Relay:
                 f"{self.name} exited unexpectedly ({self.returncode}){' ' + what if what else ''}; log tail:\n"
                 + self.log_tail()
             )
+
+    # ------------------------------------------------------------------- http
+    HTTP_LISTENING = re.compile(r"http: listening on (\S+):(\d+)")
+
+    def http_port(self, timeout_s: float = 30.0) -> int:
+        """The port the current run serves /metrics, /healthz and /readyz on, read from its
+        log line "http: listening on ADDRESS:PORT" (after the latest start)."""
+        marker = f"start #{self.starts}:"
+
+        def probe():
+            text = self.log_text()
+            at = text.rfind(marker)
+            m = self.HTTP_LISTENING.search(text, at) if at >= 0 else None
+            return int(m.group(2)) if m else None
+
+        return wait_until(probe, timeout_s, 0.05, f"{self.name}'s http port", check=self.assert_running)
 
     # --------------------------------------------------------------------- log
     def log_text(self) -> str:

@@ -22,5 +22,7 @@ int run_relay(const config::Config& config);
 int run_migrate(const config::Config& config);
 int run_check(const config::Config& config);
 int run_replay(const config::Config& config, const pg::ReplaySelection& selection);
+//! `status`: backlog, oldest pending age, dead-lettered rows, leader, slot; text or JSON.
+int run_status(const config::Config& config, bool json);
 
 }  // namespace outbox::cli

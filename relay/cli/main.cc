@@ -1,8 +1,11 @@
 // outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.
+// The command line (CLI11): one subcommand per command, each with its own --help.
+#include <CLI/CLI.hpp>
+
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,46 +17,12 @@
 
 namespace {
 
-constexpr const char* kHelp = R"(outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.
-
-Usage: outbox-relay <command> --config FILE [--log-level LEVEL] [command options]
-
-Commands:
-  run       Read committed rows of outbox.events (source.mode: polling, or replication
-            through a logical slot), publish each to Kafka with the idempotent producer
-            (acks=all), mark it published once Kafka acknowledged it. Runs until SIGTERM or
-            SIGINT, then finishes the batch in flight (relay.shutdown_timeout_ms).
-  migrate   Apply the SQL migrations of schema/ (embedded) that are missing. Safe to run
-            twice and from two processes at once.
-  check     Check the config, that PostgreSQL and Kafka answer, that the schema is present
-            and that the relay's role may read and mark rows; in replication mode also
-            wal_level, the REPLICATION privilege, the publication and the slot (wal_status,
-            retained WAL). One line per check.
-  replay    Make dead-lettered rows pending again, after fixing what made them fail:
-              replay --id N [--id N ...]     these rows (also --id N,M,...)
-              replay --topic T               every dead-lettered row of row topic T
-              replay --all-dead-lettered     every dead-lettered row
-            Works in both source modes while a relay runs: each row is re-inserted with
-            the same outbox-event-id and a new id (published after the rows before it).
-  audit     Compare outbox.events with the Kafka topics its rows went to (reads both,
-            changes nothing): rows, messages, published, pending, dead-lettered, lost
-            (marked published, no message), duplicates, per-key order violations.
-
-Options:
-  --config FILE       YAML configuration (default: $OUTBOX_RELAY_CONFIG).
-  --log-level LEVEL   Overrides log.level: trace, debug, info, warn, error, off.
-  --since VALUE       audit: only rows created since VALUE, an ISO timestamp
-                      (2024-05-01T12:00:00Z) or a time ago (90s, 30m, 12h, 7d).
-  --json              audit: the report as one JSON object.
-  -h, --help          This text.
-  --version           The version.
-
-Exit codes:
+constexpr const char* kFooter = R"(Exit codes:
   0  success (run: stopped by a signal after finishing its batch)
   1  a check failed, a migration failed, or run stopped on an error it cannot retry
      (replication slot invalidated or used by another process, undecodable stream);
      audit found lost rows or order violations (duplicates alone pass), or could not
-     read PostgreSQL or Kafka
+     read PostgreSQL or Kafka; status could not read PostgreSQL
   2  bad command line or invalid configuration (every error is printed with key and line)
 
 The smallest configuration:
@@ -62,6 +31,36 @@ The smallest configuration:
   kafka:
     bootstrap_servers: "kafka:9092"
 )";
+
+constexpr const char* kRunHelp =
+    "Read committed rows of outbox.events (source.mode: polling, or replication through a "
+    "logical slot), publish each to Kafka with the idempotent producer (acks=all), mark it "
+    "published once Kafka acknowledged it. Runs until SIGTERM or SIGINT, then finishes the "
+    "batch in flight (relay.shutdown_timeout_ms). Serves /metrics, /healthz and /readyz on "
+    "http.address:http.port unless http.enabled is false.";
+constexpr const char* kMigrateHelp =
+    "Apply the SQL migrations of schema/ (embedded) that are missing. Safe to run twice and "
+    "from two processes at once. Connects with --dsn, else postgres.admin_dsn, else "
+    "postgres.dsn.";
+constexpr const char* kCheckHelp =
+    "Check the config, that PostgreSQL answers and its version is supported (13 to 18), that "
+    "Kafka answers, that the schema is present and that the relay's role may read and mark "
+    "rows; in replication mode also wal_level, the REPLICATION privilege, the publication and "
+    "the slot (wal_status, retained WAL). One line per check, a fix under each failure.";
+constexpr const char* kStatusHelp =
+    "Show the outbox as PostgreSQL sees it (read-only): pending rows and the age of the "
+    "oldest, dead-lettered rows, which session leads (pid, application_name, client address "
+    "of the holder of the leader lock), and in replication mode the slot (wal_status, "
+    "confirmed position, retained WAL).";
+constexpr const char* kReplayHelp =
+    "Make dead-lettered rows pending again, after fixing what made them fail: exactly one of "
+    "--id, --topic, --all-dead-lettered. Works in both source modes while a relay runs: each "
+    "row is re-inserted with the same outbox-event-id and a new id (published after the rows "
+    "before it).";
+constexpr const char* kAuditHelp =
+    "Compare outbox.events with the Kafka topics its rows went to (reads both, changes "
+    "nothing): rows, messages, published, pending, dead-lettered, lost (marked published, no "
+    "message), duplicates, per-key order violations.";
 
 // "12" or "12,13,14" appended to `ids`; false when a part is not a positive number.
 bool parse_ids(const std::string& text, std::vector<std::int64_t>& ids) {
@@ -87,70 +86,89 @@ int usage_error(const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace outbox;
-  std::string command, config_path, log_level;
-  pg::ReplaySelection replay;
-  int replay_selectors = 0;
-  std::optional<std::string> audit_since;  // audit's options
-  bool audit_json = false;
+  std::string config_path, log_level;
   if (const char* env = std::getenv("OUTBOX_RELAY_CONFIG")) config_path = env;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help" || arg == "help") {
-      std::fputs(kHelp, stdout);
-      return cli::kOk;
-    } else if (arg == "--version") {
-      std::printf("outbox-relay %s\n", OUTBOX_RELAY_VERSION);
-      return cli::kOk;
-    } else if (arg == "--config" || arg == "--log-level") {
-      if (i + 1 >= argc) return usage_error(arg + " needs a value");
-      (arg == "--config" ? config_path : log_level) = argv[++i];
-    } else if (arg == "--id" || arg == "--topic") {
-      if (i + 1 >= argc) return usage_error(arg + " needs a value");
-      std::string value = argv[++i];
-      if (arg == "--topic") {
-        replay.topic = value;
-        ++replay_selectors;
-        continue;
-      }
-      if (replay.ids.empty()) ++replay_selectors;
-      if (!parse_ids(value, replay.ids)) return usage_error("--id takes row ids, got " + value);
-    } else if (arg == "--all-dead-lettered") {
-      replay.all = true;
-      ++replay_selectors;
-    } else if (arg.rfind("--config=", 0) == 0) {
-      config_path = arg.substr(9);
-    } else if (arg.rfind("--log-level=", 0) == 0) {
-      log_level = arg.substr(12);
-    } else if (arg == "--since") {
-      if (i + 1 >= argc) return usage_error(arg + " needs a value");
-      audit_since = argv[++i];
-    } else if (arg.rfind("--since=", 0) == 0) {
-      audit_since = arg.substr(8);
-    } else if (arg == "--json") {
-      audit_json = true;
-    } else if (!arg.empty() && arg[0] == '-') {
-      return usage_error("unknown option " + arg);
-    } else if (command.empty()) {
-      command = arg;
-    } else {
-      return usage_error("unexpected argument " + arg);
+  std::vector<std::string> replay_ids;
+  std::string replay_topic;
+  bool replay_all = false;
+  std::optional<std::string> audit_since;
+  std::optional<std::string> migrate_dsn;
+  bool json = false;
+
+  CLI::App app{"outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.",
+               "outbox-relay"};
+  app.footer(kFooter);
+  app.set_version_flag("--version", std::string("outbox-relay ") + OUTBOX_RELAY_VERSION,
+                       "The version.");
+  app.set_help_flag("-h,--help", "This text (with a command: that command's options).");
+  app.require_subcommand(0, 1);
+  // --config and --log-level are taken before the command or after it.
+  auto common = [&](CLI::App* a) {
+    a->add_option("--config", config_path, "YAML configuration (default: $OUTBOX_RELAY_CONFIG).")
+        ->type_name("FILE");
+    a->add_option("--log-level", log_level,
+                  "Overrides log.level: trace, debug, info, warn, error, off.")
+        ->type_name("LEVEL");
+  };
+  common(&app);
+  CLI::App* run = app.add_subcommand("run", kRunHelp);
+  CLI::App* migrate = app.add_subcommand("migrate", kMigrateHelp);
+  CLI::App* check = app.add_subcommand("check", kCheckHelp);
+  CLI::App* status = app.add_subcommand("status", kStatusHelp);
+  CLI::App* replay = app.add_subcommand("replay", kReplayHelp);
+  CLI::App* audit = app.add_subcommand("audit", kAuditHelp);
+  for (CLI::App* sub : {run, migrate, check, status, replay, audit}) common(sub);
+  migrate
+      ->add_option("--dsn", migrate_dsn,
+                   "libpq connection string of a role allowed to create the schema (overrides "
+                   "postgres.admin_dsn).")
+      ->type_name("DSN");
+  status->add_flag("--json", json, "The status as one JSON object.");
+  replay->add_option("--id", replay_ids, "These rows: --id N [--id N ...] or --id N,M,...")
+      ->type_name("N[,N...]")
+      ->allow_extra_args(false);
+  replay->add_option("--topic", replay_topic, "Every dead-lettered row of row topic T.")
+      ->type_name("T");
+  replay->add_flag("--all-dead-lettered", replay_all, "Every dead-lettered row.");
+  audit
+      ->add_option("--since", audit_since,
+                   "Only rows created since VALUE, an ISO timestamp (2024-05-01T12:00:00Z) or a "
+                   "time ago (90s, 30m, 12h, 7d).")
+      ->type_name("VALUE");
+  audit->add_flag("--json", json, "The report as one JSON object.");
+
+  if (argc == 2 && std::string(argv[1]) == "help") {
+    std::fputs(app.help().c_str(), stdout);
+    return cli::kOk;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return usage_error(e.what());
+  }
+
+  CLI::App* command = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
+  if (command == nullptr) {
+    return usage_error("no command given (run, migrate, check, status, replay or audit)");
+  }
+  pg::ReplaySelection selection;
+  if (command == replay) {
+    for (const auto& text : replay_ids) {
+      if (!parse_ids(text, selection.ids)) return usage_error("--id takes row ids, got " + text);
     }
-  }
-  if (command.empty()) {
-    return usage_error("no command given (run, migrate, check, replay or audit)");
-  }
-  if (command != "run" && command != "migrate" && command != "check" && command != "replay" &&
-      command != "audit") {
-    return usage_error("unknown command " + command);
-  }
-  if (command == "replay" && replay_selectors != 1) {
-    return usage_error("replay needs exactly one of --id N, --topic T, --all-dead-lettered");
-  }
-  if (command != "replay" && replay_selectors != 0) {
-    return usage_error("--id, --topic and --all-dead-lettered belong to replay");
-  }
-  if ((audit_since || audit_json) && command != "audit") {
-    return usage_error("--since and --json are options of audit");
+    if (replay->count("--topic") > 0) selection.topic = replay_topic;
+    selection.all = replay_all;
+    int selectors = (replay_ids.empty() ? 0 : 1) + (replay->count("--topic") > 0 ? 1 : 0) +
+                    (replay_all ? 1 : 0);
+    if (selectors != 1) {
+      return usage_error("replay needs exactly one of --id N, --topic T, --all-dead-lettered");
+    }
   }
   if (config_path.empty()) return usage_error("--config FILE is required");
   if (!log_level.empty() && !config::is_log_level(log_level)) {
@@ -178,13 +196,17 @@ int main(int argc, char** argv) {
                                        : logging::Format::text);
   for (const auto& w : parsed.warnings) logging::get("cli")->warn("{}", w);
 
-  if (command == "run") return cli::run_relay(config);
-  if (command == "migrate") return cli::run_migrate(config);
-  if (command == "replay") return cli::run_replay(config, replay);
-  if (command == "audit") {
+  if (command == run) return cli::run_relay(config);
+  if (command == migrate) {
+    if (migrate_dsn) config.postgres.admin_dsn = *migrate_dsn;
+    return cli::run_migrate(config);
+  }
+  if (command == replay) return cli::run_replay(config, selection);
+  if (command == status) return cli::run_status(config, json);
+  if (command == audit) {
     audit::AuditOptions audit_options;
     audit_options.since = audit_since;
-    audit_options.json = audit_json;
+    audit_options.json = json;
     return audit::run_audit(config, audit_options);
   }
   return cli::run_check(config);

@@ -10,7 +10,10 @@
 #include "common/logging.h"
 #include "core/batch_relay.h"
 #include "core/steady_clock.h"
+#include "http/server.h"
 #include "kafka/kafka_publisher.h"
+#include "metrics/monitor.h"
+#include "metrics/relay_metrics.h"
 #include "pg/conninfo.h"
 #include "pg/pg_store.h"
 #include "pg/replication_store.h"
@@ -110,6 +113,42 @@ int run_relay(const config::Config& config) {
   options.shutdown_timeout = config.relay.shutdown_timeout;
   options.topic_map = config.kafka.topic_map;
   core::BatchRelay relay(*store, *publisher, clock, options);
+
+  // Metrics and health: the observer, the monitor's threads, the HTTP endpoint.
+  metrics::Registry registry;
+  metrics::RelayMetricsOptions metrics_options;
+  metrics_options.version = OUTBOX_RELAY_VERSION;
+  metrics_options.librdkafka_version = rd_kafka_version_str();
+  metrics_options.mode = replication ? "replication" : "polling";
+  metrics::RelayMetrics relay_metrics(registry, metrics_options);
+  relay_metrics.set_role_source([&store, replication] {
+    pg::SessionRole role = replication ? static_cast<pg::PgReplicationStore&>(*store).role()
+                                       : static_cast<pg::PgOutboxStore&>(*store).role();
+    return static_cast<metrics::Role>(static_cast<int>(role));
+  });
+  relay.set_observer(&relay_metrics);
+  std::unique_ptr<metrics::Monitor> monitor;
+  std::unique_ptr<http::Server> http_server;
+  try {
+    metrics::MonitorOptions monitor_options;
+    monitor_options.conninfo = conninfo;
+    monitor_options.redacted = redacted;
+    monitor_options.kafka = config.kafka;
+    monitor_options.replication = replication;
+    monitor_options.slot_name = config.source.replication.slot_name;
+    monitor_options.interval = config.http.stats_interval;
+    monitor = std::make_unique<metrics::Monitor>(monitor_options, relay_metrics);
+    if (config.http.enabled) {
+      http::Handlers handlers;
+      handlers.metrics = [&relay_metrics] { return relay_metrics.expose(); };
+      handlers.healthy = [&relay_metrics] { return relay_metrics.healthy(); };
+      handlers.not_ready = [&relay_metrics] { return relay_metrics.not_ready_reason(); };
+      http_server = std::make_unique<http::Server>(config.http.address, config.http.port, handlers);
+    }
+  } catch (const std::exception& e) {
+    log->error("{}", e.what());
+    return kFailure;
+  }
 
   log->info("outbox-relay starting: mode {}, PostgreSQL {}, Kafka {}",
             replication ? "replication (slot " + config.source.replication.slot_name + ")"

@@ -476,6 +476,18 @@ void read_log(Reader& r, const YAML::Node& root, Config& c) {
               {{"text", LogFormat::text}, {"json", LogFormat::json}});
 }
 
+void read_http(Reader& r, const YAML::Node& root, Config& c) {
+  YAML::Node n = root["http"];
+  if (!r.section(n, "http", {"enabled", "address", "port", "stats_interval_ms"})) return;
+  r.read_bool(n, "http", "enabled", c.http.enabled);
+  r.read_string(n, "http", "address", c.http.address);
+  if (Reader::has(n, "address") && c.http.address.empty()) {
+    r.error("http.address", line_of(n["address"]), "must not be empty");
+  }
+  r.read_int(n, "http", "port", c.http.port, 0, 65535);
+  r.read_ms(n, "http", "stats_interval_ms", c.http.stats_interval, 100, 3'600'000);
+}
+
 }  // namespace
 
 ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options) {
@@ -492,12 +504,13 @@ ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options
   if (!root.IsDefined() || root.IsNull()) {
     r.error("postgres.dsn", 0, "is required");
     r.error("kafka.bootstrap_servers", 0, "is required");
-  } else if (r.section(root, "", {"postgres", "kafka", "source", "relay", "log"})) {
+  } else if (r.section(root, "", {"postgres", "kafka", "source", "relay", "log", "http"})) {
     read_postgres(r, root, c);
     read_kafka(r, root, c);
     read_source(r, root, c);
     read_relay(r, root, c);
     read_log(r, root, c);
+    read_http(r, root, c);
   }
   result.errors = std::move(r.errors);
   result.warnings = std::move(r.warnings);

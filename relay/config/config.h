@@ -25,6 +25,7 @@ struct PostgresConfig {
   std::string password;
   //! Seconds libpq may take to connect.
   int connect_timeout_s = 10;
+  std::string admin_dsn;
 };
 
 struct KafkaConfig {
@@ -86,12 +87,24 @@ struct LogConfig {
   LogFormat format = LogFormat::text;
 };
 
+//! The HTTP endpoint: /metrics, /healthz, /readyz (relay/http/).
+struct HttpConfig {
+  bool enabled = true;
+  std::string address = "0.0.0.0";
+  //! 0: any free port (the bound one is logged: "http: listening on ADDRESS:PORT").
+  int port = 8080;
+  //! How often the pending/oldest/dead-lettered gauges, the slot gauges and Kafka's
+  //! reachability are measured (each on a connection of its own).
+  milliseconds stats_interval{10'000};
+};
+
 struct Config {
   PostgresConfig postgres;
   KafkaConfig kafka;
   SourceConfig source;
   RelayConfig relay;
   LogConfig log;
+  HttpConfig http;
 };
 
 struct ConfigError {

@@ -1,0 +1,79 @@
+#include "pg/stats.h"
+
+#include <algorithm>
+
+namespace outbox::pg {
+
+namespace {
+
+// Both counts and the oldest row come from the partial indexes (index-only where the
+// visibility map allows); min(id) is the oldest pending row, as rows are read in id order.
+constexpr const char* kOutboxStatsSql = R"sql(
+SELECT (SELECT count(*) FROM outbox.events
+        WHERE published_at IS NULL AND dead_lettered_at IS NULL),
+       coalesce((SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox.events
+                 WHERE published_at IS NULL AND dead_lettered_at IS NULL
+                 ORDER BY id LIMIT 1), 0),
+       (SELECT count(*) FROM outbox.events WHERE dead_lettered_at IS NOT NULL))sql";
+
+constexpr const char* kSlotStatsSql = R"sql(
+SELECT wal_status, active, active_pid, confirmed_flush_lsn::text,
+       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+             ELSE pg_current_wal_lsn() END - restart_lsn)::bigint,
+       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+             ELSE pg_current_wal_lsn() END - confirmed_flush_lsn)::bigint
+FROM pg_replication_slots WHERE slot_name = $1)sql";
+
+// The key of pg_try_advisory_lock(hashtext('outbox-relay')) as pg_locks shows it: a bigint
+// key is split into classid (high 32 bits) and objid (low 32 bits), objsubid 1. Another
+// role's client address shows only to members of pg_read_all_stats: "hidden" then.
+constexpr const char* kLeaderSql = R"sql(
+SELECT a.pid, coalesce(a.application_name, ''),
+       coalesce(host(a.client_addr),
+                CASE WHEN a.client_port = -1 THEN 'local' ELSE 'hidden' END),
+       coalesce(a.backend_start::text, '')
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+        SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.objsubid = 1
+  AND l.classid::bigint = ((hashtext('outbox-relay')::bigint >> 32) & 4294967295)
+  AND l.objid::bigint = (hashtext('outbox-relay')::bigint & 4294967295)
+LIMIT 1)sql";
+
+}  // namespace
+
+OutboxStats read_outbox_stats(pqxx::transaction_base& tx) {
+  auto row = tx.exec1(kOutboxStatsSql);
+  OutboxStats s;
+  s.pending = row[0].as<std::int64_t>();
+  s.oldest_pending_age_s = std::max(0.0, row[1].as<double>());
+  s.dead_lettered = row[2].as<std::int64_t>();
+  return s;
+}
+
+std::optional<SlotStats> read_slot_stats(pqxx::transaction_base& tx, const std::string& slot) {
+  auto rows = tx.exec_params(kSlotStatsSql, slot);
+  if (rows.empty()) return std::nullopt;
+  const auto& r = rows[0];
+  SlotStats s;
+  if (!r[0].is_null()) s.wal_status = r[0].as<std::string>();
+  s.active = r[1].as<bool>();
+  if (!r[2].is_null()) s.active_pid = r[2].as<int>();
+  if (!r[3].is_null()) s.confirmed_lsn = r[3].as<std::string>();
+  if (!r[4].is_null()) s.retained_wal_bytes = r[4].as<std::int64_t>();
+  if (!r[5].is_null()) s.confirmed_lag_bytes = r[5].as<std::int64_t>();
+  return s;
+}
+
+std::optional<LeaderInfo> read_leader(pqxx::transaction_base& tx) {
+  auto rows = tx.exec(kLeaderSql);
+  if (rows.empty()) return std::nullopt;
+  LeaderInfo l;
+  l.pid = rows[0][0].as<int>();
+  l.application_name = rows[0][1].as<std::string>();
+  l.client_addr = rows[0][2].as<std::string>();
+  l.backend_start = rows[0][3].as<std::string>();
+  return l;
+}
+
+}  // namespace outbox::pg
