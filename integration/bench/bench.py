@@ -79,6 +79,45 @@ def poll_until(probe, timeout_s: float, what: str, check=None, interval_s: float
         time.sleep(interval_s)
 
 
+# ------------------------------------------------------------------------------ profile
+class Profiler:
+    """`perf record -g` of given pids (outbox-relay and the PostgreSQL processes serving it)
+    from the first message of a drain to its end; `perf report` summary to a text file."""
+
+    def __init__(self, out_dir: Path, name: str):
+        self.data = out_dir / f"{name}-drain.perf.data"
+        self.report = out_dir / f"{name}-drain.txt"
+        self.proc = None
+
+    def start(self, pids: list[int]) -> None:
+        self.proc = subprocess.Popen(
+            ["perf", "record", "-F", "499", "-g", "-o", str(self.data), "-p", ",".join(map(str, pids))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+        with open(self.report, "w") as f:
+            for sort in ("comm,dso", "comm,dso,sym"):
+                f.write(f"===== perf report --sort {sort} (self time, >= 0.5%)\n")
+                f.flush()
+                subprocess.run(["perf", "report", "-i", str(self.data), "--stdio", "--no-children",
+                                "-g", "none", "--percent-limit", "0.5", "--sort", sort],
+                               stdout=f, stderr=subprocess.DEVNULL, timeout=300)
+
+
+def postgres_pids(pg) -> list[int]:
+    return procstat.descendants(pg.pid) if pg.pid else []
+
+
 # ------------------------------------------------------------------------------ phases
 def prime(reader, counter: load.TopicCounter, timeout_s: float) -> int:
     """Start the reader, let it publish a warm-up row, stop it. Returns the topic's count.
@@ -102,7 +141,8 @@ def prime(reader, counter: load.TopicCounter, timeout_s: float) -> int:
     return counter.count()
 
 
-def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float) -> dict:
+def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
+          profiler: Profiler | None = None) -> dict:
     pg_cpu, kafka_cpu = procstat.CpuMeter(lambda: pg.pid).start(), procstat.CpuMeter(lambda: kafka.pid).start()
     t0 = time.monotonic()
     reader.start()
@@ -114,6 +154,8 @@ def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float) ->
         if state["first"] is None and n > base:
             state["first"] = time.monotonic()
             state["first_cpu"] = procstat.tree_cpu_seconds(reader.pid)
+            if profiler is not None:
+                profiler.start([reader.pid] + postgres_pids(pg))
         return n >= target
 
     result: dict = {"rows": rows}
@@ -134,6 +176,9 @@ def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float) ->
             result["error"] = str(e)
     t_end = t_marked or t_kafka
     cpu = procstat.tree_cpu_seconds(reader.pid)
+    if profiler is not None:
+        profiler.stop()
+        result["profile"] = str(profiler.report)
     first = state["first"] or t_kafka
     result.update(
         seconds_to_first=first - t0,
@@ -155,7 +200,7 @@ def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float) ->
 
 def steady(reader, counter, pg, kafka, rate: int, phase: int, duration: float, keys: int,
            payload: int, tail_timeout_s: float, cancel: list) -> dict:
-    writers = max(1, math.ceil(rate / 5000))
+    writers = max(1, math.ceil(rate / 2000))
     consumer = load.LatencyConsumer(kafka.bootstrap, reader.topic, counter.ends(), phase)
     consumer.start()
     written = [0] * writers
@@ -262,7 +307,12 @@ def run_reader(reader, pg, kafka, args, cancel: list, out: dict) -> None:
             load.fill(c, ROW_TOPIC, args.rows, args.tx_rows, args.keys, args.payload)
         fill_s = time.monotonic() - t
         say(f"{reader.name}: {args.rows:,} rows committed in {fill_s:.1f} s; starting it")
-        d = drain(reader, counter, base, args.rows, pg, kafka, args.drain_timeout)
+        profiler = Profiler(Path(args.perf), reader.name) if args.perf and reader.ours else None
+        try:
+            d = drain(reader, counter, base, args.rows, pg, kafka, args.drain_timeout, profiler)
+        finally:
+            if profiler is not None and profiler.proc is not None:
+                profiler.stop()
         d["fill_s"] = fill_s
         out["drain"] = d
         if "error" in d:
@@ -271,6 +321,23 @@ def run_reader(reader, pg, kafka, args, cancel: list, out: dict) -> None:
             say(f"{reader.name}: drain {d['events_per_s']:,.0f} events/s "
                 f"({d['seconds_to_all_marked'] or d['seconds_to_last_in_kafka']:.1f} s), "
                 f"{d['events_per_s_first_to_last']:,.0f}/s first to last message")
+        # Settle: a marker row committed now reaches Kafka once the reader has processed all
+        # the WAL of the backlog (replication re-reads it after publishing the pending rows).
+        t = time.monotonic()
+        with reader.connect() as c:
+            c.execute("SELECT outbox.enqueue(%s, 'marker', 'marker'::bytea)", (ROW_TOPIC,))
+        poll_until(lambda: counter.count() >= base + args.rows + 1, args.drain_timeout,
+                   f"{reader.name}: a row committed after the drain", reader.check)
+        d["settle_s"] = time.monotonic() - t
+        msgs = load.sample_messages(kafka.bootstrap, reader.topic)
+        d["message_problems"] = load.check_messages(msgs, args.payload)
+        d["sample_headers"] = sorted({k for m in msgs for k, _ in (m.headers() or [])})
+        if d["message_problems"] or not msgs:
+            raise BenchError(f"{reader.name}: messages not as expected: {d['message_problems'] or 'none read'}")
+        if isinstance(reader, DebeziumReader):
+            p = out["producer"] = reader.producer_settings()
+            if p.get("acks") not in ("-1", "all") or p.get("enable.idempotence") != "true":
+                raise BenchError(f"Debezium's producer is not idempotent with acks=all: {p}")
         peak = d.get("peak_rss_mb", 0.0)
         out["steady"] = {}
         if "error" not in d:
@@ -357,6 +424,7 @@ def table(results: dict, args) -> str:
         "seconds_to_all_marked") or "marked" in r["drain"] else None)
     row("  events/s, first to last message", lambda r: r["drain"]["events_per_s_first_to_last"])
     row("  s, start to first message", lambda r: r["drain"]["seconds_to_first"], ".2f")
+    row("  s, then until a new row arrives (settle)", lambda r: r["drain"]["settle_s"], ".2f")
     row("  CPU s / 100k events (reader)", lambda r: r["drain"]["cpu_s_per_100k"], ".2f")
     row("  CPU s / 100k events, first to last", lambda r: r["drain"]["cpu_s_per_100k_first_to_last"], ".2f")
     row("  PostgreSQL CPU s / 100k events", lambda r: r["drain"]["pg_cpu_s_per_100k"], ".2f")
@@ -401,6 +469,9 @@ def parse_args(argv=None):
     ap.add_argument("--drain-timeout", type=float, default=420, help="per reader (default 420 s)")
     ap.add_argument("--start-timeout", type=float, default=180, help="reader start-up (default 180 s)")
     ap.add_argument("--tail-timeout", type=float, default=30, help="wait after the writers (default 30 s)")
+    ap.add_argument("--perf", metavar="DIR",
+                    help="profile our drains with perf record -g (outbox-relay + PostgreSQL processes, "
+                         "first to last message); reports in DIR/<reader>-drain.txt")
     ap.add_argument("--servers", metavar="PGDIR,KAFKADIR",
                     help="use running harness servers in these directories instead of starting any")
     ap.add_argument("--smoke", action="store_true",
@@ -409,6 +480,10 @@ def parse_args(argv=None):
     if args.smoke:
         args.rows, args.rates, args.duration, args.readers = 2000, "200", 5, "polling,replication"
         args.drain_timeout, args.start_timeout, args.tail_timeout = 60, 60, 15
+    if args.perf:
+        if not shutil.which("perf"):
+            ap.error("--perf: perf is not installed (apt-get install linux-perf)")
+        Path(args.perf).mkdir(parents=True, exist_ok=True)
     args.rates = [int(r) for r in str(args.rates).split(",") if r]
     args.readers = [r for r in args.readers.split(",") if r]
     bad = [r for r in args.readers if r not in ALL_READERS]

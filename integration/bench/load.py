@@ -194,3 +194,40 @@ def quantile_ms(sorted_values: list[float], q: float) -> float:
         return float("nan")
     i = min(len(sorted_values) - 1, max(0, int(q * len(sorted_values) + 0.5) - 1))
     return sorted_values[i] * 1000
+
+
+def sample_messages(bootstrap: str, topic: str, count: int = 50, timeout_s: float = 30) -> list:
+    """The first `count` messages of the topic (any partitions), to check their shape."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-sample-{topic}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 3})
+    try:
+        c.subscribe([topic])
+        out: list = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < count and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                out.append(m)
+        return out
+    finally:
+        c.close()
+
+
+def check_messages(msgs: list, payload_bytes: int) -> list[str]:
+    """What differs from an outbox message of the bench: key key-N, payload of the bench's
+    size, an outbox-id header. Warm-up and marker rows are skipped."""
+    problems = []
+    for m in msgs:
+        key = (m.key() or b"").decode(errors="replace")
+        if key in ("warmup", "marker"):
+            continue
+        headers = dict(m.headers() or [])
+        if not key.startswith("key-"):
+            problems.append(f"key {key!r}")
+        if len(m.value() or b"") != payload_bytes:
+            problems.append(f"payload of {len(m.value() or b'')} bytes")
+        if "outbox-id" not in headers:
+            problems.append(f"no outbox-id header (headers {sorted(headers)})")
+    return problems[:5]

@@ -237,6 +237,8 @@ class DebeziumReader(Reader):
             "snapshot.mode": "no_data",
             "binary.handling.mode": "bytes",
             "poll.interval.ms": str(self.poll_interval_ms),
+            # no Debezium context headers (__debezium.context.*): the outbox headers only
+            "extended.headers.enabled": "false",
             "transforms": "outbox",
             "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
             "transforms.outbox.table.field.event.id": "event_id",
@@ -297,6 +299,22 @@ class DebeziumReader(Reader):
             except OSError:
                 pass
         return "\n".join(lines)
+
+    def producer_settings(self) -> dict:
+        """The task producer's acks, enable.idempotence and max.in.flight as Connect logged
+        them ("ProducerConfig values:" of client connector-producer-*)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return {}
+        found: dict = {}
+        for block in text.split("ProducerConfig values:")[1:]:
+            block = block.split("\n[", 1)[0]  # up to the next log line
+            fields = dict(ln.strip().split(" = ", 1) for ln in block.splitlines() if " = " in ln)
+            if fields.get("client.id", "").startswith("connector-producer-"):
+                found = {k: fields.get(k) for k in
+                         ("acks", "enable.idempotence", "max.in.flight.requests.per.connection", "linger.ms")}
+        return found
 
     def check(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
