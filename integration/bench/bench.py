@@ -305,6 +305,8 @@ def run_reader(reader, pg, kafka, args, cancel: list, out: dict) -> None:
         t = time.monotonic()
         with reader.connect() as c:
             load.fill(c, ROW_TOPIC, args.rows, args.tx_rows, args.keys, args.payload)
+            if args.analyze:
+                c.execute("ANALYZE outbox.events")
         fill_s = time.monotonic() - t
         say(f"{reader.name}: {args.rows:,} rows committed in {fill_s:.1f} s; starting it")
         profiler = Profiler(Path(args.perf), reader.name) if args.perf and reader.ours else None
@@ -469,6 +471,9 @@ def parse_args(argv=None):
     ap.add_argument("--drain-timeout", type=float, default=420, help="per reader (default 420 s)")
     ap.add_argument("--start-timeout", type=float, default=180, help="reader start-up (default 180 s)")
     ap.add_argument("--tail-timeout", type=float, default=30, help="wait after the writers (default 30 s)")
+    ap.add_argument("--analyze", action="store_true",
+                    help="ANALYZE outbox.events after the backlog is committed (by default the "
+                         "drain starts before autovacuum has analyzed the table, as after a burst)")
     ap.add_argument("--perf", metavar="DIR",
                     help="profile our drains with perf record -g (outbox-relay + PostgreSQL processes, "
                          "first to last message); reports in DIR/<reader>-drain.txt")
