@@ -1,228 +1,597 @@
 #!/usr/bin/env python3
-"""outbox-relay benchmarks on a real PostgreSQL 15 and Kafka 4.1, every source mode side by
-side in one run (each mode gets its own fresh database and topic, the same workload):
+"""outbox-relay side by side with Debezium, on one PostgreSQL 15 and one Kafka 4.1 that the
+bench starts itself (integration/harness), the same rows for every reader, in one run.
 
-  backlog   N rows already pending (100 keys, PAYLOAD-byte payloads) when the relay starts:
-            time until every row is marked published -> events/s; relay CPU seconds and
-            peak RSS.
-  steady    writers at a fixed rate (RATE events/s for SECONDS s) while the relay runs:
-            end-to-end latency from the row's commit to the consumer (p50/p99/max),
-            relay CPU per 1,000 events.
+Readers (--readers, in this order): polling and replication (outbox-relay in that source
+mode), debezium (Kafka Connect standalone + Debezium's PostgreSQL connector + its outbox
+EventRouter, jars fetched from Maven Central on first use), and pgfloor (no reader:
+PostgreSQL alone selecting and marking the same backlog, the floor of the polling path).
+Each reader runs alone, in its own database and topic, one after the other:
 
-  integration/bench/bench.py [--events N] [--rate R] [--seconds S] [--modes polling,replication]
+  1. prime     start it, let it publish one warm-up row (slot and position exist), stop it
+  2. drain     commit --rows rows (200-byte payloads, --keys keys, --tx-rows a transaction)
+               while it is stopped, start it: events/s until the last is in Kafka (for
+               outbox-relay: and marked published), CPU seconds per 100k events
+  3. steady    --rates events/s for --duration s each (single-row transactions through
+               outbox.enqueue, synchronous_commit=on): commit-to-consumer latency
+               p50/p99/p99.9/max measured by a consumer (commit time in the payload)
+  4. cost      CPU seconds per 100k events (drain and steady), peak RSS of its process tree
+  5. audit     outbox-relay audit --json on its topic (ours only): lost must be 0
 
-Loopback only, bounded in count and time; the servers and relays it starts are stopped on
-exit. Figures depend on the machine: compare modes within one run, not across machines.
+  integration/bench/bench.py [--rows N] [--rates 1000,5000,20000] [--duration S]
+                             [--readers polling,replication,debezium,pgfloor] [--json FILE]
+  integration/bench/bench.py --smoke      # seconds: our two modes, 2,000 rows, 200 events/s
+
+Loopback only, every wait bounded, every process it starts stopped by pid on exit, Ctrl-C and
+SIGTERM included. Exit 0 when every reader finished and our audits found nothing lost.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import platform
 import shutil
-import statistics
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from harness import Kafka, Postgres, Relay, start_all, wait_until  # noqa: E402
+from harness import Kafka, Postgres, relay_binary, start_all  # noqa: E402
+from harness.servers import REPO_DIR  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+import load  # noqa: E402
+import procstat  # noqa: E402
+from readers import ROW_TOPIC, DebeziumReader, RelayReader  # noqa: E402
 
-
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def proc_peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+ALL_READERS = ("polling", "replication", "debezium", "pgfloor")
 
 
-def relay_config(dsn: str, bootstrap: str, mode: str) -> dict:
+class BenchError(RuntimeError):
+    pass
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def poll_until(probe, timeout_s: float, what: str, check=None, interval_s: float = 0.05):
+    """probe() until truthy (returned), check() each round; BenchError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if check is not None:
+            check()
+        v = probe()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+# ------------------------------------------------------------------------------ profile
+class Profiler:
+    """`perf record -g` of given pids (outbox-relay and the PostgreSQL processes serving it)
+    from the first message of a drain to its end; `perf report` summary to a text file."""
+
+    def __init__(self, out_dir: Path, name: str):
+        self.data = out_dir / f"{name}-drain.perf.data"
+        self.report = out_dir / f"{name}-drain.txt"
+        self.proc = None
+
+    def start(self, pids: list[int]) -> None:
+        self.proc = subprocess.Popen(
+            ["perf", "record", "-F", "499", "-g", "-o", str(self.data), "-p", ",".join(map(str, pids))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+        with open(self.report, "w") as f:
+            for sort in ("comm,dso", "comm,dso,sym"):
+                f.write(f"===== perf report --sort {sort} (self time, >= 0.5%)\n")
+                f.flush()
+                subprocess.run(["perf", "report", "-i", str(self.data), "--stdio", "--no-children",
+                                "-g", "none", "--percent-limit", "0.5", "--sort", sort],
+                               stdout=f, stderr=subprocess.DEVNULL, timeout=300)
+
+
+def postgres_pids(pg) -> list[int]:
+    return procstat.descendants(pg.pid) if pg.pid else []
+
+
+# ------------------------------------------------------------------------------ phases
+def prime(reader, counter: load.TopicCounter, timeout_s: float) -> int:
+    """Start the reader, let it publish a warm-up row, stop it. Returns the topic's count.
+    Debezium creates its slot only once started: a warm-up row is written every 2 s until
+    one arrives."""
+    reader.start()
+    last_write = 0.0
+
+    def arrived():
+        nonlocal last_write
+        if time.monotonic() - last_write > 2:
+            with reader.connect() as c:
+                c.execute("SELECT outbox.enqueue(%s, 'warmup', 'warmup'::bytea)", (ROW_TOPIC,))
+            last_write = time.monotonic()
+        return counter.count() > 0
+
+    poll_until(arrived, timeout_s, f"{reader.name}: warm-up row in Kafka", reader.check, 0.1)
+    poll_until(reader.all_marked, timeout_s, f"{reader.name}: warm-up rows marked", reader.check, 0.1)
+    # Debezium confirms positions with its offsets (flushed every second, and at stop).
+    reader.stop()
+    return counter.count()
+
+
+def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
+          profiler: Profiler | None = None) -> dict:
+    pg_cpu, kafka_cpu = procstat.CpuMeter(lambda: pg.pid).start(), procstat.CpuMeter(lambda: kafka.pid).start()
+    t0 = time.monotonic()
+    reader.start()
+    state = {"first": None, "first_cpu": 0.0}
+    target = base + rows
+
+    def in_kafka():
+        n = counter.count()
+        if state["first"] is None and n > base:
+            state["first"] = time.monotonic()
+            state["first_cpu"] = procstat.tree_cpu_seconds(reader.pid)
+            if profiler is not None:
+                profiler.start([reader.pid] + postgres_pids(pg))
+        return n >= target
+
+    result: dict = {"rows": rows}
+    try:
+        poll_until(in_kafka, timeout_s, f"{reader.name}: {rows} rows in Kafka", reader.check)
+    except BenchError as e:
+        result.update(error=str(e), in_kafka=counter.count() - base)
+        return result
+    t_kafka = time.monotonic()
+    cpu_kafka = procstat.tree_cpu_seconds(reader.pid)
+    t_marked = None
+    if reader.ours:
+        try:
+            poll_until(reader.all_marked, max(10.0, timeout_s - (t_kafka - t0)),
+                       f"{reader.name}: all rows marked", reader.check)
+            t_marked = time.monotonic()
+        except BenchError as e:
+            result["error"] = str(e)
+    t_end = t_marked or t_kafka
+    cpu = procstat.tree_cpu_seconds(reader.pid)
+    if profiler is not None:
+        profiler.stop()
+        result["profile"] = str(profiler.report)
+    first = state["first"] or t_kafka
+    result.update(
+        seconds_to_first=first - t0,
+        seconds_to_last_in_kafka=t_kafka - t0,
+        seconds_to_all_marked=(t_marked - t0) if t_marked else None,
+        events_per_s=rows / (t_end - t0),
+        events_per_s_in_kafka=rows / (t_kafka - t0),
+        events_per_s_first_to_last=rows / max(1e-3, t_kafka - first),
+        cpu_s=cpu,
+        cpu_s_per_100k=cpu / rows * 1e5,
+        cpu_s_per_100k_first_to_last=(cpu_kafka - state["first_cpu"]) / rows * 1e5,
+        pg_cpu_s_per_100k=pg_cpu.seconds() / rows * 1e5,
+        kafka_cpu_s_per_100k=kafka_cpu.seconds() / rows * 1e5,
+        peak_rss_mb=procstat.tree_peak_rss_mb(reader.pid),
+        messages_extra=counter.count() - target,  # > 0: duplicates
+    )
+    return result
+
+
+def steady(reader, counter, pg, kafka, rate: int, phase: int, duration: float, keys: int,
+           payload: int, tail_timeout_s: float, cancel: list) -> dict:
+    writers = max(1, math.ceil(rate / 2000))
+    consumer = load.LatencyConsumer(kafka.bootstrap, reader.topic, counter.ends(), phase)
+    consumer.start()
+    written = [0] * writers
+    errors: list[BaseException] = []
+    conns = [reader.connect(autocommit=True) for _ in range(writers)]
+    cancel.extend(conns)
+
+    def write(i: int):
+        try:
+            written[i] = conns[i].execute(
+                "CALL bench.paced(%s, %s, %s, %s, %s, %s, %s, %s)",
+                (ROW_TOPIC, rate / writers, duration, phase, i, writers, keys, payload)).fetchone()[0]
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    meters = [procstat.CpuMeter(lambda: reader.pid).start(), procstat.CpuMeter(lambda: pg.pid).start(),
+              procstat.CpuMeter(lambda: kafka.pid).start()]
+    threads = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(writers)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+                reader.check()
+        t_written = time.monotonic()
+        wall_written = time.time()
+        if errors:
+            raise BenchError(f"writer failed: {errors[0]}")
+        total = sum(written)
+        try:
+            poll_until(lambda: len(consumer.latencies) >= total, tail_timeout_s,
+                       f"{reader.name}: {total} events of {rate}/s at the consumer", reader.check)
+        except BenchError:
+            pass  # reported as delivered < written
+        cpu = [m.seconds() for m in meters]
+    finally:
+        consumer.stop()
+        for c in conns:
+            cancel.remove(c)
+            c.close()
+    lat = sorted(consumer.latencies)
+    delivered = len(lat)
+    reached = total / max(1e-3, t_written - t0)
+    tail = (consumer.last_arrival - wall_written) if consumer.last_arrival else float("nan")
     return {
-        "postgres": {"dsn": dsn},
-        "kafka": {"bootstrap_servers": bootstrap, "properties": {"linger.ms": "5"}},
-        "source": {"mode": mode, "polling": {"batch_size": 1000, "interval_ms": 500},
-                   "replication": {"slot_name": f"bench_{mode}"}},
-        "log": {"level": "warn"},
+        "rate": rate,
+        "writers": writers,
+        "written": total,
+        "commits_per_s": reached,
+        "delivered": delivered,
+        "p50_ms": load.quantile_ms(lat, 0.50),
+        "p99_ms": load.quantile_ms(lat, 0.99),
+        "p999_ms": load.quantile_ms(lat, 0.999),
+        "max_ms": lat[-1] * 1000 if lat else float("nan"),
+        "tail_s": tail,
+        # kept up: every event arrived, within a second of the last commit, and the writers
+        # reached 95% of the rate (on 2 shared cores they may not)
+        "sustained": delivered >= total and tail <= 1.0 and reached >= 0.95 * rate,
+        "cpu_s_per_100k": cpu[0] / max(1, total) * 1e5,
+        "pg_cpu_s_per_100k": cpu[1] / max(1, total) * 1e5,
+        "kafka_cpu_s_per_100k": cpu[2] / max(1, total) * 1e5,
     }
 
 
-class Setup:
-    def __init__(self, pg: Postgres, kafka: Kafka, work: Path, mode: str, name: str):
-        self.pg, self.kafka, self.mode = pg, kafka, mode
-        self.db = f"bench_{name}_{mode}"
-        self.topic = f"bench.{name}.{mode}"
-        pg.drop_database(self.db)
-        self.dsn = pg.create_database(self.db)
-        kafka.create_topic(self.topic, partitions=6)
-        self.relay = Relay(relay_config(self.dsn, kafka.bootstrap, mode), work / self.db,
-                           name=self.db)
-        r = self.relay.migrate()
+def pg_floor(pg, work: Path, run_id: str, args) -> dict:
+    """PostgreSQL alone: the same backlog selected (with payloads) and marked in batches."""
+    db = f"bench_{run_id}_pgfloor"
+    from harness import Relay
+
+    pg.drop_database(db)
+    dsn = pg.create_database(db)
+    try:
+        r = Relay({"postgres": {"dsn": dsn}, "kafka": {"bootstrap_servers": "127.0.0.1:9"}},
+                  work / "pgfloor", name="migrate").command("migrate")
         if r.returncode != 0:
-            raise RuntimeError(r.stdout + r.stderr)
-
-    def connect(self, autocommit: bool = True):
-        return self.pg.connect(self.db, autocommit=autocommit)
-
-    def pending(self) -> int:
-        with self.connect() as c:
-            return c.execute("SELECT count(*) FROM outbox.events "
-                             "WHERE published_at IS NULL AND dead_lettered_at IS NULL").fetchone()[0]
-
-    def close(self) -> None:
-        self.relay.stop_quietly()
-        with self.connect() as c:
-            wait_until(lambda: not c.execute("SELECT count(*) FROM pg_replication_slots "
-                                             "WHERE active AND database = current_database()"
-                                             ).fetchone()[0], 30, 0.1, "slots released")
-            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                      "WHERE database = current_database()")
-        self.pg.drop_database(self.db)
-
-
-def bench_backlog(pg, kafka, work, mode: str, events: int, payload: int) -> dict:
-    s = Setup(pg, kafka, work, mode, "backlog")
-    try:
-        with s.connect() as c:
-            c.execute(
-                "SELECT count(outbox.enqueue(%s, 'key-' || (g %% 100), "
-                "convert_to(repeat('x', %s), 'UTF8'), '{\"type\":\"Bench\"}')) "
-                "FROM generate_series(1, %s) g", (s.topic, payload, events))
-        t0 = time.monotonic()
-        s.relay.start()
-        wait_until(lambda: s.pending() == 0, 600, 0.05, "backlog drained",
-                   lambda: s.relay.assert_running("draining"))
-        elapsed = time.monotonic() - t0
-        pid = s.relay.pid
-        result = {"events/s": events / elapsed, "seconds": elapsed,
-                  "cpu s": proc_cpu_seconds(pid), "peak RSS MB": proc_peak_rss_mb(pid)}
-        return result
+            raise BenchError(f"migrate failed: {r.stdout}{r.stderr}")
+        with pg.connect(db, autocommit=True) as c:
+            load.install(c)
+            t = time.monotonic()
+            load.fill(c, ROW_TOPIC, args.rows, args.tx_rows, args.keys, args.payload)
+            fill_s = time.monotonic() - t
+            meter = procstat.CpuMeter(lambda: pg.pid).start()
+            t = time.monotonic()
+            marked = c.execute("CALL bench.select_and_mark(%s)", (args.floor_batch,)).fetchone()[0]
+            secs = time.monotonic() - t
+        return {"drain": {"rows": args.rows, "fill_s": fill_s, "marked": marked, "seconds": secs,
+                          "events_per_s": marked / secs, "batch": args.floor_batch,
+                          "pg_cpu_s_per_100k": meter.seconds() / max(1, marked) * 1e5}}
     finally:
-        s.close()
+        pg.drop_database(db)
 
 
-def bench_steady(pg, kafka, work, mode: str, rate: int, seconds: float, payload: int) -> dict:
-    s = Setup(pg, kafka, work, mode, "steady")
+def run_reader(reader, pg, kafka, args, cancel: list, out: dict) -> None:
+    """Fills `out` as it goes, so a failure keeps what was measured before it."""
+    say(f"{reader.name}: database {reader.db}, topic {reader.topic}")
+    reader.setup(args.partitions)
+    counter = load.TopicCounter(kafka.bootstrap, reader.topic)
     try:
-        s.relay.start()
-        # Warm-up: the producer's first id from the broker and the consumer's first fetch
-        # are start-up costs, not the steady state measured here.
-        with s.connect() as c:
-            c.execute("SELECT outbox.enqueue(%s, 'w', 'w'::bytea)", (s.topic,))
-        wait_until(lambda: s.pending() == 0, 60, 0.05, "warm-up event published")
-        reader = kafka.reader(s.topic)
-        reader.poll(0.5)
-        total = int(rate * seconds)
-        commit_times: dict[int, float] = {}
-        lock = threading.Lock()
-
-        def write():
-            with s.connect(autocommit=False) as c:
-                # The test servers run with synchronous_commit = off; a service would not,
-                # and logical decoding only sees WAL once flushed.
-                c.execute("SET synchronous_commit = on")
-                c.commit()
-                start = time.monotonic()
-                for i in range(total):
-                    due = start + i / rate
-                    now = time.monotonic()
-                    if due > now:
-                        time.sleep(due - now)  # pacing the load, not synchronisation
-                    c.execute("SELECT outbox.enqueue(%s, %s, convert_to(repeat('x', %s), 'UTF8'))",
-                              (s.topic, f"key-{i % 100}", payload))
-                    c.commit()
-                    with lock:
-                        commit_times[i] = time.time()
-
-        cpu0 = proc_cpu_seconds(s.relay.pid)
-        w = threading.Thread(target=write)
-        w.start()
-        latencies: list[float] = []
-        relay_latencies: list[float] = []
-        seen: set[str] = set()
-        deadline = time.monotonic() + seconds + 60
-        # Consumer arrival minus commit time; the single writer's i-th row has id i + 2 in
-        # this fresh database (id 1 is the warm-up event).
-        while len(seen) < total and time.monotonic() < deadline:
-            for r in reader.poll(0.02):
-                arrived = time.time()
-                if r.event_id in seen or r.outbox_id == 1:  # a duplicate, or the warm-up
-                    continue
-                seen.add(r.event_id)
-                with lock:
-                    committed = commit_times.get(r.outbox_id - 2)  # id 1: the warm-up
-                if committed is not None:
-                    latencies.append(arrived - committed)
-                    if r.timestamp_ms is not None:
-                        relay_latencies.append(r.timestamp_ms / 1000 - committed)
-        w.join()
-        cpu = proc_cpu_seconds(s.relay.pid) - cpu0
-        reader.close()
-        if len(seen) < total:
-            raise RuntimeError(f"{mode}: only {len(seen)} of {total} events arrived")
-        latencies.sort()
-        relay_latencies.sort()
-
-        def q(values, p):
-            return values[min(len(values) - 1, int(p * len(values)))] * 1000
-
-        return {"p50 ms": q(latencies, 0.50), "p99 ms": q(latencies, 0.99),
-                "max ms": latencies[-1] * 1000, "mean ms": statistics.fmean(latencies) * 1000,
-                "relay p50 ms": q(relay_latencies, 0.5), "relay p99 ms": q(relay_latencies, 0.99),
-                "cpu s/1k ev": cpu / total * 1000, "events": total}
+        base = prime(reader, counter, args.start_timeout)
+        t = time.monotonic()
+        with reader.connect() as c:
+            load.fill(c, ROW_TOPIC, args.rows, args.tx_rows, args.keys, args.payload)
+            if args.analyze:
+                c.execute("ANALYZE outbox.events")
+        fill_s = time.monotonic() - t
+        say(f"{reader.name}: {args.rows:,} rows committed in {fill_s:.1f} s; starting it")
+        profiler = Profiler(Path(args.perf), reader.name) if args.perf and reader.ours else None
+        try:
+            d = drain(reader, counter, base, args.rows, pg, kafka, args.drain_timeout, profiler)
+        finally:
+            if profiler is not None and profiler.proc is not None:
+                profiler.stop()
+        d["fill_s"] = fill_s
+        out["drain"] = d
+        if "error" in d:
+            say(f"{reader.name}: drain FAILED: {d['error']}")
+        else:
+            say(f"{reader.name}: drain {d['events_per_s']:,.0f} events/s "
+                f"({d['seconds_to_all_marked'] or d['seconds_to_last_in_kafka']:.1f} s), "
+                f"{d['events_per_s_first_to_last']:,.0f}/s first to last message")
+        # Settle: a marker row committed now reaches Kafka once the reader has processed all
+        # the WAL of the backlog (replication re-reads it after publishing the pending rows).
+        t = time.monotonic()
+        with reader.connect() as c:
+            c.execute("SELECT outbox.enqueue(%s, 'marker', 'marker'::bytea)", (ROW_TOPIC,))
+        poll_until(lambda: counter.count() >= base + args.rows + 1, args.drain_timeout,
+                   f"{reader.name}: a row committed after the drain", reader.check)
+        d["settle_s"] = time.monotonic() - t
+        msgs = load.sample_messages(kafka.bootstrap, reader.topic)
+        d["message_problems"] = load.check_messages(msgs, args.payload)
+        d["sample_headers"] = sorted({k for m in msgs for k, _ in (m.headers() or [])})
+        if d["message_problems"] or not msgs:
+            raise BenchError(f"{reader.name}: messages not as expected: {d['message_problems'] or 'none read'}")
+        if isinstance(reader, DebeziumReader):
+            p = out["producer"] = reader.producer_settings()
+            if p.get("acks") not in ("-1", "all") or p.get("enable.idempotence") != "true":
+                raise BenchError(f"Debezium's producer is not idempotent with acks=all: {p}")
+        peak = d.get("peak_rss_mb", 0.0)
+        out["steady"] = {}
+        if "error" not in d:
+            for i, rate in enumerate(args.rates, start=1):
+                s = steady(reader, counter, pg, kafka, rate, i, args.duration, args.keys, args.payload,
+                           args.tail_timeout, cancel)
+                out["steady"][str(rate)] = s
+                say(f"{reader.name}: {rate}/s -> {s['commits_per_s']:,.0f} commits/s, p50 {s['p50_ms']:.1f} "
+                    f"p99 {s['p99_ms']:.1f} p99.9 {s['p999_ms']:.1f} ms, "
+                    f"{s['delivered']}/{s['written']} delivered{'' if s['sustained'] else ' (NOT sustained)'}")
+        peak = max(peak, procstat.tree_peak_rss_mb(reader.pid) if reader.pid else 0.0)
+        out["peak_rss_mb"] = peak
+        reader.stop()
+        if reader.ours:
+            a = reader.audit()
+            out["audit"] = a
+            say(f"{reader.name}: audit exit {a.get('exit_code')}: lost={a.get('lost')} "
+                f"duplicates={a.get('duplicates')} order_violations={a.get('order_violations')}")
     finally:
-        s.close()
+        counter.close()
+        reader.cleanup()
 
 
-def table(title: str, results: dict[str, dict]) -> str:
-    modes = list(results)
-    keys = list(next(iter(results.values())))
-    lines = [title, f"  {'':<14}" + "".join(f"{m:>14}" for m in modes)]
-    for k in keys:
-        lines.append(f"  {k:<14}" + "".join(f"{results[m][k]:>14.2f}" for m in modes))
+# ------------------------------------------------------------------------------ report
+def machine_notes(pg) -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    except OSError:
+        pass
+    with pg.connect("postgres", autocommit=True) as c:
+        pg_version = c.execute("SHOW server_version").fetchone()[0]
+    rev = subprocess.run(["git", "-C", str(REPO_DIR), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip()
+    pom = (REPO_DIR / "integration/env/kafka-pom.xml").read_text()
+    dpom = (HERE / "debezium-pom.xml").read_text()
+
+    def tag(text, name):
+        return text.split(f"<{name}>", 1)[1].split("<", 1)[0] if f"<{name}>" in text else ""
+
+    return {"cpu": model, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
+            "loadavg_start": os.getloadavg(), "postgres": pg_version, "kafka": tag(pom, "kafka.version"),
+            "debezium": tag(dpom, "debezium.version"), "connect": tag(dpom, "connect.version"),
+            "relay_binary": str(relay_binary()), "git": rev}
+
+
+def fmt(v, spec=",.0f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
+    return format(v, spec)
+
+
+def table(results: dict, args) -> str:
+    names = [n for n in args.readers if n in results]
+    w = 14
+    lines = []
+
+    def row(label, getter, spec=",.0f"):
+        vals = []
+        for n in names:
+            try:
+                vals.append(fmt(getter(results[n]), spec))
+            except (KeyError, TypeError):
+                vals.append("-")
+        lines.append(f"{label:<44}" + "".join(f"{v:>{w}}" for v in vals))
+
+    lines.append(f"{'':<44}" + "".join(f"{n:>{w}}" for n in names))
+    lines.append(f"catch-up drain of {args.rows:,} rows ({args.payload} B, {args.keys:,} keys, "
+                 f"{args.tx_rows} rows/tx)")
+    row("  events/s, start to last in Kafka", lambda r: r["drain"]["events_per_s_in_kafka"])
+    row("  events/s, start to last marked (ours)", lambda r: r["drain"]["events_per_s"] if r["drain"].get(
+        "seconds_to_all_marked") or "marked" in r["drain"] else None)
+    row("  events/s, first to last message", lambda r: r["drain"]["events_per_s_first_to_last"])
+    row("  s, start to first message", lambda r: r["drain"]["seconds_to_first"], ".2f")
+    row("  s, then until a new row arrives (settle)", lambda r: r["drain"]["settle_s"], ".2f")
+    row("  CPU s / 100k events (reader)", lambda r: r["drain"]["cpu_s_per_100k"], ".2f")
+    row("  CPU s / 100k events, first to last", lambda r: r["drain"]["cpu_s_per_100k_first_to_last"], ".2f")
+    row("  PostgreSQL CPU s / 100k events", lambda r: r["drain"]["pg_cpu_s_per_100k"], ".2f")
+    row("  broker CPU s / 100k events", lambda r: r["drain"]["kafka_cpu_s_per_100k"], ".2f")
+    for rate in args.rates:
+        k = str(rate)
+        lines.append(f"steady {rate:,} events/s for {args.duration:g} s, commit -> consumer")
+        row("  commits/s reached", lambda r: r["steady"][k]["commits_per_s"])
+        row("  p50 ms", lambda r: r["steady"][k]["p50_ms"], ".1f")
+        row("  p99 ms", lambda r: r["steady"][k]["p99_ms"], ".1f")
+        row("  p99.9 ms", lambda r: r["steady"][k]["p999_ms"], ".1f")
+        row("  max ms", lambda r: r["steady"][k]["max_ms"], ".1f")
+        row("  kept up", lambda r: r["steady"][k]["sustained"], "")
+        row("  CPU s / 100k events (reader)", lambda r: r["steady"][k]["cpu_s_per_100k"], ".2f")
+    lines.append("cost")
+    row("  peak RSS MB (reader process tree)", lambda r: r["peak_rss_mb"], ",.1f")
+    row("  audit: lost", lambda r: r["audit"]["lost"])
+    row("  audit: duplicates", lambda r: r["audit"]["duplicates"])
+    row("  audit: order violations", lambda r: r["audit"]["order_violations"])
     return "\n".join(lines)
 
 
-def main() -> int:
+# ------------------------------------------------------------------------------ main
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000, help="backlog size")
-    ap.add_argument("--payload", type=int, default=200, help="payload bytes")
-    ap.add_argument("--rate", type=int, default=500, help="steady writes per second")
-    ap.add_argument("--seconds", type=float, default=10, help="steady duration")
-    ap.add_argument("--modes", default="polling,replication")
-    args = ap.parse_args()
-    modes = [m for m in args.modes.split(",") if m]
+    ap.add_argument("--rows", type=int, default=1_000_000, help="catch-up backlog (default 1,000,000)")
+    ap.add_argument("--payload", type=int, default=200, help="payload bytes (default 200)")
+    ap.add_argument("--keys", type=int, default=10_000, help="distinct keys (default 10,000)")
+    ap.add_argument("--tx-rows", type=int, default=1000, help="backlog rows per transaction (default 1000)")
+    ap.add_argument("--rates", default="1000,5000,20000", help="steady rates, events/s (default 1000,5000,20000)")
+    ap.add_argument("--duration", type=float, default=20, help="seconds per steady rate (default 20)")
+    ap.add_argument("--readers", default="polling,replication,debezium,pgfloor",
+                    help=f"some of {','.join(ALL_READERS)}, run in this order")
+    ap.add_argument("--partitions", type=int, default=6, help="partitions of each topic (default 6)")
+    ap.add_argument("--json", dest="json_path", default="bench-results.json", help="results file")
+    ap.add_argument("--relay-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="outbox-relay config override, e.g. source.polling.batch_size=5000 (repeatable)")
+    ap.add_argument("--debezium-poll-ms", type=int, default=10,
+                    help="Debezium poll.interval.ms (default 10; its own default, 500, adds latency)")
+    ap.add_argument("--connect-heap", default="256m,2g", help="Connect JVM -Xms,-Xmx (connect-standalone.sh's)")
+    ap.add_argument("--floor-batch", type=int, default=1000, help="pgfloor's batch (default 1000)")
+    ap.add_argument("--drain-timeout", type=float, default=420, help="per reader (default 420 s)")
+    ap.add_argument("--start-timeout", type=float, default=180, help="reader start-up (default 180 s)")
+    ap.add_argument("--tail-timeout", type=float, default=30, help="wait after the writers (default 30 s)")
+    ap.add_argument("--analyze", action="store_true",
+                    help="ANALYZE outbox.events after the backlog is committed (by default the "
+                         "drain starts before autovacuum has analyzed the table, as after a burst)")
+    ap.add_argument("--perf", metavar="DIR",
+                    help="profile our drains with perf record -g (outbox-relay + PostgreSQL processes, "
+                         "first to last message); reports in DIR/<reader>-drain.txt")
+    ap.add_argument("--servers", metavar="PGDIR,KAFKADIR",
+                    help="use running harness servers in these directories instead of starting any")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds-long run: --rows 2000 --rates 200 --duration 5 --readers polling,replication")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.rows, args.rates, args.duration, args.readers = 2000, "200", 5, "polling,replication"
+        args.drain_timeout, args.start_timeout, args.tail_timeout = 60, 60, 15
+    if args.perf:
+        if not shutil.which("perf"):
+            ap.error("--perf: perf is not installed (apt-get install linux-perf)")
+        Path(args.perf).mkdir(parents=True, exist_ok=True)
+    args.rates = [int(r) for r in str(args.rates).split(",") if r]
+    args.readers = [r for r in args.readers.split(",") if r]
+    bad = [r for r in args.readers if r not in ALL_READERS]
+    if bad:
+        ap.error(f"--readers: unknown {bad}; known: {', '.join(ALL_READERS)}")
+    if args.rows < 1 or any(r < 1 for r in args.rates) or args.duration <= 0:
+        ap.error("--rows, --rates and --duration must be positive")
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    binary = relay_binary()
+    if any(r in ("polling", "replication") for r in args.readers) and not os.access(binary, os.X_OK):
+        print(f"bench: relay binary {binary} missing (build it or set OUTBOX_RELAY_BIN)", file=sys.stderr)
+        return 2
+    jar_dir = None
+    if "debezium" in args.readers:
+        r = subprocess.run([str(HERE / "fetch-debezium.sh")], stdout=subprocess.PIPE, text=True, timeout=900)
+        if r.returncode != 0:
+            print("bench: could not fetch the Debezium jars", file=sys.stderr)
+            return 2
+        jar_dir = Path(r.stdout.strip().splitlines()[-1])
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
     work = Path(tempfile.mkdtemp(prefix="outbox-bench."))
-    os.chmod(work, 0o755)
-    pg, kafka = Postgres(work / "servers"), Kafka(work / "servers")
+    os.chmod(work, 0o755)  # the postgres user must reach DIR/pg
+    own_servers = args.servers is None
+    if own_servers:
+        pg, kafka = Postgres(work / "servers"), Kafka(work / "servers")
+    else:
+        pgdir, kdir = args.servers.split(",")
+        pg, kafka = Postgres(pgdir), Kafka(kdir)
+    run_id = uuid.uuid4().hex[:6]
+    cancel: list = []  # writer connections to cancel if interrupted
+    results: dict = {}
+    report = {"params": {k: v for k, v in vars(args).items() if k not in ("servers",)}, "readers": results}
+    ok = True
     try:
-        start_all([pg, kafka])
-        print(f"outbox-relay bench: {args.events} backlog events, steady {args.rate}/s for "
-              f"{args.seconds:.0f} s, {args.payload}-byte payloads, {os.cpu_count()} cores",
-              flush=True)
-        backlog = {m: bench_backlog(pg, kafka, work, m, args.events, args.payload) for m in modes}
-        print(table("backlog drain", backlog), flush=True)
-        steady = {m: bench_steady(pg, kafka, work, m, args.rate, args.seconds, args.payload)
-                  for m in modes}
-        print(table("steady state (commit -> consumer)", steady), flush=True)
-        return 0
-    finally:
-        for s in (kafka, pg):
+        if own_servers:
+            say("starting PostgreSQL 15 and Kafka")
+            start_all([pg, kafka])
+        report["machine"] = machine_notes(pg)
+        say(f"postgres {pg.dsn_for('postgres')}, kafka {kafka.bootstrap}; work dir {work}")
+        for name in args.readers:
+            t = time.monotonic()
             try:
-                s.stop()
-            except Exception as e:  # noqa: BLE001
-                print(f"stopping {type(s).__name__}: {e}", file=sys.stderr)
-        shutil.rmtree(work, ignore_errors=True)
+                if name == "pgfloor":
+                    results[name] = pg_floor(pg, work, run_id, args)
+                    say(f"pgfloor: {results[name]['drain']['events_per_s']:,.0f} rows/s selected and marked")
+                    continue
+                if name == "debezium":
+                    reader = DebeziumReader(pg, kafka, work, run_id, jar_dir, args.connect_heap,
+                                            args.debezium_poll_ms)
+                else:
+                    reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set)
+                results[name] = {}
+                run_reader(reader, pg, kafka, args, cancel, results[name])
+            except Exception as e:  # noqa: BLE001 - one reader failing does not stop the others
+                ok = False
+                results.setdefault(name, {})["error"] = f"{type(e).__name__}: {e}"
+                say(f"{name}: FAILED: {e}")
+            finally:
+                results.setdefault(name, {})["wall_s"] = time.monotonic() - t
+        report["machine"]["loadavg_end"] = os.getloadavg()
+        for name, r in results.items():
+            if "error" in r or "error" in r.get("drain", {}):
+                ok = False
+            a = r.get("audit")
+            if a is not None and (a.get("exit_code") != 0 or a.get("lost") != 0):
+                ok = False
+        print()
+        print(table(results, args))
+        print()
+        report["ok"] = ok
+        Path(args.json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        say(f"results written to {args.json_path}; {'ok' if ok else 'FAILED'}")
+        return 0 if ok else 1
+    except KeyboardInterrupt as e:
+        ok = False
+        say(f"interrupted ({e}); stopping everything")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish the cleanup
+        for c in list(cancel):
+            try:
+                c.cancel()
+            except Exception:  # noqa: BLE001
+                pass
+        if own_servers:
+            for s in (kafka, pg):
+                try:
+                    s.stop()
+                except Exception as e:  # noqa: BLE001
+                    print(f"stopping {type(s).__name__}: {e}", file=sys.stderr)
+        if ok and not os.environ.get("OUTBOX_BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"bench: logs and data kept in {work}", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 if __name__ == "__main__":
