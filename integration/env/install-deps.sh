@@ -13,6 +13,7 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
   clang-format kcat postgresql-15 postgresql-contrib python3-venv nftables)
+PKGS+=(debootstrap) # the image test's Debian 12 root filesystem (integration/deploy/rootfs.sh)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
 else
@@ -77,3 +78,4 @@ fi
 # ------------------------------------------------------------------ librdkafka
 # Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
 "$OUTBOX_ENV_DIR/librdkafka.sh"
+
