@@ -79,3 +79,6 @@ fi
 # Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
 "$OUTBOX_ENV_DIR/librdkafka.sh"
 
+# ------------------------------------------------------------------ helm
+# The chart's tests (integration/deploy/chart.sh): Helm built with go install, cached.
+"$OUTBOX_ENV_DIR/helm.sh" >/dev/null
