@@ -60,14 +60,19 @@ def image_relay_bin(request, relay_bin, tmp_path) -> Path:
 
 
 def _relay_pid(pid: int) -> int:
-    """The outbox-relay process at or below pid (the image runner has buildah in between)."""
-    for _ in range(6):
-        if Path(f"/proc/{pid}/comm").read_text().strip() == "outbox-relay":
-            return pid
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        assert children, f"no outbox-relay process under pid {pid}"
-        pid = int(children[0])
-    raise AssertionError("no outbox-relay process found")
+    """The outbox-relay process at or below pid (the image runner has buildah in between; a
+    Go program's children hang under the thread that started them, so every task is read)."""
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            if Path(f"/proc/{p}/comm").read_text().strip() == "outbox-relay":
+                return p
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    raise AssertionError(f"no outbox-relay process under pid {pid}")
 
 
 def _uid_of(pid: int) -> int:
@@ -116,7 +121,11 @@ def test_relay_in_image_rootfs_checks_and_publishes_as_non_root(ctx, image_relay
             enqueue(c, topic, keys[i % 10], f"{i}".encode())
         c.commit()
     ctx.wait_all_published(500, 60, relay)
-    assert _uid_of(_relay_pid(relay.pid)) == uid, "the relay must run as the image's user"
+    pid = _relay_pid(relay.pid)
+    assert _uid_of(pid) == uid, "the relay must run as the image's user"
+    if "rootfs.sh" in image_relay_bin.read_text():  # as the chart runs it: readOnlyRootFilesystem
+        root = [m.split() for m in Path(f"/proc/{pid}/mounts").read_text().splitlines() if m.split()[1] == "/"]
+        assert root and root[-1][3].split(",")[0] == "ro", root
     records = ctx.kafka.consume_all(topic, 500, 60)
     assert_no_loss(audit(ctx.rows(topic), records), relay, allow_duplicates=False)
     assert relay.terminate() == 0, relay.log_tail()
@@ -151,17 +160,22 @@ def _chart_configmaps(*set_args: str) -> dict[str, str]:
 
 
 def test_chart_config_is_what_the_relay_runs(ctx, image_relay_bin):
-    """The chart's rendered configuration, with its env vars, passes `check` in the image's
-    root filesystem, and the migration hook's configuration migrates with the privileged DSN
-    (postgres.admin_dsn) while the relay's own DSN would not connect."""
+    """The relay configuration the chart renders, with the env vars the chart sets, passes
+    `check` in the image (the relay refuses unknown keys: a chart default it does not know fails)."""
     cms = _chart_configmaps(f"kafka.bootstrapServers={ctx.kafka.bootstrap}",
                             "config.source.polling.interval_ms=100")
+    assert set(cms) == {"rel-outbox-relay", "rel-outbox-relay-migrate"}, cms
     relay = Relay(cms["rel-outbox-relay"], ctx.workdir, binary=image_relay_bin, name="chart",
                   env={"OUTBOX_PG_DSN": ctx.dsn})
     ctx._relays.append(relay)
     r = relay.check()
     assert r.returncode == 0 and "all checks passed" in r.stdout, r.stdout + r.stderr
 
+
+def test_chart_migration_config_migrates_with_the_privileged_dsn(ctx, image_relay_bin):
+    """The migration hook's configuration migrates through postgres.admin_dsn
+    (${OUTBOX_PG_ADMIN_DSN}) while the relay's own DSN would not even connect."""
+    cms = _chart_configmaps(f"kafka.bootstrapServers={ctx.kafka.bootstrap}")
     db = ctx.db + "_chart"
     admin_dsn = ctx.pg.create_database(db)
     try:
@@ -169,9 +183,10 @@ def test_chart_config_is_what_the_relay_runs(ctx, image_relay_bin):
         mig = Relay(cms["rel-outbox-relay-migrate"], ctx.workdir, binary=image_relay_bin, name="chart-migrate",
                     env={"OUTBOX_PG_DSN": unusable, "OUTBOX_PG_ADMIN_DSN": admin_dsn})
         r = mig.command("migrate")
-        if r.returncode != 0 and "admin_dsn" in r.stdout + r.stderr and "unknown key" in r.stdout + r.stderr:
-            pytest.skip("this relay predates postgres.admin_dsn (ops branch): " + (r.stdout + r.stderr).strip())
-        assert r.returncode == 0, r.stdout + r.stderr
+        out = r.stdout + r.stderr
+        if r.returncode != 0 and "postgres.admin_dsn: unknown key" in out:
+            pytest.skip("this relay predates postgres.admin_dsn (ops branch): " + out.strip())
+        assert r.returncode == 0, out
         with ctx.pg.connect(db, autocommit=True) as c:
             assert c.execute("SELECT to_regclass('outbox.events') IS NOT NULL").fetchone()[0]
     finally:
