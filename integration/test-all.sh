@@ -5,7 +5,7 @@
 # do not depend on the failed one.
 #
 #   integration/test-all.sh [extra pytest args...]
-#   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan format integration pg18)
+#   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan format chart integration pg18)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env/common.sh
@@ -71,6 +71,9 @@ asan() {
 step asan asan
 
 step format cmake --build build --target format-check
+
+# helm lint + template, manifests decoded strictly (integration/deploy/chart.sh; a few seconds warm)
+step chart "$HERE/deploy/chart.sh"
 
 if [ $BUILD_OK -eq 1 ]; then
   OUTBOX_IT_REQUIRE_BINARY=1 OUTBOX_RELAY_BIN="$OUTBOX_REPO/build/outbox-relay" \

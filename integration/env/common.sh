@@ -90,3 +90,18 @@ env_set_locked() {
   chmod 644 "$tmp"
   mv "$tmp" "$f"
 }
+
+# The Debian mirror this machine already uses (no host is hard-coded): librdkafka.sh's
+# deb-src line, the image test's debootstrap (integration/deploy/rootfs.sh).
+debian_mirror() {
+  local f uri
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    uri=$(awk '/^URIs:/ { print $2; exit }' "$f")
+    if [ -n "$uri" ] && grep -q 'debian-archive-keyring' "$f" && ! grep -q 'security' <<<"$uri"; then
+      echo "$uri"
+      return
+    fi
+  done
+  awk '$1 == "deb" && $3 ~ /^bookworm$/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null
+}

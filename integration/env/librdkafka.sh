@@ -27,20 +27,6 @@ if [ -n "$have" ] && dpkg --compare-versions "$have" ge "$MIN_VERSION" &&
   exit 0
 fi
 
-# The Debian mirror this machine already uses, for the deb-src line (no host is hard-coded).
-debian_mirror() {
-  local f uri
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    uri=$(awk '/^URIs:/ { print $2; exit }' "$f")
-    if [ -n "$uri" ] && grep -q 'debian-archive-keyring' "$f" && ! grep -q 'security' <<<"$uri"; then
-      echo "$uri"
-      return
-    fi
-  done
-  awk '$1 == "deb" && $3 ~ /^bookworm$/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null
-}
-
 if [ ! -f "$DEBDIR/.complete" ]; then
   log "librdkafka: building $SRC_VERSION from Debian $SRC_SUITE's source package (one time, about a minute)"
   mirror=$(debian_mirror)

@@ -1,0 +1,138 @@
+{{- define "outbox-relay.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "outbox-relay.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "outbox-relay.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "outbox-relay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "outbox-relay.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "outbox-relay.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "outbox-relay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "outbox-relay.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "outbox-relay.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The Secret the env vars read: yours (existingSecret) or the chart's. */}}
+{{- define "outbox-relay.secretName" -}}
+{{- default (include "outbox-relay.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/* The port of /metrics, /healthz and /readyz: the relay's http.port (8080 by default). */}}
+{{- define "outbox-relay.httpPort" -}}
+{{- dig "http" "port" 8080 .Values.config | int }}
+{{- end }}
+
+{{/* The relay's YAML: the chart's defaults with .Values.config merged over them. */}}
+{{- define "outbox-relay.config" -}}
+{{- $kafka := dict "bootstrap_servers" .Values.kafka.bootstrapServers }}
+{{- if .Values.kafka.sasl.enabled }}
+{{- $_ := set $kafka "properties" (dict
+      "security.protocol" .Values.kafka.sasl.securityProtocol
+      "sasl.mechanism" .Values.kafka.sasl.mechanism
+      "sasl.username" "${OUTBOX_KAFKA_USERNAME}"
+      "sasl.password" "${OUTBOX_KAFKA_PASSWORD}") }}
+{{- end }}
+{{- $defaults := dict "postgres" (dict "dsn" "${OUTBOX_PG_DSN}") "kafka" $kafka "log" (dict "format" "json") }}
+{{- toYaml (mergeOverwrite $defaults (deepCopy .Values.config)) }}
+{{- end }}
+
+{{/* The migration hook's YAML: the relay's, plus postgres.admin_dsn (used only by migrate). */}}
+{{- define "outbox-relay.migrationConfig" -}}
+{{- $cfg := include "outbox-relay.config" . | fromYaml }}
+{{- $_ := set $cfg.postgres "admin_dsn" "${OUTBOX_PG_ADMIN_DSN}" }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* Env vars from the Secret; "migration" adds the privileged DSN. */}}
+{{- define "outbox-relay.env" -}}
+{{- $root := index . 0 }}
+{{- $secret := include "outbox-relay.secretName" $root -}}
+- name: OUTBOX_PG_DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ index . 2 | default $secret }}
+      key: {{ $root.Values.secretKeys.postgresDsn }}
+{{- if eq (index . 1) "migration" }}
+- name: OUTBOX_PG_ADMIN_DSN
+  valueFrom:
+    secretKeyRef:
+      name: {{ index . 2 | default $secret }}
+      key: {{ $root.Values.secretKeys.postgresAdminDsn }}
+{{- end }}
+{{- if $root.Values.kafka.sasl.enabled }}
+- name: OUTBOX_KAFKA_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ index . 2 | default $secret }}
+      key: {{ $root.Values.secretKeys.kafkaUsername }}
+- name: OUTBOX_KAFKA_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ index . 2 | default $secret }}
+      key: {{ $root.Values.secretKeys.kafkaPassword }}
+{{- end }}
+{{- with $root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Security settings of every container (not configurable: the tests assert them). */}}
+{{- define "outbox-relay.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "outbox-relay.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The Secret's data (chart-made): for the relay and, with admin, for the hook. */}}
+{{- define "outbox-relay.secretData" -}}
+{{- $root := index . 0 -}}
+{{ $root.Values.secretKeys.postgresDsn }}: {{ $root.Values.postgres.dsn | b64enc | quote }}
+{{- if index . 1 }}
+{{ $root.Values.secretKeys.postgresAdminDsn }}: {{ $root.Values.postgres.adminDsn | default $root.Values.postgres.dsn | b64enc | quote }}
+{{- end }}
+{{- if $root.Values.kafka.sasl.enabled }}
+{{ $root.Values.secretKeys.kafkaUsername }}: {{ $root.Values.kafka.sasl.username | b64enc | quote }}
+{{ $root.Values.secretKeys.kafkaPassword }}: {{ $root.Values.kafka.sasl.password | b64enc | quote }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,479 @@
+// Package manifests checks charts/outbox-relay: every manifest `helm template` renders is
+// decoded strictly into its Kubernetes API type (an unknown or misspelled field fails), the
+// security settings of the Deployment and the migration Job are asserted, the values schema
+// rejects misspelled values, and the chart README lists every value.
+//
+//	HELM=$(integration/env/helm.sh) go test ./...   (from this directory; integration/deploy/chart.sh)
+package manifests
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+var (
+	chartDir  = filepath.Join("..", "..", "..", "charts", "outbox-relay")
+	valuesAll = filepath.Join("..", "values-all.yaml")
+)
+
+// serviceMonitor: the Prometheus Operator's type has no k8s.io module; these are the fields
+// the chart uses (monitoring.coreos.com/v1), decoded as strictly as the others.
+type serviceMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector  metav1.LabelSelector `json:"selector"`
+		Endpoints []struct {
+			Port          string `json:"port"`
+			Path          string `json:"path"`
+			Interval      string `json:"interval"`
+			ScrapeTimeout string `json:"scrapeTimeout"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
+// newObject: the typed object for an apiVersion/kind; unknown kinds fail the test, so a new
+// template must be added here.
+func newObject(apiVersion, kind string) (any, error) {
+	switch apiVersion + "/" + kind {
+	case "v1/ConfigMap":
+		return &corev1.ConfigMap{}, nil
+	case "v1/Secret":
+		return &corev1.Secret{}, nil
+	case "v1/Service":
+		return &corev1.Service{}, nil
+	case "v1/ServiceAccount":
+		return &corev1.ServiceAccount{}, nil
+	case "apps/v1/Deployment":
+		return &appsv1.Deployment{}, nil
+	case "batch/v1/Job":
+		return &batchv1.Job{}, nil
+	case "policy/v1/PodDisruptionBudget":
+		return &policyv1.PodDisruptionBudget{}, nil
+	case "networking.k8s.io/v1/NetworkPolicy":
+		return &networkingv1.NetworkPolicy{}, nil
+	case "monitoring.coreos.com/v1/ServiceMonitor":
+		return &serviceMonitor{}, nil
+	}
+	return nil, fmt.Errorf("no type known for %s %s (add it to newObject)", apiVersion, kind)
+}
+
+// decodeStrict: YAML (duplicate keys refused) -> JSON -> the typed object, unknown fields refused.
+func decodeStrict(doc []byte) (any, error) {
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if err != nil {
+		return nil, fmt.Errorf("yaml: %w", err)
+	}
+	var tm metav1.TypeMeta
+	if err := json.Unmarshal(js, &tm); err != nil {
+		return nil, err
+	}
+	obj, err := newObject(tm.APIVersion, tm.Kind)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(obj); err != nil {
+		return nil, fmt.Errorf("%s: %w", tm.Kind, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%s: trailing data after the object", tm.Kind)
+	}
+	return obj, nil
+}
+
+func helm(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	bin := os.Getenv("HELM")
+	if bin == "" {
+		t.Fatal("HELM is not set: HELM=$(integration/env/helm.sh) go test ./...")
+	}
+	cmd := exec.Command(bin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String() + errb.String(), err
+	}
+	return out.String(), nil
+}
+
+type rendered struct {
+	objects []any
+	byKind  map[string][]any
+}
+
+func render(t *testing.T, args ...string) rendered {
+	t.Helper()
+	out, err := helm(t, append([]string{"template", "rel", chartDir, "--namespace", "apps"}, args...)...)
+	if err != nil {
+		t.Fatalf("helm template %v: %v\n%s", args, err, out)
+	}
+	r := rendered{byKind: map[string][]any{}}
+	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(out, -1) {
+		if strings.TrimSpace(regexp.MustCompile(`(?m)^#.*$`).ReplaceAllString(doc, "")) == "" {
+			continue
+		}
+		obj, err := decodeStrict([]byte(doc))
+		if err != nil {
+			t.Fatalf("document %d of helm template %v: %v\n%s", i, args, err, doc)
+		}
+		r.objects = append(r.objects, obj)
+		kind := fmt.Sprintf("%T", obj)
+		r.byKind[kind] = append(r.byKind[kind], obj)
+	}
+	return r
+}
+
+func (r rendered) kinds() []string {
+	var ks []string
+	for k, v := range r.byKind {
+		ks = append(ks, fmt.Sprintf("%s x%d", k, len(v)))
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+func one[T any](t *testing.T, r rendered, match func(T) bool) T {
+	t.Helper()
+	var found []T
+	for _, o := range r.objects {
+		if v, ok := o.(T); ok && match(v) {
+			found = append(found, v)
+		}
+	}
+	if len(found) != 1 {
+		var zero T
+		t.Fatalf("want exactly one %T, found %d (rendered: %v)", zero, len(found), r.kinds())
+	}
+	return found[0]
+}
+
+func any_[T any](T) bool { return true }
+
+func isHook(m metav1.ObjectMeta) bool { return m.Annotations["helm.sh/hook"] != "" }
+
+// checkPodSecurity: the settings the chart promises for every pod it runs.
+func checkPodSecurity(t *testing.T, what string, spec corev1.PodSpec) {
+	t.Helper()
+	psc := spec.SecurityContext
+	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+		t.Errorf("%s: pod securityContext.runAsNonRoot must be true", what)
+	}
+	if psc == nil || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("%s: pod seccompProfile must be RuntimeDefault", what)
+	}
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		t.Errorf("%s: automountServiceAccountToken must be false (the relay never calls the API)", what)
+	}
+	if len(spec.Containers) == 0 {
+		t.Fatalf("%s: no containers", what)
+	}
+	for _, c := range append(spec.InitContainers, spec.Containers...) {
+		sc := c.SecurityContext
+		w := what + " container " + c.Name
+		switch {
+		case sc == nil:
+			t.Errorf("%s: no securityContext", w)
+			continue
+		case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+			t.Errorf("%s: readOnlyRootFilesystem must be true", w)
+		case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+			t.Errorf("%s: allowPrivilegeEscalation must be false", w)
+		case sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot:
+			t.Errorf("%s: runAsNonRoot must be true", w)
+		case sc.RunAsUser == nil || *sc.RunAsUser == 0:
+			t.Errorf("%s: runAsUser must be a non-zero uid", w)
+		case sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0:
+			t.Errorf("%s: capabilities must drop ALL and add none", w)
+		case sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
+			t.Errorf("%s: seccompProfile must be RuntimeDefault", w)
+		case sc.Privileged != nil && *sc.Privileged:
+			t.Errorf("%s: privileged", w)
+		}
+		if c.Resources.Requests == nil || c.Resources.Limits.Memory().IsZero() {
+			t.Errorf("%s: resources need requests and a memory limit", w)
+		}
+	}
+}
+
+func envNames(c corev1.Container) map[string]corev1.EnvVar {
+	m := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		m[e.Name] = e
+	}
+	return m
+}
+
+// relayConfig: the relay YAML of a ConfigMap, parsed.
+func relayConfig(t *testing.T, cm *corev1.ConfigMap) map[string]any {
+	t.Helper()
+	var cfg map[string]any
+	if err := yaml.UnmarshalStrict([]byte(cm.Data["config.yaml"]), &cfg); err != nil {
+		t.Fatalf("ConfigMap %s: config.yaml: %v", cm.Name, err)
+	}
+	return cfg
+}
+
+func dig(m map[string]any, path ...string) any {
+	var v any = m
+	for _, p := range path {
+		mm, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = mm[p]
+	}
+	return v
+}
+
+type chartCase struct {
+	name           string
+	args           []string
+	kinds          []string
+	secret         string // Secret the relay's env reads
+	hookSecret     string // Secret the migration Job's env reads
+	port           int32
+	replicas       int32
+	extraConfig    [][2]string // path.to.key, value that must be in the relay config
+	sasl           bool
+	migrationHooks int
+}
+
+func TestChartRendersStrictly(t *testing.T) {
+	cases := []chartCase{
+		{
+			name: "default values",
+			kinds: []string{"*v1.ConfigMap x2", "*v1.Deployment x1", "*v1.Job x1", "*v1.PodDisruptionBudget x1",
+				"*v1.Secret x2", "*v1.Service x1", "*v1.ServiceAccount x1"},
+			secret: "rel-outbox-relay", hookSecret: "rel-outbox-relay-migrate", port: 8080, replicas: 2,
+			extraConfig: [][2]string{{"kafka.bootstrap_servers", "kafka:9092"}, {"log.format", "json"}},
+		},
+		{
+			name: "all options (values-all.yaml)",
+			args: []string{"-f", valuesAll},
+			kinds: []string{"*manifests.serviceMonitor x1", "*v1.ConfigMap x2", "*v1.Deployment x1", "*v1.Job x1",
+				"*v1.NetworkPolicy x1", "*v1.PodDisruptionBudget x1", "*v1.Service x1", "*v1.ServiceAccount x1"},
+			secret: "orders-outbox-relay-credentials", hookSecret: "orders-outbox-relay-credentials", port: 9090, replicas: 3,
+			extraConfig: [][2]string{{"source.mode", "replication"}, {"kafka.properties.compression.type", "lz4"},
+				{"kafka.properties.sasl.mechanism", "SCRAM-SHA-256"}, {"log.level", "debug"}, {"log.format", "json"}},
+			sasl: true,
+		},
+		{
+			name: "chart-made Secret with SASL, no migration, nothing optional",
+			args: []string{"--set", "kafka.sasl.enabled=true,kafka.sasl.username=u,kafka.sasl.password=p,migration.enabled=false," +
+				"service.enabled=false,podDisruptionBudget.enabled=false,serviceAccount.create=false,replicaCount=1"},
+			kinds:  []string{"*v1.ConfigMap x1", "*v1.Deployment x1", "*v1.Secret x1"},
+			secret: "rel-outbox-relay", port: 8080, replicas: 1,
+			sasl: true,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := render(t, tc.args...)
+			if got := r.kinds(); strings.Join(got, ", ") != strings.Join(tc.kinds, ", ") {
+				t.Errorf("rendered %v, want %v", got, tc.kinds)
+			}
+			dep := one(t, r, any_[*appsv1.Deployment])
+			checkPodSecurity(t, "Deployment", dep.Spec.Template.Spec)
+			if dep.Spec.Replicas == nil || *dep.Spec.Replicas != tc.replicas {
+				t.Errorf("replicas %v, want %d", dep.Spec.Replicas, tc.replicas)
+			}
+			c := dep.Spec.Template.Spec.Containers[0]
+			if len(c.Ports) != 1 || c.Ports[0].Name != "http" || c.Ports[0].ContainerPort != tc.port {
+				t.Errorf("container ports %+v, want one named http on %d", c.Ports, tc.port)
+			}
+			for _, p := range []struct {
+				probe *corev1.Probe
+				path  string
+			}{{c.LivenessProbe, "/healthz"}, {c.ReadinessProbe, "/readyz"}} {
+				if p.probe == nil || p.probe.HTTPGet == nil || p.probe.HTTPGet.Path != p.path || p.probe.HTTPGet.Port.StrVal != "http" {
+					t.Errorf("probe %+v, want GET %s on port http", p.probe, p.path)
+				}
+			}
+			env := envNames(c)
+			if _, ok := env["OUTBOX_PG_ADMIN_DSN"]; ok {
+				t.Error("the relay's pods must not get the privileged migration DSN")
+			}
+			checkSecretEnv(t, "Deployment", env, tc.secret, tc.sasl)
+
+			cm := one(t, r, func(cm *corev1.ConfigMap) bool { return !isHook(cm.ObjectMeta) })
+			cfg := relayConfig(t, cm)
+			if got := dig(cfg, "postgres", "dsn"); got != "${OUTBOX_PG_DSN}" {
+				t.Errorf("relay config postgres.dsn = %v, want ${OUTBOX_PG_DSN}", got)
+			}
+			if dig(cfg, "postgres", "admin_dsn") != nil {
+				t.Error("relay config must not carry postgres.admin_dsn")
+			}
+			for _, kv := range tc.extraConfig {
+				if got := fmt.Sprint(digDotted(cfg, kv[0])); got != kv[1] {
+					t.Errorf("relay config %s = %q, want %q", kv[0], got, kv[1])
+				}
+			}
+			if tc.sasl && dig(cfg, "kafka", "properties") == nil {
+				t.Error("SASL enabled but no kafka.properties in the relay config")
+			}
+			if tc.hookSecret == "" {
+				return
+			}
+			checkMigration(t, r, tc)
+		})
+	}
+}
+
+// digDotted: a.b.c where the last part may itself contain dots (librdkafka property names).
+func digDotted(cfg map[string]any, key string) any {
+	parts := strings.Split(key, ".")
+	for i := len(parts); i > 0; i-- {
+		parent := dig(cfg, parts[:i-1]...)
+		if m, ok := parent.(map[string]any); ok {
+			if v, ok := m[strings.Join(parts[i-1:], ".")]; ok {
+				return v
+			}
+		}
+	}
+	return nil
+}
+
+func checkSecretEnv(t *testing.T, what string, env map[string]corev1.EnvVar, secret string, sasl bool) {
+	t.Helper()
+	want := []string{"OUTBOX_PG_DSN"}
+	if sasl {
+		want = append(want, "OUTBOX_KAFKA_USERNAME", "OUTBOX_KAFKA_PASSWORD")
+	}
+	for _, name := range want {
+		e, ok := env[name]
+		if !ok || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil || e.ValueFrom.SecretKeyRef.Name != secret {
+			t.Errorf("%s: env %s must come from Secret %s, got %+v", what, name, secret, e)
+		}
+	}
+}
+
+func checkMigration(t *testing.T, r rendered, tc chartCase) {
+	t.Helper()
+	job := one(t, r, any_[*batchv1.Job])
+	if h := job.Annotations["helm.sh/hook"]; h != "pre-install,pre-upgrade" {
+		t.Errorf("migration Job hook %q, want pre-install,pre-upgrade", h)
+	}
+	checkPodSecurity(t, "migration Job", job.Spec.Template.Spec)
+	c := job.Spec.Template.Spec.Containers[0]
+	if strings.Join(c.Args, " ") != "migrate --config /etc/outbox-relay/config.yaml" {
+		t.Errorf("migration Job args %v", c.Args)
+	}
+	env := envNames(c)
+	checkSecretEnv(t, "migration Job", env, tc.hookSecret, tc.sasl)
+	admin := env["OUTBOX_PG_ADMIN_DSN"]
+	if admin.ValueFrom == nil || admin.ValueFrom.SecretKeyRef == nil || admin.ValueFrom.SecretKeyRef.Name != tc.hookSecret {
+		t.Errorf("migration Job: OUTBOX_PG_ADMIN_DSN must come from Secret %s, got %+v", tc.hookSecret, admin)
+	}
+	// Hooks run before the release's resources exist: what the Job mounts and reads must be
+	// hooks created before it (lower weight).
+	vol := job.Spec.Template.Spec.Volumes[0].ConfigMap.Name
+	cm := one(t, r, func(cm *corev1.ConfigMap) bool { return cm.Name == vol })
+	if !isHook(cm.ObjectMeta) || cm.Annotations["helm.sh/hook-weight"] >= job.Annotations["helm.sh/hook-weight"] {
+		t.Errorf("the Job's ConfigMap %s must be a hook created before the Job: %v", vol, cm.Annotations)
+	}
+	if got := dig(relayConfig(t, cm), "postgres", "admin_dsn"); got != "${OUTBOX_PG_ADMIN_DSN}" {
+		t.Errorf("migration config postgres.admin_dsn = %v, want ${OUTBOX_PG_ADMIN_DSN}", got)
+	}
+	for _, s := range r.byKind["*v1.Secret"] {
+		s := s.(*corev1.Secret)
+		if s.Name == tc.hookSecret {
+			if !isHook(s.ObjectMeta) {
+				t.Errorf("the Job's Secret %s must be a hook", s.Name)
+			}
+			if _, ok := s.Data["postgres-admin-dsn"]; !ok {
+				t.Errorf("Secret %s has no postgres-admin-dsn", s.Name)
+			}
+		} else if _, ok := s.Data["postgres-admin-dsn"]; ok {
+			t.Errorf("Secret %s (the relay's) must not hold the privileged DSN", s.Name)
+		}
+	}
+}
+
+// The strict decoding itself: a misspelled field must fail.
+func TestStrictDecodingRefusesMisspelledFields(t *testing.T) {
+	good := "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: 1\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers: [{name: c, image: i}]\n"
+	if _, err := decodeStrict([]byte(good)); err != nil {
+		t.Fatalf("a valid Deployment was refused: %v", err)
+	}
+	for _, bad := range []string{
+		strings.Replace(good, "replicas:", "replica:", 1),
+		strings.Replace(good, "containers:", "container:", 1),
+		strings.Replace(good, "image: i", "image: i, imagePullPolicys: Always", 1),
+		good + "  replicas: 2\n", // duplicate key
+		strings.Replace(good, "kind: Deployment", "kind: Deploymnet", 1),
+	} {
+		if _, err := decodeStrict([]byte(bad)); err == nil {
+			t.Errorf("accepted:\n%s", bad)
+		}
+	}
+}
+
+// values.schema.json: a misspelled value must fail the install, not be ignored.
+func TestSchemaRefusesMisspelledValues(t *testing.T) {
+	for _, set := range []string{"replicaCont=2", "probes.liveness.periodSecond=5", "kafka.sasl.mechanism=SCRAM",
+		"serviceMonitor.enabeld=true", "image.pullPolicy=Sometimes"} {
+		out, err := helm(t, "template", "rel", chartDir, "--set", set)
+		if err == nil || !strings.Contains(out, "schema") {
+			t.Errorf("--set %s: want a schema error, got err=%v\n%s", set, err, out)
+		}
+	}
+}
+
+// Every key of values.yaml (nested keys as a.b.c; maps that are empty by default are one key)
+// has a row in the chart README's table.
+func TestReadmeListsEveryValue(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.UnmarshalStrict(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			key := prefix + k
+			if sub, ok := v.(map[string]any); ok && len(sub) > 0 && key != "resources" && key != "migration.resources" {
+				walk(key+".", sub)
+				continue
+			}
+			keys = append(keys, key)
+		}
+	}
+	walk("", values)
+	sort.Strings(keys)
+	if len(keys) < 40 {
+		t.Fatalf("only %d keys found in values.yaml: %v", len(keys), keys)
+	}
+	for _, k := range keys {
+		if !regexp.MustCompile("(?m)^\\| `" + regexp.QuoteMeta(k) + "` \\|").Match(readme) {
+			t.Errorf("charts/outbox-relay/README.md: no table row for `%s`", k)
+		}
+	}
+}
