@@ -82,41 +82,40 @@ def test_untrusted_ca_wrong_host_and_wrong_password_fail_with_their_cause(ctx, t
     tls_kafka.add_scram_user(user, secrets.token_hex(12))
     _rows(ctx, topic, 5)
 
-    relays, checks = {}, {}
+    relays, checkers, checks = {}, {}, {}
     for name, listener, extra, _ in FAILURES:
         extra = dict(extra)
         if extra.pop("ca", None) == "other":
             extra["ssl.ca.location"] = str(tls_kafka.certs.other_ca)
         if listener == "SASL_SSL":
             extra["sasl.username"] = user
-        relays[name] = ctx.relay(
-            {"kafka": relay_kafka_section(tls_kafka, listener, **extra), "relay": {"shutdown_timeout_ms": 1000}},
-            name=name,
-        )
+        overrides = {"kafka": relay_kafka_section(tls_kafka, listener, **extra), "relay": {"shutdown_timeout_ms": 1000}}
+        relays[name] = ctx.relay(overrides, name=name)
+        checkers[name] = ctx.relay(overrides, name=f"{name}-check")  # its own log: run's shows run's
 
     # The checks wait for their Kafka probe (10 s): run them side by side.
-    threads = [threading.Thread(target=lambda n=n: checks.__setitem__(n, relays[n].check())) for n in relays]
+    threads = [threading.Thread(target=lambda n=n: checks.__setitem__(n, checkers[n].check())) for n in relays]
     for t in threads:
         t.start()
-    for r in relays.values():
-        r.start()
+    # One at a time: relays on one database take turns (leader lock), and only the leader
+    # talks to Kafka.
+    for name, listener, _, cause in FAILURES:
+        relays[name].start()
+        line = _log_shows(relays[name], cause)
+        ctx.note(f"{name}: {line.strip()[:240]}")
+        relays[name].assert_running("(a Kafka it cannot reach is retried, never an exit)")
+        assert relays[name].terminate() == 0
     for t in threads:
         t.join(120)
-
     for name, listener, _, cause in FAILURES:
         r = checks[name]
         out = r.stdout + r.stderr
         assert r.returncode == 1, f"{name}: check exited {r.returncode}:\n{out}"
         assert re.search(r"FAIL\s+kafka reachable", r.stdout), f"{name}:\n{out}"
         assert re.search(cause, out, re.IGNORECASE), f"{name}: check does not say /{cause}/:\n{out}"
-        line = _log_shows(relays[name], cause)
-        ctx.note(f"{name}: {line.strip()[:240]}")
-        relays[name].assert_running("(a Kafka it cannot reach is retried, never an exit)")
 
     # Nothing went anywhere: no row marked, no record in the topic.
     assert ctx.counts() == (5, 0)
-    for r in relays.values():
-        assert r.terminate() == 0
     assert tls_kafka.consume_all(topic, 0, timeout_s=5, idle_s=1) == []
 
 
