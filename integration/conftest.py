@@ -47,6 +47,7 @@ from harness import (
 )
 
 from harness.faults import FAULTS_KEY, profile as fault_profile, table_lines as fault_table_lines
+from harness.tls_fixtures import tls_certs, tls_db, tls_kafka, tls_pg  # noqa: F401 (fixtures)
 
 _counter = itertools.count(1)
 NOTES_KEY = pytest.StashKey[list]()

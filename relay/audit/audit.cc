@@ -484,8 +484,9 @@ int run_audit(const config::Config& config, const AuditOptions& opts) {
     }
   }
   std::string error;
-  auto conninfo = pg::build_conninfo(config.postgres.dsn, config.postgres.password,
-                                     config.postgres.connect_timeout_s, &error);
+  auto conninfo =
+      pg::build_conninfo(config.postgres.dsn, config.postgres.password,
+                         config.postgres.connect_timeout_s, &error, config.postgres.allow_weak_tls);
   if (!conninfo) {
     err << "postgres.dsn: " << error << "\n";
     return kUsage;

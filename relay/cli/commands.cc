@@ -10,8 +10,9 @@ namespace outbox::cli {
 
 std::string conninfo_or_exit(const config::Config& config) {
   std::string error;
-  auto conninfo = pg::build_conninfo(config.postgres.dsn, config.postgres.password,
-                                     config.postgres.connect_timeout_s, &error);
+  auto conninfo =
+      pg::build_conninfo(config.postgres.dsn, config.postgres.password,
+                         config.postgres.connect_timeout_s, &error, config.postgres.allow_weak_tls);
   if (!conninfo) {
     std::fprintf(stderr, "postgres.dsn: %s\n", error.c_str());
     std::exit(kUsage);

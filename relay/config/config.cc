@@ -310,13 +310,31 @@ ConfigError syntax_error(std::string_view text, const YAML::Exception& e) {
   return error;
 }
 
+// A secret file's content without its trailing newline; an error naming `key` when unreadable.
+std::optional<std::string> read_secret(Reader& r, const std::string& path, const std::string& key,
+                                       int line) {
+  auto reader = r.options().read_file ? r.options().read_file : read_whole_file;
+  auto secret = reader(path);
+  if (!secret) {
+    r.error(key, line, "cannot read file " + path);
+    return std::nullopt;
+  }
+  while (!secret->empty() && (secret->back() == '\n' || secret->back() == '\r')) {
+    secret->pop_back();
+  }
+  return secret;
+}
+
 void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
   YAML::Node n = root["postgres"];
   if (!Reader::has(root, "postgres")) {
     r.error("postgres.dsn", 0, "is required");
     return;
   }
-  if (!r.section(n, "postgres", {"dsn", "password", "password_file", "connect_timeout_s"})) return;
+  if (!r.section(n, "postgres",
+                 {"dsn", "password", "password_file", "connect_timeout_s", "allow_weak_tls"})) {
+    return;
+  }
   r.read_string(n, "postgres", "dsn", c.postgres.dsn, /*required=*/true);
   r.read_string(n, "postgres", "password", c.postgres.password);
   std::string file;
@@ -326,22 +344,18 @@ void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
       r.error("postgres.password_file", line_of(n["password_file"]),
               "give either postgres.password or postgres.password_file, not both");
     }
-    auto reader = r.options().read_file ? r.options().read_file : read_whole_file;
-    if (auto secret = reader(file)) {
-      while (!secret->empty() && (secret->back() == '\n' || secret->back() == '\r')) {
-        secret->pop_back();
-      }
+    if (auto secret = read_secret(r, file, "postgres.password_file", line_of(n["password_file"]))) {
       c.postgres.password = *secret;
-    } else {
-      r.error("postgres.password_file", line_of(n["password_file"]), "cannot read file " + file);
     }
   }
   r.read_int(n, "postgres", "connect_timeout_s", c.postgres.connect_timeout_s, 1, 3600);
+  r.read_bool(n, "postgres", "allow_weak_tls", c.postgres.allow_weak_tls);
 }
 
 // Properties the relay's promise depends on: refusing them beats a silent downgrade.
-void check_kafka_property(Reader& r, const std::string& name, const std::string& value, int line) {
-  std::string key = "kafka.properties." + name;
+// `key` is where the value came from (kafka.properties.NAME or kafka.secret_files.NAME).
+void check_kafka_property(Reader& r, const Config& c, const std::string& key,
+                          const std::string& name, const std::string& value, int line) {
   if (name == "enable.idempotence" && value != "true") {
     r.error(key, line,
             "must stay true: without the idempotent producer a retried send can duplicate or "
@@ -363,8 +377,29 @@ void check_kafka_property(Reader& r, const std::string& name, const std::string&
             "order");
   } else if (name == "transactional.id") {
     r.error(key, line, "is not supported yet: the relay uses the idempotent producer");
+  } else if (name == "ssl.endpoint.identification.algorithm" && value == "none" &&
+             !c.kafka.allow_no_hostname_verification) {
+    r.error(key, line,
+            "none turns off the check that the broker's certificate names the host connected "
+            "to: any server with a certificate from a trusted CA could pose as the broker. Set "
+            "kafka.allow_no_hostname_verification: true to accept this");
+  } else if (name == "enable.ssl.certificate.verification" && value == "false" &&
+             !c.kafka.allow_unverified_certificates) {
+    r.error(key, line,
+            "false accepts any certificate, so anyone on the network path can pose as the "
+            "broker. Set kafka.allow_unverified_certificates: true to accept this");
   } else if (r.options().kafka_check) {
-    if (auto problem = r.options().kafka_check(name, value)) r.error(key, line, *problem);
+    if (auto problem = r.options().kafka_check(name, value)) {
+      // librdkafka quotes a refused value: never show one that may be a secret.
+      bool secret =
+          key.rfind("kafka.secret_files.", 0) == 0 || name.find("password") != std::string::npos ||
+          name.find("secret") != std::string::npos || name.find(".pem") != std::string::npos;
+      for (std::size_t at;
+           secret && !value.empty() && (at = problem->find(value)) != std::string::npos;) {
+        problem->replace(at, value.size(), "(hidden)");
+      }
+      r.error(key, line, *problem);
+    }
   }
 }
 
@@ -374,12 +409,32 @@ void read_kafka(Reader& r, const YAML::Node& root, Config& c) {
     r.error("kafka.bootstrap_servers", 0, "is required");
     return;
   }
-  if (!r.section(n, "kafka", {"bootstrap_servers", "properties", "topic_map"})) return;
+  if (!r.section(n, "kafka",
+                 {"bootstrap_servers", "properties", "topic_map", "secret_files",
+                  "allow_no_hostname_verification", "allow_unverified_certificates"})) {
+    return;
+  }
   r.read_string(n, "kafka", "bootstrap_servers", c.kafka.bootstrap_servers, /*required=*/true);
+  r.read_bool(n, "kafka", "allow_no_hostname_verification", c.kafka.allow_no_hostname_verification);
+  r.read_bool(n, "kafka", "allow_unverified_certificates", c.kafka.allow_unverified_certificates);
   c.kafka.properties = r.read_string_map(n, "kafka", "properties");
   if (Reader::has(n, "properties") && n["properties"].IsMap()) {
     for (const auto& [name, value] : c.kafka.properties) {
-      check_kafka_property(r, name, value, line_of(n["properties"][name]));
+      check_kafka_property(r, c, "kafka.properties." + name, name, value,
+                           line_of(n["properties"][name]));
+    }
+  }
+  // kafka.secret_files: property -> file holding its value (sasl.password, ssl.key.password...).
+  for (const auto& [name, path] : r.read_string_map(n, "kafka", "secret_files")) {
+    std::string key = "kafka.secret_files." + name;
+    int line = line_of(n["secret_files"][name]);
+    bool twice = std::any_of(c.kafka.properties.begin(), c.kafka.properties.end(),
+                             [&](const auto& p) { return p.first == name; });
+    if (twice) {
+      r.error(key, line, "give kafka.properties." + name + " or " + key + ", not both");
+    } else if (auto secret = read_secret(r, path, key, line)) {
+      check_kafka_property(r, c, key, name, *secret, line);
+      c.kafka.properties.emplace_back(name, *secret);
     }
   }
   for (auto& [from, to] : r.read_string_map(n, "kafka", "topic_map")) {

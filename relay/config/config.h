@@ -26,6 +26,9 @@ struct PostgresConfig {
   //! Seconds libpq may take to connect.
   int connect_timeout_s = 10;
   std::string admin_dsn;
+  //! postgres.allow_weak_tls: accept a dsn whose sslmode is weaker than verify-full to a
+  //! host that is not a Unix socket or loopback (see pg::weak_tls_problem).
+  bool allow_weak_tls = false;
 };
 
 struct KafkaConfig {
@@ -35,6 +38,10 @@ struct KafkaConfig {
   std::vector<std::pair<std::string, std::string>> properties;
   //! Row topic -> Kafka topic; a row topic not listed goes to the topic of the same name.
   std::map<std::string, std::string> topic_map;
+  //! kafka.allow_no_hostname_verification: accept ssl.endpoint.identification.algorithm=none.
+  bool allow_no_hostname_verification = false;
+  //! kafka.allow_unverified_certificates: accept enable.ssl.certificate.verification=false.
+  bool allow_unverified_certificates = false;
 };
 
 enum class SourceMode { polling, replication };
@@ -126,7 +133,8 @@ using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
 //! Checks one kafka.properties entry (e.g. against librdkafka); an error message or nullopt.
 using PropertyCheck =
     std::function<std::optional<std::string>(const std::string& key, const std::string& value)>;
-//! Reads a secret file (postgres.password_file); nullopt when it cannot be read.
+//! Reads a secret file (postgres.password_file, kafka.secret_files); nullopt when it cannot
+//! be read.
 using FileReader = std::function<std::optional<std::string>(const std::string& path)>;
 
 struct ParseOptions {

@@ -7,6 +7,7 @@
 #include "common/crash_point.h"
 #include "common/logging.h"
 #include "kafka/error_class.h"
+#include "kafka/tls_diagnostics.h"
 
 namespace outbox::kafka {
 
@@ -129,6 +130,7 @@ void KafkaPublisher::ensure_producer() {
   rd_kafka_conf_set_dr_msg_cb(conf.get(), on_delivery);
   rd_kafka_conf_set_log_cb(conf.get(), on_log);
   rd_kafka_conf_set_error_cb(conf.get(), on_error);
+  install_certificate_diagnostics(conf.get());
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof err);
   if (rk == nullptr) throw std::runtime_error(std::string("cannot create Kafka producer: ") + err);
   conf.release();  // rd_kafka_new took it

@@ -1,7 +1,9 @@
 #include "pg/conninfo.h"
 
+#include <arpa/inet.h>
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <memory>
@@ -104,23 +106,123 @@ struct OptionsDeleter {
 };
 using Options = std::unique_ptr<PQconninfoOption, OptionsDeleter>;
 
+// libpq's parse errors quote the offending token, which may be (part of) the password, e.g.
+// `invalid percent-encoded token: "s3cr%t"`: keep a quoted token only when it is one of
+// libpq's keywords or a single punctuation character.
+std::string without_secrets(const std::string& message) {
+  std::set<std::string> keywords;
+  if (PQconninfoOption* defaults = PQconndefaults()) {
+    for (PQconninfoOption* o = defaults; o->keyword != nullptr; ++o) keywords.insert(o->keyword);
+    PQconninfoFree(defaults);
+  }
+  std::string out;
+  std::size_t pos = 0;
+  for (;;) {
+    std::size_t open = message.find('"', pos);
+    std::size_t close = open == std::string::npos ? open : message.find('"', open + 1);
+    if (close == std::string::npos) break;
+    std::string token = message.substr(open + 1, close - open - 1);
+    bool safe = keywords.count(token) > 0 ||
+                (token.size() == 1 && std::ispunct(static_cast<unsigned char>(token[0])));
+    out.append(message, pos, open - pos);
+    out += safe ? "\"" + token + "\"" : std::string("\"(hidden)\"");
+    pos = close + 1;
+  }
+  return out + message.substr(pos);
+}
+
 Options parse(const std::string& dsn, std::string* error) {
   char* message = nullptr;
   Options options(PQconninfoParse(dsn.c_str(), &message));
-  if (!options) {
-    if (error) *error = message ? message : "cannot parse the connection string";
-    if (error && !error->empty() && error->back() == '\n') error->pop_back();
+  if (!options && error) {
+    *error = message ? without_secrets(message) : "cannot parse the connection string";
+    if (!error->empty() && error->back() == '\n') error->pop_back();
   }
   PQfreemem(message);
   return options;
 }
 
+// The value the dsn gives `keyword`, else the environment variable libpq would use.
+std::string value_or_env(PQconninfoOption* options, const char* keyword, const char* env) {
+  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+    if (std::string(o->keyword) == keyword && o->val != nullptr && *o->val != '\0') return o->val;
+  }
+  const char* v = std::getenv(env);
+  return v ? v : "";
+}
+
+std::vector<std::string> split_commas(const std::string& list) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  for (;;) {
+    std::size_t comma = list.find(',', start);
+    out.push_back(list.substr(start, comma == std::string::npos ? comma : comma - start));
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
+  }
+}
+
+bool is_loopback_address(const std::string& text) {
+  unsigned char addr[16];
+  if (inet_pton(AF_INET, text.c_str(), addr) == 1) return addr[0] == 127;
+  if (inet_pton(AF_INET6, text.c_str(), addr) != 1) return false;
+  static constexpr unsigned char kLoopback[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+  static constexpr unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return std::equal(addr, addr + 16, kLoopback) ||
+         (std::equal(addr, addr + 12, kMapped) && addr[12] == 127);
+}
+
+// A host entry that never leaves the machine: a Unix socket (empty = libpq's default
+// socket directory, or a path), localhost, or a loopback address.
+bool is_local(const std::string& host, const std::string& hostaddr) {
+  if (!hostaddr.empty()) return is_loopback_address(hostaddr);
+  return host.empty() || host[0] == '/' || host[0] == '@' || host == "localhost" ||
+         is_loopback_address(host);
+}
+
 }  // namespace
 
+std::optional<std::string> weak_tls_problem(const std::string& dsn) {
+  Options options = parse(dsn, nullptr);
+  if (!options) return std::nullopt;  // build_conninfo reports the parse error
+  std::string sslmode = value_or_env(options.get(), "sslmode", "PGSSLMODE");
+  if (sslmode == "verify-full") return std::nullopt;
+  std::string host_list = value_or_env(options.get(), "host", "PGHOST");
+  std::string addr_list = value_or_env(options.get(), "hostaddr", "PGHOSTADDR");
+  bool service = !value_or_env(options.get(), "service", "PGSERVICE").empty();
+  std::vector<std::string> hosts = split_commas(host_list);
+  std::vector<std::string> addrs = split_commas(addr_list);
+  std::string remote;
+  if (service && host_list.empty() && addr_list.empty()) remote = "the service file's host";
+  for (std::size_t i = 0; remote.empty() && i < std::max(hosts.size(), addrs.size()); ++i) {
+    std::string host = i < hosts.size() ? hosts[i] : "";
+    std::string addr = i < addrs.size() ? addrs[i] : "";
+    if (!is_local(host, addr)) remote = "host " + (addr.empty() ? host : addr);
+  }
+  if (remote.empty()) return std::nullopt;  // Unix socket or loopback: nothing on the wire
+  std::string mode = sslmode.empty() ? "sslmode=prefer (libpq's default)" : "sslmode=" + sslmode;
+  std::string risk =
+      sslmode == "disable" || sslmode == "allow" || sslmode.empty() || sslmode == "prefer"
+          ? "may send the password and every row unencrypted, and does not check "
+            "who answers"
+      : sslmode == "verify-ca" ? "does not check the server's host name"
+                               : "does not check the server's certificate";
+  return mode + " to " + remote + " " + risk +
+         ". Use sslmode=verify-full with sslrootcert=<CA file>, or set postgres.allow_weak_tls: "
+         "true to accept this";
+}
+
 std::optional<std::string> build_conninfo(const std::string& dsn, const std::string& password,
-                                          int connect_timeout_s, std::string* error) {
+                                          int connect_timeout_s, std::string* error,
+                                          bool allow_weak_tls) {
   Options options = parse(dsn, error);
   if (!options) return std::nullopt;
+  if (!allow_weak_tls) {
+    if (auto problem = weak_tls_problem(dsn)) {
+      if (error) *error = *problem;
+      return std::nullopt;
+    }
+  }
   std::string out;
   std::set<std::string> given;
   std::optional<std::string> user_options;

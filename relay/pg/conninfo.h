@@ -18,9 +18,20 @@ namespace outbox::pg {
 //!    -cname=value or --name=value): the server ends a vanished relay's session, and so frees
 //!    its leader lock and replication slot, within seconds.
 //! The same string serves the replication connection (a walsender takes -c settings too).
-//! nullopt and `error` when libpq cannot parse the dsn.
+//! nullopt and `error` when libpq cannot parse the dsn, or when weak_tls_problem() refuses
+//! it and `allow_weak_tls` (postgres.allow_weak_tls) is false.
 std::optional<std::string> build_conninfo(const std::string& dsn, const std::string& password,
-                                          int connect_timeout_s, std::string* error);
+                                          int connect_timeout_s, std::string* error,
+                                          bool allow_weak_tls = false);
+
+//! Why `dsn` does not protect the connection, or nullopt when it does: its sslmode (else
+//! PGSSLMODE, else libpq's default `prefer`) is weaker than verify-full (the only mode that
+//! checks both the certificate's CA and its host name) while a host it may connect to is
+//! neither a Unix socket nor a loopback address (localhost, 127.0.0.0/8, ::1). Hosts come
+//! from host/hostaddr (else PGHOST/PGHOSTADDR); a dsn naming a `service` without host is
+//! treated as remote. The normal and the replication connection use the same conninfo, so
+//! this covers both.
+std::optional<std::string> weak_tls_problem(const std::string& dsn);
 
 //! `dsn` without its password, fit for a log line or an error message.
 std::string redact_dsn(const std::string& dsn);
