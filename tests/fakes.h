@@ -68,6 +68,7 @@ class FakeStore : public core::OutboxStore {
   std::vector<core::OutboxEvent> read(std::int64_t after_id, std::size_t limit,
                                       std::size_t max_bytes, const std::vector<std::string>& skip) {
     last_skip = skip;
+    read_log.push_back(after_id);
     if (fail_begin > 0) {
       --fail_begin;
       throw core::UnavailableError("PostgreSQL: connection refused");
@@ -99,6 +100,7 @@ class FakeStore : public core::OutboxStore {
 
   void record_outcome(const core::BatchOutcome& outcome) override {
     ++records;
+    reads_at_record.push_back(read_log.size());
     if (fail_record > 0) {
       --fail_record;
       throw core::UnavailableError("PostgreSQL: permission denied for table events");
@@ -127,6 +129,7 @@ class FakeStore : public core::OutboxStore {
 
   bool wait_for_rows(std::chrono::milliseconds) override {
     ++waits;
+    if (on_wait) on_wait();
     return false;
   }
 
@@ -141,6 +144,10 @@ class FakeStore : public core::OutboxStore {
   bool pipelined = false;                         //!< read_ahead(): the polling store's lifecycle
   std::vector<std::vector<std::int64_t>> groups;  //!< published ids of each record_outcome
   int reads_after = 0;
+  //! Every read: the id it read after (the smallest int64 for a read by state).
+  std::vector<std::int64_t> read_log;
+  std::vector<std::size_t> reads_at_record;  //!< read_log.size() at each record_outcome
+  std::function<void()> on_wait;             //!< in wait_for_rows (the relay is idle)
   int fail_begin = 0;
   int fail_finish = 0;
   int fail_record = 0;
@@ -228,10 +235,11 @@ class FakePublisher : public core::Publisher {
   }
 
   std::map<std::int64_t, core::DeliveryResult> script;
-  std::set<std::int64_t> too_large_in_company;  //!< suspect with others, ok alone...
-  std::set<std::int64_t> too_large_alone;       //!< ...unless also listed here
-  std::set<std::string> blocked_topics;         //!< Kafka topics that cannot take messages
-  std::vector<std::string> asked;               //!< topic_problem calls
+  std::map<std::int64_t, core::DeliveryResult> once;  //!< as script, for the first answer only
+  std::set<std::int64_t> too_large_in_company;        //!< suspect with others, ok alone...
+  std::set<std::int64_t> too_large_alone;             //!< ...unless also listed here
+  std::set<std::string> blocked_topics;               //!< Kafka topics that cannot take messages
+  std::vector<std::string> asked;                     //!< topic_problem calls
   std::vector<core::Message> sent;
   std::function<void()> on_publish;  //!< after a poll that answered something
   std::function<bool(const core::Message&)> stuck;
@@ -260,6 +268,11 @@ class FakePublisher : public core::Publisher {
     }
     if (blocked_topics.count(m.topic)) {
       return {false, core::FailureKind::topic_blocked, "Kafka: Broker: Unknown topic"};
+    }
+    if (auto it = once.find(id); it != once.end()) {
+      auto r = it->second;
+      once.erase(it);
+      return r;
     }
     if (auto it = script.find(id); it != script.end()) return it->second;
     return {true, core::FailureKind::transient, ""};
