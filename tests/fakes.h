@@ -57,11 +57,23 @@ class FakeStore : public core::OutboxStore {
 
   bool read_ahead() const override { return pipelined; }
 
-  std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t limit,
-                                            std::size_t max_bytes,
+  std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
+                                            std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip) override {
     if (!pipelined) throw std::logic_error("read_after on a store that does not read ahead");
     ++reads_after;
+    std::size_t pending = 0;
+    for (const auto& [id, r] : rows_) {
+      if (id <= after_id && !r.published && !r.dead &&
+          std::find(skip.begin(), skip.end(), r.event.topic) == skip.end()) {
+        ++pending;
+      }
+    }
+    if (pending != pending_upto) {  // a row committed late below after_id
+      ++late_refusals;
+      read_log.push_back(after_id);
+      return {};
+    }
     return read(after_id, limit, max_bytes, skip);
   }
 
@@ -144,6 +156,7 @@ class FakeStore : public core::OutboxStore {
   bool pipelined = false;                         //!< read_ahead(): the polling store's lifecycle
   std::vector<std::vector<std::int64_t>> groups;  //!< published ids of each record_outcome
   int reads_after = 0;
+  int late_refusals = 0;  //!< read_after found a row committed late below its id
   //! Every read: the id it read after (the smallest int64 for a read by state).
   std::vector<std::int64_t> read_log;
   std::vector<std::size_t> reads_at_record;  //!< read_log.size() at each record_outcome

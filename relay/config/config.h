@@ -71,7 +71,7 @@ struct PipelineConfig {
   //! a crash.
   int max_in_flight_rows = 20'000;
   //! Bytes (payload + key + headers) of the messages not yet acknowledged.
-  int max_in_flight_bytes = 64 << 20;
+  int max_in_flight_bytes = 32 << 20;
 };
 
 struct SourceConfig {

@@ -55,9 +55,7 @@ bool BatchRelay::may_read_ahead() const {
   if (!pipelined_ || window_.empty()) return false;
   if (hold_ || record_failed_ || solo_through_ > 0 || !last_read_full_) return false;
   if (in_flight_rows() >= options_.max_in_flight_rows) return false;
-  if (unanswered_bytes_ >= options_.max_in_flight_bytes) return false;
-  // Liveness of late-committing rows (invariant 2): drain and read by state again.
-  return clock_.now() - last_by_state_ < options_.interval;
+  return unanswered_bytes_ < options_.max_in_flight_bytes;
 }
 
 void BatchRelay::read(bool by_state) {
@@ -79,11 +77,14 @@ void BatchRelay::read(bool by_state) {
   if (by_state) {
     cycle_ = BatchReport{};
     hold_ = false;
-    last_by_state_ = read_start;
     events = store_.begin_batch(limit, max_bytes, skip);
     batch_open_ = !pipelined_;
   } else {
-    events = store_.read_after(last_read_id_, limit, max_bytes, skip);
+    // Every pending row up to the last id read is ours (unanswered, or answered and not yet
+    // recorded), or a transaction committed late below it: then nothing comes, and the
+    // window drains for a read by state (per-key order within that transaction).
+    events =
+        store_.read_after(last_read_id_, unanswered_ + records(answered_), limit, max_bytes, skip);
   }
   if (solo_through_ > 0 && (events.empty() || events.back().id >= solo_through_)) {
     solo_through_ = 0;  // this read (of one) is the last of the suspects
@@ -91,7 +92,7 @@ void BatchRelay::read(bool by_state) {
   std::size_t bytes = 0;
   for (const auto& e : events) bytes += event_bytes(e);
   last_read_full_ = !events.empty() && (events.size() >= limit || bytes >= max_bytes);
-  if (!events.empty()) last_read_id_ = std::max(last_read_id_, events.back().id);
+  if (!events.empty()) last_read_id_ = events.back().id;
   cycle_.read += events.size();
   if (by_state) cycle_.full = last_read_full_;
   observer_->on_read(events.size(), bytes, clock_.now() - read_start);

@@ -16,15 +16,20 @@
 // Invariant 2: no late-committing row is skipped. Reads "by state" (pending, from the
 // start of the table) are made whenever nothing is in flight; read-ahead reads take only
 // rows above the last id read (OutboxStore::read_after), so a row that commits late with a
-// smaller id waits for the next by-state read. That read is never deferred for long: after
-// any failed delivery, and at the latest source.polling.interval_ms after the last by-state
-// read even under continuous load, read-ahead stops and the window drains first (liveness,
-// not correctness: nothing is lost either way, the row is only late).
+// smaller id is left to the next by-state read. That read is never deferred for long: a
+// read-ahead that sees such a row returns nothing (below), and so do reads past the end of
+// the pending rows, and after any failed delivery read-ahead stops; each time the window
+// drains and the next read is by state.
 // Invariant 3: messages are handed to the publisher in id order within a read, reads in
 // flight are in increasing id order, and the producer keeps each partition's order
 // (idempotence, enable.gapless.guarantee, message.timeout.ms=0), so one key's events reach
-// Kafka in id order. After any failed delivery nothing more is read until everything in
-// flight is answered, then the next read starts from the oldest pending row again.
+// Kafka in id order. A transaction that commits late may hold ids on both sides of the
+// last id read; its rows above must not go before its rows below. So a read-ahead returns
+// rows only if, in the same snapshot, the pending rows up to the last id read are exactly
+// the relay's own (unanswered, or answered and not recorded: a count); one more is a late
+// row, and then the window drains and a read by state sends the late transaction's rows in
+// id order. After any failed delivery nothing more is read until everything in flight is
+// answered, then the next read starts from the oldest pending row again.
 // Invariant 4: an outcome that could not be recorded (the mark failed: connection lost, a
 // trigger, a revoked grant, statement_timeout) is kept and its recording retried with
 // backoff before anything else is read; its messages are never sent again by this process
@@ -67,7 +72,7 @@ struct BatchRelayOptions {
   std::chrono::milliseconds shutdown_timeout{30'000};
   //! The window (see above); read-ahead stops at either limit.
   std::size_t max_in_flight_rows = 20'000;
-  std::size_t max_in_flight_bytes = 64 << 20;
+  std::size_t max_in_flight_bytes = 32 << 20;
   std::map<std::string, std::string> topic_map;
 };
 
@@ -169,7 +174,6 @@ class BatchRelay {
   bool any_ok_ = false;                 //!< an acknowledgement since the last record
   std::int64_t last_read_id_ = 0;
   bool last_read_full_ = false;
-  std::chrono::steady_clock::time_point last_by_state_{};
   BatchReport cycle_;          //!< since the last by-state read
   std::size_t abandoned_ = 0;  //!< purged at shutdown
 

@@ -53,13 +53,15 @@ class OutboxStore {
   //! Whether this store supports the pipelined lifecycle (read_after, record_outcome per
   //! group, several reads unanswered at once).
   virtual bool read_ahead() const { return false; }
-  //! As begin_batch, but only rows whose id is above `after_id` (an index range scan). Used
-  //! while earlier rows are in flight; a row that commits late with a smaller id is left to
-  //! the next begin_batch, which the relay makes whenever nothing is in flight.
-  virtual std::vector<OutboxEvent> read_after(std::int64_t after_id, std::size_t limit,
-                                              std::size_t max_bytes,
+  //! As begin_batch, but only rows whose id is above `after_id` (an index range scan), and
+  //! only if exactly `pending_upto` pending rows of topics not skipped have ids up to
+  //! `after_id` (the relay's own, in flight); otherwise none. A transaction that commits late
+  //! may hold rows on both sides of `after_id`: its rows below must be sent first (per-key
+  //! order), so the relay drains and reads by state (begin_batch) when this returns nothing.
+  virtual std::vector<OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
+                                              std::size_t limit, std::size_t max_bytes,
                                               const std::vector<std::string>& skip_topics) {
-    (void)after_id, (void)limit, (void)max_bytes, (void)skip_topics;
+    (void)after_id, (void)pending_upto, (void)limit, (void)max_bytes, (void)skip_topics;
     return {};
   }
   //! Records an outcome whose finish_batch failed, in a transaction of its own, with no batch

@@ -15,8 +15,13 @@ namespace {
 // One key for every relay of a database: whoever holds it publishes.
 constexpr const char* kLeaderLockSql = "SELECT pg_try_advisory_lock(hashtext('outbox-relay'))";
 
-// Rows above id $4 while the bytes before them stay below $2 (core::event_bytes, computed from
-// lengths: payloads beyond the budget are never fetched, let alone detoasted).
+// Rows above id $4 while the bytes before them stay below $2, and (read-ahead, $5 >= 0) only
+// when exactly $5 pending rows have ids up to $4: the relay's own in flight. One more is a
+// transaction that committed late below $4; it may have rows above $4 too, which must not
+// go before its rows below (per-key order), so then nothing comes and the relay reads by
+// state. The count runs once per statement (an InitPlan) over the pending index up to $4.
+// (core::event_bytes, computed from lengths: payloads beyond the budget are never fetched, let
+// alone detoasted).
 constexpr const char* kFetchSql = R"sql(
 SELECT id, event_id::text, topic, key, payload, headers_text, attempts
 FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, attempts,
@@ -25,6 +30,9 @@ FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, a
       FROM outbox.events
       WHERE published_at IS NULL AND dead_lettered_at IS NULL AND topic <> ALL($3::text[])
         AND id > $4
+        AND ($5::bigint < 0 OR (SELECT count(*) FROM outbox.events
+                        WHERE published_at IS NULL AND dead_lettered_at IS NULL
+                          AND topic <> ALL($3::text[]) AND id <= $4) = $5::bigint)
       ORDER BY id
       LIMIT $1) AS candidates
 WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0) -
@@ -170,17 +178,17 @@ void PgOutboxStore::ensure_prepared() {
 
 std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(
     std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
-  return fetch(std::numeric_limits<std::int64_t>::min(), limit, max_bytes, skip_topics);
+  return fetch(std::numeric_limits<std::int64_t>::min(), -1, limit, max_bytes, skip_topics);
 }
 
 std::vector<core::OutboxEvent> PgOutboxStore::read_after(
-    std::int64_t after_id, std::size_t limit, std::size_t max_bytes,
+    std::int64_t after_id, std::size_t pending_upto, std::size_t limit, std::size_t max_bytes,
     const std::vector<std::string>& skip_topics) {
-  return fetch(after_id, limit, max_bytes, skip_topics);
+  return fetch(after_id, static_cast<long long>(pending_upto), limit, max_bytes, skip_topics);
 }
 
-std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, std::size_t limit,
-                                                    std::size_t max_bytes,
+std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long long pending_upto,
+                                                    std::size_t limit, std::size_t max_bytes,
                                                     const std::vector<std::string>& skip_topics) {
   connect();
   std::vector<core::OutboxEvent> events;
@@ -191,7 +199,7 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, std::
     pqxx::nontransaction n(*conn_);
     pqxx::result rows =
         n.exec_prepared(kFetch, static_cast<long>(limit), static_cast<long long>(max_bytes),
-                        text_array(skip_topics), static_cast<long long>(after_id));
+                        text_array(skip_topics), static_cast<long long>(after_id), pending_upto);
     events = events_of(rows);
   } catch (const std::exception& e) {
     fail(e);

@@ -48,8 +48,8 @@ class PgOutboxStore : public core::OutboxStore {
   void abort_batch() noexcept override;
   //! Pipelined: reads hold nothing, marks are record_outcome (one transaction per group).
   bool read_ahead() const override { return true; }
-  std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t limit,
-                                            std::size_t max_bytes,
+  std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
+                                            std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip_topics) override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
 
@@ -72,8 +72,8 @@ class PgOutboxStore : public core::OutboxStore {
   [[noreturn]] void fail(const std::exception& e);
   void write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome);
   void ensure_prepared();
-  std::vector<core::OutboxEvent> fetch(std::int64_t after_id, std::size_t limit,
-                                       std::size_t max_bytes,
+  std::vector<core::OutboxEvent> fetch(std::int64_t after_id, long long pending_upto,
+                                       std::size_t limit, std::size_t max_bytes,
                                        const std::vector<std::string>& skip_topics);
 
   std::string conninfo_;
