@@ -35,6 +35,17 @@ BatchRelay::BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock,
   options_.max_in_flight_bytes = std::max<std::size_t>(options_.max_in_flight_bytes, 1);
 }
 
+BatchRelay::~BatchRelay() {
+  if (unanswered_ == 0) return;
+  observer_ = &no_observer_;  // it only outlives run()
+  try {
+    publisher_.purge();
+    for (int i = 0; i < 100 && unanswered_ > 0; ++i) collect(kAnswerWait);  // 10 s at most
+  } catch (...) {
+    // Nothing more can be done here; the publisher's own destructor purges again.
+  }
+}
+
 void BatchRelay::count(const BatchOutcome& outcome) {
   cycle_.published += outcome.published.size();
   cycle_.retried += outcome.retry.size();

@@ -102,6 +102,11 @@ struct RelayCounters {
 class BatchRelay {
  public:
   BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock, BatchRelayOptions options);
+  //! Purges what is still in flight (run() left by a FatalError) and waits for the reports:
+  //! librdkafka points into the messages until then.
+  ~BatchRelay();
+  BatchRelay(const BatchRelay&) = delete;
+  BatchRelay& operator=(const BatchRelay&) = delete;
 
   //! One read by state, seen through without read-ahead: sent, every report awaited (until
   //! `give_up` returns true, then what is left is purged), recorded. Throws UnavailableError
