@@ -238,7 +238,7 @@ class FaultRun:
         self.batch_size = self.config["source"]["polling"]["batch_size"]
         # what one abrupt death may send again: the in-flight window (polling) or one batch
         if self.config["source"]["mode"] == "polling":
-            window = self.config["source"].get("pipeline", {}).get("max_in_flight_rows", 20000)
+            window = self.config["source"].get("pipeline", {}).get("max_in_flight_rows", 5000)
             self.batch_size = max(self.batch_size, window)
         self.crashes = 0  # abrupt relay deaths (SIGKILL, crash points): each may re-send a batch
         self.fault_end: Optional[float] = None  # time.time() when the fault was over

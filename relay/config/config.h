@@ -69,7 +69,7 @@ struct PipelineConfig {
   //! Rows from the oldest one not yet acknowledged and marked to the newest one sent: also
   //! how far other partitions run ahead of a stuck one, and the most rows sent again after
   //! a crash.
-  int max_in_flight_rows = 20'000;
+  int max_in_flight_rows = 5'000;
   //! Bytes (payload + key + headers) of the messages not yet acknowledged.
   int max_in_flight_bytes = 32 << 20;
 };

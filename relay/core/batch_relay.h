@@ -71,7 +71,7 @@ struct BatchRelayOptions {
   std::chrono::milliseconds backoff_max{30'000};
   std::chrono::milliseconds shutdown_timeout{30'000};
   //! The window (see above); read-ahead stops at either limit.
-  std::size_t max_in_flight_rows = 20'000;
+  std::size_t max_in_flight_rows = 5'000;
   std::size_t max_in_flight_bytes = 32 << 20;
   std::map<std::string, std::string> topic_map;
 };
