@@ -196,7 +196,12 @@ class ITContext:
         base = {
             "postgres": {"dsn": self.dsn},
             "kafka": {"bootstrap_servers": self.kafka.bootstrap, "properties": {"linger.ms": "5"}},
-            "source": {"mode": "polling", "polling": {"batch_size": 500, "interval_ms": 100}},
+            "source": {
+                "mode": "polling",
+                "polling": {"batch_size": 500, "interval_ms": 100},
+                # a window of 4 batches: tight bounds for the fault tests' duplicate count
+                "pipeline": {"max_in_flight_rows": 2000},
+            },
             "log": {"level": "info", "format": "text"},
         }
         if self.mode == "replication":

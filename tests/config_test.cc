@@ -414,6 +414,10 @@ TEST_CASE("the example config in the repository is valid and shows the defaults"
   CHECK(r.config->relay.backoff_initial == defaults.relay.backoff_initial);
   CHECK(r.config->relay.backoff_max == defaults.relay.backoff_max);
   CHECK(r.config->relay.shutdown_timeout == defaults.relay.shutdown_timeout);
+  CHECK(r.config->source.pipeline.max_in_flight_rows ==
+        defaults.source.pipeline.max_in_flight_rows);
+  CHECK(r.config->source.pipeline.max_in_flight_bytes ==
+        defaults.source.pipeline.max_in_flight_bytes);
   CHECK(r.config->postgres.connect_timeout_s == defaults.postgres.connect_timeout_s);
   CHECK(r.config->http.enabled == defaults.http.enabled);
   CHECK(r.config->http.address == defaults.http.address);
@@ -457,4 +461,39 @@ TEST_CASE("http keys: defaults, values, and errors naming key and line", "[confi
   const ConfigError* empty = find_error(b, "http.address");
   REQUIRE(empty);
   CHECK(empty->line == 9);
+}
+
+TEST_CASE("the in-flight window takes rows and bytes, and names a bad value with its line",
+          "[config]") {
+  ParseResult ok = parse_config(R"(postgres:
+  dsn: "host=db"
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  pipeline:
+    max_in_flight_rows: 5000
+    max_in_flight_bytes: 1048576
+)",
+                                with_env({}));
+  REQUIRE(ok.config);
+  CHECK(ok.config->source.pipeline.max_in_flight_rows == 5000);
+  CHECK(ok.config->source.pipeline.max_in_flight_bytes == 1048576);
+
+  ParseResult bad = parse_config(R"(postgres:
+  dsn: "host=db"
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  pipeline:
+    max_in_flight_rows: 0
+    max_in_flight_byte: 1
+)",
+                                 with_env({}));
+  REQUIRE_FALSE(bad.config);
+  const ConfigError* rows = find_error(bad, "source.pipeline.max_in_flight_rows");
+  REQUIRE(rows != nullptr);
+  CHECK(rows->line == 7);
+  const ConfigError* typo = find_error(bad, "source.pipeline.max_in_flight_byte");
+  REQUIRE(typo != nullptr);
+  CHECK(typo->line == 8);
 }

@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <functional>
+#include <limits>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "core/ports.h"
@@ -33,18 +36,60 @@ class FakeStore : public core::OutboxStore {
     return r.event.id;
   }
 
+  //! A row whose transaction commits only now, with an id below rows already read.
+  std::int64_t add_late(std::int64_t id, std::string topic, std::string key) {
+    Row r;
+    r.event.id = id;
+    r.event.event_id = "evt-" + std::to_string(id);
+    r.event.topic = std::move(topic);
+    r.event.key = std::move(key);
+    r.event.payload = "p" + std::to_string(id);
+    r.event.headers_json = "{}";
+    rows_[id] = r;
+    return id;
+  }
+
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
                                              const std::vector<std::string>& skip) override {
-    last_skip = skip;
     ++begins;
+    return read(std::numeric_limits<std::int64_t>::min(), limit, max_bytes, skip);
+  }
+
+  bool read_ahead() const override { return pipelined; }
+
+  std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
+                                            std::size_t limit, std::size_t max_bytes,
+                                            const std::vector<std::string>& skip) override {
+    if (!pipelined) throw std::logic_error("read_after on a store that does not read ahead");
+    ++reads_after;
+    std::size_t pending = 0;
+    for (const auto& [id, r] : rows_) {
+      if (id <= after_id && !r.published && !r.dead &&
+          std::find(skip.begin(), skip.end(), r.event.topic) == skip.end()) {
+        ++pending;
+      }
+    }
+    if (pending != pending_upto) {  // a row committed late below after_id
+      ++late_refusals;
+      read_log.push_back(after_id);
+      return {};
+    }
+    return read(after_id, limit, max_bytes, skip);
+  }
+
+  std::vector<core::OutboxEvent> read(std::int64_t after_id, std::size_t limit,
+                                      std::size_t max_bytes, const std::vector<std::string>& skip) {
+    last_skip = skip;
+    read_log.push_back(after_id);
     if (fail_begin > 0) {
       --fail_begin;
       throw core::UnavailableError("PostgreSQL: connection refused");
     }
-    open_ = true;
+    open_ = !pipelined;
     std::vector<core::OutboxEvent> out;
     std::size_t bytes = 0;
     for (auto& [id, r] : rows_) {
+      if (id <= after_id) continue;
       if (r.published || r.dead) continue;
       if (std::find(skip.begin(), skip.end(), r.event.topic) != skip.end()) continue;
       if (out.size() >= limit || bytes >= max_bytes) break;
@@ -67,11 +112,13 @@ class FakeStore : public core::OutboxStore {
 
   void record_outcome(const core::BatchOutcome& outcome) override {
     ++records;
+    reads_at_record.push_back(read_log.size());
     if (fail_record > 0) {
       --fail_record;
       throw core::UnavailableError("PostgreSQL: permission denied for table events");
     }
     apply(outcome);
+    groups.push_back(outcome.published);
   }
 
   void apply(const core::BatchOutcome& outcome) {
@@ -94,6 +141,7 @@ class FakeStore : public core::OutboxStore {
 
   bool wait_for_rows(std::chrono::milliseconds) override {
     ++waits;
+    if (on_wait) on_wait();
     return false;
   }
 
@@ -105,6 +153,14 @@ class FakeStore : public core::OutboxStore {
                          [](const auto& kv) { return !kv.second.published && !kv.second.dead; });
   }
 
+  bool pipelined = false;                         //!< read_ahead(): the polling store's lifecycle
+  std::vector<std::vector<std::int64_t>> groups;  //!< published ids of each record_outcome
+  int reads_after = 0;
+  int late_refusals = 0;  //!< read_after found a row committed late below its id
+  //! Every read: the id it read after (the smallest int64 for a read by state).
+  std::vector<std::int64_t> read_log;
+  std::vector<std::size_t> reads_at_record;  //!< read_log.size() at each record_outcome
+  std::function<void()> on_wait;             //!< in wait_for_rows (the relay is idle)
   int fail_begin = 0;
   int fail_finish = 0;
   int fail_record = 0;
@@ -123,58 +179,6 @@ class FakeStore : public core::OutboxStore {
   bool open_ = false;
 };
 
-//! Records what was sent; results come from `script` (by outbox-id header), default ok.
-class FakePublisher : public core::Publisher {
- public:
-  std::vector<core::DeliveryResult> publish(const std::vector<core::Message>& messages,
-                                            const std::function<bool()>& give_up) override {
-    ++calls;
-    if (give_up) give_up();  // as the real one polls it while it waits for reports
-    if (throw_next) {
-      throw_next = false;
-      throw core::UnavailableError("Kafka: all brokers down");
-    }
-    std::vector<core::DeliveryResult> out;
-    for (const auto& m : messages) {
-      sent.push_back(m);
-      std::int64_t id = std::stoll(m.headers.at(1).second);
-      if (too_large_in_company.count(id)) {  // a broker refusing the whole produce request
-        out.push_back(messages.size() > 1 || too_large_alone.count(id)
-                          ? core::DeliveryResult{false, core::FailureKind::suspect,
-                                                 "Kafka: Broker: Message size too large"}
-                          : core::DeliveryResult{true, core::FailureKind::transient, ""});
-      } else if (blocked_topics.count(m.topic)) {
-        out.push_back({false, core::FailureKind::topic_blocked, "Kafka: Broker: Unknown topic"});
-      } else if (auto it = script.find(id); it != script.end()) {
-        out.push_back(it->second);
-      } else if (hang && give_up && give_up()) {
-        out.push_back({false, core::FailureKind::transient, "abandoned"});
-      } else {
-        out.push_back({true, core::FailureKind::transient, ""});
-      }
-    }
-    if (on_publish) on_publish();
-    return out;
-  }
-
-  std::optional<std::string> topic_problem(const std::string& topic) override {
-    asked.push_back(topic);
-    if (blocked_topics.count(topic)) return "Kafka: Broker: Unknown topic";
-    return std::nullopt;
-  }
-
-  std::map<std::int64_t, core::DeliveryResult> script;
-  std::set<std::int64_t> too_large_in_company;  //!< suspect with others, ok alone...
-  std::set<std::int64_t> too_large_alone;       //!< ...unless also listed here
-  std::set<std::string> blocked_topics;         //!< Kafka topics that cannot take messages
-  std::vector<std::string> asked;               //!< topic_problem calls
-  std::vector<core::Message> sent;
-  std::function<void()> on_publish;
-  bool throw_next = false;
-  bool hang = false;
-  int calls = 0;
-};
-
 //! Time moves only when someone sleeps.
 class FakeClock : public core::Clock {
  public:
@@ -188,6 +192,108 @@ class FakeClock : public core::Clock {
 
  private:
   std::chrono::steady_clock::time_point now_{};
+};
+
+//! Records what was sent; results come from `script` (by outbox-id header), default ok.
+//! Answers come from poll(), in the order sent; the messages sent since the last poll form
+//! one "produce request". A message for which `stuck` returns true is not answered (nor,
+//! like a partition, are later ones of the same key) until `stuck` says otherwise or purge().
+class FakePublisher : public core::Publisher {
+ public:
+  void send(const core::Message& m, std::uint64_t tag) override {
+    sent.push_back(m);
+    waiting_.push_back({tag, &m, request_});
+    ++in_request_;
+    max_unanswered = std::max(max_unanswered, waiting_.size());
+  }
+
+  std::vector<core::Completion> poll(std::chrono::milliseconds timeout) override {
+    std::vector<core::Completion> out;
+    std::size_t request_size = in_request_;
+    ++request_;
+    in_request_ = 0;
+    std::set<std::string> stuck_keys;
+    std::deque<Waiting> still;
+    for (auto& w : waiting_) {
+      const core::Message& m = *w.message;
+      std::string key = m.key.value_or("");
+      bool hangs = hang && !script.count(std::stoll(m.headers.at(1).second));
+      if (!purged_ && (stuck_keys.count(key) || (stuck && stuck(m)) || hangs)) {
+        stuck_keys.insert(key);
+        still.push_back(w);
+        continue;
+      }
+      out.push_back({w.tag, result_for(m, request_size)});
+    }
+    waiting_ = std::move(still);
+    purged_ = false;
+    throw_next = false;
+    if (out.empty() && clock != nullptr) clock->advance(timeout);
+    if (!out.empty()) {
+      ++calls;
+      if (on_publish) on_publish();
+    }
+    return out;
+  }
+
+  void purge() override {
+    ++purges;
+    purged_ = true;
+  }
+
+  std::optional<std::string> topic_problem(const std::string& topic) override {
+    asked.push_back(topic);
+    if (blocked_topics.count(topic)) return "Kafka: Broker: Unknown topic";
+    return std::nullopt;
+  }
+
+  std::map<std::int64_t, core::DeliveryResult> script;
+  std::map<std::int64_t, core::DeliveryResult> once;  //!< as script, for the first answer only
+  std::set<std::int64_t> too_large_in_company;        //!< suspect with others, ok alone...
+  std::set<std::int64_t> too_large_alone;             //!< ...unless also listed here
+  std::set<std::string> blocked_topics;               //!< Kafka topics that cannot take messages
+  std::vector<std::string> asked;                     //!< topic_problem calls
+  std::vector<core::Message> sent;
+  std::function<void()> on_publish;  //!< after a poll that answered something
+  std::function<bool(const core::Message&)> stuck;
+  FakeClock* clock = nullptr;  //!< a poll that answers nothing lets time pass
+  bool throw_next = false;     //!< the next answers are "all brokers down" (transient)
+  bool hang = false;           //!< nothing unscripted is answered before purge()
+  int calls = 0;
+  int purges = 0;
+  std::size_t max_unanswered = 0;
+
+ private:
+  struct Waiting {
+    std::uint64_t tag;
+    const core::Message* message;
+    std::uint64_t request;
+  };
+  core::DeliveryResult result_for(const core::Message& m, std::size_t request_size) {
+    std::int64_t id = std::stoll(m.headers.at(1).second);
+    if (purged_) return {false, core::FailureKind::transient, "Kafka: purged"};
+    if (throw_next) return {false, core::FailureKind::transient, "Kafka: all brokers down"};
+    if (too_large_in_company.count(id)) {  // a broker refusing the whole produce request
+      return request_size > 1 || too_large_alone.count(id)
+                 ? core::DeliveryResult{false, core::FailureKind::suspect,
+                                        "Kafka: Broker: Message size too large"}
+                 : core::DeliveryResult{true, core::FailureKind::transient, ""};
+    }
+    if (blocked_topics.count(m.topic)) {
+      return {false, core::FailureKind::topic_blocked, "Kafka: Broker: Unknown topic"};
+    }
+    if (auto it = once.find(id); it != once.end()) {
+      auto r = it->second;
+      once.erase(it);
+      return r;
+    }
+    if (auto it = script.find(id); it != script.end()) return it->second;
+    return {true, core::FailureKind::transient, ""};
+  }
+  std::deque<Waiting> waiting_;
+  std::uint64_t request_ = 0;
+  std::size_t in_request_ = 0;
+  bool purged_ = false;
 };
 
 }  // namespace outbox::testing

@@ -35,8 +35,9 @@ The smallest configuration:
 constexpr const char* kRunHelp =
     "Read committed rows of outbox.events (source.mode: polling, or replication through a "
     "logical slot), publish each to Kafka with the idempotent producer (acks=all), mark it "
-    "published once Kafka acknowledged it. Runs until SIGTERM or SIGINT, then finishes the "
-    "batch in flight (relay.shutdown_timeout_ms). Serves /metrics, /healthz and /readyz on "
+    "published once Kafka acknowledged it. Runs until SIGTERM or SIGINT, then waits up to "
+    "relay.shutdown_timeout_ms for the messages in flight, marks what Kafka acknowledged and "
+    "leaves the rest pending. Serves /metrics, /healthz and /readyz on "
     "http.address:http.port unless http.enabled is false.";
 constexpr const char* kMigrateHelp =
     "Apply the SQL migrations of schema/ (embedded) that are missing. Safe to run twice and "

@@ -112,6 +112,9 @@ int run_relay(const config::Config& config) {
   options.backoff_max = config.relay.backoff_max;
   options.shutdown_timeout = config.relay.shutdown_timeout;
   options.topic_map = config.kafka.topic_map;
+  options.max_in_flight_rows = static_cast<std::size_t>(config.source.pipeline.max_in_flight_rows);
+  options.max_in_flight_bytes =
+      static_cast<std::size_t>(config.source.pipeline.max_in_flight_bytes);
   core::BatchRelay relay(*store, *publisher, clock, options);
 
   // Metrics and health: the observer, the monitor's threads, the HTTP endpoint.

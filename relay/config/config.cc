@@ -453,7 +453,7 @@ bool is_identifier(const std::string& name) {
 
 void read_source(Reader& r, const YAML::Node& root, Config& c) {
   YAML::Node n = root["source"];
-  if (!r.section(n, "source", {"mode", "polling", "replication"})) return;
+  if (!r.section(n, "source", {"mode", "polling", "replication", "pipeline"})) return;
   r.read_enum(n, "source", "mode", c.source.mode,
               {{"polling", SourceMode::polling}, {"replication", SourceMode::replication}});
   YAML::Node p = n["polling"];
@@ -462,6 +462,13 @@ void read_source(Reader& r, const YAML::Node& root, Config& c) {
     r.read_int(p, "source.polling", "batch_max_bytes", c.source.polling.batch_max_bytes, 1 << 16,
                1 << 30);
     r.read_ms(p, "source.polling", "interval_ms", c.source.polling.interval, 10, 3'600'000);
+  }
+  YAML::Node pl = n["pipeline"];
+  if (r.section(pl, "source.pipeline", {"max_in_flight_rows", "max_in_flight_bytes"})) {
+    r.read_int(pl, "source.pipeline", "max_in_flight_rows", c.source.pipeline.max_in_flight_rows, 1,
+               1'000'000);
+    r.read_int(pl, "source.pipeline", "max_in_flight_bytes", c.source.pipeline.max_in_flight_bytes,
+               1 << 16, 1 << 30);
   }
   YAML::Node rep = n["replication"];
   const std::string path = "source.replication";

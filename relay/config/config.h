@@ -70,10 +70,23 @@ struct ReplicationConfig {
   milliseconds heartbeat_interval{10'000};
 };
 
+//! The relay's in-flight window (core/batch_relay.h): how far reading and sending may run
+//! ahead of Kafka's acknowledgements and the marks. Polling mode; replication mode keeps
+//! one batch in flight.
+struct PipelineConfig {
+  //! Rows from the oldest one not yet acknowledged and marked to the newest one sent: also
+  //! how far other partitions run ahead of a stuck one, and the most rows sent again after
+  //! a crash.
+  int max_in_flight_rows = 5'000;
+  //! Bytes (payload + key + headers) of the messages not yet acknowledged.
+  int max_in_flight_bytes = 32 << 20;
+};
+
 struct SourceConfig {
   SourceMode mode = SourceMode::polling;
   PollingConfig polling;
   ReplicationConfig replication;
+  PipelineConfig pipeline;
 };
 
 struct RelayConfig {

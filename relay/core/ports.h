@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <stdexcept>
@@ -27,8 +28,12 @@ class FatalError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-//! The outbox table. Lifecycle: begin_batch, then exactly one of finish_batch or
-//! abort_batch. Used from the relay's one worker thread.
+//! The outbox table. Used from the relay's one worker thread. Two lifecycles:
+//!  - one batch at a time (read_ahead() false, replication mode): begin_batch, then exactly
+//!    one of finish_batch or abort_batch;
+//!  - pipelined (read_ahead() true, polling mode): begin_batch and read_after are plain reads
+//!    that hold nothing, any number of them may be answered at once, and outcomes are
+//!    recorded in groups with record_outcome; finish_batch and abort_batch are not used.
 class OutboxStore {
  public:
   virtual ~OutboxStore() = default;
@@ -45,6 +50,20 @@ class OutboxStore {
   virtual void finish_batch(const BatchOutcome& outcome) = 0;
   //! Releases the rows without recording anything. Never throws.
   virtual void abort_batch() noexcept = 0;
+  //! Whether this store supports the pipelined lifecycle (read_after, record_outcome per
+  //! group, several reads unanswered at once).
+  virtual bool read_ahead() const { return false; }
+  //! As begin_batch, but only rows whose id is above `after_id` (an index range scan), and
+  //! only if exactly `pending_upto` pending rows of topics not skipped have ids up to
+  //! `after_id` (the relay's own, in flight); otherwise none. A transaction that commits late
+  //! may hold rows on both sides of `after_id`: its rows below must be sent first (per-key
+  //! order), so the relay drains and reads by state (begin_batch) when this returns nothing.
+  virtual std::vector<OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
+                                              std::size_t limit, std::size_t max_bytes,
+                                              const std::vector<std::string>& skip_topics) {
+    (void)after_id, (void)pending_upto, (void)limit, (void)max_bytes, (void)skip_topics;
+    return {};
+  }
   //! Records an outcome whose finish_batch failed, in a transaction of its own, with no batch
   //! open. Idempotent: recording it again changes nothing more. Throws UnavailableError; then
   //! nothing was recorded.
@@ -57,16 +76,29 @@ class OutboxStore {
   virtual void keep_alive() noexcept {}
 };
 
-//! Kafka. Used from the relay's one worker thread.
+//! One answered message: the tag it was sent with, and what Kafka said.
+struct Completion {
+  std::uint64_t tag = 0;
+  DeliveryResult result;
+};
+
+//! Kafka, asynchronously. Used from the relay's one worker thread. Messages are handed over
+//! with send() as soon as they are read; their answers come back from poll(), each with the
+//! tag it was sent with, messages of one partition in the order they were sent.
 class Publisher {
  public:
   virtual ~Publisher() = default;
-  //! Sends `messages` in order and waits for each one's delivery report, returning one
-  //! result per message. Waiting ends early only when `give_up` returns true, after which
-  //! undelivered messages come back as transient failures. Never reports ok for a message
-  //! Kafka did not acknowledge.
-  virtual std::vector<DeliveryResult> publish(const std::vector<Message>& messages,
-                                              const std::function<bool()>& give_up) = 0;
+  //! Hands `message` over. No copy is made: `message` must stay alive and unchanged until
+  //! poll() has returned its completion. Never throws: a message the publisher cannot take
+  //! (the producer cannot be created, a local check fails) comes back failed from poll().
+  //! May block while the local queue is full, serving answers meanwhile.
+  virtual void send(const Message& message, std::uint64_t tag) = 0;
+  //! The completions that are ready, waiting up to `timeout` for the first one when none
+  //! is. Never reports ok for a message Kafka did not acknowledge.
+  virtual std::vector<Completion> poll(std::chrono::milliseconds timeout) = 0;
+  //! Gives up on every message sent and not answered yet (shutdown): each comes back from
+  //! poll() soon, as a transient failure unless Kafka acknowledged it meanwhile.
+  virtual void purge() = 0;
   //! Asks the cluster whether Kafka topic `topic` can take messages now: nullopt if it can
   //! (or the cluster cannot say just now), else why not (unknown topic, not authorized).
   virtual std::optional<std::string> topic_problem(const std::string& topic) {

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <stdexcept>
 #include <string_view>
+#include <utility>
 
 #include "common/crash_point.h"
 #include "common/logging.h"
@@ -13,23 +14,23 @@ namespace outbox::kafka {
 
 namespace {
 
-// Where one message's delivery report lands: librdkafka hands this back as msg_opaque.
-struct Slot {
-  core::DeliveryResult* result;
-  std::size_t* outstanding;
-};
-
-void on_delivery(rd_kafka_t*, const rd_kafka_message_t* msg, void*) {
-  auto* slot = static_cast<Slot*>(msg->_private);
-  if (slot == nullptr) return;
+// A delivery report: the message's tag travels as msg_opaque, the publisher's list of
+// completions as the producer's opaque. Served only from poll() (and the producer's
+// destructor), on the worker thread.
+void on_delivery(rd_kafka_t*, const rd_kafka_message_t* msg, void* opaque) {
+  auto* inbox = static_cast<KafkaPublisher::Inbox*>(opaque);
+  if (inbox == nullptr) return;
+  core::Completion c;
+  c.tag = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(msg->_private));
   if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-    slot->result->ok = true;
+    c.result.ok = true;
   } else {
-    slot->result->ok = false;
-    slot->result->kind = classify(msg->err);
-    slot->result->error = std::string("Kafka: ") + rd_kafka_err2str(msg->err);
+    c.result.ok = false;
+    c.result.kind = classify(msg->err);
+    c.result.error = std::string("Kafka: ") + rd_kafka_err2str(msg->err);
   }
-  --*slot->outstanding;
+  inbox->done.push_back(std::move(c));
+  if (inbox->outstanding > 0) --inbox->outstanding;
 }
 
 void on_log(const rd_kafka_t*, int level, const char* facility, const char* text) {
@@ -102,7 +103,7 @@ struct KafkaPublisher::Producer {
   rd_kafka_t* rk = nullptr;
   ~Producer() {
     if (rk == nullptr) return;
-    // Reports of purged messages point into batches that are gone: detach them first.
+    // Every message gets its report (purged ones included) before the messages may go.
     rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     rd_kafka_flush(rk, 1000);
     rd_kafka_destroy(rk);
@@ -131,6 +132,7 @@ void KafkaPublisher::ensure_producer() {
   rd_kafka_conf_set_log_cb(conf.get(), on_log);
   rd_kafka_conf_set_error_cb(conf.get(), on_error);
   install_certificate_diagnostics(conf.get());
+  rd_kafka_conf_set_opaque(conf.get(), &inbox_);
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof err);
   if (rk == nullptr) throw std::runtime_error(std::string("cannot create Kafka producer: ") + err);
   conf.release();  // rd_kafka_new took it
@@ -138,71 +140,103 @@ void KafkaPublisher::ensure_producer() {
   producer_->rk = rk;
 }
 
-std::vector<core::DeliveryResult> KafkaPublisher::publish(
-    const std::vector<core::Message>& messages, const std::function<bool()>& give_up) {
+void KafkaPublisher::fail_now(std::uint64_t tag, core::FailureKind kind, std::string error) {
+  core::Completion c;
+  c.tag = tag;
+  c.result.ok = false;
+  c.result.kind = kind;
+  c.result.error = std::move(error);
+  inbox_.done.push_back(std::move(c));
+}
+
+void KafkaPublisher::send(const core::Message& m, std::uint64_t tag) {
+  if (fatal_) {  // the producer is re-created once its last message was answered
+    fail_now(tag, core::FailureKind::transient, "Kafka: not sent (the producer failed)");
+    return;
+  }
   try {
     ensure_producer();
   } catch (const std::exception& e) {
-    throw core::UnavailableError(e.what());
+    fail_now(tag, core::FailureKind::transient, e.what());
+    return;
   }
   rd_kafka_t* rk = producer_->rk;
-  std::vector<core::DeliveryResult> results(messages.size());
-  std::vector<Slot> slots(messages.size());
-  std::size_t outstanding = 0;
-  bool abandoned = false;
-
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    const core::Message& m = messages[i];
-    slots[i] = Slot{&results[i], &outstanding};
-    rd_kafka_headers_t* headers = rd_kafka_headers_new(m.headers.size());
-    for (const auto& [name, value] : m.headers) {
-      rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), value.data(),
-                          static_cast<ssize_t>(value.size()));
-    }
-    // No copy (flags 0): librdkafka points into `messages`, which outlives every delivery
-    // report (publish() returns only after the last one, purged ones included).
-    // The RD_KAFKA_V_* macros cast their arguments unparenthesised: pass plain variables.
-    void* key = m.key ? const_cast<char*>(m.key->data()) : nullptr;
-    std::size_t key_len = m.key ? m.key->size() : 0;
-    void* value = m.payload ? const_cast<char*>(m.payload->data()) : nullptr;
-    std::size_t value_len = m.payload ? m.payload->size() : 0;
-    rd_kafka_resp_err_t err;
-    for (;;) {
-      err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(m.topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
-                              RD_KAFKA_V_VALUE(value, value_len), RD_KAFKA_V_HEADERS(headers),
-                              RD_KAFKA_V_MSGFLAGS(0), RD_KAFKA_V_OPAQUE(&slots[i]), RD_KAFKA_V_END);
-      if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || give_up()) break;
-      rd_kafka_poll(rk, 50);  // the local queue is full: serve reports to make room
-    }
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-      ++outstanding;  // headers now belong to librdkafka
-      continue;
-    }
-    rd_kafka_headers_destroy(headers);
-    results[i].kind = classify(err, /*local=*/true);
-    results[i].error = std::string("Kafka: ") + rd_kafka_err2str(err);
-    if (err == RD_KAFKA_RESP_ERR__FATAL) break;
+  rd_kafka_headers_t* headers = rd_kafka_headers_new(m.headers.size());
+  for (const auto& [name, value] : m.headers) {
+    rd_kafka_header_add(headers, name.data(), static_cast<ssize_t>(name.size()), value.data(),
+                        static_cast<ssize_t>(value.size()));
   }
-  common::crash_point("after_produce");
-
-  // Every report, or give up (shutdown deadline) and purge what is left.
-  while (outstanding > 0) {
-    if (!abandoned && give_up()) {
-      abandoned = true;
-      rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    }
+  // No copy of the payload (flags 0): librdkafka points into `m`, which the caller keeps
+  // until poll() returned its completion. The RD_KAFKA_V_* macros cast their arguments
+  // unparenthesised: pass plain variables.
+  void* key = m.key ? const_cast<char*>(m.key->data()) : nullptr;
+  std::size_t key_len = m.key ? m.key->size() : 0;
+  void* value = m.payload ? const_cast<char*>(m.payload->data()) : nullptr;
+  std::size_t value_len = m.payload ? m.payload->size() : 0;
+  void* opaque = reinterpret_cast<void*>(static_cast<std::uintptr_t>(tag));
+  rd_kafka_resp_err_t err;
+  for (;;) {
+    err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(m.topic.c_str()), RD_KAFKA_V_KEY(key, key_len),
+                            RD_KAFKA_V_VALUE(value, value_len), RD_KAFKA_V_HEADERS(headers),
+                            RD_KAFKA_V_MSGFLAGS(0), RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_END);
+    if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
+    // The local queue is full (a window above queue.buffering.max.messages): serve reports
+    // to make room; they are returned by the next poll().
     rd_kafka_poll(rk, 100);
   }
-
-  char fatal[512];
-  if (rd_kafka_fatal_error(rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-    logging::get("kafka")->error("fatal producer error, re-creating the producer: {}", fatal);
-    producer_.reset();
+  if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    ++inbox_.outstanding;  // headers now belong to librdkafka
+    common::crash_point("after_produce");
+    return;
   }
-  for (auto& r : results) {
-    if (!r.ok && r.error.empty()) {
-      r.kind = core::FailureKind::transient;
-      r.error = "Kafka: not sent (producer failed before this message)";
+  rd_kafka_headers_destroy(headers);
+  if (err == RD_KAFKA_RESP_ERR__FATAL) fatal_ = true;
+  fail_now(tag, classify(err, /*local=*/true), std::string("Kafka: ") + rd_kafka_err2str(err));
+}
+
+std::vector<core::Completion> KafkaPublisher::poll(std::chrono::milliseconds timeout) {
+  if (producer_) {
+    rd_kafka_t* rk = producer_->rk;
+    int wait =
+        (inbox_.done.empty() && inbox_.outstanding > 0) ? static_cast<int>(timeout.count()) : 0;
+    rd_kafka_poll(rk, wait);
+    char fatal[512];
+    if (!fatal_ && rd_kafka_fatal_error(rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      // Idempotence state lost: re-create the producer (librdkafka's INTRODUCTION.md), once
+      // every message of this one was answered (purged: transient, sent again later).
+      logging::get("kafka")->error("fatal producer error, re-creating the producer: {}", fatal);
+      fatal_ = true;
+      rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    }
+    if (fatal_ && inbox_.outstanding == 0) {
+      producer_.reset();
+      fatal_ = false;
+    }
+  }
+  return std::exchange(inbox_.done, {});
+}
+
+void KafkaPublisher::purge() {
+  if (producer_) rd_kafka_purge(producer_->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+}
+
+std::vector<core::DeliveryResult> KafkaPublisher::publish(
+    const std::vector<core::Message>& messages, const std::function<bool()>& give_up) {
+  std::vector<core::DeliveryResult> results(messages.size());
+  std::vector<bool> answered(messages.size(), false);
+  std::size_t left = messages.size();
+  for (std::size_t i = 0; i < messages.size(); ++i) send(messages[i], i);
+  bool purged = false;
+  while (left > 0) {
+    if (!purged && give_up()) {
+      purge();
+      purged = true;
+    }
+    for (auto& c : poll(std::chrono::milliseconds(100))) {
+      if (c.tag >= messages.size() || answered[c.tag]) continue;
+      answered[c.tag] = true;
+      results[c.tag] = std::move(c.result);
+      --left;
     }
   }
   return results;

@@ -1,15 +1,22 @@
 // Kafka behind core::Publisher: librdkafka's idempotent producer (enable.idempotence=true,
-// acks=all), delivery reports mapped back to the messages of the batch.
+// acks=all, enable.gapless.guarantee, message.timeout.ms=0), asynchronous: send() hands a
+// message to librdkafka without copying its payload, poll() serves delivery reports and
+// returns them with the tags the messages were sent with.
 //
-// Lifecycle: create() (no network I/O yet), publish() from the relay's one worker thread,
-// destroy. publish() serves delivery reports itself while it waits, so no report can outlive
-// the batch it belongs to: before publish() returns, every message of the batch has had its
-// report (purged ones included). After a fatal producer error (idempotence state lost) the
-// producer is re-created before the next batch, as librdkafka's INTRODUCTION.md advises.
+// Lifecycle: create() (no network I/O yet), send()/poll()/purge() from the relay's one worker
+// thread, destroy. Reports are served only inside poll() (and the destructor, which purges
+// and flushes first), so each lands in this object's list of completions and no report
+// points into memory: the caller keeps each message alive until its completion came back.
+// After a fatal producer error (idempotence state lost) the producer's messages are purged
+// and, once the last one is answered, the producer is re-created, as librdkafka's
+// INTRODUCTION.md advises.
 #pragma once
 
 #include <librdkafka/rdkafka.h>
 
+#include <chrono>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,19 +51,35 @@ class KafkaPublisher : public core::Publisher {
   KafkaPublisher(const KafkaPublisher&) = delete;
   KafkaPublisher& operator=(const KafkaPublisher&) = delete;
 
+  void send(const core::Message& message, std::uint64_t tag) override;
+  std::vector<core::Completion> poll(std::chrono::milliseconds timeout) override;
+  void purge() override;
+
+  //! Sends `messages` and waits for every report (purging what is left once `give_up`
+  //! returns true): one result per message. For tools and tests; the relay pipelines.
   std::vector<core::DeliveryResult> publish(const std::vector<core::Message>& messages,
-                                            const std::function<bool()>& give_up) override;
+                                            const std::function<bool()>& give_up);
 
   std::optional<std::string> topic_problem(const std::string& topic) override;
 
   //! Asks a broker for cluster metadata: the broker count, or the error text.
   std::pair<int, std::string> probe_cluster(int timeout_ms);
 
+  //! Where delivery reports land (the producer's opaque).
+  struct Inbox {
+    std::vector<core::Completion> done;  //!< served, not yet returned by poll()
+    std::size_t outstanding = 0;         //!< produced, report not served yet
+  };
+
  private:
   struct Producer;
   void ensure_producer();
 
+  void fail_now(std::uint64_t tag, core::FailureKind kind, std::string error);
+
   config::KafkaConfig config_;
+  Inbox inbox_;         //!< declared before producer_: outlives the destructor's last reports
+  bool fatal_ = false;  //!< re-create the producer once outstanding_ is 0
   std::unique_ptr<Producer> producer_;
 };
 

@@ -2,6 +2,8 @@
 
 #include <pqxx/pqxx>
 
+#include <limits>
+
 #include "common/crash_point.h"
 #include "common/logging.h"
 #include "pg/pg_array.h"
@@ -13,8 +15,13 @@ namespace {
 // One key for every relay of a database: whoever holds it publishes.
 constexpr const char* kLeaderLockSql = "SELECT pg_try_advisory_lock(hashtext('outbox-relay'))";
 
-// Rows while the bytes before them stay below $2 (core::event_bytes, computed from lengths:
-// payloads beyond the budget are never fetched, let alone detoasted).
+// Rows above id $4 while the bytes before them stay below $2, and (read-ahead, $5 >= 0) only
+// when exactly $5 pending rows have ids up to $4: the relay's own in flight. One more is a
+// transaction that committed late below $4; it may have rows above $4 too, which must not
+// go before its rows below (per-key order), so then nothing comes and the relay reads by
+// state. The count runs once per statement (an InitPlan) over the pending index up to $4.
+// (core::event_bytes, computed from lengths: payloads beyond the budget are never fetched, let
+// alone detoasted).
 constexpr const char* kFetchSql = R"sql(
 SELECT id, event_id::text, topic, key, payload, headers_text, attempts
 FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, attempts,
@@ -22,6 +29,10 @@ FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, a
                  octet_length(headers::text)) OVER (ORDER BY id) AS upto
       FROM outbox.events
       WHERE published_at IS NULL AND dead_lettered_at IS NULL AND topic <> ALL($3::text[])
+        AND id > $4
+        AND ($5::bigint < 0 OR (SELECT count(*) FROM outbox.events
+                        WHERE published_at IS NULL AND dead_lettered_at IS NULL
+                          AND topic <> ALL($3::text[]) AND id <= $4) = $5::bigint)
       ORDER BY id
       LIMIT $1) AS candidates
 WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0) -
@@ -43,6 +54,12 @@ constexpr const char* kDeadLetterSql = R"sql(
 UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err, dead_lettered_at = now()
 FROM unnest($1::bigint[], $2::text[]) AS f(id, err)
 WHERE e.id = f.id)sql";
+
+// Every statement of the hot path is prepared once per session (ensure_prepared).
+constexpr const char* kFetch = "outbox_fetch";
+constexpr const char* kMarkPublished = "outbox_mark_published";
+constexpr const char* kRecordRetry = "outbox_record_retry";
+constexpr const char* kDeadLetter = "outbox_dead_letter";
 
 // A mark that matched fewer rows than it was given: a row not visible to this session yet,
 // or deleted, or dead-lettered by someone else. Never a success: the transaction is rolled
@@ -93,6 +110,7 @@ PgOutboxStore::~PgOutboxStore() { disconnect(); }
 void PgOutboxStore::disconnect() noexcept {
   receiver_.reset();
   conn_.reset();
+  prepared_ = false;
   need_rearm_ = true;
   role_ = SessionRole::disconnected;
 }
@@ -149,16 +167,39 @@ std::vector<core::OutboxEvent> events_of(const pqxx::result& rows) {
   return events;
 }
 
+void PgOutboxStore::ensure_prepared() {
+  if (prepared_) return;
+  conn_->prepare(kFetch, kFetchSql);
+  conn_->prepare(kMarkPublished, kMarkPublishedSql);
+  conn_->prepare(kRecordRetry, kRecordRetrySql);
+  conn_->prepare(kDeadLetter, kDeadLetterSql);
+  prepared_ = true;
+}
+
 std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(
     std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
+  return fetch(std::numeric_limits<std::int64_t>::min(), -1, limit, max_bytes, skip_topics);
+}
+
+std::vector<core::OutboxEvent> PgOutboxStore::read_after(
+    std::int64_t after_id, std::size_t pending_upto, std::size_t limit, std::size_t max_bytes,
+    const std::vector<std::string>& skip_topics) {
+  return fetch(after_id, static_cast<long long>(pending_upto), limit, max_bytes, skip_topics);
+}
+
+std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long long pending_upto,
+                                                    std::size_t limit, std::size_t max_bytes,
+                                                    const std::vector<std::string>& skip_topics) {
   connect();
   std::vector<core::OutboxEvent> events;
   try {
+    ensure_prepared();
     // One statement, no transaction left open while Kafka answers: the leader lock already
     // makes this relay the only reader, so the rows need no lock of their own.
     pqxx::nontransaction n(*conn_);
-    pqxx::result rows = n.exec_params(kFetchSql, static_cast<long>(limit),
-                                      static_cast<long long>(max_bytes), text_array(skip_topics));
+    pqxx::result rows =
+        n.exec_prepared(kFetch, static_cast<long>(limit), static_cast<long long>(max_bytes),
+                        text_array(skip_topics), static_cast<long long>(after_id), pending_upto);
     events = events_of(rows);
   } catch (const std::exception& e) {
     fail(e);
@@ -168,21 +209,21 @@ std::vector<core::OutboxEvent> PgOutboxStore::begin_batch(
 
 void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome) {
   if (!outcome.published.empty()) {
-    check_count(txn.exec_params(kMarkPublishedSql, bigint_array(outcome.published)),
+    check_count(txn.exec_prepared(kMarkPublished, bigint_array(outcome.published)),
                 outcome.published.size(), "published");
   }
   std::vector<std::int64_t> ids;
   std::vector<std::string> errors;
   if (!outcome.retry.empty()) {
     split(outcome.retry, ids, errors);
-    check_count(txn.exec_params(kRecordRetrySql, bigint_array(ids), text_array(errors)), ids.size(),
+    check_count(txn.exec_prepared(kRecordRetry, bigint_array(ids), text_array(errors)), ids.size(),
                 "retried");
   }
   if (!outcome.dead_letter.empty()) {
     ids.clear();
     errors.clear();
     split(outcome.dead_letter, ids, errors);
-    check_count(txn.exec_params(kDeadLetterSql, bigint_array(ids), text_array(errors)), ids.size(),
+    check_count(txn.exec_prepared(kDeadLetter, bigint_array(ids), text_array(errors)), ids.size(),
                 "dead-lettered");
   }
 }
@@ -192,6 +233,7 @@ void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) { record_out
 void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   connect();
   try {
+    ensure_prepared();
     pqxx::work txn(*conn_);
     write_outcome(txn, outcome);
     common::crash_point("inside_mark");

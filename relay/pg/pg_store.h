@@ -1,10 +1,12 @@
 // The outbox table in PostgreSQL, behind core::OutboxStore.
 //
-// Lifecycle: construct (no I/O), then begin_batch/finish_batch/abort_batch and
-// wait_for_rows from the relay's one worker thread. The connection is opened on first use
+// Lifecycle: construct (no I/O), then reads (begin_batch by state, read_after above an id),
+// record_outcome per group of answered rows (pipelined, core::OutboxStore::read_ahead) and
+// wait_for_rows, from the relay's one worker thread. The connection is opened on first use
 // and re-opened after any failure; every libpqxx failure surfaces as core::UnavailableError
-// with the server's message. No transaction is open between begin_batch and finish_batch:
-// reading is one statement, recording the outcome one short transaction.
+// with the server's message. No transaction is open between a read and the marks:
+// reading is one prepared statement, recording a group's outcome one short transaction of
+// prepared statements with array parameters.
 //
 // Leadership: each connection takes a session advisory lock before reading, so that one
 // relay at a time publishes from a database (per-key order across replicas). A second
@@ -44,6 +46,11 @@ class PgOutboxStore : public core::OutboxStore {
                                              const std::vector<std::string>& skip_topics) override;
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
+  //! Pipelined: reads hold nothing, marks are record_outcome (one transaction per group).
+  bool read_ahead() const override { return true; }
+  std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
+                                            std::size_t limit, std::size_t max_bytes,
+                                            const std::vector<std::string>& skip_topics) override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
 
   void record_outcome(const core::BatchOutcome& outcome) override;
@@ -64,12 +71,17 @@ class PgOutboxStore : public core::OutboxStore {
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
   void write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome);
+  void ensure_prepared();
+  std::vector<core::OutboxEvent> fetch(std::int64_t after_id, long long pending_upto,
+                                       std::size_t limit, std::size_t max_bytes,
+                                       const std::vector<std::string>& skip_topics);
 
   std::string conninfo_;
   std::string redacted_;
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;
+  bool prepared_ = false;  //!< the statements of the hot path are prepared on conn_
   bool standby_logged_ = false;
   std::atomic<SessionRole> role_{SessionRole::disconnected};
 };

@@ -1,0 +1,343 @@
+// The in-flight window of the pipelined relay (core/batch_relay.h), against the fakes: a
+// store that reads ahead (polling mode's lifecycle) and a publisher that answers only when
+// polled, holding back whatever its `stuck` predicate names (a partition without a leader).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <map>
+
+#include "core/batch_relay.h"
+#include "fakes.h"
+
+using namespace outbox;
+using namespace outbox::core;
+using outbox::testing::FakeClock;
+using outbox::testing::FakePublisher;
+using outbox::testing::FakeStore;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr std::int64_t kByState = std::numeric_limits<std::int64_t>::min();
+
+BatchRelayOptions window(std::size_t batch, std::size_t rows, std::size_t bytes = 1 << 20) {
+  BatchRelayOptions o;
+  o.batch_size = batch;
+  o.max_in_flight_rows = rows;
+  o.max_in_flight_bytes = bytes;
+  o.backoff_initial = milliseconds(100);
+  o.backoff_max = milliseconds(400);
+  o.shutdown_timeout = milliseconds(1000);
+  return o;
+}
+
+std::int64_t id_of(const Message& m) { return std::stoll(m.headers.at(1).second); }
+
+std::vector<std::int64_t> sent_ids(const FakePublisher& kafka) {
+  std::vector<std::int64_t> ids;
+  for (const auto& m : kafka.sent) ids.push_back(id_of(m));
+  return ids;
+}
+
+struct Rig {
+  FakeStore store;
+  FakePublisher kafka;
+  FakeClock clock;
+  std::atomic<bool> stop{false};
+  Rig() {
+    store.pipelined = true;
+    kafka.clock = &clock;                     // an unanswered poll lets time pass
+    store.on_wait = [this] { stop = true; };  // idle: everything read was handled
+  }
+};
+
+}  // namespace
+
+TEST_CASE("reading overlaps the wait for answers, and marks come in groups in id order",
+          "[pipeline]") {
+  Rig r;
+  for (int i = 0; i < 10; ++i) r.store.add("orders", "k" + std::to_string(i % 3));
+  // Kafka answers nothing until all ten were handed over.
+  r.kafka.stuck = [&](const Message&) { return r.kafka.sent.size() < 10; };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(2, 100));
+
+  CHECK(relay.run(r.stop) == 0);
+
+  CHECK(r.kafka.max_unanswered == 10);  // five reads in flight at once
+  CHECK(r.store.reads_after >= 4);
+  CHECK(r.store.read_log.front() == kByState);
+  CHECK(sent_ids(r.kafka) == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+  CHECK(r.store.pending() == 0);
+  std::vector<std::int64_t> marked;
+  for (const auto& g : r.store.groups) marked.insert(marked.end(), g.begin(), g.end());
+  CHECK(marked == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
+  CHECK(r.store.groups.size() < 10);  // grouped, not one statement per row
+  CHECK(relay.counters().published == 10);
+}
+
+TEST_CASE("the window bounds the rows in flight", "[pipeline]") {
+  Rig r;
+  for (int i = 0; i < 50; ++i) r.store.add("orders", "k");
+  int polls = 0;
+  r.kafka.stuck = [&](const Message&) {
+    if (++polls > 20) r.stop = true;
+    return true;  // nothing is ever acknowledged
+  };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(5, 12));
+
+  std::size_t abandoned = relay.run(r.stop);
+
+  CHECK(r.kafka.max_unanswered == 12);  // 5 by state, 5 and 2 read ahead, then no more
+  CHECK(r.kafka.sent.size() == 12);
+  CHECK(r.kafka.purges == 1);  // shutdown: the rest was purged...
+  CHECK(abandoned == 12);
+  CHECK(r.store.pending() == 50);  // ...and stays pending
+}
+
+TEST_CASE("the window bounds the bytes in flight", "[pipeline]") {
+  Rig r;
+  // Each row weighs 2 ("p1".."p9" payload) + 1 (key) + 2 ("{}") = 5 bytes.
+  for (int i = 0; i < 9; ++i) r.store.add("orders", "k");
+  int polls = 0;
+  r.kafka.stuck = [&](const Message&) {
+    if (++polls > 20) r.stop = true;
+    return true;
+  };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(2, 100, 12));
+
+  relay.run(r.stop);
+
+  // 2 rows (10 bytes) by state, then one more read ahead (the first row always comes): 15
+  // bytes unanswered reach 12, so no more.
+  CHECK(r.kafka.max_unanswered == 3);
+}
+
+TEST_CASE("a stuck partition holds only its own rows: the others are acknowledged and marked",
+          "[pipeline]") {
+  Rig r;
+  for (int i = 0; i < 20; ++i) r.store.add("orders", i % 2 == 0 ? "stuck" : "fine");
+  bool stuck = true;
+  r.kafka.stuck = [&](const Message& m) { return stuck && m.key == "stuck"; };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(4, 100));
+  r.store.on_wait = nullptr;
+  int fine_marked_polls = 0;
+  r.kafka.on_publish = [&] {};
+  // Stop a while after every "fine" row was marked, the stuck ones still unanswered.
+  r.kafka.stuck = [&](const Message& m) {
+    if (r.store.pending() == 10 && ++fine_marked_polls > 3) r.stop = true;
+    return stuck && m.key == "stuck";
+  };
+
+  std::size_t abandoned = relay.run(r.stop);
+
+  for (std::int64_t id = 1; id <= 20; ++id) {
+    INFO("row " << id);
+    CHECK(r.store.row(id).published == (id % 2 == 0));  // even ids are "fine"
+  }
+  CHECK(abandoned == 10);  // purged at shutdown, pending again
+  CHECK(r.kafka.sent.size() == 20);
+}
+
+TEST_CASE("a stuck partition stops the read-ahead once the window is full", "[pipeline]") {
+  Rig r;
+  for (int i = 0; i < 40; ++i) r.store.add("orders", i % 2 == 0 ? "stuck" : "fine");
+  int polls = 0;
+  r.kafka.stuck = [&](const Message& m) {
+    if (++polls > 200) r.stop = true;
+    return m.key == "stuck";
+  };
+  r.store.on_wait = nullptr;
+  BatchRelay relay(r.store, r.kafka, r.clock, window(4, 8));
+
+  relay.run(r.stop);
+
+  // The oldest unanswered row (1) holds the window's front: 8 rows at most were read past
+  // it, of which the four "fine" ones were acknowledged and marked.
+  CHECK(r.kafka.sent.size() == 8);
+  CHECK(r.store.pending() == 40 - 4);
+  for (std::int64_t id : {2, 4, 6, 8}) CHECK(r.store.row(id).published);
+}
+
+TEST_CASE("a row committing late with a smaller id is read by the next read by state",
+          "[pipeline]") {
+  Rig r;
+  for (std::int64_t id : {1, 2, 4, 5, 6, 7, 8, 9}) r.store.add_late(id, "orders", "k");
+  bool added = false;
+  std::map<std::int64_t, int> polls_seen;
+  r.kafka.stuck = [&](const Message& m) {
+    if (!added && id_of(m) == 4) {  // row 3's transaction commits while 4 is in flight
+      r.store.add_late(3, "orders", "k");
+      added = true;
+    }
+    return ++polls_seen[id_of(m)] < 2;  // Kafka lags: answered at the second poll
+  };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(2, 100));
+
+  relay.run(r.stop);
+
+  CHECK(r.store.reads_after > 0);   // read-ahead was on...
+  CHECK(r.store.row(3).published);  // ...and a read by state after the drain found row 3
+  CHECK(r.store.pending() == 0);
+  auto ids = sent_ids(r.kafka);
+  CHECK(std::count(ids.begin(), ids.end(), 3) == 1);
+}
+
+TEST_CASE("a late transaction with rows on both sides of the last id read goes in id order",
+          "[pipeline]") {
+  Rig r;
+  for (std::int64_t id = 1; id <= 8; ++id) r.store.add_late(id * 2, "orders", "k");  // 2..16
+  bool added = false;
+  std::map<std::int64_t, int> polls_seen;
+  r.kafka.stuck = [&](const Message& m) {
+    if (!added && id_of(m) == 6) {
+      // One transaction holding 5 (below the ids read so far) and 17 (above them) commits.
+      r.store.add_late(5, "orders", "k");
+      r.store.add_late(17, "orders", "k");
+      added = true;
+    }
+    return ++polls_seen[id_of(m)] < 2;
+  };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(2, 100));
+
+  relay.run(r.stop);
+
+  CHECK(r.store.late_refusals >= 1);  // read-ahead saw the late row below and stood back
+  auto ids = sent_ids(r.kafka);
+  auto five = std::find(ids.begin(), ids.end(), 5);
+  auto seventeen = std::find(ids.begin(), ids.end(), 17);
+  REQUIRE(five != ids.end());
+  REQUIRE(seventeen != ids.end());
+  CHECK(five < seventeen);  // the key's order is id order, within the late transaction too
+  CHECK(std::is_sorted(ids.begin(), five));
+  CHECK(r.store.pending() == 0);
+}
+
+TEST_CASE(
+    "after a failed delivery, nothing is read ahead: the window drains, then a read "
+    "by state from the oldest pending row",
+    "[pipeline]") {
+  Rig r;
+  for (int i = 0; i < 10; ++i) r.store.add("orders", "k" + std::to_string(i % 2));
+  r.kafka.once[3] = {false, FailureKind::transient, "Kafka: Local: Broker transport failure"};
+  // Hold row 4 (key k1) for a while so that the failure of 3 arrives with 4 in flight.
+  int holds = 0;
+  r.kafka.stuck = [&](const Message& m) { return id_of(m) == 4 && ++holds < 5; };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(2, 100));
+
+  relay.run(r.stop);
+
+  auto ids = sent_ids(r.kafka);
+  // 3 failed: nothing more was read until 4 was answered; then a pause (backoff) and a read
+  // by state that starts at 3.
+  auto first3 = std::find(ids.begin(), ids.end(), 3);
+  auto again3 = std::find(first3 + 1, ids.end(), 3);
+  REQUIRE(again3 != ids.end());
+  CHECK(std::count(first3 + 1, again3, 4) == 1);
+  CHECK(std::all_of(first3 + 1, again3, [](std::int64_t id) { return id <= 4; }));
+  CHECK(r.clock.sleeps == std::vector<milliseconds>{milliseconds(100)});
+  // The read that returned 3 again was by state.
+  std::size_t state_reads_before_end = 0;
+  for (auto after : r.store.read_log) state_reads_before_end += after == kByState;
+  CHECK(state_reads_before_end >= 2);
+  CHECK(r.store.pending() == 0);
+  CHECK(r.store.row(3).event.attempts == 0);  // the cluster's fault, not the row's
+}
+
+TEST_CASE("suspects are sent alone even when reading ahead", "[pipeline]") {
+  Rig r;
+  std::vector<std::int64_t> ids;
+  for (int i = 0; i < 8; ++i) ids.push_back(r.store.add("orders", "k"));
+  r.kafka.too_large_in_company = {ids[1], ids[5]};
+  r.kafka.too_large_alone = {ids[5]};
+  BatchRelay relay(r.store, r.kafka, r.clock, window(4, 100));
+
+  relay.run(r.stop);
+
+  CHECK(r.store.row(ids[1]).published);
+  CHECK(r.store.row(ids[5]).dead);
+  CHECK_THAT(r.store.row(ids[5]).last_error, Catch::Contains("sent alone"));
+  CHECK(r.store.pending() == 0);
+}
+
+TEST_CASE("shutdown waits for what is in flight, marks the acknowledged, purges the rest",
+          "[pipeline]") {
+  Rig r;
+  auto a = r.store.add("orders", "a");
+  auto b = r.store.add("orders", "b");
+  auto c = r.store.add("orders", "a");
+  int polls = 0;
+  r.kafka.stuck = [&](const Message& m) {
+    if (++polls == 3) r.stop = true;
+    return m.key == "b";
+  };
+  auto o = window(10, 100);
+  o.shutdown_timeout = milliseconds(500);
+  BatchRelay relay(r.store, r.kafka, r.clock, o);
+
+  std::size_t abandoned = relay.run(r.stop);
+
+  CHECK(r.store.row(a).published);
+  CHECK(r.store.row(c).published);
+  CHECK_FALSE(r.store.row(b).published);
+  CHECK(r.store.row(b).event.attempts == 0);
+  CHECK(r.kafka.purges == 1);
+  CHECK(abandoned == 1);
+}
+
+TEST_CASE("an outcome that cannot be recorded is retried alone: nothing read, nothing re-sent",
+          "[pipeline]") {
+  Rig r;
+  for (int i = 0; i < 6; ++i) r.store.add("orders", "k");
+  r.store.fail_record = 3;
+  BatchRelay relay(r.store, r.kafka, r.clock, window(2, 100));
+
+  relay.run(r.stop);
+
+  CHECK(r.store.pending() == 0);
+  CHECK(r.kafka.sent.size() == 6);  // each message once
+  // The failed attempts and the one that succeeded came with no read in between.
+  REQUIRE(r.store.reads_at_record.size() >= 4);
+  CHECK(r.store.reads_at_record[0] == r.store.reads_at_record[3]);
+  CHECK(r.clock.sleeps.size() == 3);  // backing off between the attempts
+  CHECK(r.clock.sleeps[1] > r.clock.sleeps[0]);
+  CHECK(relay.counters().published == 6);
+}
+
+TEST_CASE("the observer ticks at least every second while Kafka keeps a message waiting",
+          "[pipeline]") {
+  struct Ticks : RelayObserver {
+    FakeClock* clock;
+    std::chrono::steady_clock::time_point last{};
+    std::chrono::nanoseconds longest{0};
+    std::size_t deliveries = 0, recorded = 0, reads = 0;
+    void on_tick() noexcept override {
+      longest = std::max(longest, clock->now() - last);
+      last = clock->now();
+    }
+    void on_delivery(const std::string&, bool, FailureKind,
+                     std::chrono::nanoseconds) noexcept override {
+      ++deliveries;
+    }
+    void on_recorded(std::size_t p, std::size_t, std::size_t,
+                     std::chrono::nanoseconds) noexcept override {
+      recorded += p;
+    }
+    void on_read(std::size_t rows, std::size_t, std::chrono::nanoseconds) noexcept override {
+      reads += rows;
+    }
+  } ticks;
+  Rig r;
+  ticks.clock = &r.clock;
+  for (int i = 0; i < 3; ++i) r.store.add("orders", "k");
+  int polls = 0;
+  r.kafka.stuck = [&](const Message&) { return ++polls < 100; };  // 10 s of fake time
+  BatchRelay relay(r.store, r.kafka, r.clock, window(10, 100));
+  relay.set_observer(&ticks);
+
+  relay.run(r.stop);
+
+  CHECK(ticks.longest <= std::chrono::seconds(1));
+  CHECK(ticks.deliveries == 3);
+  CHECK(ticks.recorded == 3);
+  CHECK(ticks.reads == 3);
+}
