@@ -25,6 +25,9 @@ struct PostgresConfig {
   std::string password;
   //! Seconds libpq may take to connect.
   int connect_timeout_s = 10;
+  //! libpq connection string of a privileged role, used only by `migrate` (which falls back
+  //! to `dsn`); carries its own password. Never logged whole: see pg::redact_dsn.
+  std::string admin_dsn;
 };
 
 struct KafkaConfig {
@@ -79,6 +82,19 @@ struct RelayConfig {
   milliseconds shutdown_timeout{30'000};
 };
 
+//! The leader deletes old published rows (pg/retention.h).
+struct RetentionConfig {
+  bool enabled = true;
+  //! Published rows older than this (by published_at) are deleted.
+  std::chrono::seconds published_after{7 * 24 * 3600};
+  //! Dead-lettered rows older than this (by dead_lettered_at) too; 0: kept until replayed.
+  std::chrono::seconds dead_lettered_after{0};
+  //! Pause between two rounds (a round deletes until nothing old is left).
+  milliseconds interval{60'000};
+  //! Rows deleted per statement (one short transaction each).
+  int batch_size = 1000;
+};
+
 enum class LogFormat { text, json };
 
 struct LogConfig {
@@ -92,6 +108,7 @@ struct Config {
   SourceConfig source;
   RelayConfig relay;
   LogConfig log;
+  RetentionConfig retention;
 };
 
 struct ConfigError {
