@@ -20,7 +20,7 @@ import time
 import pytest
 
 from harness import hold, wait_until
-from harness.faults import FaultRun, profile
+from harness.faults import LEADS, FaultRun, leader_and_standby, profile
 
 P = profile()
 pytestmark = pytest.mark.timeout(300)
@@ -51,21 +51,12 @@ def test_standby_publishes_within_the_bound_after_the_leader_is_killed(ctx):
     a.start()
     b.start()
 
-    LEADS, STANDS = "holding the leader lock", "standing by"
-
-    def roles():
-        la, lb = a.log_text(), b.log_text()
-        if LEADS in la and STANDS in lb and LEADS not in lb:
-            return a, b
-        if LEADS in lb and STANDS in la and LEADS not in la:
-            return b, a
-        return None
+    leader, standby = leader_and_standby(a, b)
 
     def both_alive():
         a.assert_running("before the kill")
         b.assert_running("before the kill")
 
-    leader, standby = wait_until(roles, 60, 0.05, "one relay leading, the other standing by", both_alive)
     if ctx.mode == "replication":
         ctx.wait_streaming(leader, timeout_s=60)
     run.writers.start()

@@ -3,17 +3,23 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <map>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
+#include <thread>
 
 namespace outbox::pg {
 
 namespace {
-constexpr const char* kLockSql = "SELECT pg_advisory_lock(hashtext('outbox-relay migrate'))";
+// Polled, never waited for inside the server: a session blocked in pg_advisory_lock keeps a
+// snapshot, and the runner holding the lock would wait for that snapshot in CREATE INDEX
+// CONCURRENTLY (schema 0005) while it waits for the lock: a deadlock.
+constexpr const char* kTryLockSql = "SELECT pg_try_advisory_lock(hashtext('outbox-relay migrate'))";
+constexpr std::chrono::milliseconds kLockPoll{100};
 constexpr const char* kUnlockSql = "SELECT pg_advisory_unlock(hashtext('outbox-relay migrate'))";
 constexpr const char* kBootstrapSql = R"sql(
 CREATE SCHEMA IF NOT EXISTS outbox;
@@ -114,7 +120,7 @@ MigrationReport migrate(const std::string& conninfo) {
   {
     pqxx::nontransaction n(conn);
     n.exec("SET client_min_messages = warning");
-    n.exec(kLockSql);
+    while (!n.exec1(kTryLockSql)[0].as<bool>()) std::this_thread::sleep_for(kLockPoll);
   }
   try {
     // Nothing to do: no DDL at all, so that the relay's own role (which may read
