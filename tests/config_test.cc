@@ -424,6 +424,133 @@ TEST_CASE("the example config in the repository is valid and shows the defaults"
   CHECK(r.config->http.port == defaults.http.port);
   CHECK(r.config->http.stats_interval == defaults.http.stats_interval);
   CHECK(r.config->postgres.dsn == "host=127.0.0.1 port=5432 dbname=app user=outbox_relay_login");
+  CHECK(r.config->postgres.admin_dsn.empty());
+  CHECK(r.config->retention.enabled == defaults.retention.enabled);
+  CHECK(r.config->retention.published_after == defaults.retention.published_after);
+  CHECK(r.config->retention.dead_lettered_after == defaults.retention.dead_lettered_after);
+  CHECK(r.config->retention.interval == defaults.retention.interval);
+  CHECK(r.config->retention.batch_size == defaults.retention.batch_size);
+}
+
+TEST_CASE("retention is on by default: published rows after 7 days, dead-lettered kept",
+          "[config][retention]") {
+  ParseResult r = parse_config(kMinimal, with_env({}));
+  REQUIRE(r.errors.empty());
+  const RetentionConfig& rc = r.config->retention;
+  CHECK(rc.enabled);
+  CHECK(rc.published_after == std::chrono::hours(7 * 24));
+  CHECK(rc.dead_lettered_after == std::chrono::seconds(0));
+  CHECK(rc.interval == std::chrono::milliseconds(60'000));
+  CHECK(rc.batch_size == 1000);
+}
+
+TEST_CASE("retention takes every key, and can be switched off", "[config][retention]") {
+  ParseResult r = parse_config(std::string(kMinimal) + R"(retention:
+  enabled: false
+  published_after_s: 3600
+  dead_lettered_after_s: 86400
+  interval_ms: 5000
+  batch_size: 200
+)",
+                               with_env({}));
+  INFO((r.errors.empty() ? "" : r.errors[0].to_string()));
+  REQUIRE(r.errors.empty());
+  const RetentionConfig& rc = r.config->retention;
+  CHECK_FALSE(rc.enabled);
+  CHECK(rc.published_after == std::chrono::seconds(3600));
+  CHECK(rc.dead_lettered_after == std::chrono::seconds(86400));
+  CHECK(rc.interval == std::chrono::milliseconds(5000));
+  CHECK(rc.batch_size == 200);
+}
+
+TEST_CASE("bad retention values name their key and line", "[config][retention]") {
+  ParseResult r = parse_config(std::string(kMinimal) + R"(retention:
+  enabled: sometimes
+  published_after_s: 0
+  interval_ms: 10
+  batch_size: -1
+  keep_forever: true
+)",
+                               with_env({}));
+  REQUIRE_FALSE(r.config);
+  const ConfigError* e = find_error(r, "retention.enabled");
+  REQUIRE(e);
+  CHECK(e->line == 6);
+  CHECK_THAT(e->message, Catch::Contains("true, false"));
+  e = find_error(r, "retention.published_after_s");
+  REQUIRE(e);
+  CHECK(e->line == 7);
+  CHECK_THAT(e->message, Catch::Contains("between 1 and"));
+  e = find_error(r, "retention.interval_ms");
+  REQUIRE(e);
+  CHECK(e->line == 8);
+  e = find_error(r, "retention.batch_size");
+  REQUIRE(e);
+  CHECK(e->line == 9);
+  e = find_error(r, "retention.keep_forever");
+  REQUIRE(e);
+  CHECK(e->line == 10);
+  CHECK_THAT(e->message, Catch::Contains("unknown key"));
+}
+
+TEST_CASE("dead-lettered rows are kept (0) or kept longer than published ones",
+          "[config][retention]") {
+  ParseResult r = parse_config(std::string(kMinimal) + R"(retention:
+  published_after_s: 3600
+  dead_lettered_after_s: 60
+)",
+                               with_env({}));
+  REQUIRE_FALSE(r.config);
+  const ConfigError* e = find_error(r, "retention.dead_lettered_after_s");
+  REQUIRE(e);
+  CHECK(e->line == 7);
+  CHECK_THAT(e->message, Catch::Contains("at least retention.published_after_s (3600)"));
+  ParseResult keep = parse_config(std::string(kMinimal) + R"(retention:
+  published_after_s: 3600
+  dead_lettered_after_s: 0
+)",
+                                  with_env({}));
+  CHECK(keep.errors.empty());
+}
+
+TEST_CASE("postgres.admin_dsn is optional, substituted, and empty means unset",
+          "[config][migrate]") {
+  ParseResult none = parse_config(kMinimal, with_env({}));
+  REQUIRE(none.config);
+  CHECK(none.config->postgres.admin_dsn.empty());
+
+  ParseResult set = parse_config(R"(postgres:
+  dsn: "host=db dbname=app user=relay"
+  admin_dsn: "host=db dbname=app user=owner password=${ADMIN_PW}"
+kafka:
+  bootstrap_servers: "k1:9092"
+)",
+                                 with_env({{"ADMIN_PW", "pw"}}));
+  REQUIRE(set.config);
+  CHECK(set.config->postgres.admin_dsn == "host=db dbname=app user=owner password=pw");
+  CHECK(set.config->postgres.dsn == "host=db dbname=app user=relay");
+
+  ParseResult empty = parse_config(R"(postgres:
+  dsn: "host=db"
+  admin_dsn: "${ADMIN_DSN:-}"
+kafka:
+  bootstrap_servers: "k1:9092"
+)",
+                                   with_env({}));
+  REQUIRE(empty.config);
+  CHECK(empty.config->postgres.admin_dsn.empty());
+
+  ParseResult unset = parse_config(R"(postgres:
+  dsn: "host=db"
+  admin_dsn: "${ADMIN_DSN}"
+kafka:
+  bootstrap_servers: "k1:9092"
+)",
+                                   with_env({}));
+  const ConfigError* e = find_error(unset, "postgres.admin_dsn");
+  REQUIRE(e);
+  CHECK(e->line == 3);
+  CHECK_THAT(e->message, Catch::Contains("ADMIN_DSN is not set"));
 }
 
 TEST_CASE("http keys: defaults, values, and errors naming key and line", "[config][http]") {

@@ -207,6 +207,29 @@ def relay_audit(ctx, config: dict) -> tuple[int, Optional[dict], str]:
     return r.returncode, rep, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr[-3000:]}"
 
 
+LEADS, STANDS = "holding the leader lock", "standing by"
+
+
+def leader_and_standby(a: Relay, b: Relay, timeout_s: float = 60.0) -> tuple:
+    """(leader, standby) once one relay's log says it holds the leader lock and the other's
+    that it stands by; fails if either dies meanwhile."""
+    from .wait import wait_until
+
+    def roles():
+        la, lb = a.log_text(), b.log_text()
+        if LEADS in la and STANDS in lb and LEADS not in lb:
+            return a, b
+        if LEADS in lb and STANDS in la and LEADS not in la:
+            return b, a
+        return None
+
+    def both_alive():
+        a.assert_running("at start")
+        b.assert_running("at start")
+
+    return wait_until(roles, timeout_s, 0.05, "one relay leading, the other standing by", both_alive)
+
+
 class FaultRun:
     """One scenario in one mode: writers (service-like, per-key sequence) into a fresh topic
     and the relay; the test drives the fault, then finish() measures and checks."""

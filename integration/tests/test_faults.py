@@ -33,7 +33,7 @@ import time
 import pytest
 
 from harness import hold, wait_until
-from harness.faults import FaultRun, crash_points_compiled, profile
+from harness.faults import LEADS, FaultRun, crash_points_compiled, leader_and_standby, profile
 from harness.netcut import NetCutUnavailable
 
 P = profile()
@@ -267,21 +267,12 @@ def test_two_relays_leader_killed(ctx):
     a.start()
     b.start()  # together: whichever takes the leader lock first publishes
 
-    LEADS, STANDS = "holding the leader lock", "standing by"
-
-    def roles():
-        la, lb = a.log_text(), b.log_text()
-        if LEADS in la and STANDS in lb and LEADS not in lb:
-            return a, b
-        if LEADS in lb and STANDS in la and LEADS not in la:
-            return b, a
-        return None
+    leader, standby = leader_and_standby(a, b)
 
     def both_alive():
         a.assert_running("at start")
         b.assert_running("at start")
 
-    leader, standby = wait_until(roles, 60, 0.05, "one relay leading, the other standing by", both_alive)
     if ctx.mode == "replication":
         ctx.wait_streaming(leader, timeout_s=60)
     run.writers.start()

@@ -21,7 +21,23 @@ std::string conninfo_or_exit(const config::Config& config) {
 }
 
 int run_migrate(const config::Config& config) {
-  std::string conninfo = conninfo_or_exit(config);
+  // A privileged role when given (postgres.admin_dsn, or --dsn): the relay's own role may
+  // only find the schema up to date.
+  std::string conninfo;
+  if (config.postgres.admin_dsn.empty()) {
+    conninfo = conninfo_or_exit(config);
+  } else {
+    std::string error;
+    auto built = pg::build_conninfo(config.postgres.admin_dsn, "",
+                                    config.postgres.connect_timeout_s, &error);
+    if (!built) {
+      std::fprintf(stderr, "postgres.admin_dsn: %s\n", error.c_str());
+      return kUsage;
+    }
+    conninfo = *built;
+    std::printf("migrating with postgres.admin_dsn (%s)\n",
+                pg::redact_dsn(config.postgres.admin_dsn).c_str());
+  }
   try {
     pg::MigrationReport report = pg::migrate(conninfo);
     for (const auto& name : report.applied) std::printf("applied  %s\n", name.c_str());

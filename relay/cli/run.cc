@@ -3,6 +3,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "pg/conninfo.h"
 #include "pg/pg_store.h"
 #include "pg/replication_store.h"
+#include "pg/retention.h"
 
 namespace outbox::cli {
 
@@ -151,6 +153,25 @@ int run_relay(const config::Config& config) {
   } catch (const std::exception& e) {
     log->error("{}", e.what());
     return kFailure;
+  }
+  // Retention: its own thread and connection, deleting only while this process leads.
+  std::unique_ptr<pg::Retention> retention;
+  if (config.retention.enabled) {
+    std::function<bool()> leads;
+    if (auto* r = dynamic_cast<pg::PgReplicationStore*>(store.get())) {
+      leads = [r] { return r->role() == pg::SessionRole::leader; };
+    } else {
+      auto* p = dynamic_cast<pg::PgOutboxStore*>(store.get());
+      leads = [p] { return p->role() == pg::SessionRole::leader; };
+    }
+    pg::RetentionSettings rs;
+    rs.published_after = config.retention.published_after;
+    rs.dead_lettered_after = config.retention.dead_lettered_after;
+    rs.interval = config.retention.interval;
+    rs.batch_size = config.retention.batch_size;
+    retention = std::make_unique<pg::Retention>(conninfo, redacted, rs, std::move(leads),
+                                                [] { return g_stop.load(); });
+    retention->start();
   }
 
   log->info("outbox-relay starting: mode {}, PostgreSQL {}, Kafka {}",

@@ -332,10 +332,13 @@ void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
     return;
   }
   if (!r.section(n, "postgres",
-                 {"dsn", "password", "password_file", "connect_timeout_s", "allow_weak_tls"})) {
+                 {"dsn", "password", "password_file", "connect_timeout_s", "allow_weak_tls",
+                  "admin_dsn"})) {
     return;
   }
   r.read_string(n, "postgres", "dsn", c.postgres.dsn, /*required=*/true);
+  // Optional, and empty means unset, so that ${ADMIN_DSN:-} can leave it out.
+  r.read_string(n, "postgres", "admin_dsn", c.postgres.admin_dsn);
   r.read_string(n, "postgres", "password", c.postgres.password);
   std::string file;
   r.read_string(n, "postgres", "password_file", file);
@@ -514,6 +517,31 @@ void read_relay(Reader& r, const YAML::Node& root, Config& c) {
   }
 }
 
+void read_retention(Reader& r, const YAML::Node& root, Config& c) {
+  YAML::Node n = root["retention"];
+  const std::string path = "retention";
+  if (!r.section(
+          n, path,
+          {"enabled", "published_after_s", "dead_lettered_after_s", "interval_ms", "batch_size"})) {
+    return;
+  }
+  RetentionConfig& rc = c.retention;
+  r.read_bool(n, path, "enabled", rc.enabled);
+  int published = static_cast<int>(rc.published_after.count());
+  r.read_int(n, path, "published_after_s", published, 1, 10 * 365 * 24 * 3600);
+  rc.published_after = std::chrono::seconds(published);
+  int dead = static_cast<int>(rc.dead_lettered_after.count());
+  r.read_int(n, path, "dead_lettered_after_s", dead, 0, 10 * 365 * 24 * 3600);
+  rc.dead_lettered_after = std::chrono::seconds(dead);
+  if (dead > 0 && dead < published) {
+    r.error(path + ".dead_lettered_after_s", line_of(n["dead_lettered_after_s"]),
+            "must be 0 (keep them) or at least retention.published_after_s (" +
+                std::to_string(published) + "): dead-lettered rows wait for a replay");
+  }
+  r.read_ms(n, path, "interval_ms", rc.interval, 100, 24 * 3'600'000);
+  r.read_int(n, path, "batch_size", rc.batch_size, 1, 100'000);
+}
+
 }  // namespace
 
 bool is_log_level(const std::string& level) {
@@ -566,13 +594,15 @@ ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options
   if (!root.IsDefined() || root.IsNull()) {
     r.error("postgres.dsn", 0, "is required");
     r.error("kafka.bootstrap_servers", 0, "is required");
-  } else if (r.section(root, "", {"postgres", "kafka", "source", "relay", "log", "http"})) {
+  } else if (r.section(root, "",
+                       {"postgres", "kafka", "source", "relay", "log", "http", "retention"})) {
     read_postgres(r, root, c);
     read_kafka(r, root, c);
     read_source(r, root, c);
     read_relay(r, root, c);
     read_log(r, root, c);
     read_http(r, root, c);
+    read_retention(r, root, c);
   }
   result.errors = std::move(r.errors);
   result.warnings = std::move(r.warnings);

@@ -25,6 +25,8 @@ struct PostgresConfig {
   std::string password;
   //! Seconds libpq may take to connect.
   int connect_timeout_s = 10;
+  //! libpq connection string of a privileged role, used only by `migrate` (which falls back
+  //! to `dsn`); carries its own password. Never logged whole: see pg::redact_dsn.
   std::string admin_dsn;
   //! postgres.allow_weak_tls: accept a dsn whose sslmode is weaker than verify-full to a
   //! host that is not a Unix socket or loopback (see pg::weak_tls_problem).
@@ -100,6 +102,19 @@ struct RelayConfig {
   milliseconds shutdown_timeout{30'000};
 };
 
+//! The leader deletes old published rows (pg/retention.h).
+struct RetentionConfig {
+  bool enabled = true;
+  //! Published rows older than this (by published_at) are deleted.
+  std::chrono::seconds published_after{7 * 24 * 3600};
+  //! Dead-lettered rows older than this (by dead_lettered_at) too; 0: kept until replayed.
+  std::chrono::seconds dead_lettered_after{0};
+  //! Pause between two rounds (a round deletes until nothing old is left).
+  milliseconds interval{60'000};
+  //! Rows deleted per statement (one short transaction each).
+  int batch_size = 1000;
+};
+
 enum class LogFormat { text, json };
 
 struct LogConfig {
@@ -125,6 +140,7 @@ struct Config {
   RelayConfig relay;
   LogConfig log;
   HttpConfig http;
+  RetentionConfig retention;
 };
 
 struct ConfigError {

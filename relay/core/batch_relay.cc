@@ -457,6 +457,11 @@ std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
     observer_->on_tick();
     try {
       step(stop);
+    } catch (const StandbyError& e) {
+      // The store already waited on the leader lock (about a second): no pause, so that a
+      // standby takes over as soon as the leader's session ends. The store logs the change.
+      backoff_.reset();
+      observer_->on_failure(e.what());
     } catch (const UnavailableError& e) {
       auto pause = backoff_.next();
       log->warn("{}; retrying in {} ms", e.what(), pause.count());

@@ -21,6 +21,15 @@ class UnavailableError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+//! PostgreSQL answers, but another relay holds the leader lock: this one stands by. The
+//! store already waited on the lock (about a second) before throwing, so the loop may call
+//! again at once instead of backing off; the lock is granted the moment the leader's session
+//! ends, and a backoff pause would only delay the take-over.
+class StandbyError : public UnavailableError {
+ public:
+  using UnavailableError::UnavailableError;
+};
+
 //! A condition no retry can cure (a replication slot that was invalidated or is held by
 //! another process): the relay stops with a non-zero exit and this message.
 class FatalError : public std::runtime_error {

@@ -2,15 +2,24 @@
 
 #include <pqxx/pqxx>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <stdexcept>
+#include <string_view>
+#include <thread>
 
 namespace outbox::pg {
 
 namespace {
-constexpr const char* kLockSql = "SELECT pg_advisory_lock(hashtext('outbox-relay migrate'))";
+// Polled, never waited for inside the server: a session blocked in pg_advisory_lock keeps a
+// snapshot, and the runner holding the lock would wait for that snapshot in CREATE INDEX
+// CONCURRENTLY (schema 0005) while it waits for the lock: a deadlock.
+constexpr const char* kTryLockSql = "SELECT pg_try_advisory_lock(hashtext('outbox-relay migrate'))";
+constexpr std::chrono::milliseconds kLockPoll{100};
 constexpr const char* kUnlockSql = "SELECT pg_advisory_unlock(hashtext('outbox-relay migrate'))";
 constexpr const char* kBootstrapSql = R"sql(
 CREATE SCHEMA IF NOT EXISTS outbox;
@@ -20,6 +29,78 @@ CREATE TABLE IF NOT EXISTS outbox.schema_migrations (
     checksum   text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 ))sql";
+// A migration whose first line is this runs outside a transaction, as one statement
+// (CREATE INDEX CONCURRENTLY cannot run in one); the others run in a transaction each.
+constexpr std::string_view kNoTransactionMarker = "-- outbox-relay: no transaction";
+// Leftovers of an interrupted CREATE INDEX CONCURRENTLY: invalid indexes of schema outbox
+// (migrate runs one at a time, so none of them is a build still under way).
+constexpr const char* kInvalidIndexesSql = R"sql(
+SELECT c.relname FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'outbox' AND NOT i.indisvalid)sql";
+constexpr const char* kRecordSql =
+    "INSERT INTO outbox.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)";
+constexpr const char* kInsufficientPrivilege = "42501";
+
+bool runs_outside_transaction(const Migration& m) {
+  return std::string_view(m.sql).substr(0, kNoTransactionMarker.size()) == kNoTransactionMarker;
+}
+
+// What the relay's own role sees: the recorded versions, or nullopt when it may not read
+// them (or the table does not exist yet).
+std::optional<std::map<int, std::string>> recorded_versions(pqxx::connection& conn) {
+  try {
+    pqxx::nontransaction n(conn);
+    if (!n.exec1("SELECT to_regclass('outbox.schema_migrations') IS NOT NULL")[0].as<bool>()) {
+      return std::nullopt;
+    }
+    std::map<int, std::string> recorded;
+    for (const auto& row : n.exec("SELECT version, checksum FROM outbox.schema_migrations")) {
+      recorded[row[0].as<int>()] = row[1].as<std::string>();
+    }
+    return recorded;
+  } catch (const pqxx::sql_error&) {
+    return std::nullopt;  // no USAGE on schema outbox, no SELECT: the bootstrap will say
+  }
+}
+
+// The server's message, and when it is a missing privilege, what to do about it.
+std::string explained(const std::exception& e) {
+  std::string what = e.what();
+  while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
+  // By type: libpqxx 6 leaves sqlstate() empty after a multi-statement query.
+  const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+  if (dynamic_cast<const pqxx::insufficient_privilege*>(&e) ||
+      (sql && sql->sqlstate() == kInsufficientPrivilege)) {
+    what +=
+        " -- migrate needs a privileged role (the owner of schema outbox and its objects, or "
+        "one with CREATE on the database to make them), not the relay's least-privilege "
+        "role: give it with postgres.admin_dsn (or migrate --dsn)";
+  }
+  return what;
+}
+
+void apply(pqxx::connection& conn, const Migration& m, const std::string& sum) {
+  if (!runs_outside_transaction(m)) {
+    pqxx::work w(conn);
+    w.exec(m.sql);
+    w.exec_params0(kRecordSql, m.version, m.name, sum);
+    w.commit();
+    return;
+  }
+  pqxx::nontransaction n(conn);
+  std::vector<std::string> invalid;
+  for (const auto& row : n.exec(kInvalidIndexesSql)) invalid.push_back(row[0].as<std::string>());
+  for (const auto& name : invalid) {
+    n.exec("DROP INDEX CONCURRENTLY IF EXISTS outbox." + n.quote_name(name));
+  }
+  n.exec(m.sql);  // one statement, idempotent (IF NOT EXISTS): a crash before the record
+                  // below only makes the next run do it again
+  n.exec_params0(kRecordSql + std::string(" ON CONFLICT (version) DO NOTHING"), m.version, m.name,
+                 sum);
+}
+
 }  // namespace
 
 std::string checksum(const std::string& sql) {
@@ -39,24 +120,29 @@ MigrationReport migrate(const std::string& conninfo) {
   {
     pqxx::nontransaction n(conn);
     n.exec("SET client_min_messages = warning");
-    n.exec(kLockSql);
+    while (!n.exec1(kTryLockSql)[0].as<bool>()) std::this_thread::sleep_for(kLockPoll);
   }
   try {
-    {
-      pqxx::work w(conn);
-      w.exec(kBootstrapSql);
-      w.commit();
-    }
-    std::map<int, std::string> recorded;
-    {
-      pqxx::nontransaction n(conn);
-      for (const auto& row : n.exec("SELECT version, checksum FROM outbox.schema_migrations")) {
-        recorded[row[0].as<int>()] = row[1].as<std::string>();
+    // Nothing to do: no DDL at all, so that the relay's own role (which may read
+    // schema_migrations but create nothing) can run migrate on a migrated database.
+    std::optional<std::map<int, std::string>> recorded = recorded_versions(conn);
+    bool all_present =
+        recorded && std::all_of(embedded_migrations().begin(), embedded_migrations().end(),
+                                [&](const Migration& m) { return recorded->count(m.version); });
+    if (!all_present) {
+      try {
+        pqxx::work w(conn);
+        w.exec(kBootstrapSql);
+        w.commit();
+      } catch (const std::exception& e) {
+        throw std::runtime_error("cannot create schema outbox: " + explained(e));
       }
+      recorded = recorded_versions(conn);
+      if (!recorded) throw std::runtime_error("cannot read outbox.schema_migrations");
     }
     for (const Migration& m : embedded_migrations()) {
       std::string sum = checksum(m.sql);
-      if (auto it = recorded.find(m.version); it != recorded.end()) {
+      if (auto it = recorded->find(m.version); it != recorded->end()) {
         report.skipped.push_back(m.name);
         if (it->second != sum) {
           report.warnings.push_back(m.name + " differs from the version applied before (checksum " +
@@ -65,14 +151,9 @@ MigrationReport migrate(const std::string& conninfo) {
         continue;
       }
       try {
-        pqxx::work w(conn);
-        w.exec(m.sql);
-        w.exec_params0(
-            "INSERT INTO outbox.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            m.version, m.name, sum);
-        w.commit();
+        apply(conn, m, sum);
       } catch (const std::exception& e) {
-        throw std::runtime_error("migration " + m.name + " failed: " + e.what());
+        throw std::runtime_error("migration " + m.name + " failed: " + explained(e));
       }
       report.applied.push_back(m.name);
     }

@@ -28,8 +28,12 @@ struct MigrationReport {
   std::vector<std::string> warnings;  //!< e.g. checksum drift
 };
 
-//! Applies what is missing, each migration in its own transaction. Throws on failure with
-//! the migration's name and the server's message; what was applied before stays applied.
+//! Applies what is missing, each migration in its own transaction (a file whose first line
+//! is "-- outbox-relay: no transaction" runs on its own, outside one: CREATE INDEX
+//! CONCURRENTLY). When every migration is recorded already it changes nothing and needs only
+//! SELECT on outbox.schema_migrations (the relay's role has it). Throws on failure with the
+//! migration's name and the server's message, which for a missing privilege says that a
+//! privileged role is needed (postgres.admin_dsn); what was applied before stays applied.
 MigrationReport migrate(const std::string& conninfo);
 
 //! Versions recorded in outbox.schema_migrations; empty when the table does not exist.

@@ -12,8 +12,14 @@ namespace outbox::pg {
 
 namespace {
 
-// One key for every relay of a database: whoever holds it publishes.
-constexpr const char* kLeaderLockSql = "SELECT pg_try_advisory_lock(hashtext('outbox-relay'))";
+// One key for every relay of a database: whoever holds it publishes. A session lock: it is
+// freed only when the holder's session ends (the relay never unlocks it).
+constexpr const char* kLeaderLockSql = "SELECT pg_advisory_lock(hashtext('outbox-relay'))";
+// How long one connect() waits on the lock before telling the loop it stands by. PostgreSQL
+// grants a waited-for lock the moment it is freed, so this bounds only how long the loop goes
+// without a tick (observer: at least every second), not the take-over.
+constexpr const char* kStandbyWaitSql = "SET LOCAL lock_timeout = '800ms'";
+constexpr const char* kLockNotAvailable = "55P03";  // lock_timeout expired
 
 // Rows above id $4 while the bytes before them stay below $2, and (read-ahead, $5 >= 0) only
 // when exactly $5 pending rows have ids up to $4: the relay's own in flight. One more is a
@@ -121,33 +127,53 @@ void PgOutboxStore::fail(const std::exception& e) {
 }
 
 void PgOutboxStore::connect() {
-  if (conn_) return;
+  if (conn_ && role_.load(std::memory_order_relaxed) == SessionRole::leader) return;
   auto log = logging::get("pg");
   try {
-    conn_ = std::make_unique<pqxx::connection>(conninfo_);
-    bool leader = false;
-    {
-      pqxx::nontransaction n(*conn_);
-      leader = n.exec1(kLeaderLockSql)[0].as<bool>();
-    }
-    if (!leader) {
-      conn_.reset();
+    // A standby keeps its session between calls and waits on the lock again: no reconnect,
+    // no backoff pause between the leader's session ending and this one taking over.
+    if (!conn_) conn_ = std::make_unique<pqxx::connection>(conninfo_);
+    if (!wait_for_leader_lock()) {
       role_ = SessionRole::standby;
-      if (!standby_logged_) {
+      if (!standby_since_) {
+        standby_since_ = std::chrono::steady_clock::now();
         log->info("another outbox-relay holds the leader lock on this database; standing by");
-        standby_logged_ = true;
       }
-      throw core::UnavailableError("standing by: another outbox-relay is publishing");
+      throw core::StandbyError("standing by: another outbox-relay is publishing");
     }
     receiver_ = std::make_unique<HintReceiver>(*conn_);
-    standby_logged_ = false;
     role_ = SessionRole::leader;
-    log->info("connected to PostgreSQL ({}) and holding the leader lock", redacted_);
+    if (standby_since_) {
+      auto waited =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - *standby_since_);
+      log->info("connected to PostgreSQL ({}) and holding the leader lock (stood by {:.1f} s)",
+                redacted_, waited.count());
+      standby_since_.reset();
+    } else {
+      log->info("connected to PostgreSQL ({}) and holding the leader lock", redacted_);
+    }
   } catch (const core::UnavailableError&) {
     throw;
   } catch (const std::exception& e) {
     fail(e);
   }
+}
+
+bool PgOutboxStore::wait_for_leader_lock() {
+  // In a transaction only so that lock_timeout is SET LOCAL: the session-level lock outlives
+  // it. Should the timeout and the grant coincide, the lock is held anyway and the next call
+  // gets it again at once (session locks stack; the relay never unlocks, its session ending
+  // frees them all).
+  pqxx::work txn(*conn_);
+  txn.exec0(kStandbyWaitSql);
+  try {
+    txn.exec1(kLeaderLockSql);
+  } catch (const pqxx::sql_error& e) {
+    if (e.sqlstate() == kLockNotAvailable) return false;  // txn rolls back as it goes
+    throw;
+  }
+  txn.commit();
+  return true;
 }
 
 std::vector<core::OutboxEvent> events_of(const pqxx::result& rows) {

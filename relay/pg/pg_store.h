@@ -10,14 +10,20 @@
 //
 // Leadership: each connection takes a session advisory lock before reading, so that one
 // relay at a time publishes from a database (per-key order across replicas). A second
-// relay stands by, retrying, and takes over when the first one's session ends.
+// relay stands by: it keeps its session and waits on the lock (pg_advisory_lock under a
+// short lock_timeout, then core::StandbyError so the loop ticks and calls again), so that
+// PostgreSQL grants it the lock the moment the leader's session ends: at once when the
+// leader's process dies (its socket closes), within the keepalive bound (conninfo.h, about
+// 10 s) when the network to it is cut.
 #pragma once
 
 #include <pqxx/pqxx>
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -68,6 +74,7 @@ class PgOutboxStore : public core::OutboxStore {
  private:
   class HintReceiver;
   void connect();
+  bool wait_for_leader_lock();
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
   void write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome);
@@ -82,7 +89,7 @@ class PgOutboxStore : public core::OutboxStore {
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;
   bool prepared_ = false;  //!< the statements of the hot path are prepared on conn_
-  bool standby_logged_ = false;
+  std::optional<std::chrono::steady_clock::time_point> standby_since_;
   std::atomic<SessionRole> role_{SessionRole::disconnected};
 };
 
