@@ -71,7 +71,7 @@ asan() {
 step asan asan
 
 # libFuzzer on the row-to-message mapping and the pgoutput decoder, 30 s each (cold, build
-# included: about 70 s; warm: about 65 s)
+# included: about 85 s; warm: about 65 s)
 step fuzz "$HERE/env/fuzz.sh"
 
 step format cmake --build build --target format-check
