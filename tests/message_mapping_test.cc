@@ -71,3 +71,22 @@ TEST_CASE("Kafka's topic name rule", "[mapping]") {
   CHECK_FALSE(is_valid_topic_name("a/b"));
   CHECK_FALSE(is_valid_topic_name("ümlaut"));
 }
+
+TEST_CASE("a huge poison value is quoted by its start only, cut between UTF-8 characters",
+          "[mapping]") {
+  // Before: the whole headers text (here 2 MB) went into the reason, so into last_error.
+  std::string huge =
+      "[\"" + std::string(197, 'a') + "\xC3\xA9" + std::string(2'000'000, 'b') + "\"]";
+  auto reason = std::get<PoisonReason>(to_message(row(huge), {})).text;
+  CHECK(reason.size() < 300);
+  CHECK(reason.find(std::string(197, 'a')) != std::string::npos);
+  CHECK(reason.find('\xC3') == std::string::npos);  // "é" straddles the cut: left out whole
+  CHECK(reason.find("(2000203 bytes)") != std::string::npos);
+
+  auto value =
+      std::get<PoisonReason>(to_message(row("{\"n\": [" + std::string(100'000, '1') + "]}"), {}));
+  CHECK(value.text.size() < 300);
+  OutboxEvent long_topic = row();
+  long_topic.topic = std::string(100'000, 't');
+  CHECK(std::get<PoisonReason>(to_message(long_topic, {})).text.size() < 300);
+}

@@ -16,6 +16,9 @@ PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
 # The HTTP endpoint (cpp-httplib), the command line (CLI11), and promtool for the metrics test
 # (Debian's prometheus package: about 22 MB, 16 s to install; its service is not started here).
 PKGS+=(libcpp-httplib-dev libcli11-dev prometheus)
+# clang with libFuzzer and the sanitizer runtimes, for the fuzz step (integration/env/fuzz.sh;
+# about 15 s to install on this machine).
+PKGS+=(clang libclang-rt-14-dev)
 PKGS+=(debootstrap) # the image test's Debian 12 root filesystem (integration/deploy/rootfs.sh)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
