@@ -63,8 +63,10 @@ else
   not_run unit build
 fi
 
+# Only the unit tests run under the sanitizers: build just them (not the daemon, the examples).
 asan() {
-  build build-asan -DOUTBOX_SANITIZE=ON -DOUTBOX_WERROR=ON &&
+  cmake -S . -B build-asan -DOUTBOX_SANITIZE=ON -DOUTBOX_WERROR=ON -DOUTBOX_BUILD_EXAMPLES=OFF &&
+    cmake --build build-asan -j"$JOBS" --target unit_tests &&
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       ctest --test-dir build-asan --output-on-failure -j"$JOBS"
 }
