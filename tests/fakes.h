@@ -202,6 +202,7 @@ class FakePublisher : public core::Publisher {
  public:
   void send(const core::Message& m, std::uint64_t tag) override {
     sent.push_back(m);
+    if (on_send) on_send(m);
     waiting_.push_back({tag, &m, request_});
     ++in_request_;
     max_unanswered = std::max(max_unanswered, waiting_.size());
@@ -256,6 +257,7 @@ class FakePublisher : public core::Publisher {
   std::vector<core::Message> sent;
   std::function<void()> on_publish;  //!< after a poll that answered something
   std::function<bool(const core::Message&)> stuck;
+  std::function<void(const core::Message&)> on_send;  //!< after each send
   FakeClock* clock = nullptr;  //!< a poll that answers nothing lets time pass
   bool throw_next = false;     //!< the next answers are "all brokers down" (transient)
   bool hang = false;           //!< nothing unscripted is answered before purge()

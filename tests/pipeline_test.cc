@@ -259,6 +259,36 @@ TEST_CASE("suspects are sent alone even when reading ahead", "[pipeline]") {
   CHECK(r.store.pending() == 0);
 }
 
+TEST_CASE("a suspect sent alone stays alone until Kafka answered it", "[pipeline]") {
+  // Before: once the suspect was read alone, read-ahead went on while it waited for its
+  // answer, so it was never alone (with a real broker: the fatal gap-less error it caused
+  // purged the rows read after it, which a fresh producer id had written: duplicates), and
+  // it was sent again and again instead of being dead-lettered.
+  Rig r;
+  std::vector<std::int64_t> ids;
+  for (int i = 0; i < 8; ++i) ids.push_back(r.store.add("orders", "k" + std::to_string(i)));
+  r.kafka.too_large_in_company = {ids[5]};
+  r.kafka.too_large_alone = {ids[5]};
+  for (int i = 6; i < 8; ++i) {  // purged with it the first time (librdkafka's fatal error)
+    r.kafka.once[ids[i]] = {false, FailureKind::transient, "Kafka: purged"};
+  }
+  int polls_of_suspect = 0, sends_of_suspect = 0;
+  r.kafka.stuck = [&](const Message& m) {  // Kafka takes two polls to answer the suspect
+    return id_of(m) == ids[5] && ++polls_of_suspect % 2 == 1;
+  };
+  r.kafka.on_send = [&](const Message& m) {
+    if (id_of(m) == ids[5] && ++sends_of_suspect > 4) r.stop = true;  // bound the bug's loop
+  };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(4, 100));
+
+  relay.run(r.stop);
+
+  CHECK(sends_of_suspect == 2);  // once in company, once alone
+  CHECK(r.store.row(ids[5]).dead);
+  CHECK_THAT(r.store.row(ids[5]).last_error, Catch::Contains("sent alone"));
+  CHECK(r.store.pending() == 0);
+}
+
 TEST_CASE("shutdown waits for what is in flight, marks the acknowledged, purges the rest",
           "[pipeline]") {
   Rig r;

@@ -58,8 +58,7 @@ def test_bad_rows_are_dead_lettered_with_their_cause_and_the_good_ones_flow_in_o
     other = ctx.topic("other", partitions=2)
     # The producer's message.max.bytes is left at its default (1 MB, as the broker's): the
     # producer refuses the 1.5 MB payload and the 2 MB headers before they reach the broker.
-    # (Raised above the broker's, the broker's refusal is a fatal idempotence error in
-    # librdkafka and the row is retried forever: an open issue, see the README.)
+    # (Raised above the broker's: test_blame.py.)
     relay = ctx.relay({"relay": {"max_attempts": 2}}).start()
     if ctx.mode == "replication":
         ctx.wait_streaming(relay)

@@ -79,3 +79,32 @@ def test_an_unknown_topic_waits_and_the_others_flow(ctx):
     for k in ("m0", "m1"):
         values = [r.value for r in records if r.key == k]
         assert values == sorted(values, key=lambda v: int(v[1:])), values
+
+
+def test_a_row_the_broker_refuses_as_too_large_is_blamed_with_a_producer_limit_above_the_brokers(ctx):
+    # The producer's message.max.bytes raised above the broker's (1 MB): librdkafka lets the
+    # 1.5 MB row through, the broker refuses it, and with the idempotent producer's gapless
+    # guarantee that refusal is a fatal producer error. Before: the producer was re-created
+    # and the row re-sent with others for ever, its partition blocked, never dead-lettered.
+    topic = ctx.topic(partitions=1)
+    relay = ctx.relay({"kafka": {"properties": {"message.max.bytes": "4000000"}}}).start()
+    if ctx.mode == "replication":
+        ctx.wait_streaming(relay)
+    total = 60
+    with ctx.connect() as c:
+        for i in range(total):
+            enqueue(c, topic, f"k{i % 3}", f"v{i}".encode())
+            if i == 30:
+                enqueue(c, topic, "k-big", bytes(1_500_000))
+    wait_until(lambda: ctx._query("SELECT count(*) FROM outbox.events "
+                                  "WHERE published_at IS NULL AND dead_lettered_at IS NULL")[0][0] == 0,
+               120, 0.2, "every row published or dead-lettered", lambda: relay.assert_running())
+    dead = _dead(ctx)
+    assert [d[1] for d in dead] == [1_500_000], dead
+    assert "too large" in dead[0][2].lower(), dead
+    records = ctx.kafka.consume_all(topic, total, timeout_s=60)
+    assert len(records) == total
+    for k in range(3):
+        ids = [int(r.headers["outbox-id"]) for r in records if r.key == f"k{k}"]
+        assert ids == sorted(ids)
+    ctx.note(f"{total} rows published, the 1.5 MB one dead-lettered: {dead[0][2][:100]}")

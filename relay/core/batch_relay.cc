@@ -64,7 +64,9 @@ std::size_t BatchRelay::in_flight_rows() const {
 
 bool BatchRelay::may_read_ahead() const {
   if (!pipelined_ || window_.empty()) return false;
-  if (hold_ || record_failed_ || solo_through_ > 0 || !last_read_full_) return false;
+  if (hold_ || record_failed_ || solo_through_ > 0 || solo_in_flight_ || !last_read_full_) {
+    return false;
+  }
   if (in_flight_rows() >= options_.max_in_flight_rows) return false;
   return unanswered_bytes_ < options_.max_in_flight_bytes;
 }
@@ -77,7 +79,8 @@ void BatchRelay::read(bool by_state) {
   }
   // Suspects are sent one row at a time until past the last one: alone, a failure is proven
   // the row's own.
-  std::size_t limit = solo_through_ > 0 ? 1 : options_.batch_size;
+  const bool solo = solo_through_ > 0;
+  std::size_t limit = solo ? 1 : options_.batch_size;
   std::size_t max_bytes = options_.batch_max_bytes;
   if (!by_state) {
     limit = std::min(limit, options_.max_in_flight_rows - in_flight_rows());
@@ -160,6 +163,8 @@ void BatchRelay::read(bool by_state) {
     ++unanswered_;
     unanswered_bytes_ += row_bytes;
     publisher_.send(entry.message, tag);
+    // A suspect read alone stays alone until answered: nothing is read ahead meanwhile.
+    if (solo) solo_in_flight_ = true;
   }
   // Only rows of blocked topics (the replication drain returns them): wait like an idle relay
   // rather than read the same rows again at once.
@@ -179,6 +184,7 @@ void BatchRelay::collect(std::chrono::milliseconds timeout) {
     if (entry.answered) continue;
     answer(entry, c.tag, c.result);
   }
+  if (unanswered_ == 0) solo_in_flight_ = false;
   // The window's front moves past every answered row; a row still waiting (a stuck
   // partition) holds it, so the window (rows) bounds how far the others may run ahead.
   while (!window_.empty() && window_.front().answered) {

@@ -38,7 +38,8 @@
 // Invariant 5: a row is dead-lettered only for a reason proven its own: checked on the row
 // alone (topic name, headers, librdkafka's own size check), or an error Kafka may answer for
 // a whole produce request (too large, invalid record) repeated with the row sent alone
-// (nothing else in flight from its send to its answer: no read-ahead while suspects remain).
+// (nothing else in flight from its send to its answer: no read-ahead while suspects remain,
+// nor while the last of them waits for its answer).
 // Invariant 6: a topic that cannot take messages (unknown, not authorized, policy)
 // never dead-letters its rows: it waits with its own backoff, asked about before its rows
 // are sent again, while the other topics flow (its rows are skipped when reading).
@@ -191,6 +192,7 @@ class BatchRelay {
   RelayObserver no_observer_;
   RelayObserver* observer_ = &no_observer_;
   std::int64_t solo_through_ = 0;  //!< rows up to this id go one at a time (invariant 5)
+  bool solo_in_flight_ = false;    //!< such a row is unanswered: nothing may join it
 };
 
 }  // namespace outbox::core
