@@ -5,7 +5,8 @@
 # do not depend on the failed one.
 #
 #   integration/test-all.sh [extra pytest args...]
-#   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan fuzz format chart integration pg18)
+#   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan fuzz format chart integration pg18;
+#                                 sanitizers = asan and fuzz)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env/common.sh
@@ -42,13 +43,52 @@ step() {
 
 not_run() { SUMMARY+=("$(printf '%-12s not run (%s failed)' "$1" "$2")"); FAILED=1; }
 
+# Steps that need CPU but not the servers (the ASan build, fuzzing, building Helm) run in the
+# background while the integration tests, which mostly wait on PostgreSQL and Kafka, run in
+# the foreground: on 2 cores this cuts the wall time by about a third. Their output is kept in
+# a log each and printed, with their summary lines, once they are done.
+BG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/test-all.XXXXXX")
+declare -a BG_PIDS=() BG_NAMES=()
+bg_step() { # bg_step NAME CMD...: as step, in the background
+  local name=$1
+  if skipped "$name"; then
+    SUMMARY+=("$(printf '%-12s skipped' "$name")")
+    return 0
+  fi
+  printf '\n======== %s (background, log printed at the end): %s\n' "$name" "${*:2}"
+  (
+    SUMMARY=()
+    FAILED=0
+    step "$@" >"$BG_DIR/$name.log" 2>&1
+    printf '%s\n' "${SUMMARY[@]}" >"$BG_DIR/$name.summary"
+  ) &
+  BG_PIDS+=($!)
+  BG_NAMES+=("$name")
+}
+bg_wait() {
+  local i
+  for i in "${!BG_PIDS[@]}"; do
+    wait "${BG_PIDS[$i]}"
+    cat "$BG_DIR/${BG_NAMES[$i]}.log"
+    if [ -s "$BG_DIR/${BG_NAMES[$i]}.summary" ]; then
+      SUMMARY+=("$(cat "$BG_DIR/${BG_NAMES[$i]}.summary")")
+      grep -q FAILED "$BG_DIR/${BG_NAMES[$i]}.summary" && FAILED=1
+    else
+      SUMMARY+=("$(printf '%-12s FAILED (no result)' "${BG_NAMES[$i]}")")
+      FAILED=1
+    fi
+  done
+  rm -rf "$BG_DIR"
+}
+
 build() { # build DIR CMAKE_ARGS...
   local dir=$1
   shift
   cmake -S . -B "$dir" "$@" && cmake --build "$dir" -j"$JOBS"
 }
 
-step deps "$HERE/env/install-deps.sh" # on failure the build still tries with what is there
+# Helm is built (once, cached) by the chart step in the background, not here.
+OUTBOX_DEPS_SKIP_HELM=1 step deps "$HERE/env/install-deps.sh" # on failure the build still tries with what is there
 
 BUILD_OK=0
 if skipped build; then
@@ -70,16 +110,23 @@ asan() {
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       ctest --test-dir build-asan --output-on-failure -j"$JOBS"
 }
-step asan asan
 
 # libFuzzer on the row-to-message mapping and the pgoutput decoder, 30 s each (cold, build
-# included: about 85 s; warm: about 65 s)
-step fuzz "$HERE/env/fuzz.sh"
+# included: about 85 s; warm: about 65 s). After the ASan step, in the same background job.
+asan_then_fuzz() {
+  local rc=0
+  step asan asan || rc=1
+  JOBS=1 step fuzz "$HERE/env/fuzz.sh" || rc=1
+  return $rc
+}
 
 step format cmake --build build --target format-check
 
-# helm lint + template, manifests decoded strictly (integration/deploy/chart.sh; a few seconds warm)
-step chart "$HERE/deploy/chart.sh"
+# Background: ASan then fuzz (one core), and Helm's one-time build then the chart checks
+# (helm lint + template, manifests decoded strictly: integration/deploy/chart.sh).
+chart() { GOFLAGS="-buildvcs=false -p=1" "$HERE/env/helm.sh" >/dev/null && "$HERE/deploy/chart.sh"; }
+JOBS=1 bg_step sanitizers asan_then_fuzz
+bg_step chart chart
 
 if [ $BUILD_OK -eq 1 ]; then
   OUTBOX_IT_REQUIRE_BINARY=1 OUTBOX_RELAY_BIN="$OUTBOX_REPO/build/outbox-relay" \
@@ -107,6 +154,8 @@ if [ $BUILD_OK -eq 1 ]; then
 else
   not_run pg18 build
 fi
+
+bg_wait
 
 printf '\n======== test-all summary (%ds)\n' $((SECONDS - START))
 printf '%s\n' "${SUMMARY[@]}"

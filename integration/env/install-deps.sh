@@ -90,4 +90,5 @@ fi
 "$OUTBOX_ENV_DIR/pg-embedded.sh" >/dev/null
 # ------------------------------------------------------------------ helm
 # The chart's tests (integration/deploy/chart.sh): Helm built with go install, cached.
-"$OUTBOX_ENV_DIR/helm.sh" >/dev/null
+# test-all.sh builds it in its background chart step instead (OUTBOX_DEPS_SKIP_HELM=1).
+[ -n "${OUTBOX_DEPS_SKIP_HELM:-}" ] || "$OUTBOX_ENV_DIR/helm.sh" >/dev/null
