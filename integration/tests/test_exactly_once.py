@@ -127,16 +127,18 @@ def _state(pid: int) -> str:
 
 
 def _leader_sessions(ctx) -> list:
-    """The PostgreSQL sessions that make the leader: the advisory lock's holder (polling) or
-    the slot's walsender (replication)."""
-    if ctx.mode == "polling":
-        rows = ctx._query(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-        return [r[0] for r in rows]
-    s = ctx.slot()
-    return [s.active_pid] if s is not None and s.active_pid else []
+    """The PostgreSQL sessions that make the leader: the advisory lock's holder, and in
+    replication mode the slot's walsender too."""
+    rows = ctx._query(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    pids = [r[0] for r in rows]
+    if ctx.mode == "replication":
+        s = ctx.slot()
+        if s is not None and s.active_pid:
+            pids.append(s.active_pid)
+    return pids
 
 
 def test_eos_zombie_fenced(ctx, crash_build):
