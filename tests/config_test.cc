@@ -430,6 +430,10 @@ TEST_CASE("the example config in the repository is valid and shows the defaults"
   CHECK(r.config->retention.dead_lettered_after == defaults.retention.dead_lettered_after);
   CHECK(r.config->retention.interval == defaults.retention.interval);
   CHECK(r.config->retention.batch_size == defaults.retention.batch_size);
+  CHECK(r.config->delivery.guarantee == defaults.delivery.guarantee);
+  CHECK(r.config->delivery.checkpoint_topic == defaults.delivery.checkpoint_topic);
+  CHECK(r.config->delivery.transaction_timeout == defaults.delivery.transaction_timeout);
+  CHECK(r.warnings.empty());
 }
 
 TEST_CASE("retention is on by default: published rows after 7 days, dead-lettered kept",

@@ -173,3 +173,16 @@ def test_eos_zombie_fenced(ctx, crash_build):
     row = run.finish(new, "leader frozen in a transaction, session terminated, standby led; old resumed",
                      duplicates="none", other_relays=(old,))
     assert row.duplicates == 0 and row.lost == 0
+
+
+def test_eos_check_reports_the_mode_and_transactions(ctx):
+    """`check` says which guarantee is configured and, for exactly_once, that this cluster
+    lets the relay use transactions (init_transactions with a probe id of its own)."""
+    cp = ctx.topic("checkpoints", partitions=1, create=False)
+    r = ctx.relay({"delivery": {"guarantee": "exactly_once", "checkpoint_topic": cp}}).command("check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("ok    delivery"))
+    assert "exactly_once (Kafka transactions available" in line, r.stdout
+    r = ctx.relay(name="alo").command("check")
+    assert "ok    delivery  " in r.stdout or "ok    delivery" in r.stdout, r.stdout
+    assert "at_least_once" in r.stdout, r.stdout
