@@ -8,6 +8,7 @@
 
 #include "common/crash_point.h"
 #include "common/logging.h"
+#include "core/loop_support.h"
 #include "core/message_mapping.h"
 
 namespace outbox::core {
@@ -362,40 +363,13 @@ void TransactionalRelay::block_topic(const std::string& topic, const std::string
 }
 
 void TransactionalRelay::idle_wait(const std::atomic<bool>& stop) {
-  constexpr std::chrono::milliseconds kSlice{200};
-  auto deadline = clock_.now() + options_.interval;
-  while (!stop.load()) {
-    observer_->on_tick();
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_.now());
-    if (left <= std::chrono::milliseconds::zero()) return;
-    if (store_.wait_for_rows(std::min(left, kSlice))) return;
-  }
-}
-
-void TransactionalRelay::pause_for(std::chrono::milliseconds pause, const std::atomic<bool>& stop) {
-  auto until = clock_.now() + pause;
-  while (!stop.load() && clock_.now() < until) {
-    observer_->on_tick();
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clock_.now());
-    clock_.sleep_for(std::min(left, std::chrono::milliseconds(500)), [&] { return stop.load(); });
-  }
+  wait_for_rows(store_, clock_, *observer_, options_.interval, stop);
 }
 
 std::size_t TransactionalRelay::run(const std::atomic<bool>& stop) {
   auto log = logging::get("core");
   while (!stop.load()) {
-    observer_->on_tick();
-    try {
-      step(stop);
-    } catch (const StandbyError& e) {
-      backoff_.reset();
-      observer_->on_failure(e.what());
-    } catch (const UnavailableError& e) {
-      auto pause = backoff_.next();
-      log->warn("{}; retrying in {} ms", e.what(), pause.count());
-      observer_->on_failure(e.what());
-      pause_for(pause, stop);
-    }
+    step_or_back_off([&] { step(stop); }, backoff_, clock_, *observer_, stop);
   }
   std::size_t abandoned = abandoned_;
   if (unrecorded_) {

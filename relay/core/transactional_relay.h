@@ -125,7 +125,6 @@ class TransactionalRelay {
   void close_batch() noexcept;
   void block_topic(const std::string& topic, const std::string& reason);
   void idle_wait(const std::atomic<bool>& stop);
-  void pause_for(std::chrono::milliseconds pause, const std::atomic<bool>& stop);
   //! Waits for every answer; purges after shutdown_timeout once `stop` is set.
   void await_answers(std::vector<InFlight>& sent, const std::atomic<bool>& stop);
 
