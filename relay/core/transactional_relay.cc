@@ -73,9 +73,14 @@ TransactionalRelay::TransactionalRelay(OutboxStore& store, TransactionalPublishe
       clock_(clock),
       options_(std::move(options)),
       pipelined_(store.read_ahead()),
-      backoff_(options_.backoff_initial, options_.backoff_max) {}
+      backoff_(options_.backoff_initial, options_.backoff_max) {
+  publisher_.set_tick([this] {
+    observer_->on_tick();
+    store_.keep_alive();
+  });
+}
 
-TransactionalRelay::~TransactionalRelay() = default;
+TransactionalRelay::~TransactionalRelay() { publisher_.set_tick({}); }
 
 void TransactionalRelay::close_batch() noexcept {
   if (batch_open_) {

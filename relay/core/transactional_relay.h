@@ -24,6 +24,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -74,6 +75,17 @@ class TransactionalPublisher {
     (void)topic;
     return std::nullopt;
   }
+  //! Called at least every few seconds while init/commit/abort wait for the cluster, so the
+  //! loop stays alive (health, the replication connection's status updates).
+  void set_tick(std::function<void()> tick) { tick_ = std::move(tick); }
+
+ protected:
+  void tick() const {
+    if (tick_) tick_();
+  }
+
+ private:
+  std::function<void()> tick_;
 };
 
 //! Marks rows published after recovery: only those still pending (a row the checkpoint

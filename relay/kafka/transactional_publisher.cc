@@ -53,6 +53,10 @@ struct ConsumerDeleter {
   }
 };
 
+// One wait of a transactional call: short, so the loop ticks between retries of a timed-out
+// call (librdkafka: a timeout is retriable, the call may be made again).
+constexpr int kSliceMs = 5'000;
+
 }  // namespace
 
 config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
@@ -77,6 +81,21 @@ TransactionalKafkaPublisher::TransactionalKafkaPublisher(config::KafkaConfig kaf
       settings_(std::move(settings)) {}
 
 TransactionalKafkaPublisher::~TransactionalKafkaPublisher() = default;
+
+rd_kafka_error_t* TransactionalKafkaPublisher::sliced(
+    const std::function<rd_kafka_error_t*(int timeout_ms)>& call) {
+  auto deadline = std::chrono::steady_clock::now() + settings_.transaction_timeout;
+  for (;;) {
+    rd_kafka_error_t* error = call(kSliceMs);
+    if (error == nullptr || !rd_kafka_error_is_retriable(error) ||
+        rd_kafka_error_code(error) != RD_KAFKA_RESP_ERR__TIMED_OUT ||
+        std::chrono::steady_clock::now() >= deadline) {
+      return error;
+    }
+    rd_kafka_error_destroy(error);
+    tick();
+  }
+}
 
 rd_kafka_t* TransactionalKafkaPublisher::handle() {
   if (!producer_) throw core::UnavailableError("Kafka: the transactional producer is not ready");
@@ -141,8 +160,8 @@ void TransactionalKafkaPublisher::init() {
   }
   rd_kafka_t* rk = handle();
   ensure_checkpoint_topic(rk);
-  int timeout = static_cast<int>(settings_.transaction_timeout.count());
-  if (rd_kafka_error_t* error = rd_kafka_init_transactions(rk, timeout)) {
+  if (rd_kafka_error_t* error =
+          sliced([rk](int timeout) { return rd_kafka_init_transactions(rk, timeout); })) {
     producer_.reset();
     throw core::UnavailableError("Kafka: init_transactions (transactional.id " +
                                  settings_.transactional_id + "): " + text_of(error));
@@ -268,6 +287,7 @@ void TransactionalKafkaPublisher::commit(const std::string& checkpoint) {
   // record must not be touched while librdkafka points into it.
   std::optional<core::DeliveryResult> result;
   while (!result) {
+    tick();
     for (core::Completion& c : producer_->poll(std::chrono::milliseconds(100))) {
       if (c.tag == kCheckpointTag) result = std::move(c.result);
     }
@@ -276,9 +296,9 @@ void TransactionalKafkaPublisher::commit(const std::string& checkpoint) {
     throw core::UnavailableError("the checkpoint record was not delivered (" + result->error + ")");
   }
   common::crash_point("before_commit");
-  int timeout = static_cast<int>(settings_.transaction_timeout.count());
   for (int attempt = 1;; ++attempt) {
-    rd_kafka_error_t* error = rd_kafka_commit_transaction(rk, timeout);
+    rd_kafka_error_t* error =
+        sliced([rk](int timeout) { return rd_kafka_commit_transaction(rk, timeout); });
     if (error == nullptr) return;
     rd_kafka_resp_err_t code = rd_kafka_error_code(error);
     bool retriable = rd_kafka_error_is_retriable(error);
@@ -298,8 +318,9 @@ void TransactionalKafkaPublisher::commit(const std::string& checkpoint) {
 bool TransactionalKafkaPublisher::abort() noexcept {
   if (!producer_) return false;
   try {
-    int timeout = static_cast<int>(settings_.transaction_timeout.count());
-    if (rd_kafka_error_t* error = rd_kafka_abort_transaction(handle(), timeout)) {
+    rd_kafka_t* rk = handle();
+    if (rd_kafka_error_t* error =
+            sliced([rk](int timeout) { return rd_kafka_abort_transaction(rk, timeout); })) {
       logging::get("kafka")->warn("abort_transaction: {}", text_of(error));
       return false;
     }

@@ -13,6 +13,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -51,6 +52,9 @@ class TransactionalKafkaPublisher : public core::TransactionalPublisher {
 
  private:
   rd_kafka_t* handle();
+  //! `call` with a short timeout, again while it times out (ticking), up to the transaction
+  //! timeout in all.
+  rd_kafka_error_t* sliced(const std::function<rd_kafka_error_t*(int timeout_ms)>& call);
   void ensure_checkpoint_topic(rd_kafka_t* rk);
 
   config::KafkaConfig kafka_;  //!< with the transactional overrides
