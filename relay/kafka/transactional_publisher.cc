@@ -108,6 +108,19 @@ rd_kafka_t* TransactionalKafkaPublisher::handle() {
 
 void TransactionalKafkaPublisher::ensure_checkpoint_topic(rd_kafka_t* rk) {
   if (checkpoint_topic_ok_) return;
+  // There already (pre-created by an operator, or by an earlier run)? Asked with a request
+  // for every topic's metadata, which never auto-creates one; then no CREATE is needed.
+  const rd_kafka_metadata_t* md = nullptr;
+  if (rd_kafka_metadata(rk, 1, nullptr, &md, 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    for (int i = 0; i < md->topic_cnt; ++i) {
+      if (settings_.checkpoint_topic == md->topics[i].topic &&
+          md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        checkpoint_topic_ok_ = true;
+      }
+    }
+  }
+  if (md != nullptr) rd_kafka_metadata_destroy(md);
+  if (checkpoint_topic_ok_) return;
   char err[512];
   rd_kafka_NewTopic_t* topic =
       rd_kafka_NewTopic_new(settings_.checkpoint_topic.c_str(), 1, -1, err, sizeof err);
