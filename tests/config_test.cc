@@ -430,6 +430,10 @@ TEST_CASE("the example config in the repository is valid and shows the defaults"
   CHECK(r.config->retention.dead_lettered_after == defaults.retention.dead_lettered_after);
   CHECK(r.config->retention.interval == defaults.retention.interval);
   CHECK(r.config->retention.batch_size == defaults.retention.batch_size);
+  CHECK(r.config->delivery.guarantee == defaults.delivery.guarantee);
+  CHECK(r.config->delivery.checkpoint_topic == defaults.delivery.checkpoint_topic);
+  CHECK(r.config->delivery.transaction_timeout == defaults.delivery.transaction_timeout);
+  CHECK(r.warnings.empty());
 }
 
 TEST_CASE("retention is on by default: published rows after 7 days, dead-lettered kept",
@@ -623,4 +627,67 @@ source:
   const ConfigError* typo = find_error(bad, "source.pipeline.max_in_flight_byte");
   REQUIRE(typo != nullptr);
   CHECK(typo->line == 8);
+}
+
+TEST_CASE("delivery: at_least_once by default; exactly_once with its keys", "[config][eos]") {
+  ParseResult d = parse_config(kMinimal, with_env({}));
+  REQUIRE(d.errors.empty());
+  CHECK(d.config->delivery.guarantee == DeliveryGuarantee::at_least_once);
+  CHECK(d.config->delivery.transactional_id.empty());
+  CHECK(d.config->delivery.checkpoint_topic == "outbox-relay-checkpoints");
+  ParseResult r = parse_config(std::string(kMinimal) + R"(delivery:
+  guarantee: exactly_once
+  transactional_id: orders-relay
+  checkpoint_topic: orders.relay-checkpoints
+  transaction_timeout_ms: 30000
+)",
+                               with_env({}));
+  INFO((r.errors.empty() ? "" : r.errors[0].to_string()));
+  REQUIRE(r.errors.empty());
+  CHECK(r.config->delivery.guarantee == DeliveryGuarantee::exactly_once);
+  CHECK(r.config->delivery.transactional_id == "orders-relay");
+  CHECK(r.config->delivery.checkpoint_topic == "orders.relay-checkpoints");
+  CHECK(r.config->delivery.transaction_timeout == std::chrono::milliseconds(30000));
+  CHECK(r.warnings.empty());
+}
+
+TEST_CASE("bad delivery values name the key and the line", "[config][eos]") {
+  ParseResult r = parse_config(std::string(kMinimal) + R"(delivery:
+  guarantee: exactly-once
+  checkpoint_topic: "bad topic"
+  transaction_timeout_ms: 10
+  colour: blue
+)",
+                               with_env({}));
+  REQUIRE(r.errors.size() == 4);
+  const ConfigError* g = find_error(r, "delivery.guarantee");
+  REQUIRE(g != nullptr);
+  CHECK(g->line == 6);
+  CHECK_THAT(g->message, Catch::Contains("at_least_once, exactly_once"));
+  REQUIRE(find_error(r, "delivery.checkpoint_topic") != nullptr);
+  CHECK(find_error(r, "delivery.checkpoint_topic")->line == 7);
+  REQUIRE(find_error(r, "delivery.transaction_timeout_ms") != nullptr);
+  CHECK(find_error(r, "delivery.transaction_timeout_ms")->line == 8);
+  REQUIRE(find_error(r, "delivery.colour") != nullptr);
+}
+
+TEST_CASE("transactional.id in kafka.properties points to delivery.guarantee", "[config][eos]") {
+  ParseResult r = parse_config(std::string(kMinimal) + R"(  properties:
+    transactional.id: x
+)",
+                               with_env({}));
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].key == "kafka.properties.transactional.id");
+  CHECK(r.errors[0].line == 6);
+  CHECK_THAT(r.errors[0].message, Catch::Contains("delivery.guarantee: exactly_once"));
+}
+
+TEST_CASE("exactly_once keys without exactly_once warn that they do nothing", "[config][eos]") {
+  ParseResult r = parse_config(std::string(kMinimal) + R"(delivery:
+  transactional_id: x
+)",
+                               with_env({}));
+  REQUIRE(r.errors.empty());
+  REQUIRE(r.warnings.size() == 1);
+  CHECK_THAT(r.warnings[0], Catch::Contains("delivery.transactional_id (line 6)"));
 }

@@ -54,7 +54,8 @@ import load  # noqa: E402
 import procstat  # noqa: E402
 from readers import ROW_TOPIC, DebeziumReader, RelayReader  # noqa: E402
 
-ALL_READERS = ("polling", "replication", "debezium", "pgfloor")
+ALL_READERS = ("polling", "replication", "debezium", "pgfloor", "polling-eos", "replication-eos")
+RELAY_READERS = ("polling", "replication", "polling-eos", "replication-eos")
 
 
 class BenchError(RuntimeError):
@@ -502,7 +503,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     binary = relay_binary()
-    if any(r in ("polling", "replication") for r in args.readers) and not os.access(binary, os.X_OK):
+    if any(r in RELAY_READERS for r in args.readers) and not os.access(binary, os.X_OK):
         print(f"bench: relay binary {binary} missing (build it or set OUTBOX_RELAY_BIN)", file=sys.stderr)
         return 2
     jar_dir = None

@@ -2,6 +2,8 @@
 publishing to its own topic of the same Kafka broker:
 
   polling, replication   outbox-relay (harness.Relay) in that source mode, defaults otherwise
+  polling-eos, replication-eos
+                         the same with delivery.guarantee: exactly_once (Kafka transactions)
   debezium               Kafka Connect standalone running Debezium's PostgreSQL connector
                          (pgoutput, own slot and publication) with its outbox EventRouter
 
@@ -62,7 +64,7 @@ class Reader:
         self.pg, self.kafka = pg, kafka
         self.work = work / self.name
         self.work.mkdir(parents=True, exist_ok=True)
-        self.db = f"bench_{run_id}_{self.name}"
+        self.db = f"bench_{run_id}_{self.name.replace('-', '_')}"
         self.topic = f"bench.{run_id}.{self.name}.{ROW_TOPIC}"
 
     # -- lifecycle, in the order bench.py calls it
@@ -116,7 +118,9 @@ class RelayReader(Reader):
     def __init__(self, mode: str, pg, kafka, work, run_id, overrides: list[str]):
         self.name = mode
         super().__init__(pg, kafka, work, run_id)
-        self.mode = mode
+        self.mode, _, variant = mode.partition("-")  # "polling-eos": polling, exactly_once
+        self.eos = variant == "eos"
+        self.checkpoint_topic = f"bench.{run_id}.{self.name}.checkpoints"
         self.overrides = overrides
         self.relay: Optional[Relay] = None
 
@@ -130,6 +134,8 @@ class RelayReader(Reader):
                                        "publication_name": "bench_outbox"}},
             "log": {"level": "info"},
         }
+        if self.eos:
+            c["delivery"] = {"guarantee": "exactly_once", "checkpoint_topic": self.checkpoint_topic}
         if with_http:
             c["http"] = {"port": 0}  # never the default 8080 (several sessions share the host)
         for kv in self.overrides:

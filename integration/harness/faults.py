@@ -32,6 +32,10 @@ from .relay import Relay
 
 FAULTS_KEY = pytest.StashKey[list]()
 
+# delivery.guarantee of the runs (tests/test_faults.py parametrises it): at_least_once, or
+# exactly_once, where every scenario must end with duplicates = 0.
+DELIVERY = "at_least_once"
+
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
@@ -185,6 +189,11 @@ def read_topic(kafka, topic: str, timeout_s: float = 300.0) -> list:
                 seen[rec.partition] = max(seen.get(rec.partition, -1), rec.offset)
             if all(seen.get(p, -1) >= h - 1 for p, h in high.items()):
                 return list(r.records)
+            # exactly_once: a partition ends with a transaction marker, never delivered; the
+            # consumer's position moves past it
+            pos = {tp.partition: tp.offset for tp in c.position(parts)}
+            if all(max(seen.get(p, -1) + 1, pos.get(p, -1)) >= h for p, h in high.items()):
+                return list(r.records)
             if time.monotonic() > deadline:
                 raise AssertionError(f"topic {topic}: read up to {seen}, high watermarks {high}")
 
@@ -251,6 +260,10 @@ class FaultRun:
         )
         # a quicker recovery and slot report than the defaults, so that drains are short
         self.overrides = {"relay": {"backoff_max_ms": 2000}}
+        self.delivery = DELIVERY
+        if self.delivery == "exactly_once":
+            cp = ctx.topic("checkpoints", partitions=1, create=False)
+            self.overrides["delivery"] = {"guarantee": "exactly_once", "checkpoint_topic": cp}
         if ctx.mode == "replication":
             self.overrides["source"] = {"replication": {"status_interval_ms": 1000}}
         if relay_overrides:
@@ -321,6 +334,8 @@ class FaultRun:
         Kafka's acknowledgement and the mark). fail=False: return the row with its problems
         instead of failing the test (the caller fails it once every row is recorded)."""
         assert duplicates in ("none", "per_crash", "any"), duplicates
+        if self.delivery == "exactly_once":  # whatever the fault: none
+            duplicates, expect_duplicates = "none", False
         ctx = self.ctx
         if self.fault_end is None:
             self.fault_over()
@@ -392,7 +407,8 @@ class FaultRun:
         if expect_duplicates and dups == 0:
             problems.append("no duplicate although the relay died between Kafka's acknowledgement and the mark")
 
-        row = FaultRow(self.scenario, ctx.mode, events, lost, dups, order, drain, fault, problems)
+        mode = ctx.mode if self.delivery == "at_least_once" else f"{ctx.mode}, {self.delivery}"
+        row = FaultRow(self.scenario, mode, events, lost, dups, order, drain, fault, problems)
         record(ctx.request, row)
         if problems:
             row.details = "\n".join(

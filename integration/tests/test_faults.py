@@ -20,6 +20,11 @@ Scenarios (bounded in time and count; OUTBOX_FAULTS_PROFILE=short (default, CI) 
  7. crash_<point>        the relay built with OUTBOX_CRASH_POINTS dies at a crash point
                          (after_produce, after_delivery, inside_mark), restarted without it
 
+Every scenario runs twice (the `delivery` fixture): delivery.guarantee at_least_once, with the
+duplicate bounds above, and exactly_once, where duplicates must be 0 in every scenario
+(after_delivery becomes before_commit there; test_exactly_once.py adds after_commit and the
+zombie).
+
 Run only these: `python -m pytest integration/tests/test_faults.py`. Synchronisation is by
 polling observable state with deadlines (wait_until); `hold` only makes a fault last.
 """
@@ -38,6 +43,17 @@ from harness.netcut import NetCutUnavailable
 
 P = profile()
 pytestmark = pytest.mark.timeout(P.test_timeout_s)
+
+
+@pytest.fixture(params=["at_least_once", "exactly_once"], autouse=True)
+def delivery(request, monkeypatch) -> str:
+    """Every scenario runs with delivery.guarantee at_least_once and exactly_once (then
+    FaultRun.finish requires duplicates = 0 whatever the fault; consumers read
+    read_committed)."""
+    import harness.faults
+
+    monkeypatch.setattr(harness.faults, "DELIVERY", request.param)
+    return request.param
 
 
 @pytest.fixture(params=["polling", "replication"])
@@ -348,7 +364,10 @@ def crash_build(relay_bin):
 
 
 @pytest.mark.parametrize("point", ["after_produce", "after_delivery", "inside_mark"])
-def test_crash_point(ctx, crash_build, point):
+def test_crash_point(ctx, crash_build, point, delivery):
+    if delivery == "exactly_once" and point == "after_delivery":
+        # the transactional loop's equivalent: every report in, not committed, nothing marked
+        point = "before_commit"
     run = FaultRun(ctx, f"crash_{point}", P)
     spec = f"{point}:{P.crash_hit}"
     relay = run.relay(env={"OUTBOX_RELAY_CRASH_AT": spec})

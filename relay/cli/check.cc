@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/server_version.h"
 #include "kafka/kafka_publisher.h"
+#include "kafka/transactional_publisher.h"
 #include "pg/conninfo.h"
 #include "pg/migrations.h"
 
@@ -261,6 +262,19 @@ int run_check(const config::Config& config) {
          "security settings in kafka.properties (security.protocol, sasl.*, ssl.*)");
   } catch (const std::exception& e) {
     line(false, "kafka reachable", e.what(), "check kafka.properties");
+  }
+  if (config.delivery.guarantee == config::DeliveryGuarantee::exactly_once) {
+    // A probe transactional.id of its own: init_transactions would fence a running relay.
+    auto problem = kafka::transactions_problem(config.kafka, "outbox-relay-check", 10'000);
+    line(!problem.has_value(), "delivery",
+         problem ? "exactly_once: the cluster refuses transactions: " + *problem
+                 : "exactly_once (Kafka transactions available; checkpoint topic " +
+                       config.delivery.checkpoint_topic + ")",
+         "the brokers need transaction.state.log.replication.factor and "
+         "transaction.state.log.min.isr they can satisfy, and the relay's principal "
+         "WRITE/DESCRIBE on its transactional.id");
+  } else {
+    line(true, "delivery", "at_least_once");
   }
   std::printf("%s\n", line.failures == 0 ? "all checks passed" : "some checks failed");
   return line.failures == 0 ? kOk : kFailure;

@@ -47,7 +47,8 @@ constexpr const char* kCheckHelp =
     "Check the config, that PostgreSQL answers and its version is supported (13 to 18), that "
     "Kafka answers, that the schema is present and that the relay's role may read and mark "
     "rows; in replication mode also wal_level, the REPLICATION privilege, the publication and "
-    "the slot (wal_status, retained WAL). One line per check, a fix under each failure.";
+    "the slot (wal_status, retained WAL); with delivery.guarantee: exactly_once, that the "
+    "cluster allows Kafka transactions. One line per check, a fix under each failure.";
 constexpr const char* kStatusHelp =
     "Show the outbox as PostgreSQL sees it (read-only): pending rows and the age of the "
     "oldest, dead-lettered rows, which session leads (pid, application_name, client address "

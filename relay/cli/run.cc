@@ -11,11 +11,14 @@
 #include "common/logging.h"
 #include "core/batch_relay.h"
 #include "core/steady_clock.h"
+#include "core/transactional_relay.h"
 #include "http/server.h"
 #include "kafka/kafka_publisher.h"
+#include "kafka/transactional_publisher.h"
 #include "metrics/monitor.h"
 #include "metrics/relay_metrics.h"
 #include "pg/conninfo.h"
+#include "pg/eos_support.h"
 #include "pg/pg_store.h"
 #include "pg/replication_store.h"
 #include "pg/retention.h"
@@ -117,7 +120,39 @@ int run_relay(const config::Config& config) {
   options.max_in_flight_rows = static_cast<std::size_t>(config.source.pipeline.max_in_flight_rows);
   options.max_in_flight_bytes =
       static_cast<std::size_t>(config.source.pipeline.max_in_flight_bytes);
+  // delivery.guarantee: exactly_once runs core::TransactionalRelay instead (its own loop).
+  bool eos = config.delivery.guarantee == config::DeliveryGuarantee::exactly_once;
+  std::unique_ptr<kafka::TransactionalKafkaPublisher> txn_publisher;
+  std::unique_ptr<pg::PgRecoveryMarker> marker;
+  std::unique_ptr<core::TransactionalRelay> txn_relay;
+  if (eos) {
+    kafka::TransactionalSettings ts;
+    ts.transactional_id = config.delivery.transactional_id;
+    ts.checkpoint_topic = config.delivery.checkpoint_topic;
+    ts.transaction_timeout = config.delivery.transaction_timeout;
+    core::Backoff id_backoff(config.relay.backoff_initial, config.relay.backoff_max);
+    while (ts.transactional_id.empty() && !g_stop.load()) {
+      try {
+        ts.transactional_id = pg::default_transactional_id(
+            conninfo,
+            replication ? "replication:" + config.source.replication.slot_name : "polling");
+      } catch (const core::UnavailableError& e) {
+        auto pause = id_backoff.next();
+        log->warn("exactly_once: cannot derive the transactional.id yet ({}); retrying in {} ms",
+                  e.what(), pause.count());
+        clock.sleep_for(pause, [] { return g_stop.load(); });
+      }
+    }
+    if (g_stop.load()) return kOk;
+    log->info("delivery: exactly_once, transactional.id {}, checkpoint topic {}",
+              ts.transactional_id, ts.checkpoint_topic);
+    txn_publisher = std::make_unique<kafka::TransactionalKafkaPublisher>(config.kafka, ts);
+    marker = std::make_unique<pg::PgRecoveryMarker>(conninfo, redacted);
+    txn_relay =
+        std::make_unique<core::TransactionalRelay>(*store, *txn_publisher, *marker, clock, options);
+  }
   core::BatchRelay relay(*store, *publisher, clock, options);
+  const core::RelayCounters& counters = eos ? txn_relay->counters() : relay.counters();
 
   // Metrics and health: the observer, the monitor's threads, the HTTP endpoint.
   metrics::Registry registry;
@@ -132,6 +167,7 @@ int run_relay(const config::Config& config) {
     return static_cast<metrics::Role>(static_cast<int>(role));
   });
   relay.set_observer(&relay_metrics);
+  if (txn_relay) txn_relay->set_observer(&relay_metrics);
   std::unique_ptr<metrics::Monitor> monitor;
   std::unique_ptr<http::Server> http_server;
   try {
@@ -180,8 +216,8 @@ int run_relay(const config::Config& config) {
             redacted, config.kafka.bootstrap_servers);
   std::size_t abandoned = 0;
   try {
-    ProgressReporter progress(relay.counters());
-    abandoned = relay.run(g_stop);
+    ProgressReporter progress(counters);
+    abandoned = eos ? txn_relay->run(g_stop) : relay.run(g_stop);
   } catch (const core::FatalError& e) {
     log->error("stopping: {}", e.what());
     return kFailure;
@@ -193,7 +229,7 @@ int run_relay(const config::Config& config) {
         abandoned, config.relay.shutdown_timeout.count());
   }
   log->info("outbox-relay stopped: {} events published, {} dead-lettered",
-            relay.counters().published.load(), relay.counters().dead_lettered.load());
+            counters.published.load(), counters.dead_lettered.load());
   return kOk;
 }
 

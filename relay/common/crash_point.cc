@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
 #ifdef OUTBOX_CRASH_POINTS
 
@@ -14,16 +15,24 @@ namespace outbox::common {
 namespace {
 
 struct Target {
-  std::string name;  //!< empty: no crash point armed
-  long hit = 1;      //!< crash at this hit of `name` (1 = the first)
+  std::string name;   //!< empty: no crash point armed
+  long hit = 1;       //!< crash at this hit of `name` (1 = the first)
+  bool stop = false;  //!< ":stop": SIGSTOP (once) instead of SIGKILL; SIGCONT resumes
 };
 
-//! OUTBOX_RELAY_CRASH_AT=name[:N]; a malformed N arms nothing rather than crashing early.
+//! OUTBOX_RELAY_CRASH_AT=name[:N][:stop]; a malformed N arms nothing rather than crashing
+//! early.
 Target parse_target() {
   Target t;
   const char* env = std::getenv("OUTBOX_RELAY_CRASH_AT");
   if (env == nullptr || *env == '\0') return t;
   std::string spec(env);
+  constexpr std::string_view kStop = ":stop";
+  if (spec.size() > kStop.size() &&
+      spec.compare(spec.size() - kStop.size(), kStop.size(), kStop.data()) == 0) {
+    t.stop = true;
+    spec.resize(spec.size() - kStop.size());
+  }
   auto colon = spec.rfind(':');
   if (colon != std::string::npos) {
     const std::string count = spec.substr(colon + 1);
@@ -44,7 +53,16 @@ void crash_point(const char* name) {
   const Target target = parse_target();
   static std::atomic<long> hits{0};
   if (target.name.empty() || target.name != name) return;
-  if (hits.fetch_add(1) + 1 < target.hit) return;
+  long hit = hits.fetch_add(1) + 1;
+  if (hit < target.hit) return;
+  if (target.stop) {  // a zombie for a test: frozen here until SIGCONT, once
+    if (hit != target.hit) return;
+    const std::string line = std::string("outbox-relay: crash point ") + name + " reached (hit " +
+                             std::to_string(target.hit) + "): SIGSTOP\n";
+    [[maybe_unused]] auto written = ::write(STDERR_FILENO, line.data(), line.size());
+    ::raise(SIGSTOP);
+    return;
+  }
   // Straight to stderr (no logger: its buffers die with the process anyway).
   const std::string line = std::string("outbox-relay: crash point ") + name + " reached (hit " +
                            std::to_string(target.hit) + "): SIGKILL\n";

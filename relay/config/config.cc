@@ -379,7 +379,9 @@ void check_kafka_property(Reader& r, const Config& c, const std::string& key,
             "must stay true: a gap in a partition would be filled by a re-send out of key "
             "order");
   } else if (name == "transactional.id") {
-    r.error(key, line, "is not supported yet: the relay uses the idempotent producer");
+    r.error(key, line,
+            "is set by the relay: use delivery.guarantee: exactly_once (and "
+            "delivery.transactional_id to choose it)");
   } else if (name == "ssl.endpoint.identification.algorithm" && value == "none" &&
              !c.kafka.allow_no_hostname_verification) {
     r.error(key, line,
@@ -578,6 +580,40 @@ void read_http(Reader& r, const YAML::Node& root, Config& c) {
   r.read_ms(n, "http", "stats_interval_ms", c.http.stats_interval, 100, 3'600'000);
 }
 
+void read_delivery(Reader& r, const YAML::Node& root, Config& c) {
+  YAML::Node n = root["delivery"];
+  const std::string path = "delivery";
+  if (!r.section(n, path,
+                 {"guarantee", "transactional_id", "checkpoint_topic", "transaction_timeout_ms"})) {
+    return;
+  }
+  DeliveryConfig& d = c.delivery;
+  r.read_enum(n, path, "guarantee", d.guarantee,
+              {{"at_least_once", DeliveryGuarantee::at_least_once},
+               {"exactly_once", DeliveryGuarantee::exactly_once}});
+  r.read_string(n, path, "transactional_id", d.transactional_id);
+  r.read_string(n, path, "checkpoint_topic", d.checkpoint_topic);
+  // Kafka topic names: 1-249 characters of a-z A-Z 0-9 . _ -
+  bool valid_topic =
+      !d.checkpoint_topic.empty() && d.checkpoint_topic.size() <= 249 &&
+      d.checkpoint_topic != "." && d.checkpoint_topic != ".." &&
+      std::all_of(d.checkpoint_topic.begin(), d.checkpoint_topic.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
+      });
+  if (!valid_topic) {
+    r.error(path + ".checkpoint_topic", line_of(n["checkpoint_topic"]),
+            "must be a Kafka topic name: 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
+  }
+  r.read_ms(n, path, "transaction_timeout_ms", d.transaction_timeout, 1'000, 900'000);
+  bool eos = d.guarantee == DeliveryGuarantee::exactly_once;
+  // (checkpoint_topic and transaction_timeout_ms have defaults, shown in example.yaml)
+  if (!eos && Reader::has(n, "transactional_id")) {
+    r.warnings.push_back("delivery.transactional_id (line " +
+                         std::to_string(line_of(n["transactional_id"])) +
+                         ") has no effect unless delivery.guarantee is exactly_once");
+  }
+}
+
 }  // namespace
 
 ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options) {
@@ -595,7 +631,8 @@ ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options
     r.error("postgres.dsn", 0, "is required");
     r.error("kafka.bootstrap_servers", 0, "is required");
   } else if (r.section(root, "",
-                       {"postgres", "kafka", "source", "relay", "log", "http", "retention"})) {
+                       {"postgres", "kafka", "source", "relay", "log", "http", "retention",
+                        "delivery"})) {
     read_postgres(r, root, c);
     read_kafka(r, root, c);
     read_source(r, root, c);
@@ -603,6 +640,7 @@ ParseResult parse_config(std::string_view yaml_text, const ParseOptions& options
     read_log(r, root, c);
     read_http(r, root, c);
     read_retention(r, root, c);
+    read_delivery(r, root, c);
   }
   result.errors = std::move(r.errors);
   result.warnings = std::move(r.warnings);

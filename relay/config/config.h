@@ -133,6 +133,20 @@ struct HttpConfig {
   milliseconds stats_interval{10'000};
 };
 
+enum class DeliveryGuarantee { at_least_once, exactly_once };
+
+//! delivery: how rows reach Kafka (README "Guarantees"; relay/core/transactional_relay.h).
+struct DeliveryConfig {
+  DeliveryGuarantee guarantee = DeliveryGuarantee::at_least_once;
+  //! exactly_once: the producer's transactional.id; empty = derived at start from the
+  //! relay's identity (database system identifier, database name, source mode and slot).
+  std::string transactional_id;
+  //! exactly_once: the relay-owned compacted single-partition topic of checkpoints.
+  std::string checkpoint_topic = "outbox-relay-checkpoints";
+  //! exactly_once: transaction.timeout.ms of the producer (also its message timeout).
+  milliseconds transaction_timeout{60'000};
+};
+
 struct Config {
   PostgresConfig postgres;
   KafkaConfig kafka;
@@ -141,6 +155,7 @@ struct Config {
   LogConfig log;
   HttpConfig http;
   RetentionConfig retention;
+  DeliveryConfig delivery;
 };
 
 struct ConfigError {

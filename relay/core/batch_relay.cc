@@ -7,6 +7,7 @@
 
 #include "common/crash_point.h"
 #include "common/logging.h"
+#include "core/loop_support.h"
 #include "core/message_mapping.h"
 
 namespace outbox::core {
@@ -405,25 +406,11 @@ void BatchRelay::block_topic(const std::string& topic, const std::string& reason
 }
 
 void BatchRelay::idle_wait(const std::atomic<bool>& stop) {
-  // Waits in slices so that a stop request is seen promptly however long the interval.
-  constexpr std::chrono::milliseconds kSlice{200};
-  auto deadline = clock_.now() + options_.interval;
-  while (!stop.load()) {
-    observer_->on_tick();
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_.now());
-    if (left <= std::chrono::milliseconds::zero()) return;
-    if (store_.wait_for_rows(std::min(left, kSlice))) return;
-  }
+  wait_for_rows(store_, clock_, *observer_, options_.interval, stop);
 }
 
 void BatchRelay::pause_for(std::chrono::milliseconds pause, const std::atomic<bool>& stop) {
-  // Backoff pauses tick too, in slices, so a long pause never looks like a stuck loop.
-  auto until = clock_.now() + pause;
-  while (!stop.load() && clock_.now() < until) {
-    observer_->on_tick();
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clock_.now());
-    clock_.sleep_for(std::min(left, std::chrono::milliseconds(500)), [&] { return stop.load(); });
-  }
+  pause_ticking(clock_, *observer_, pause, stop);
 }
 
 std::size_t BatchRelay::shut_down() {
@@ -458,22 +445,8 @@ std::size_t BatchRelay::shut_down() {
 }
 
 std::size_t BatchRelay::run(const std::atomic<bool>& stop) {
-  auto log = logging::get("core");
   while (!stop.load()) {
-    observer_->on_tick();
-    try {
-      step(stop);
-    } catch (const StandbyError& e) {
-      // The store already waited on the leader lock (about a second): no pause, so that a
-      // standby takes over as soon as the leader's session ends. The store logs the change.
-      backoff_.reset();
-      observer_->on_failure(e.what());
-    } catch (const UnavailableError& e) {
-      auto pause = backoff_.next();
-      log->warn("{}; retrying in {} ms", e.what(), pause.count());
-      observer_->on_failure(e.what());
-      pause_for(pause, stop);
-    }
+    step_or_back_off([&] { step(stop); }, backoff_, clock_, *observer_, stop);
   }
   return shut_down();
 }

@@ -300,6 +300,11 @@ std::string probe_failure_detail(rd_kafka_t* rk, int wait_ms) {
 
 }  // namespace
 
+rd_kafka_t* KafkaPublisher::handle() {
+  ensure_producer();
+  return producer_->rk;
+}
+
 std::pair<int, std::string> KafkaPublisher::probe_cluster(int timeout_ms) {
   ensure_producer();
   const rd_kafka_metadata_t* md = nullptr;

@@ -65,6 +65,10 @@ class KafkaPublisher : public core::Publisher {
   //! Asks a broker for cluster metadata: the broker count, or the error text.
   std::pair<int, std::string> probe_cluster(int timeout_ms);
 
+  //! The librdkafka handle (creating the producer if needed), for the transactional calls
+  //! of kafka/transactional_publisher (exactly_once). Throws std::runtime_error.
+  rd_kafka_t* handle();
+
   //! Where delivery reports land (the producer's opaque).
   struct Inbox {
     std::vector<core::Completion> done;  //!< served, not yet returned by poll()

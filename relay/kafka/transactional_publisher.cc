@@ -1,0 +1,366 @@
+#include "kafka/transactional_publisher.h"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <stdexcept>
+#include <string_view>
+#include <utility>
+
+#include "common/crash_point.h"
+#include "common/logging.h"
+
+namespace outbox::kafka {
+
+namespace {
+
+// The checkpoint record's tag: never one of the relay's (they count from 0 per read).
+constexpr std::uint64_t kCheckpointTag = std::numeric_limits<std::uint64_t>::max();
+
+// Properties the transactional producer sets itself: the at-least-once defaults that
+// librdkafka refuses or that do not apply with transactions.
+bool overridden(const std::string& name) {
+  return name == "message.timeout.ms" || name == "delivery.timeout.ms" ||
+         name == "enable.gapless.guarantee" || name == "transactional.id" ||
+         name == "transaction.timeout.ms";
+}
+
+// Properties the checkpoint consumer takes from kafka.properties: how to reach and
+// authenticate to the cluster, nothing producer-only.
+bool connection_property(const std::string& name) {
+  for (std::string_view prefix : {"security.", "sasl.", "ssl.", "ssl_", "enable.ssl.", "socket.",
+                                  "broker.address.", "client.dns.", "client.rack", "debug"}) {
+    if (name.rfind(prefix, 0) == 0) return true;
+  }
+  return false;
+}
+
+std::string text_of(rd_kafka_error_t* error) {
+  std::string text = rd_kafka_error_string(error);
+  rd_kafka_error_destroy(error);
+  return text;
+}
+
+bool fenced(rd_kafka_resp_err_t code) {
+  return code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+         code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
+}
+
+struct ConsumerDeleter {
+  void operator()(rd_kafka_t* rk) const {
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+  }
+};
+
+// One wait of a transactional call: short, so the loop ticks between retries of a timed-out
+// call (librdkafka: a timeout is retriable, the call may be made again).
+constexpr int kSliceMs = 5'000;
+
+}  // namespace
+
+config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
+                                               const TransactionalSettings& settings) {
+  config::KafkaConfig out = kafka;
+  out.properties.clear();
+  for (const auto& p : kafka.properties) {
+    if (!overridden(p.first)) out.properties.push_back(p);
+  }
+  std::string timeout = std::to_string(settings.transaction_timeout.count());
+  out.properties.emplace_back("transactional.id", settings.transactional_id);
+  out.properties.emplace_back("transaction.timeout.ms", timeout);
+  out.properties.emplace_back("message.timeout.ms", timeout);
+  out.properties.emplace_back("enable.gapless.guarantee", "false");
+  return out;
+}
+
+TransactionalKafkaPublisher::TransactionalKafkaPublisher(config::KafkaConfig kafka,
+                                                         TransactionalSettings settings)
+    : kafka_(transactional_kafka_config(kafka, settings)),
+      plain_(std::move(kafka)),
+      settings_(std::move(settings)) {}
+
+TransactionalKafkaPublisher::~TransactionalKafkaPublisher() = default;
+
+rd_kafka_error_t* TransactionalKafkaPublisher::sliced(
+    const std::function<rd_kafka_error_t*(int timeout_ms)>& call) {
+  auto deadline = std::chrono::steady_clock::now() + settings_.transaction_timeout;
+  for (;;) {
+    rd_kafka_error_t* error = call(kSliceMs);
+    if (error == nullptr || !rd_kafka_error_is_retriable(error) ||
+        rd_kafka_error_code(error) != RD_KAFKA_RESP_ERR__TIMED_OUT ||
+        std::chrono::steady_clock::now() >= deadline) {
+      return error;
+    }
+    rd_kafka_error_destroy(error);
+    tick();
+  }
+}
+
+rd_kafka_t* TransactionalKafkaPublisher::handle() {
+  if (!producer_) throw core::UnavailableError("Kafka: the transactional producer is not ready");
+  try {
+    return producer_->handle();
+  } catch (const std::exception& e) {
+    throw core::UnavailableError(e.what());
+  }
+}
+
+void TransactionalKafkaPublisher::ensure_checkpoint_topic(rd_kafka_t* rk) {
+  if (checkpoint_topic_ok_) return;
+  // There already (pre-created by an operator, or by an earlier run)? Asked with a request
+  // for every topic's metadata, which never auto-creates one; then no CREATE is needed.
+  const rd_kafka_metadata_t* md = nullptr;
+  if (rd_kafka_metadata(rk, 1, nullptr, &md, 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+    for (int i = 0; i < md->topic_cnt; ++i) {
+      if (settings_.checkpoint_topic == md->topics[i].topic &&
+          md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        checkpoint_topic_ok_ = true;
+      }
+    }
+  }
+  if (md != nullptr) rd_kafka_metadata_destroy(md);
+  if (checkpoint_topic_ok_) return;
+  char err[512];
+  rd_kafka_NewTopic_t* topic =
+      rd_kafka_NewTopic_new(settings_.checkpoint_topic.c_str(), 1, -1, err, sizeof err);
+  if (topic == nullptr) throw core::UnavailableError(std::string("checkpoint topic: ") + err);
+  rd_kafka_NewTopic_set_config(topic, "cleanup.policy", "compact");
+  rd_kafka_NewTopic_set_config(topic, "segment.ms", "3600000");  // compaction can start hourly
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
+  rd_kafka_AdminOptions_t* options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+  rd_kafka_AdminOptions_set_operation_timeout(options, 15'000, err, sizeof err);
+  rd_kafka_CreateTopics(rk, &topic, 1, options, queue);
+  rd_kafka_event_t* event = rd_kafka_queue_poll(queue, 20'000);
+  std::string problem;
+  if (event == nullptr) {
+    problem = "no answer to CreateTopics";
+  } else if (rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    problem = rd_kafka_event_error_string(event);
+  } else {
+    std::size_t n = 0;
+    const rd_kafka_topic_result_t** results =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(event), &n);
+    for (std::size_t i = 0; i < n; ++i) {
+      rd_kafka_resp_err_t code = rd_kafka_topic_result_error(results[i]);
+      if (code != RD_KAFKA_RESP_ERR_NO_ERROR && code != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+        const char* text = rd_kafka_topic_result_error_string(results[i]);
+        problem = text != nullptr ? text : rd_kafka_err2str(code);
+      }
+    }
+  }
+  if (event != nullptr) rd_kafka_event_destroy(event);
+  rd_kafka_AdminOptions_destroy(options);
+  rd_kafka_queue_destroy(queue);
+  rd_kafka_NewTopic_destroy(topic);
+  if (!problem.empty()) {
+    throw core::UnavailableError("cannot create the checkpoint topic " +
+                                 settings_.checkpoint_topic + " (" + problem +
+                                 "): create it (1 partition, cleanup.policy=compact) or grant "
+                                 "CREATE on it");
+  }
+  checkpoint_topic_ok_ = true;
+}
+
+void TransactionalKafkaPublisher::init() {
+  // The previous producer (fenced, failed, or of unknown state) goes first: its destructor
+  // purges and waits for what it had in flight (the relay let every message be answered).
+  producer_.reset();
+  try {
+    producer_ = std::make_unique<KafkaPublisher>(kafka_);
+  } catch (const std::exception& e) {
+    throw core::UnavailableError(e.what());
+  }
+  rd_kafka_t* rk = handle();
+  ensure_checkpoint_topic(rk);
+  if (rd_kafka_error_t* error =
+          sliced([rk](int timeout) { return rd_kafka_init_transactions(rk, timeout); })) {
+    producer_.reset();
+    throw core::UnavailableError("Kafka: init_transactions (transactional.id " +
+                                 settings_.transactional_id + "): " + text_of(error));
+  }
+  common::crash_point("after_init_transactions");
+}
+
+std::string TransactionalKafkaPublisher::last_checkpoint() {
+  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  char err[512];
+  auto set = [&](const std::string& name, const std::string& value) {
+    if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(conf);
+      throw core::UnavailableError("checkpoint consumer: " + name + ": " + err);
+    }
+  };
+  set("bootstrap.servers", plain_.bootstrap_servers);
+  set("client.id", "outbox-relay-checkpoint");
+  // assign() only, nothing committed: the group is never joined, but librdkafka wants one
+  set("group.id", "outbox-relay-checkpoint-reader");
+  set("isolation.level", "read_committed");
+  set("enable.partition.eof", "true");
+  set("enable.auto.commit", "false");
+  set("log.connection.close", "false");
+  for (const auto& [name, value] : plain_.properties) {
+    if (connection_property(name)) set(name, value);
+  }
+  rd_kafka_t* raw = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (raw == nullptr) {
+    rd_kafka_conf_destroy(conf);
+    throw core::UnavailableError(std::string("checkpoint consumer: ") + err);
+  }
+  std::unique_ptr<rd_kafka_t, ConsumerDeleter> consumer(raw);
+  const std::string& topic = settings_.checkpoint_topic;
+  std::int64_t low = 0, high = 0;
+  rd_kafka_resp_err_t code =
+      rd_kafka_query_watermark_offsets(raw, topic.c_str(), 0, &low, &high, 10'000);
+  if (code == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) return "";
+  if (code != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    throw core::UnavailableError("checkpoint topic " + topic + ": " + rd_kafka_err2str(code));
+  }
+  // Scan back from the end: the newest record of our key is near it (each transaction adds
+  // a record and a commit marker; other relays may share the topic).
+  std::int64_t window = 64;
+  for (;;) {
+    std::int64_t start = std::max(low, high - window);
+    rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic.c_str(), 0)->offset = start;
+    code = rd_kafka_assign(raw, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (code != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      throw core::UnavailableError("checkpoint topic " + topic + ": " + rd_kafka_err2str(code));
+    }
+    std::optional<std::string> found;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    bool at_end = start >= high;
+    while (!at_end) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        throw core::UnavailableError("checkpoint topic " + topic +
+                                     ": could not read it to its end (offset " +
+                                     std::to_string(high) + ") within 30 s, read_committed");
+      }
+      rd_kafka_message_t* m = rd_kafka_consumer_poll(raw, 200);
+      if (m == nullptr) continue;
+      if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        at_end = m->offset >= high;
+      } else if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        std::string text = rd_kafka_message_errstr(m);
+        rd_kafka_message_destroy(m);
+        throw core::UnavailableError("checkpoint topic " + topic + ": " + text);
+      } else {
+        std::string_view key(static_cast<const char*>(m->key), m->key_len);
+        if (key == settings_.transactional_id) {
+          found.emplace(static_cast<const char*>(m->payload), m->len);
+        }
+        if (m->offset + 1 >= high) at_end = true;
+      }
+      rd_kafka_message_destroy(m);
+    }
+    if (found || start <= low) return found.value_or("");
+    window *= 8;
+  }
+}
+
+void TransactionalKafkaPublisher::begin() {
+  if (rd_kafka_error_t* error = rd_kafka_begin_transaction(handle())) {
+    throw core::UnavailableError("Kafka: begin_transaction: " + text_of(error));
+  }
+}
+
+void TransactionalKafkaPublisher::send(const core::Message& message, std::uint64_t tag) {
+  if (!producer_) {
+    core::Completion c;
+    c.tag = tag;
+    c.result.error = "Kafka: the transactional producer is not ready";
+    not_sent_.push_back(std::move(c));
+    return;
+  }
+  producer_->send(message, tag);
+}
+
+std::vector<core::Completion> TransactionalKafkaPublisher::poll(std::chrono::milliseconds timeout) {
+  if (!producer_) return std::exchange(not_sent_, {});
+  std::vector<core::Completion> done = producer_->poll(timeout);
+  for (auto& c : std::exchange(not_sent_, {})) done.push_back(std::move(c));
+  done.erase(std::remove_if(done.begin(), done.end(),
+                            [](const core::Completion& c) { return c.tag == kCheckpointTag; }),
+             done.end());
+  return done;
+}
+
+void TransactionalKafkaPublisher::purge() {
+  if (producer_) producer_->purge();
+}
+
+void TransactionalKafkaPublisher::commit(const std::string& checkpoint) {
+  rd_kafka_t* rk = handle();
+  checkpoint_.topic = settings_.checkpoint_topic;
+  checkpoint_.key = settings_.transactional_id;
+  checkpoint_.payload = checkpoint;
+  producer_->send(checkpoint_, kCheckpointTag);
+  // The checkpoint's own report first (commit_transaction would flush it anyway): the
+  // record must not be touched while librdkafka points into it.
+  std::optional<core::DeliveryResult> result;
+  while (!result) {
+    tick();
+    for (core::Completion& c : producer_->poll(std::chrono::milliseconds(100))) {
+      if (c.tag == kCheckpointTag) result = std::move(c.result);
+    }
+  }
+  if (!result->ok) {
+    throw core::UnavailableError("the checkpoint record was not delivered (" + result->error + ")");
+  }
+  common::crash_point("before_commit");
+  for (int attempt = 1;; ++attempt) {
+    rd_kafka_error_t* error =
+        sliced([rk](int timeout) { return rd_kafka_commit_transaction(rk, timeout); });
+    if (error == nullptr) return;
+    rd_kafka_resp_err_t code = rd_kafka_error_code(error);
+    bool retriable = rd_kafka_error_is_retriable(error);
+    bool is_fatal = rd_kafka_error_is_fatal(error);
+    std::string text = text_of(error);
+    if (fenced(code) || (is_fatal && fenced(rd_kafka_fatal_error(rk, nullptr, 0)))) {
+      throw core::FencedError(
+          "Kafka: commit refused, this producer was fenced: another instance "
+          "with transactional.id " +
+          settings_.transactional_id + " took over (" + text + ")");
+    }
+    if (retriable && attempt < 3) continue;  // outcome unknown: commit again
+    throw core::UnavailableError("commit_transaction: " + text);
+  }
+}
+
+bool TransactionalKafkaPublisher::abort() noexcept {
+  if (!producer_) return false;
+  try {
+    rd_kafka_t* rk = handle();
+    if (rd_kafka_error_t* error =
+            sliced([rk](int timeout) { return rd_kafka_abort_transaction(rk, timeout); })) {
+      logging::get("kafka")->warn("abort_transaction: {}", text_of(error));
+      return false;
+    }
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+std::optional<std::string> TransactionalKafkaPublisher::topic_problem(const std::string& topic) {
+  if (!producer_) return std::nullopt;
+  return producer_->topic_problem(topic);
+}
+
+std::optional<std::string> transactions_problem(const config::KafkaConfig& kafka,
+                                                const std::string& probe_id, int timeout_ms) {
+  TransactionalSettings settings;
+  settings.transactional_id = probe_id;
+  try {
+    KafkaPublisher producer(transactional_kafka_config(kafka, settings));
+    if (rd_kafka_error_t* error = rd_kafka_init_transactions(producer.handle(), timeout_ms)) {
+      return text_of(error);
+    }
+  } catch (const std::exception& e) {
+    return std::string(e.what());
+  }
+  return std::nullopt;
+}
+
+}  // namespace outbox::kafka

@@ -1,0 +1,75 @@
+// Kafka behind core::TransactionalPublisher (delivery.guarantee: exactly_once): librdkafka's
+// transactional producer, built on KafkaPublisher (same send/poll/purge, same defaults and
+// the user's kafka.properties) with transactional.id set and no infinite message timeout
+// (librdkafka bounds it by transaction.timeout.ms; a failed message aborts the whole
+// transaction, so the gapless guarantee is not needed for per-key order).
+//
+// The checkpoint: one record per transaction to `checkpoint_topic` (one partition,
+// cleanup.policy=compact, created by init() when missing), key = transactional.id, value =
+// the transaction's outbox ids as ranges (core::encode_checkpoint). last_checkpoint() reads
+// the newest record of that key with a read_committed consumer, scanning back from the end
+// of the partition. See relay/core/README-eos.md for the protocol.
+#pragma once
+
+#include <librdkafka/rdkafka.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "config/config.h"
+#include "core/transactional_relay.h"
+#include "kafka/kafka_publisher.h"
+
+namespace outbox::kafka {
+
+struct TransactionalSettings {
+  std::string transactional_id;
+  std::string checkpoint_topic = "outbox-relay-checkpoints";
+  std::chrono::milliseconds transaction_timeout{60'000};
+};
+
+//! The producer configuration of exactly_once: `kafka` with the relay's transactional
+//! overrides appended (they win over the defaults).
+config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
+                                               const TransactionalSettings& settings);
+
+class TransactionalKafkaPublisher : public core::TransactionalPublisher {
+ public:
+  TransactionalKafkaPublisher(config::KafkaConfig kafka, TransactionalSettings settings);
+  ~TransactionalKafkaPublisher() override;
+
+  void init() override;
+  std::string last_checkpoint() override;
+  void begin() override;
+  void send(const core::Message& message, std::uint64_t tag) override;
+  std::vector<core::Completion> poll(std::chrono::milliseconds timeout) override;
+  void purge() override;
+  void commit(const std::string& checkpoint) override;
+  bool abort() noexcept override;
+  std::optional<std::string> topic_problem(const std::string& topic) override;
+
+ private:
+  rd_kafka_t* handle();
+  //! `call` with a short timeout, again while it times out (ticking), up to the transaction
+  //! timeout in all.
+  rd_kafka_error_t* sliced(const std::function<rd_kafka_error_t*(int timeout_ms)>& call);
+  void ensure_checkpoint_topic(rd_kafka_t* rk);
+
+  config::KafkaConfig kafka_;  //!< with the transactional overrides
+  config::KafkaConfig plain_;  //!< as configured: the checkpoint consumer's security settings
+  TransactionalSettings settings_;
+  std::unique_ptr<KafkaPublisher> producer_;
+  core::Message checkpoint_;  //!< the checkpoint record in flight (librdkafka points into it)
+  bool checkpoint_topic_ok_ = false;
+  std::vector<core::Completion> not_sent_;  //!< sent with no producer: failed at once
+};
+
+//! `outbox-relay check`: whether the cluster lets this configuration use transactions
+//! (init_transactions with transactional.id `probe_id`, which must not be a running
+//! relay's). nullopt if it does, else why not.
+std::optional<std::string> transactions_problem(const config::KafkaConfig& kafka,
+                                                const std::string& probe_id, int timeout_ms);
+
+}  // namespace outbox::kafka

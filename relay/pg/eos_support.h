@@ -1,0 +1,35 @@
+// PostgreSQL side of delivery.guarantee: exactly_once: the recovery's mark (rows a previous
+// run committed to Kafka and did not mark) and the relay's identity for the default
+// transactional.id. See relay/core/README-eos.md.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/transactional_relay.h"
+
+namespace outbox::pg {
+
+//! Marks the rows of a recovered checkpoint published, on a connection of its own (opened
+//! per use: recovery is rare). Only rows still pending change: a row the checkpoint names
+//! may have been marked since, or deleted by retention.
+class PgRecoveryMarker : public core::RecoveryMarker {
+ public:
+  PgRecoveryMarker(std::string conninfo, std::string redacted);
+  std::size_t mark_published(const std::vector<std::int64_t>& ids) override;
+
+ private:
+  std::string conninfo_;
+  std::string redacted_;
+};
+
+//! The default transactional.id: "outbox-relay:<system identifier>:<database>:<source>",
+//! source "polling" or "replication:<slot>". Stable across restarts and replicas of one
+//! relay deployment, different for another database or slot. Throws core::UnavailableError.
+std::string default_transactional_id(const std::string& conninfo, const std::string& source);
+
+}  // namespace outbox::pg

@@ -1,0 +1,354 @@
+// core::TransactionalRelay (delivery.guarantee: exactly_once) against fakes: a Kafka cluster
+// with transactions and fencing, the outbox store of fakes.h, a recovery marker. What a
+// read_committed consumer would see is FakeCluster::committed: every test checks that each
+// row is in it exactly once (or, dead-lettered, not at all).
+#include <catch2/catch.hpp>
+
+#include "core/transactional_relay.h"
+#include "fakes.h"
+
+namespace {
+
+using namespace outbox;
+using testing::FakeClock;
+using testing::FakeStore;
+
+//! The broker side: committed data and checkpoints, and the current producer epoch of the
+//! one transactional.id.
+struct FakeCluster {
+  int epoch = 0;
+  std::vector<std::int64_t> committed;   //!< outbox ids of committed records, in order
+  std::vector<std::string> checkpoints;  //!< committed checkpoint records
+};
+
+class FakeTxnPublisher : public core::TransactionalPublisher {
+ public:
+  explicit FakeTxnPublisher(FakeCluster& cluster) : cluster_(cluster) {}
+
+  void init() override {
+    ++inits;
+    if (fail_init > 0) {
+      --fail_init;
+      throw core::UnavailableError("Kafka: coordinator not available");
+    }
+    in_txn_ = false;  // the open one (if any) is aborted by the epoch bump
+    open_.clear();
+    epoch_ = ++cluster_.epoch;
+  }
+  std::string last_checkpoint() override {
+    return cluster_.checkpoints.empty() ? "" : cluster_.checkpoints.back();
+  }
+  void begin() override {
+    if (epoch_ == 0) throw std::logic_error("begin before init");
+    if (in_txn_) throw std::logic_error("begin inside a transaction");
+    in_txn_ = true;
+    open_.clear();
+    ++begins;
+  }
+  void send(const core::Message& m, std::uint64_t tag) override {
+    if (!in_txn_) throw std::logic_error("send outside a transaction");
+    std::int64_t id = std::stoll(m.headers.at(1).second);
+    sent.push_back(id);
+    core::DeliveryResult r;
+    r.ok = true;
+    if (auto it = script.find(id); it != script.end()) r = it->second;
+    if (r.ok) open_.push_back(id);
+    answers_.push_back({tag, r});
+    if (on_send) on_send();
+  }
+  std::vector<core::Completion> poll(std::chrono::milliseconds) override {
+    return std::exchange(answers_, {});
+  }
+  void purge() override {}
+  void commit(const std::string& checkpoint) override {
+    if (!in_txn_) throw std::logic_error("commit outside a transaction");
+    in_txn_ = false;
+    if (epoch_ != cluster_.epoch) throw core::FencedError("Kafka: producer fenced");
+    if (commit_fails_aborted > 0) {
+      --commit_fails_aborted;
+      throw core::UnavailableError("Kafka: transaction aborted");
+    }
+    for (auto id : open_) cluster_.committed.push_back(id);
+    cluster_.checkpoints.push_back(checkpoint);
+    ++commits;
+    if (commit_fails_unknown > 0) {  // committed, but the answer was lost
+      --commit_fails_unknown;
+      throw core::UnavailableError("Kafka: commit timed out");
+    }
+  }
+  bool abort() noexcept override {
+    in_txn_ = false;
+    open_.clear();
+    ++aborts;
+    return true;
+  }
+
+  std::map<std::int64_t, core::DeliveryResult> script;
+  std::vector<std::int64_t> sent;
+  std::function<void()> on_send;
+  int fail_init = 0, commit_fails_aborted = 0, commit_fails_unknown = 0;
+  int inits = 0, begins = 0, commits = 0, aborts = 0;
+
+ private:
+  FakeCluster& cluster_;
+  int epoch_ = 0;
+  bool in_txn_ = false;
+  std::vector<std::int64_t> open_;
+  std::vector<core::Completion> answers_;
+};
+
+class FakeMarker : public core::RecoveryMarker {
+ public:
+  explicit FakeMarker(FakeStore& store) : store_(store) {}
+  std::size_t mark_published(const std::vector<std::int64_t>& ids) override {
+    ++calls;
+    std::size_t n = 0;
+    for (auto id : ids) {
+      const auto& r = store_.row(id);
+      if (r.published || r.dead) continue;
+      core::BatchOutcome o;
+      o.published.push_back(id);
+      store_.apply(o);
+      ++n;
+    }
+    return n;
+  }
+  int calls = 0;
+
+ private:
+  FakeStore& store_;
+};
+
+core::BatchRelayOptions options(std::size_t batch = 4) {
+  core::BatchRelayOptions o;
+  o.batch_size = batch;
+  o.interval = std::chrono::milliseconds(100);
+  return o;
+}
+
+struct Rig {
+  explicit Rig(bool pipelined, std::size_t batch = 4) : publisher(cluster), marker(store) {
+    store.pipelined = pipelined;
+    store.on_wait = [this] { clock.advance(std::chrono::milliseconds(200)); };
+    relay =
+        std::make_unique<core::TransactionalRelay>(store, publisher, marker, clock, options(batch));
+  }
+  //! Steps until nothing is pending or `max` steps, swallowing UnavailableError as run() does.
+  void drain(int max = 50) {
+    std::atomic<bool> stop{false};
+    for (int i = 0; i < max && (store.pending() > 0 || relay->recovery_due()); ++i) {
+      try {
+        relay->step(stop);
+      } catch (const core::UnavailableError&) {
+      }
+    }
+  }
+  std::map<std::int64_t, int> copies() const {
+    std::map<std::int64_t, int> c;
+    for (auto id : cluster.committed) ++c[id];
+    return c;
+  }
+  FakeCluster cluster;
+  FakeStore store;
+  FakeClock clock;
+  FakeTxnPublisher publisher;
+  FakeMarker marker;
+  std::unique_ptr<core::TransactionalRelay> relay;
+};
+
+void require_exactly_once(const Rig& rig, std::int64_t first, std::int64_t last) {
+  auto copies = rig.copies();
+  for (std::int64_t id = first; id <= last; ++id) {
+    INFO("id " << id);
+    REQUIRE(copies[id] == 1);
+    REQUIRE(rig.store.row(id).published);
+  }
+  // per-key order: committed in id order (one key here per row topic)
+  REQUIRE(std::is_sorted(rig.cluster.committed.begin(), rig.cluster.committed.end()));
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint text: ranges round trip, junk refused", "[eos]") {
+  REQUIRE(core::encode_checkpoint({}) == "");
+  REQUIRE(core::encode_checkpoint({7, 1, 2, 3, 5, 9, 10}) == "1-3,5,7,9-10");
+  auto ids = core::decode_checkpoint("1-3,5,7,9-10");
+  REQUIRE(ids.has_value());
+  REQUIRE(*ids == std::vector<std::int64_t>{1, 2, 3, 5, 7, 9, 10});
+  REQUIRE(core::decode_checkpoint("")->empty());
+  for (const char* bad : {"x", "1,", "3-1", "5,2", "1-2,2", "1--2", "{\"a\":1}"}) {
+    INFO(bad);
+    REQUIRE_FALSE(core::decode_checkpoint(bad).has_value());
+  }
+}
+
+TEST_CASE("recovery comes first: nothing is sent before init_transactions and the checkpoint",
+          "[eos]") {
+  for (bool pipelined : {false, true}) {
+    Rig rig(pipelined);
+    for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
+    std::atomic<bool> stop{false};
+    rig.relay->step(stop);
+    REQUIRE(rig.publisher.inits == 1);
+    REQUIRE(rig.publisher.sent.empty());
+    REQUIRE(rig.store.pending() == 3);
+    rig.drain();
+    require_exactly_once(rig, 1, 3);
+    REQUIRE(rig.publisher.inits == 1);
+  }
+}
+
+TEST_CASE("one transaction per read, each with the checkpoint of its ids; lifecycles", "[eos]") {
+  SECTION("one batch at a time (replication): begin_batch then finish_batch") {
+    Rig rig(false, 4);
+    for (int i = 0; i < 10; ++i) rig.store.add("t", "k");
+    rig.drain();
+    require_exactly_once(rig, 1, 10);
+    REQUIRE(rig.publisher.commits == 3);
+    REQUIRE(rig.cluster.checkpoints == std::vector<std::string>{"1-4", "5-8", "9-10"});
+    REQUIRE(rig.store.finishes == 3);
+    REQUIRE(rig.store.records == 0);
+  }
+  SECTION("read-ahead store (polling): begin_batch then record_outcome, no finish_batch") {
+    Rig rig(true, 4);
+    for (int i = 0; i < 10; ++i) rig.store.add("t", "k");
+    rig.drain();
+    require_exactly_once(rig, 1, 10);
+    REQUIRE(rig.store.finishes == 0);
+    REQUIRE(rig.store.records == 3);
+    REQUIRE(rig.relay->counters().published == 10);
+  }
+}
+
+TEST_CASE("a crash between the Kafka commit and the mark: the next run marks, never re-sends",
+          "[eos]") {
+  for (bool pipelined : {false, true}) {
+    Rig rig(pipelined, 4);
+    for (int i = 0; i < 6; ++i) rig.store.add("t", "k");
+    rig.store.fail_finish = 100;  // the mark never succeeds in this run
+    rig.store.fail_record = 100;
+    rig.drain(5);
+    REQUIRE(rig.publisher.commits == 1);  // the next transaction waits for the mark
+    REQUIRE(rig.store.pending() == 6);
+    // "crash": a new process (relay and producer) on the same cluster and table
+    rig.store.fail_finish = rig.store.fail_record = 0;
+    FakeTxnPublisher publisher2(rig.cluster);
+    core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+    std::atomic<bool> stop{false};
+    relay2.step(stop);  // recovery
+    REQUIRE(relay2.recovered_rows() == 4);
+    for (int i = 0; i < 10 && rig.store.pending() > 0; ++i) relay2.step(stop);
+    require_exactly_once(rig, 1, 6);
+    REQUIRE(publisher2.sent == std::vector<std::int64_t>{5, 6});
+  }
+}
+
+TEST_CASE("a commit of unknown outcome: recovery reads the checkpoint and decides", "[eos]") {
+  SECTION("it had committed: its rows are marked, not sent again") {
+    Rig rig(true, 4);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.publisher.commit_fails_unknown = 1;
+    rig.drain();
+    require_exactly_once(rig, 1, 4);
+    REQUIRE(rig.publisher.inits == 2);
+    REQUIRE(rig.relay->recovered_rows() == 4);
+    REQUIRE(rig.publisher.sent.size() == 4);
+  }
+  SECTION("it had not: the rows stay pending and go in the next transaction") {
+    Rig rig(false, 4);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.publisher.commit_fails_aborted = 1;
+    rig.drain();
+    require_exactly_once(rig, 1, 4);
+    REQUIRE(rig.publisher.inits == 2);
+    REQUIRE(rig.relay->recovered_rows() == 0);
+    REQUIRE(rig.publisher.sent.size() == 8);  // sent twice, committed once
+    REQUIRE(rig.store.aborts >= 1);           // the batch was closed without a mark
+  }
+}
+
+TEST_CASE("a zombie is fenced: it marks nothing; the new instance publishes everything once",
+          "[eos]") {
+  Rig rig(true, 4);
+  for (int i = 0; i < 8; ++i) rig.store.add("t", "k");
+  std::atomic<bool> stop{false};
+  rig.relay->step(stop);  // recovery of the old one
+  // While the old one's first transaction is open, a new instance starts and recovers
+  // (init_transactions with the same transactional.id: the old epoch is fenced).
+  FakeTxnPublisher publisher2(rig.cluster);
+  core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+  bool once = true;
+  rig.publisher.on_send = [&] {
+    if (!once) return;
+    once = false;
+    relay2.step(stop);  // recovery: fences the old producer
+  };
+  REQUIRE_THROWS_AS(rig.relay->step(stop), core::FencedError);
+  REQUIRE(rig.store.pending() == 8);  // the zombie marked nothing
+  REQUIRE(rig.cluster.committed.empty());
+  REQUIRE(rig.relay->recovery_due());
+  for (int i = 0; i < 10 && rig.store.pending() > 0; ++i) relay2.step(stop);
+  require_exactly_once(rig, 1, 8);
+}
+
+TEST_CASE("failed deliveries abort the transaction; only proven rows are dead-lettered", "[eos]") {
+  SECTION("transient: abort, nothing committed, sent again later in one transaction") {
+    Rig rig(false, 4);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.publisher.script[3] = {false, core::FailureKind::transient, "Kafka: broker down"};
+    std::atomic<bool> stop{false};
+    rig.relay->step(stop);  // recovery
+    REQUIRE_THROWS_AS(rig.relay->step(stop), core::UnavailableError);
+    REQUIRE(rig.publisher.aborts == 1);
+    REQUIRE(rig.cluster.committed.empty());  // 1, 2 and 4 were acknowledged, yet not visible
+    REQUIRE(rig.store.pending() == 4);
+    rig.publisher.script.clear();
+    rig.drain();
+    require_exactly_once(rig, 1, 4);
+  }
+  SECTION("permanent: that row dead-lettered with its reason, the rest committed once") {
+    Rig rig(true, 4);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.publisher.script[2] = {false, core::FailureKind::permanent, "Kafka: Message too large"};
+    rig.drain();
+    REQUIRE(rig.store.row(2).dead);
+    REQUIRE(rig.store.row(2).last_error == "Kafka: Message too large");
+    REQUIRE(rig.copies().count(2) == 0);
+    REQUIRE(rig.copies()[1] == 1);
+    REQUIRE(rig.copies()[3] == 1);
+    REQUIRE(rig.copies()[4] == 1);
+  }
+  SECTION("suspect with others: sent alone (one transaction each) before any blame") {
+    Rig rig(false, 4);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.publisher.script[3] = {false, core::FailureKind::suspect, "Kafka: Invalid record"};
+    rig.drain();
+    REQUIRE(rig.store.row(3).dead);
+    REQUIRE(rig.store.row(3).last_error == "Kafka: Invalid record (sent alone)");
+    for (std::int64_t id : {1, 2, 4}) REQUIRE(rig.copies()[id] == 1);
+    REQUIRE_FALSE(rig.store.row(1).dead);
+  }
+}
+
+TEST_CASE("an unrecorded mark blocks the next transaction until it is recorded", "[eos]") {
+  Rig rig(true, 2);
+  for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+  rig.store.fail_record = 3;
+  rig.drain();
+  require_exactly_once(rig, 1, 4);
+  REQUIRE(rig.publisher.commits == 2);
+  REQUIRE(rig.relay->recovered_rows() == 0);
+}
+
+TEST_CASE("init_transactions failing is retried; nothing is sent meanwhile", "[eos]") {
+  Rig rig(true, 4);
+  for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
+  rig.publisher.fail_init = 2;
+  std::atomic<bool> stop{false};
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE_THROWS_AS(rig.relay->step(stop), core::UnavailableError);
+    REQUIRE(rig.publisher.sent.empty());
+  }
+  rig.drain();
+  require_exactly_once(rig, 1, 3);
+}
