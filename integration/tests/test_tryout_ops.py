@@ -22,3 +22,16 @@ def test_allow_weak_tls_also_covers_the_admin_dsn_of_migrate(ctx):
     strict = ctx.relay(cfg, name="strict-tls")
     r = strict.command("migrate")
     assert r.returncode == 2 and "postgres.admin_dsn: sslmode=disable" in r.stderr, r.stdout + r.stderr
+
+
+def test_check_fails_on_a_read_only_session_instead_of_passing(ctx):
+    """A dsn whose sessions are read-only (default_transaction_read_only = on for the role or
+    database, or a hot standby by mistake): `run` publishes the first rows and can never mark
+    them (each restart sends them again), yet `check` said "all checks passed"."""
+    ro = ctx.relay({"postgres": {"dsn": ctx.dsn + " options='-c default_transaction_read_only=on'"}},
+                   name="read-only")
+    r = ro.check()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAIL  postgres writable" in r.stdout and "default_transaction_read_only" in r.stdout, r.stdout
+    ok = ctx.relay(name="read-write").check()
+    assert ok.returncode == 0 and "ok    postgres writable" in ok.stdout, ok.stdout + ok.stderr
