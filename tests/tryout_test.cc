@@ -3,8 +3,10 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <optional>
 #include <string>
 
+#include "config/config.h"
 #include "pg/conninfo.h"
 
 using namespace outbox;
@@ -37,4 +39,27 @@ TEST_CASE("the relay's sessions always use UTF-8, whatever the dsn or PGCLIENTEN
       pg::build_conninfo("postgresql://localhost/app?client_encoding=SQL_ASCII", "", 10, &error);
   REQUIRE(uri);
   CHECK_THAT(*uri, Catch::Contains("client_encoding='UTF8'") && !Catch::Contains("SQL_ASCII"));
+}
+
+TEST_CASE("a partitioner that ignores the key is refused: it would break per-key order",
+          "[config][tryout]") {
+  auto parse = [](const std::string& value) {
+    config::ParseOptions o;
+    o.env = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+    return config::parse_config(
+        "postgres:\n  dsn: h\nkafka:\n  bootstrap_servers: b\n"
+        "  properties:\n    partitioner: " +
+            value + "\n",
+        o);
+  };
+  auto refused = parse("random");
+  REQUIRE_FALSE(refused.config);
+  REQUIRE(refused.errors.size() == 1);
+  CHECK(refused.errors[0].key == "kafka.properties.partitioner");
+  CHECK(refused.errors[0].line == 6);
+  CHECK_THAT(refused.errors[0].message, Catch::Contains("per-key order"));
+  for (const char* keyed : {"consistent_random", "murmur2_random", "murmur2", "fnv1a_random"}) {
+    INFO(keyed);
+    CHECK(parse(keyed).config);
+  }
 }
