@@ -184,6 +184,25 @@ void check_postgres(const config::Config& config, Report& line) {
   } catch (const std::exception& e) {
     line(false, "postgres version", e.what());
   }
+  try {
+    // A hot standby, or sessions read-only by default: the relay would publish rows it can
+    // never mark (and send them again at every restart).
+    auto row = n.exec1(
+        "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool");
+    bool standby = row[0].as<bool>(), read_only = row[1].as<bool>();
+    line(!standby && !read_only, "postgres writable",
+         standby     ? "the server is a hot standby (in recovery): the relay could publish rows "
+                       "but never mark them"
+         : read_only ? "sessions are read-only (default_transaction_read_only = on for this "
+                       "role, database or dsn): the relay could publish rows but never mark them"
+                     : "read-write",
+         standby ? "point postgres.dsn at the primary (with several hosts: "
+                   "target_session_attrs=read-write)"
+                 : "ALTER ROLE <relay's role> SET default_transaction_read_only = off (or RESET it "
+                   "on the database, or remove it from the dsn's options)");
+  } catch (const std::exception& e) {
+    line(false, "postgres writable", e.what());
+  }
   std::optional<Privileges> privileges;
   try {
     privileges.emplace(n);

@@ -28,8 +28,9 @@ int run_migrate(const config::Config& config) {
     conninfo = conninfo_or_exit(config);
   } else {
     std::string error;
-    auto built = pg::build_conninfo(config.postgres.admin_dsn, "",
-                                    config.postgres.connect_timeout_s, &error);
+    auto built =
+        pg::build_conninfo(config.postgres.admin_dsn, "", config.postgres.connect_timeout_s, &error,
+                           config.postgres.allow_weak_tls);
     if (!built) {
       std::fprintf(stderr, "postgres.admin_dsn: %s\n", error.c_str());
       return kUsage;

@@ -44,7 +44,8 @@ constexpr const char* kMigrateHelp =
     "from two processes at once. Connects with --dsn, else postgres.admin_dsn, else "
     "postgres.dsn.";
 constexpr const char* kCheckHelp =
-    "Check the config, that PostgreSQL answers and its version is supported (13 to 18), that "
+    "Check the config, that PostgreSQL answers, its version is supported (13 to 18) and it "
+    "takes writes (not a hot standby, sessions not read-only), that "
     "Kafka answers, that the schema is present and that the relay's role may read and mark "
     "rows; in replication mode also wal_level, the REPLICATION privilege, the publication and "
     "the slot (wal_status, retained WAL); with delivery.guarantee: exactly_once, that the "

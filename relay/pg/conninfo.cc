@@ -230,6 +230,7 @@ std::optional<std::string> build_conninfo(const std::string& dsn, const std::str
     if (o->val == nullptr) continue;
     std::string keyword = o->keyword;
     if (keyword == "password" && !password.empty()) continue;
+    if (keyword == "client_encoding") continue;  // always UTF-8, below
     given.insert(keyword);
     if (keyword == "options") {
       user_options = o->val;  // merged with the server-side defaults below
@@ -242,6 +243,10 @@ std::optional<std::string> build_conninfo(const std::string& dsn, const std::str
     out += "connect_timeout=" + std::to_string(connect_timeout_s) + " ";
   }
   if (!given.count("application_name")) out += "application_name='outbox-relay' ";
+  // Keys and headers reach Kafka as UTF-8 whatever the database's encoding (the server
+  // converts), and a client encoding that cannot hold a row's characters can never make
+  // every read fail: the dsn's client_encoding and PGCLIENTENCODING are overridden.
+  out += "client_encoding='UTF8' ";
   for (const Setting& s : kClientDefaults) {
     if (!given.count(s.name)) out += std::string(s.name) + "=" + s.value + " ";
   }

@@ -17,6 +17,8 @@ namespace outbox::pg {
 //!    -c tcp_user_timeout=10000, each unless `options` sets that setting (-c name=value,
 //!    -cname=value or --name=value): the server ends a vanished relay's session, and so frees
 //!    its leader lock and replication slot, within seconds.
+//! client_encoding is always UTF8 (a dsn's or PGCLIENTENCODING's is overridden): keys and
+//! headers reach Kafka as UTF-8 whatever the database's encoding.
 //! The same string serves the replication connection (a walsender takes -c settings too).
 //! nullopt and `error` when libpq cannot parse the dsn, or when weak_tls_problem() refuses
 //! it and `allow_weak_tls` (postgres.allow_weak_tls) is false.

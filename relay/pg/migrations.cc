@@ -42,6 +42,13 @@ WHERE n.nspname = 'outbox' AND NOT i.indisvalid)sql";
 constexpr const char* kRecordSql =
     "INSERT INTO outbox.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)";
 constexpr const char* kInsufficientPrivilege = "42501";
+// A transactional migration waits at most this long for each lock (ALTER TABLE on
+// outbox.events needs ACCESS EXCLUSIVE): while it waits, every service's enqueue queues
+// behind it, so it never waits long; it gives the lock up and tries again after a pause.
+constexpr const char* kMigrationLockTimeoutSql = "SET LOCAL lock_timeout = '1s'";
+constexpr const char* kLockNotAvailable = "55P03";
+constexpr std::chrono::milliseconds kLockRetryPause{500};
+constexpr std::chrono::milliseconds kLockRetryPauseMax{5000};
 
 bool runs_outside_transaction(const Migration& m) {
   return std::string_view(m.sql).substr(0, kNoTransactionMarker.size()) == kNoTransactionMarker;
@@ -83,11 +90,27 @@ std::string explained(const std::exception& e) {
 
 void apply(pqxx::connection& conn, const Migration& m, const std::string& sum) {
   if (!runs_outside_transaction(m)) {
-    pqxx::work w(conn);
-    w.exec(m.sql);
-    w.exec_params0(kRecordSql, m.version, m.name, sum);
-    w.commit();
-    return;
+    for (auto pause = kLockRetryPause;; pause = std::min(pause * 2, kLockRetryPauseMax)) {
+      try {
+        pqxx::work w(conn);
+        w.exec0(kMigrationLockTimeoutSql);
+        w.exec(m.sql);
+        w.exec_params0(kRecordSql, m.version, m.name, sum);
+        w.commit();
+        return;
+      } catch (const pqxx::sql_error& e) {
+        // By message too: libpqxx 6 leaves sqlstate() empty after a multi-statement query.
+        bool lock_timeout =
+            e.sqlstate() == kLockNotAvailable ||
+            std::string_view(e.what()).find("due to lock timeout") != std::string_view::npos;
+        if (!lock_timeout) throw;
+        std::fprintf(stderr,
+                     "%s: waiting for a lock other sessions hold (an open transaction on "
+                     "outbox.events?); services are not held up meanwhile; retrying in %lld ms\n",
+                     m.name.c_str(), static_cast<long long>(pause.count()));
+        std::this_thread::sleep_for(pause);
+      }
+    }
   }
   pqxx::nontransaction n(conn);
   std::vector<std::string> invalid;
