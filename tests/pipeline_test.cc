@@ -259,6 +259,33 @@ TEST_CASE("suspects are sent alone even when reading ahead", "[pipeline]") {
   CHECK(r.store.pending() == 0);
 }
 
+TEST_CASE("rows committed while a short read waits for Kafka are read ahead at its answers",
+          "[pipeline]") {
+  // Steady traffic reads short batches. Before, a row committed just after a short read
+  // waited for that read to be acknowledged and marked before it was read (a whole cycle of
+  // latency); now each answer lets the relay look for new rows above the last one read.
+  Rig r;
+  for (int i = 0; i < 3; ++i) r.store.add("orders", i == 0 ? "a" : "slow");
+  bool added = false;
+  int polls = 0;  // (bounded, so that the relay without read-ahead ends too, and fails below)
+  r.kafka.stuck = [&](const Message& m) {
+    return m.key == "slow" && r.kafka.sent.size() < 5 && ++polls < 50;
+  };
+  r.kafka.on_publish = [&] {  // row 1 answered: two more rows commit
+    if (added) return;
+    added = true;
+    r.store.add("orders", "b");
+    r.store.add("orders", "c");
+  };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(10, 100));
+
+  relay.run(r.stop);
+
+  CHECK(sent_ids(r.kafka) == std::vector<std::int64_t>{1, 2, 3, 4, 5});
+  CHECK(r.kafka.max_unanswered == 4);  // 4 and 5 joined 2 and 3, still unanswered
+  CHECK(r.store.pending() == 0);
+}
+
 TEST_CASE("a suspect sent alone stays alone until Kafka answered it", "[pipeline]") {
   // Before: once the suspect was read alone, read-ahead went on while it waited for its
   // answer, so it was never alone (with a real broker: the fatal gap-less error it caused

@@ -65,9 +65,10 @@ std::size_t BatchRelay::in_flight_rows() const {
 
 bool BatchRelay::may_read_ahead() const {
   if (!pipelined_ || window_.empty()) return false;
-  if (hold_ || record_failed_ || solo_through_ > 0 || solo_in_flight_ || !last_read_full_) {
-    return false;
-  }
+  if (hold_ || record_failed_ || solo_through_ > 0 || solo_in_flight_) return false;
+  // After a short read (it reached the end of the pending rows), look again at each answer:
+  // rows committed since then go out without waiting for the window to drain.
+  if (!last_read_full_ && !answered_since_read_) return false;
   if (in_flight_rows() >= options_.max_in_flight_rows) return false;
   return unanswered_bytes_ < options_.max_in_flight_bytes;
 }
@@ -108,6 +109,7 @@ void BatchRelay::read(bool by_state) {
   for (const auto& e : events) bytes += event_bytes(e);
   last_read_full_ = !events.empty() && (events.size() >= limit || bytes >= max_bytes);
   if (!events.empty()) last_read_id_ = events.back().id;
+  answered_since_read_ = false;
   cycle_.read += events.size();
   if (by_state) cycle_.full = last_read_full_;
   observer_->on_read(events.size(), bytes, clock_.now() - read_start);
@@ -178,7 +180,10 @@ void BatchRelay::read(bool by_state) {
 void BatchRelay::collect(std::chrono::milliseconds timeout) {
   if (unanswered_ == 0) return;
   std::vector<Completion> done = publisher_.poll(timeout);
-  if (!done.empty()) common::crash_point("after_delivery");
+  if (!done.empty()) {
+    common::crash_point("after_delivery");
+    answered_since_read_ = true;
+  }
   for (const Completion& c : done) {
     if (c.tag < front_tag_ || c.tag - front_tag_ >= window_.size()) continue;  // not ours
     InFlight& entry = window_[c.tag - front_tag_];

@@ -17,9 +17,10 @@
 // start of the table) are made whenever nothing is in flight; read-ahead reads take only
 // rows above the last id read (OutboxStore::read_after), so a row that commits late with a
 // smaller id is left to the next by-state read. That read is never deferred for long: a
-// read-ahead that sees such a row returns nothing (below), and so do reads past the end of
-// the pending rows, and after any failed delivery read-ahead stops; each time the window
-// drains and the next read is by state.
+// read-ahead that sees such a row returns nothing (below), as long as the row is pending, so
+// nothing more is sent and the window drains; and after any failed delivery read-ahead
+// stops. A read that reached the end of the pending rows (short) is followed by a read-ahead
+// only once an answer came in since (new rows may have committed), not in a loop.
 // Invariant 3: messages are handed to the publisher in id order within a read, reads in
 // flight are in increasing id order, and the producer keeps each partition's order
 // (idempotence, enable.gapless.guarantee, message.timeout.ms=0), so one key's events reach
@@ -180,6 +181,7 @@ class BatchRelay {
   bool any_ok_ = false;                 //!< an acknowledgement since the last record
   std::int64_t last_read_id_ = 0;
   bool last_read_full_ = false;
+  bool answered_since_read_ = false;  //!< a short read may be followed by a read-ahead
   BatchReport cycle_;          //!< since the last by-state read
   std::size_t abandoned_ = 0;  //!< purged at shutdown
 
