@@ -108,3 +108,33 @@ def test_a_row_the_broker_refuses_as_too_large_is_blamed_with_a_producer_limit_a
         ids = [int(r.headers["outbox-id"]) for r in records if r.key == f"k{k}"]
         assert ids == sorted(ids)
     ctx.note(f"{total} rows published, the 1.5 MB one dead-lettered: {dead[0][2][:100]}")
+
+
+def test_a_fatal_producer_error_resends_none_of_the_rows_kafka_already_took(ctx):
+    # A NULL key on a compacted topic: the broker refuses that record (INVALID_RECORD), a
+    # fatal gap-less error for the idempotent producer. Before: the relay purged every message
+    # in flight, including those of other partitions the broker had already written, and the
+    # re-created producer (a new producer id) wrote them again: 1,007 messages for 600 rows.
+    topic = ctx.topic(partitions=6, config={"cleanup.policy": "compact"})
+    relay = ctx.relay().start()
+    if ctx.mode == "replication":
+        ctx.wait_streaming(relay)
+    with ctx.connect() as c:
+        with c.transaction():
+            for i in range(300):
+                enqueue(c, topic, f"k{i % 40}", f"a{i}".encode())
+            enqueue(c, topic, None, b"no key")
+            for i in range(300):
+                enqueue(c, topic, f"k{i % 40}", f"b{i}".encode())
+    wait_until(lambda: ctx._query("SELECT count(*) FROM outbox.events "
+                                  "WHERE published_at IS NULL AND dead_lettered_at IS NULL")[0][0] == 0,
+               120, 0.2, "every row published or dead-lettered", lambda: relay.assert_running())
+    dead = _dead(ctx)
+    assert len(dead) == 1 and "sent alone" in dead[0][2], dead
+    records = ctx.kafka.consume_all(topic, 600, timeout_s=60)
+    ids = [int(r.headers["outbox-id"]) for r in records]
+    assert len(ids) == len(set(ids)) == 600, f"{len(ids)} messages for 600 rows"
+    for k in range(40):
+        key_ids = [int(r.headers["outbox-id"]) for r in records if r.key == f"k{k}"]
+        assert key_ids == sorted(key_ids)
+    ctx.note(f"600 rows published once each around a fatal producer error: {dead[0][2][:90]}")

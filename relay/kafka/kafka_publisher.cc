@@ -203,14 +203,30 @@ std::vector<core::Completion> KafkaPublisher::poll(std::chrono::milliseconds tim
     char fatal[512];
     if (!fatal_ && rd_kafka_fatal_error(rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
       // Idempotence state lost: re-create the producer (librdkafka's INTRODUCTION.md), once
-      // every message of this one was answered (purged: transient, sent again later).
-      logging::get("kafka")->error("fatal producer error, re-creating the producer: {}", fatal);
+      // every message of this one was answered. Only the messages not sent yet are purged
+      // (transient, sent again later; librdkafka purges them too): those already sent get
+      // their real report. Purging them as well reported as failed messages the broker had
+      // written, and the next producer (a new producer id, so no deduplication by the
+      // broker) wrote them again: hundreds of duplicates for one bad row.
+      logging::get("kafka")->error(
+          "fatal producer error, re-creating the producer once the messages already sent are "
+          "answered: {}",
+          fatal);
       fatal_ = true;
+      fatal_since_ = std::chrono::steady_clock::now();
+      rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE);
+    }
+    if (fatal_ && inbox_.outstanding > 0 && !fatal_purged_ &&
+        std::chrono::steady_clock::now() - fatal_since_ > kFatalDrain) {
+      // Liveness only: messages still unanswered after this long are purged (and may come
+      // again as duplicates, never as losses).
       rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+      fatal_purged_ = true;
     }
     if (fatal_ && inbox_.outstanding == 0) {
       producer_.reset();
       fatal_ = false;
+      fatal_purged_ = false;
     }
   }
   return std::exchange(inbox_.done, {});

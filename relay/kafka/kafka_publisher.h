@@ -7,9 +7,9 @@
 // thread, destroy. Reports are served only inside poll() (and the destructor, which purges
 // and flushes first), so each lands in this object's list of completions and no report
 // points into memory: the caller keeps each message alive until its completion came back.
-// After a fatal producer error (idempotence state lost) the producer's messages are purged
-// and, once the last one is answered, the producer is re-created, as librdkafka's
-// INTRODUCTION.md advises.
+// After a fatal producer error (idempotence state lost) the producer's messages not sent yet
+// are purged, those sent get their real reports, and once the last one is answered the
+// producer is re-created, as librdkafka's INTRODUCTION.md advises.
 #pragma once
 
 #include <librdkafka/rdkafka.h>
@@ -84,6 +84,11 @@ class KafkaPublisher : public core::Publisher {
   config::KafkaConfig config_;
   Inbox inbox_;         //!< declared before producer_: outlives the destructor's last reports
   bool fatal_ = false;  //!< re-create the producer once outstanding_ is 0
+  //! After a fatal error, how long the messages already sent may take to be answered before
+  //! they are purged (librdkafka's request.timeout.ms is 30 s by default).
+  static constexpr std::chrono::seconds kFatalDrain{60};
+  std::chrono::steady_clock::time_point fatal_since_;
+  bool fatal_purged_ = false;
   std::unique_ptr<Producer> producer_;
 };
 
