@@ -460,11 +460,20 @@ void read_source(Reader& r, const YAML::Node& root, Config& c) {
   r.read_enum(n, "source", "mode", c.source.mode,
               {{"polling", SourceMode::polling}, {"replication", SourceMode::replication}});
   YAML::Node p = n["polling"];
-  if (r.section(p, "source.polling", {"batch_size", "batch_max_bytes", "interval_ms"})) {
+  if (r.section(p, "source.polling",
+                {"batch_size", "batch_max_bytes", "interval_ms", "shards",
+                 "shards_rebalance_interval_ms"})) {
     r.read_int(p, "source.polling", "batch_size", c.source.polling.batch_size, 1, 100'000);
     r.read_int(p, "source.polling", "batch_max_bytes", c.source.polling.batch_max_bytes, 1 << 16,
                1 << 30);
     r.read_ms(p, "source.polling", "interval_ms", c.source.polling.interval, 10, 3'600'000);
+    r.read_int(p, "source.polling", "shards", c.source.polling.shards, 1, 1024);
+    if (c.source.mode == SourceMode::replication && c.source.polling.shards > 1) {
+      r.error("source.polling.shards", line_of(p["shards"]),
+              "must be 1 in replication mode (one slot, one relay; see README \"Scaling out\")");
+    }
+    r.read_ms(p, "source.polling", "shards_rebalance_interval_ms",
+              c.source.polling.shards_rebalance_interval, 100, 600'000);
   }
   YAML::Node pl = n["pipeline"];
   if (r.section(pl, "source.pipeline", {"max_in_flight_rows", "max_in_flight_bytes"})) {
