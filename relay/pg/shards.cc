@@ -88,7 +88,7 @@ bool ShardClaims::join(pqxx::connection& conn, std::string& why) {
   try {
     // The gate serialises joins: two relays with different S cannot both see none of the
     // other's kind and register.
-    txn.exec0("SELECT pg_advisory_xact_lock(" + std::to_string(kGateClass) + ", 0)");
+    txn.exec1("SELECT pg_advisory_xact_lock(" + std::to_string(kGateClass) + ", 0)");
   } catch (const pqxx::sql_error& e) {
     if (e.sqlstate() != kLockNotAvailable) throw;
     why = "another relay is joining";
@@ -108,7 +108,7 @@ bool ShardClaims::join(pqxx::connection& conn, std::string& why) {
     pqxx::work wait(conn);
     wait.exec0(kWaitSql);
     try {
-      wait.exec0("SELECT pg_advisory_xact_lock(" + std::to_string(kMemberClass) + ", " + first +
+      wait.exec1("SELECT pg_advisory_xact_lock(" + std::to_string(kMemberClass) + ", " + first +
                  ")");
     } catch (const pqxx::sql_error& e) {
       if (e.sqlstate() != kLockNotAvailable) throw;

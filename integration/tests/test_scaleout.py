@@ -1,0 +1,154 @@
+"""Scale-out in polling mode (README "Scaling out", relay/pg/shards.h): relays with
+`source.polling.shards: S` share the rows by a hash of their key, claiming shards through
+session advisory locks, under service-like writers (per-key sequence numbers).
+
+1. Two relays share the shards (each holds S/2 and publishes), one is SIGKILLed under load
+   and the other takes every shard, a third joins and gets its share after a rebalance;
+   audited: lost 0, per-key order kept, duplicates at most one window (the kill).
+2. Relays that would split the rows differently never publish together: with a relay of
+   S = 4 running, one with S = 2 and one with S = 1 (the single leader lock) stand by and
+   publish nothing; after a clean stop of the first, exactly one of them takes over.
+
+Who holds what is read from both sides: each relay's /metrics (outbox_relay_shards_held)
+and PostgreSQL's pg_locks (one granted lock per shard, on as many sessions as relays).
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from harness import wait_until
+from harness.faults import FaultRun, profile
+
+P = profile()
+pytestmark = pytest.mark.timeout(300)
+
+SHARDS = 4
+SHARD_CLASS = 1869574002  # relay/pg/shards.h kShardClass
+SHARD_LOCKS = f"""
+SELECT l.objid::bigint::int, l.pid FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = {SHARD_CLASS}
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def sharded(shards: int) -> dict:
+    return {"source": {"polling": {"shards": shards, "shards_rebalance_interval_ms": 200}}}
+
+
+def metrics(relay) -> dict[str, float]:
+    url = f"http://127.0.0.1:{relay.http_port()}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+def held(relay) -> int:
+    return int(metrics(relay).get("outbox_relay_shards_held", -1))
+
+
+def published(relay) -> int:
+    return int(metrics(relay).get("outbox_relay_events_published_total", 0))
+
+
+def lock_holders(ctx) -> dict[int, int]:
+    """shard -> backend pid holding its lock."""
+    return {shard: pid for shard, pid in ctx._query(SHARD_LOCKS)}
+
+
+def wait_split(ctx, relays, expected: list[int], what: str) -> None:
+    """Until the relays hold `expected` shards (as a multiset, from their metrics) and
+    pg_locks shows every shard held once, on len(relays) sessions."""
+
+    def probe():
+        counts = sorted(held(r) for r in relays)
+        locks = lock_holders(ctx)
+        probe.last = (counts, locks)
+        return counts == sorted(expected) and len(locks) == SHARDS and len(set(locks.values())) == len(relays)
+
+    def alive():
+        for r in relays:
+            r.assert_running(what)
+
+    probe.last = None
+    try:
+        wait_until(probe, 60, 0.05, what, alive)
+    except AssertionError as e:
+        tails = "\n".join(f"--- {r.name}:\n{r.log_tail(15)}" for r in relays)
+        raise AssertionError(f"{e}; (held per relay, shard -> pid) = {probe.last}\n{tails}") from None
+
+
+def wait_publishing(run, relay, rows: int = 50) -> None:
+    """Until `relay` itself has published `rows` more events (its own counter)."""
+    base = published(relay)
+    wait_until(lambda: published(relay) >= base + rows, 60, 0.05, f"{relay.name} publishing",
+               lambda: relay.assert_running("while waiting for it to publish"))
+
+
+def test_relays_share_shards_take_over_a_killed_one_and_rebalance_to_a_newcomer(ctx):
+    run = FaultRun(ctx, "scaleout", P, relay_overrides=sharded(SHARDS))
+    a, b = run.relay(name="relay-a"), run.relay(name="relay-b")
+    a.start()
+    b.start()
+    run.writers.start()
+    wait_split(ctx, [a, b], [2, 2], "two relays holding 2 shards each")
+    wait_publishing(run, a)
+    wait_publishing(run, b)
+
+    # b dies under load: its session ends, its shards are free, a takes them all.
+    b.kill()
+    run.crashes += 1
+    wait_split(ctx, [a], [SHARDS], "the survivor holding every shard")
+    wait_publishing(run, a)
+
+    # A newcomer: a gives back its extras at a by-state read, c takes them.
+    c = run.relay(name="relay-c")
+    c.start()
+    wait_split(ctx, [a, c], [2, 2], "the survivor and the newcomer holding 2 shards each")
+    wait_publishing(run, c)
+    wait_publishing(run, a)
+    assert "holding shards" in c.log_text()
+    ctx.note(f"scaleout: a published {published(a)}, c {published(c)} (b killed)")
+    run.finish(a, f"{SHARDS} shards: 2 relays, one SIGKILLed, a third joined",
+               duplicates="per_crash", other_relays=(c,))
+
+
+def test_relays_with_another_split_stand_by_until_the_running_ones_are_gone(ctx):
+    run = FaultRun(ctx, "scaleout_resplit", P, relay_overrides=sharded(4))
+    x = run.relay(name="relay-s4")
+    run.start(x)
+    y = run.relay(name="relay-s2", overrides=run.overrides | sharded(2))
+    z = run.relay(name="relay-s1", overrides=run.overrides | sharded(1))  # the leader lock
+    y.start()
+    z.start()
+    wait_until(lambda: "relays with source.polling.shards: 4 are running" in y.log_text(), 60, 0.05,
+               "relay-s2 standing by", y.assert_running)
+    wait_until(lambda: "standing by" in z.log_text(), 60, 0.05, "relay-s1 standing by", z.assert_running)
+    wait_publishing(run, x, rows=200)  # x keeps publishing meanwhile; they do not
+    assert published(y) == 0 and published(z) == 0, (published(y), published(z))
+    assert held(y) == 0
+
+    # A clean stop of x: exactly one of the two takes over (either split, never both).
+    assert x.terminate(60) == 0
+    base = ctx.marked()
+    wait_until(lambda: ctx.marked() > base + 100, 60, 0.05, "a relay taking over after relay-s4 stopped")
+    winner, loser = (y, z) if published(y) > 0 else (z, y)
+    assert published(winner) > 0 and published(loser) == 0
+    run.fault_over()
+    total = ctx.counts()[0]
+    ctx.wait_all_published(total, 120, winner)
+    assert published(loser) == 0, f"{loser.name} published although {winner.name} leads"
+    ctx.note(f"scaleout_resplit: {winner.name} took over after relay-s4 stopped, {loser.name} stood by")
+    run.finish(winner, "relay with 4 shards running, one with 2 and one with 1 waiting; the first stopped",
+               duplicates="none", other_relays=(loser,))
