@@ -52,9 +52,9 @@ from harness.servers import REPO_DIR  # noqa: E402
 
 import load  # noqa: E402
 import procstat  # noqa: E402
-from readers import ROW_TOPIC, DebeziumReader, RelayReader  # noqa: E402
+from readers import ROW_TOPIC, DebeziumReader, RelayPairReader, RelayReader  # noqa: E402
 
-ALL_READERS = ("polling", "replication", "debezium", "pgfloor")
+ALL_READERS = ("polling", "replication", "debezium", "pgfloor", "polling-x2")
 
 
 class BenchError(RuntimeError):
@@ -502,7 +502,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     binary = relay_binary()
-    if any(r in ("polling", "replication") for r in args.readers) and not os.access(binary, os.X_OK):
+    if any(r in ("polling", "replication", "polling-x2") for r in args.readers) and not os.access(binary, os.X_OK):
         print(f"bench: relay binary {binary} missing (build it or set OUTBOX_RELAY_BIN)", file=sys.stderr)
         return 2
     jar_dir = None
@@ -546,6 +546,8 @@ def main(argv=None) -> int:
                 if name == "debezium":
                     reader = DebeziumReader(pg, kafka, work, run_id, jar_dir, args.connect_heap,
                                             args.debezium_poll_ms)
+                elif name == "polling-x2":  # two relays sharing the shards
+                    reader = RelayPairReader(pg, kafka, work, run_id, args.relay_set)
                 else:
                     reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set)
                 results[name] = {}

@@ -15,6 +15,7 @@ and PostgreSQL's pg_locks (one granted lock per shard, on as many sessions as re
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 
@@ -118,7 +119,13 @@ def test_relays_share_shards_take_over_a_killed_one_and_rebalance_to_a_newcomer(
     wait_split(ctx, [a, c], [2, 2], "the survivor and the newcomer holding 2 shards each")
     wait_publishing(run, c)
     wait_publishing(run, a)
-    assert "holding shards" in c.log_text()
+    # `status --json` names both relays and their shards (and no single leader).
+    st = a.command("status", "--json")
+    assert st.returncode == 0, st.stderr
+    report = json.loads(st.stdout)
+    assert report["leader"] is None, report
+    assert sorted(len(h["shards"]) for h in report["shards"]) == [2, 2], report
+    assert sorted(k for h in report["shards"] for k in h["shards"]) == list(range(SHARDS)), report
     ctx.note(f"scaleout: a published {published(a)}, c {published(c)} (b killed)")
     run.finish(a, f"{SHARDS} shards: 2 relays, one SIGKILLed, a third joined",
                duplicates="per_crash", other_relays=(c,))

@@ -151,10 +151,11 @@ int run_relay(const config::Config& config) {
       handlers.metrics = [&relay_metrics] { return relay_metrics.expose(); };
       if (config.source.polling.shards > 1 && !replication) {  // scale-out: the shards held
         auto* sharded = static_cast<pg::PgOutboxStore*>(store.get());
-        auto& held = registry.gauge("outbox_relay_shards_held",
-                                    "Shards this relay holds and publishes (source.polling.shards)");
-        auto& members =
-            registry.gauge("outbox_relay_shard_members", "Relays sharing the shards, this one included");
+        auto& held =
+            registry.gauge("outbox_relay_shards_held",
+                           "Shards this relay holds and publishes (source.polling.shards)");
+        auto& members = registry.gauge("outbox_relay_shard_members",
+                                       "Relays sharing the shards, this one included");
         handlers.metrics = [&relay_metrics, sharded, &held, &members] {
           held.set(sharded->shards_held());
           members.set(sharded->shard_members());

@@ -242,8 +242,8 @@ void PgOutboxStore::connect_sharded() {
 
 void PgOutboxStore::update_claims(bool at_rest, bool wait) {
   auto now = std::chrono::steady_clock::now();
-  bool due = now >= next_rebalance_ || claims_.held().empty() ||
-             (at_rest && claims_.wants_release());
+  bool due =
+      now >= next_rebalance_ || claims_.held().empty() || (at_rest && claims_.wants_release());
   if (due) {
     claims_.rebalance(*conn_, at_rest, held_before_);
     next_rebalance_ = now + shard_settings_.rebalance_interval;
@@ -256,7 +256,7 @@ void PgOutboxStore::update_claims(bool at_rest, bool wait) {
   holds_shard_zero_ = held.count(0) > 0;
   role_ = held.empty() ? SessionRole::standby : SessionRole::leader;
   if (held != logged_set_ || claims_.members() != logged_members_) {
-    logging::get("pg")->info("holding shards {} of {} ({} relays share them)", shard_list(held),
+    logging::get("pg")->info("holding shards {} of {} (relays sharing them: {})", shard_list(held),
                              shard_settings_.shards, claims_.members());
     logged_set_ = held;
     logged_members_ = claims_.members();
@@ -480,12 +480,11 @@ bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
       // The next enqueue's nextval() returns 1 again, and that writer notifies (schema 0003).
       pqxx::nontransaction n(*conn_);
       n.exec("SELECT setval('outbox.relay_wakeup_seq', 1, false)");
-      bool pending =
-          sharded()
-              ? n.exec_params1(pending_sql_, int_array(read_set_))[0].as<bool>()
-              : n.exec1("SELECT EXISTS (SELECT 1 FROM outbox.events "
-                        "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]
-                    .as<bool>();
+      bool pending = sharded() ? n.exec_params1(pending_sql_, int_array(read_set_))[0].as<bool>()
+                               : n.exec1(
+                                      "SELECT EXISTS (SELECT 1 FROM outbox.events "
+                                      "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]
+                                     .as<bool>();
       need_rearm_ = false;
       if (pending) return true;
     }

@@ -133,10 +133,10 @@ class PgOutboxStore : public core::OutboxStore {
   ShardClaims claims_;
   std::string fetch_sql_;
   std::string pending_sql_;
-  std::set<int> read_set_;        //!< the shards of the last begin_batch
-  bool read_set_valid_ = false;   //!< ... on this session
-  std::set<int> held_before_;     //!< held when the last session ended (taken back first)
-  std::set<int> logged_set_;      //!< the held set last logged
+  std::set<int> read_set_;       //!< the shards of the last begin_batch
+  bool read_set_valid_ = false;  //!< ... on this session
+  std::set<int> held_before_;    //!< held when the last session ended (taken back first)
+  std::set<int> logged_set_;     //!< the held set last logged
   int logged_members_ = 0;
   std::chrono::steady_clock::time_point next_rebalance_{};
   std::unordered_map<std::int64_t, int> row_shard_;  //!< rows returned and not recorded

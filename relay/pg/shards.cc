@@ -9,8 +9,7 @@ namespace {
 constexpr const char* kLockNotAvailable = "55P03";  // lock_timeout expired
 
 // The leader key of single-relay mode, shared: see shards.h.
-constexpr const char* kSharedLeaderSql =
-    "SELECT pg_advisory_lock_shared(hashtext('outbox-relay'))";
+constexpr const char* kSharedLeaderSql = "SELECT pg_advisory_lock_shared(hashtext('outbox-relay'))";
 constexpr const char* kWaitSql = "SET LOCAL lock_timeout = '800ms'";
 
 // Advisory locks of this database in pg_locks, two-int form.
@@ -39,7 +38,8 @@ ShardMoves plan_shards(int shards, int members, const std::set<int>& held,
   const int have = static_cast<int>(held.size());
   if (have > target) {
     // Highest first: shard 0 (retention) stays where it is as long as it can.
-    for (auto it = held.rbegin(); it != held.rend() && have - static_cast<int>(moves.release.size()) > target; ++it) {
+    for (auto it = held.rbegin();
+         it != held.rend() && have - static_cast<int>(moves.release.size()) > target; ++it) {
       moves.release.push_back(*it);
     }
     return moves;
@@ -94,9 +94,9 @@ bool ShardClaims::join(pqxx::connection& conn, std::string& why) {
     why = "another relay is joining";
     return false;
   }
-  auto other = txn.exec1("SELECT string_agg(DISTINCT l.objid::text, ',')" +
-                         std::string(kLocksOfDb) + " AND l.classid = " +
-                         std::to_string(kMemberClass) + " AND l.objid <> " + s);
+  auto other =
+      txn.exec1("SELECT string_agg(DISTINCT l.objid::text, ',')" + std::string(kLocksOfDb) +
+                " AND l.classid = " + std::to_string(kMemberClass) + " AND l.objid <> " + s);
   if (!other[0].is_null()) {
     std::string values = other[0].as<std::string>();
     why = "relays with source.polling.shards: " + values +
@@ -137,11 +137,10 @@ std::set<int> int_set(const std::string& array_text) {  // {1,2,3}
 }
 }  // namespace
 
-bool ShardClaims::rebalance(pqxx::connection& conn, bool may_release,
-                            const std::set<int>& prefer) {
+bool ShardClaims::rebalance(pqxx::connection& conn, bool may_release, const std::set<int>& prefer) {
   pqxx::nontransaction n(conn);
-  const std::string shard_locks = std::string(kLocksOfDb) + " AND l.classid = " +
-                                  std::to_string(kShardClass);
+  const std::string shard_locks =
+      std::string(kLocksOfDb) + " AND l.classid = " + std::to_string(kShardClass);
   auto row = n.exec1("SELECT (SELECT count(*)" + std::string(kLocksOfDb) +
                      " AND l.classid = " + std::to_string(kMemberClass) +
                      " AND l.objid = " + std::to_string(settings_.shards) +
@@ -183,8 +182,8 @@ bool ShardClaims::wait_for_one(pqxx::connection& conn) {
   pqxx::work txn(conn);
   txn.exec0(kWaitSql);
   try {
-    txn.exec1("SELECT pg_advisory_lock(" + std::to_string(kShardClass) + ", " +
-              std::to_string(k) + ")");
+    txn.exec1("SELECT pg_advisory_lock(" + std::to_string(kShardClass) + ", " + std::to_string(k) +
+              ")");
   } catch (const pqxx::sql_error& e) {
     if (e.sqlstate() == kLockNotAvailable) return false;
     throw;
