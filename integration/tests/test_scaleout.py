@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from harness import deep_merge, wait_until
 from harness.faults import FaultRun, profile
+from test_http import metric  # /metrics of a relay, one series
 
 P = profile()
 pytestmark = pytest.mark.timeout(300)
@@ -41,27 +40,13 @@ def sharded(shards: int) -> dict:
     return {"source": {"polling": {"shards": shards, "shards_rebalance_interval_ms": 200}}}
 
 
-def metrics(relay) -> dict[str, float]:
-    url = f"http://127.0.0.1:{relay.http_port()}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            text = r.read().decode()
-    except (urllib.error.URLError, OSError):
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            out[series] = float(value)
-    return out
-
-
 def held(relay) -> int:
-    return int(metrics(relay).get("outbox_relay_shards_held", -1))
+    v = metric(relay, "outbox_relay_shards_held")
+    return -1 if v is None else int(v)
 
 
 def published(relay) -> int:
-    return int(metrics(relay).get("outbox_relay_events_published_total", 0))
+    return int(metric(relay, "outbox_relay_events_published_total") or 0)
 
 
 def lock_holders(ctx) -> dict[int, int]:
