@@ -3,6 +3,7 @@
 
 #include <numeric>
 
+#include "pg/pg_store.h"
 #include "pg/shards.h"
 
 using outbox::pg::plan_shards;
@@ -97,4 +98,19 @@ TEST_CASE("the shard expression is the key's hash, or the id without a key", "[s
         "(CASE WHEN key IS NULL THEN id % 8 ELSE (hashtext(key) & 2147483647) % 8 END)::int");
   CHECK(shard_list({}) == "none");
   CHECK(shard_list({0, 3, 5}) == "0,3,5");
+}
+
+TEST_CASE("a sharded store builds its statements at construction, without I/O", "[shards]") {
+  // The sharded fetch is the single-relay one with the shard filter spliced in: a change of
+  // that statement that breaks the splice throws here rather than in production.
+  CHECK_NOTHROW(
+      outbox::pg::PgOutboxStore("host=/nonexistent", "test", {4, std::chrono::milliseconds(1000)}));
+  outbox::pg::PgOutboxStore store("host=/nonexistent", "test",
+                                  {4, std::chrono::milliseconds(1000)});
+  CHECK(store.shards() == 4);
+  CHECK(store.shards_held() == 0);
+  CHECK_FALSE(store.runs_chores());
+  outbox::pg::PgOutboxStore single("host=/nonexistent", "test");
+  CHECK(single.shards() == 1);
+  CHECK_FALSE(single.runs_chores());  // not connected: no leader yet
 }
