@@ -691,3 +691,79 @@ TEST_CASE("exactly_once keys without exactly_once warn that they do nothing", "[
   REQUIRE(r.warnings.size() == 1);
   CHECK_THAT(r.warnings[0], Catch::Contains("delivery.transactional_id (line 6)"));
 }
+
+TEST_CASE("source.polling.shards: default 1, polling mode only, bounds with key and line",
+          "[config]") {
+  ParseResult def = parse_config(kMinimal, with_env({}));
+  REQUIRE(def.config);
+  CHECK(def.config->source.polling.shards == 1);
+  CHECK(def.config->source.polling.shards_rebalance_interval.count() == 1000);
+
+  ParseResult ok = parse_config(R"(postgres:
+  dsn: "host=db"
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  polling:
+    shards: 8
+    shards_rebalance_interval_ms: 250
+)",
+                                with_env({}));
+  REQUIRE(ok.config);
+  CHECK(ok.config->source.polling.shards == 8);
+  CHECK(ok.config->source.polling.shards_rebalance_interval.count() == 250);
+
+  ParseResult bad = parse_config(R"(postgres:
+  dsn: "host=db"
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  polling:
+    shards: 0
+    shards_rebalance_interval_ms: 5
+)",
+                                 with_env({}));
+  REQUIRE_FALSE(bad.config);
+  const ConfigError* shards = find_error(bad, "source.polling.shards");
+  REQUIRE(shards != nullptr);
+  CHECK(shards->line == 7);
+  const ConfigError* interval = find_error(bad, "source.polling.shards_rebalance_interval_ms");
+  REQUIRE(interval != nullptr);
+  CHECK(interval->line == 8);
+
+  ParseResult repl = parse_config(R"(postgres:
+  dsn: "host=db"
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  mode: replication
+  polling:
+    shards: 4
+)",
+                                  with_env({}));
+  REQUIRE_FALSE(repl.config);
+  const ConfigError* mode = find_error(repl, "source.polling.shards");
+  REQUIRE(mode != nullptr);
+  CHECK(mode->line == 8);
+  CHECK(mode->message.find("replication") != std::string::npos);
+}
+
+TEST_CASE("exactly_once is refused with shards: one transactional.id, one publishing relay",
+          "[config][eos]") {
+  ParseResult r = parse_config(R"(postgres:
+  dsn: "host=db"
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  polling:
+    shards: 4
+delivery:
+  guarantee: exactly_once
+)",
+                               with_env({}));
+  REQUIRE_FALSE(r.config);
+  const ConfigError* g = find_error(r, "delivery.guarantee");
+  REQUIRE(g != nullptr);
+  CHECK(g->line == 9);
+  CHECK_THAT(g->message, Catch::Contains("source.polling.shards"));
+}

@@ -48,6 +48,7 @@ struct FakeServer {
   std::uint64_t lsn = 1000;
   std::int64_t next_id = 1;
   std::uint32_t next_xid = 700;
+  std::string topic = "orders";  //!< of the rows commit() inserts
 
   bool slot_exists = false;
   std::uint64_t slot_confirmed = 0;
@@ -61,9 +62,10 @@ struct FakeServer {
   bool fail_next_read = false;
   bool fail_next_mark = false;
 
-  std::function<void()> on_create;      // runs while the slot is being created
-  std::function<void(int)> on_check;    // after the n-th row check
-  std::function<void(int)> on_visible;  // after the n-th visibility poll
+  std::function<void()> on_create;                 // runs while the slot is being created
+  std::function<void(int)> on_check;               // after the n-th row check
+  std::function<void(int)> on_visible;             // after the n-th visibility poll
+  std::function<void(milliseconds)> on_idle_read;  // a read that waited for nothing
   int checks = 0;
   int visible_polls = 0;
 
@@ -77,7 +79,7 @@ struct FakeServer {
       Row r;
       r.event.id = i < ids.size() ? ids[i] : next_id++;
       r.event.event_id = "evt-" + std::to_string(r.event.id);
-      r.event.topic = "orders";
+      r.event.topic = topic;
       r.event.key = keys[i];
       r.event.payload = "p" + std::to_string(r.event.id);
       r.event.headers_json = "{}";
@@ -166,13 +168,16 @@ class FakeStream : public pg::ReplicationStream {
       if (t.end > s_.slot_confirmed) s_.send(t);  // everything after the confirmed position
     }
   }
-  std::optional<StreamMessage> read(milliseconds) override {
+  std::optional<StreamMessage> read(milliseconds wait) override {
     REQUIRE(s_.streaming);
     if (s_.fail_next_read) {
       s_.fail_next_read = false;
       throw core::UnavailableError("replication stream: server closed the connection");
     }
-    if (s_.wire.empty()) return std::nullopt;
+    if (s_.wire.empty()) {
+      if (s_.on_idle_read) s_.on_idle_read(wait);
+      return std::nullopt;
+    }
     StreamMessage m = s_.wire.front();
     s_.wire.pop_front();
     return m;
@@ -302,6 +307,7 @@ struct Rig {
     options.status_interval = milliseconds(1000);
     options.heartbeat_interval = milliseconds(1000);
     options.visibility_retry = milliseconds(2);
+    server.on_idle_read = [this](milliseconds wait) { clock.advance(wait); };
   }
   ReplicationSource& make() {
     source =
@@ -684,4 +690,303 @@ TEST_CASE("with the relay: rows pending at the first start go out first, whateve
     }
     CHECK(std::is_sorted(firsts.begin(), firsts.end()));
   }
+}
+
+// --- pipelined (several reads in flight) -------------------------------------------------------
+
+namespace {
+
+void record(ReplicationSource& source, const Ids& published) {
+  core::BatchOutcome o;
+  o.published = published;
+  source.record_outcome(o);
+}
+
+Ids cat(std::initializer_list<Ids> parts) {
+  Ids all;
+  for (const auto& p : parts) all.insert(all.end(), p.begin(), p.end());
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "drain: reads ahead above the last id read, groups recorded in any order, hand-over only "
+    "at a by-state read once the list is empty",
+    "[replication][pipeline][handover]") {
+  Rig rig;
+  auto old = rig.server.commit({"a", "b", "c", "d", "e", "f"});
+  auto& source = rig.make();
+  REQUIRE(source.read_ahead());
+
+  auto first = source.begin_batch(2, 1 << 20, {});
+  REQUIRE(ids_of(first) == Ids{old[0], old[1]});
+  auto later = rig.server.commit({"a"});  // after the consistent point: the stream's
+  auto second = source.read_after(old[1], 2, 2, 1 << 20, {});
+  REQUIRE(ids_of(second) == Ids{old[2], old[3]});
+  // The core has one row fewer in flight than the list up to old[3] (it left one unsent,
+  // its topic blocked): nothing may overtake it.
+  CHECK(source.read_after(old[3], 3, 2, 1 << 20, {}).empty());
+  auto third = source.read_after(old[3], 4, 2, 1 << 20, {});
+  REQUIRE(ids_of(third) == Ids{old[4], old[5]});
+  // The end of the list: a read-ahead returns nothing and never hands over.
+  CHECK(source.read_after(old[5], 6, 2, 1 << 20, {}).empty());
+  CHECK(source.phase() == Phase::draining);
+
+  // Answers recorded out of read order; old[1]'s delivery failed (not recorded).
+  record(source, {old[4], old[5]});
+  CHECK(source.drain_left() == 4);
+  record(source, {old[3], old[0]});
+  record(source, {old[2]});
+  CHECK(source.drain_left() == 1);
+  CHECK(source.phase() == Phase::draining);
+
+  // The next by-state read (the window drained) sends the failed row again, first.
+  auto again = source.begin_batch(10, 1 << 20, {});
+  REQUIRE(ids_of(again) == Ids{old[1]});
+  CHECK(source.read_after(old[1], 1, 10, 1 << 20, {}).empty());
+  record(source, {old[1]});
+  CHECK(source.drain_left() == 0);
+  CHECK(source.phase() == Phase::draining);  // rows may still be in flight: no stream yet
+  CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "start") == 0);
+
+  CHECK(ids_of(source.begin_batch(10, 1 << 20, {})) == later);  // by state: the stream
+  CHECK(source.phase() == Phase::streaming);
+}
+
+TEST_CASE("drain: a read-ahead window of ids no longer pending is passed over",
+          "[replication][pipeline][handover]") {
+  Rig rig;
+  auto old = rig.server.commit({"a", "b", "c", "d", "e", "f", "g"});
+  auto& source = rig.make();
+  REQUIRE(ids_of(source.begin_batch(1, 1 << 20, {})) == Ids{old[0]});
+  for (int i = 1; i <= 4; ++i) rig.server.rows.at(old[i]).published = true;  // resolved
+  // Windows of two ids: old[1..4] are no longer pending and leave the list.
+  CHECK(ids_of(source.read_after(old[0], 1, 2, 1 << 20, {})) == Ids{old[5], old[6]});
+  CHECK(source.drain_left() == 3);
+}
+
+TEST_CASE(
+    "stream: reads ahead in commit order; groups recorded out of order never confirm past an "
+    "unacknowledged row",
+    "[replication][pipeline][confirm]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  REQUIRE(source.phase() == Phase::streaming);
+  auto t1 = rig.server.commit({"a", "b"});
+  std::uint64_t end1 = rig.server.lsn;
+  auto t2 = rig.server.commit({"c"});
+  auto t3 = rig.server.commit({"d", "e"});
+  std::uint64_t end3 = rig.server.lsn;
+
+  REQUIRE(ids_of(source.begin_batch(2, 1 << 20, {})) == t1);
+  REQUIRE(ids_of(source.read_after(t1[1], 2, 2, 1 << 20, {})) == Ids{t2[0], t3[0]});
+  CHECK(source.read_after(t3[0], 3, 2, 1 << 20, {}).empty());  // the core left one unsent
+  REQUIRE(ids_of(source.read_after(t3[0], 4, 2, 1 << 20, {})) == Ids{t3[1]});
+  rig.server.keepalive();  // with rows in flight, the server's position is not confirmed
+  CHECK(source.read_after(t3[1], 5, 2, 1 << 20, {}).empty());
+
+  record(source, {t3[1], t3[0]});
+  CHECK(source.confirmed().value < end1);
+  record(source, {t2[0]});
+  record(source, {t1[1]});
+  CHECK(source.confirmed().value < end1);  // t1[0] is still unacknowledged
+  CHECK(rig.server.slot_confirmed < end1);
+  record(source, {t1[0]});
+  CHECK(source.confirmed().value >= end3);
+  CHECK(rig.server.slot_confirmed >= end3);
+  for (auto f : rig.server.flushed) CHECK((f < end1 || f >= end3));
+}
+
+TEST_CASE(
+    "stream: rows of a failed delivery are sent again first, in their order, read again from "
+    "the table",
+    "[replication][pipeline][confirm]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  auto t1 = rig.server.commit({"k", "k"});
+  std::uint64_t end1 = rig.server.lsn;
+  auto t2 = rig.server.commit({"k"});
+  auto t3 = rig.server.commit({"m"});
+
+  REQUIRE(ids_of(source.begin_batch(2, 1 << 20, {})) == t1);
+  REQUIRE(ids_of(source.read_after(t1[1], 2, 2, 1 << 20, {})) == Ids{t2[0], t3[0]});
+  // t1[1] timed out, and t2[0] after it in its partition; the others were acknowledged.
+  core::BatchOutcome o;
+  o.published = {t3[0], t1[0]};
+  o.retry = {{t1[1], "Kafka: timed out"}};
+  source.record_outcome(o);
+  CHECK(rig.server.row(t1[1]).event.attempts == 1);
+  CHECK(source.confirmed().value < end1);
+  auto t4 = rig.server.commit({"k"});
+
+  // The window drained: by state, the unresolved rows first, in decoded order, then newer.
+  auto again = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(again) == Ids{t1[1], t2[0], t4[0]});
+  for (const auto& e : again) {
+    CHECK(e.payload == rig.server.row(e.id).event.payload);  // read again, whole
+    CHECK(e.key == rig.server.row(e.id).event.key);
+    CHECK(e.attempts == rig.server.row(e.id).event.attempts);
+  }
+  record(source, ids_of(again));
+  CHECK(rig.server.pending_count() == 0);
+  CHECK(source.confirmed().value == rig.server.lsn);
+}
+
+TEST_CASE(
+    "stream: a by-state read recorded in groups, without read_after, is a complete use (one "
+    "Kafka transaction per read)",
+    "[replication][pipeline]") {
+  Rig rig;
+  auto old = rig.server.commit({"a", "b"});
+  auto& source = rig.make();
+  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {})) == old);  // the drain
+  record(source, {old[1]});
+  record(source, {old[0]});
+  auto t1 = rig.server.commit({"a", "b", "c"});
+  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {})) == t1);  // the stream
+  record(source, {t1[2]});
+  record(source, {t1[0], t1[1]});
+  CHECK(source.confirmed().value == rig.server.lsn);
+  // An aborted transaction records nothing: the next read sends its rows again.
+  auto t2 = rig.server.commit({"d"});
+  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {})) == t2);
+  CHECK(ids_of(source.begin_batch(100, 1 << 20, {})) == t2);
+  record(source, t2);
+  CHECK(rig.server.pending_count() == 0);
+  CHECK(source.confirmed().value == rig.server.lsn);
+}
+
+TEST_CASE(
+    "stream: rows of a skipped topic are parked and come before later rows of their topic; a "
+    "row the core left unsent is not overtaken",
+    "[replication][pipeline][skip]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  rig.server.topic = "audit";
+  auto a1 = rig.server.commit({"x"});
+  std::uint64_t end_a1 = rig.server.lsn;
+  rig.server.topic = "orders";
+  auto o1 = rig.server.commit({"y"});
+
+  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {"audit"})) == o1);  // a1 parked
+  rig.server.topic = "audit";
+  auto a2 = rig.server.commit({"x"});
+  rig.server.topic = "orders";
+  auto o2 = rig.server.commit({"y"});
+  record(source, o1);
+  CHECK(source.confirmed().value < end_a1);
+  // "audit" is no longer skipped: its parked row comes before its newer one.
+  REQUIRE(ids_of(source.read_after(o1[0], 0, 100, 1 << 20, {})) == cat({a1, a2, o2}));
+  record(source, cat({a1, a2, o2}));
+  CHECK(source.confirmed().value == rig.server.lsn);
+
+  // The core leaves a3 unsent (it finds "audit" blocked while sending this read): one row
+  // fewer in flight than handed out, so no read-ahead, and a3 comes first by state.
+  rig.server.topic = "audit";
+  auto a3 = rig.server.commit({"x"});
+  rig.server.topic = "orders";
+  auto o3 = rig.server.commit({"y"});
+  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {})) == cat({a3, o3}));
+  rig.server.topic = "audit";
+  rig.server.commit({"x"});
+  CHECK(source.read_after(o3[0], 1, 100, 1 << 20, {}).empty());
+  record(source, o3);
+  CHECK(ids_of(source.begin_batch(100, 1 << 20, {}))[0] == a3[0]);
+}
+
+namespace {
+
+//! Runs the relay over `rig`'s source with a publisher on which key "stuck" never answers,
+//! until every other row is marked (plus a few polls); returns what was sent.
+std::vector<std::int64_t> run_with_a_stuck_partition(Rig& rig, FakePublisher& kafka,
+                                                     std::size_t stuck_rows) {
+  core::BatchRelayOptions o;
+  o.batch_size = 4;
+  o.max_in_flight_rows = 100;
+  o.shutdown_timeout = milliseconds(1000);
+  kafka.clock = &rig.clock;
+  std::atomic<bool> stop{false};
+  int polls_after = 0;
+  kafka.stuck = [&](const core::Message& m) {
+    if (rig.server.pending_count() == stuck_rows && ++polls_after > 5) stop = true;
+    return m.key == "stuck";
+  };
+  core::BatchRelay relay(*rig.source, kafka, rig.clock, o);
+  relay.run(stop);
+  std::vector<std::int64_t> sent;
+  for (const auto& m : kafka.sent) sent.push_back(std::stoll(m.headers.at(1).second));
+  return sent;
+}
+
+}  // namespace
+
+TEST_CASE("with the relay: a partition that never answers holds only its own rows, draining",
+          "[replication][pipeline][stuck]") {
+  Rig rig;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 20; ++i) keys.push_back(i % 2 == 0 ? "stuck" : "fine");
+  auto old = rig.server.commit(keys);
+  auto& source = rig.make();
+  FakePublisher kafka;
+
+  auto sent = run_with_a_stuck_partition(rig, kafka, 10);
+
+  for (std::size_t i = 0; i < old.size(); ++i) {
+    INFO("row " << old[i]);
+    CHECK(rig.server.row(old[i]).published == (keys[i] == "fine"));
+  }
+  CHECK(sent.size() == 20);  // read ahead past the stuck rows
+  CHECK(kafka.max_unanswered > 4);
+  CHECK(source.phase() == Phase::draining);  // the stuck rows hold the hand-over
+  CHECK(source.drain_left() == 10);
+  CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "start") == 0);
+}
+
+TEST_CASE(
+    "with the relay: a partition that never answers holds only its own rows, streaming; the "
+    "confirmed position stays before them, and they follow in order once it answers",
+    "[replication][pipeline][stuck]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  REQUIRE(source.phase() == Phase::streaming);
+  std::uint64_t first_stuck_end = 0;
+  for (int i = 0; i < 20; ++i) {
+    rig.server.commit({i % 2 == 0 ? "stuck" : "fine"});
+    if (i == 0) first_stuck_end = rig.server.lsn;
+  }
+  FakePublisher kafka;
+
+  auto sent = run_with_a_stuck_partition(rig, kafka, 10);
+
+  for (const auto& [id, row] : rig.server.rows) {
+    INFO("row " << id);
+    CHECK(row.published == (row.event.key == "fine"));
+  }
+  CHECK(sent.size() == 20);
+  CHECK(source.confirmed().value < first_stuck_end);
+  CHECK(rig.server.slot_confirmed < first_stuck_end);
+
+  // The partition answers again: a new run sends the stuck rows again, in order.
+  FakePublisher healed;
+  healed.clock = &rig.clock;
+  std::atomic<bool> stop{false};
+  rig.server.on_idle_read = [&](milliseconds wait) {  // idle: everything was handled
+    rig.clock.advance(wait);
+    if (rig.server.pending_count() == 0) stop = true;
+  };
+  core::BatchRelayOptions o;
+  o.batch_size = 4;
+  core::BatchRelay relay(source, healed, rig.clock, o);
+  relay.run(stop);
+  CHECK(rig.server.pending_count() == 0);
+  std::vector<std::int64_t> again;
+  for (const auto& m : healed.sent) again.push_back(std::stoll(m.headers.at(1).second));
+  CHECK(again.size() == 10);
+  CHECK(std::is_sorted(again.begin(), again.end()));
+  CHECK(source.confirmed().value == rig.server.lsn);
 }

@@ -52,10 +52,11 @@ from harness.servers import REPO_DIR  # noqa: E402
 
 import load  # noqa: E402
 import procstat  # noqa: E402
-from readers import ROW_TOPIC, DebeziumReader, RelayReader  # noqa: E402
+from readers import ROW_TOPIC, DebeziumReader, RelayPairReader, RelayReader  # noqa: E402
 
-ALL_READERS = ("polling", "replication", "debezium", "pgfloor", "polling-eos", "replication-eos")
-RELAY_READERS = ("polling", "replication", "polling-eos", "replication-eos")
+ALL_READERS = ("polling", "replication", "debezium", "pgfloor", "polling-eos", "replication-eos",
+               "polling-x2")
+RELAY_READERS = ("polling", "replication", "polling-eos", "replication-eos", "polling-x2")
 
 
 class BenchError(RuntimeError):
@@ -547,6 +548,8 @@ def main(argv=None) -> int:
                 if name == "debezium":
                     reader = DebeziumReader(pg, kafka, work, run_id, jar_dir, args.connect_heap,
                                             args.debezium_poll_ms)
+                elif name == "polling-x2":  # two relays sharing the shards
+                    reader = RelayPairReader(pg, kafka, work, run_id, args.relay_set)
                 else:
                     reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set)
                 results[name] = {}

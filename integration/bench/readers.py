@@ -4,6 +4,8 @@ publishing to its own topic of the same Kafka broker:
   polling, replication   outbox-relay (harness.Relay) in that source mode, defaults otherwise
   polling-eos, replication-eos
                          the same with delivery.guarantee: exactly_once (Kafka transactions)
+  polling-x2             two outbox-relays in polling mode sharing source.polling.shards: 8
+                         (README "Scaling out"), run as one process tree (CPU and RSS of both)
   debezium               Kafka Connect standalone running Debezium's PostgreSQL connector
                          (pgoutput, own slot and publication) with its outbox EventRouter
 
@@ -180,6 +182,47 @@ class RelayReader(Reader):
             report = {"error": (r.stdout + r.stderr)[-2000:]}
         report["exit_code"] = r.returncode
         return report
+
+
+# Two relays as one process tree for the bench's CPU and RSS figures: `run` starts both with
+# the same config and stops both on SIGTERM; any other command is the relay itself.
+PAIR_SCRIPT = """#!/bin/sh
+bin="$OUTBOX_PAIR_BIN"
+[ "$1" = run ] || exec "$bin" "$@"
+"$bin" "$@" & a=$!
+"$bin" "$@" & b=$!
+trap 'kill -TERM $a $b 2>/dev/null' TERM INT
+while kill -0 $a 2>/dev/null || kill -0 $b 2>/dev/null; do wait; done
+"""
+
+
+class RelayPairReader(RelayReader):
+    """polling-x2: two relays sharing `shards` shards (source.polling.shards)."""
+
+    def __init__(self, pg, kafka, work, run_id, overrides: list[str], shards: int = 8):
+        super().__init__("polling", pg, kafka, work, run_id, [f"source.polling.shards={shards}"] + overrides)
+        self.name = "polling-x2"
+        # the base class named its database, topic and work dir after the mode
+        self.work = work / self.name
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.db = f"bench_{run_id}_polling_x2"
+        self.topic = f"bench.{run_id}.{self.name}.{ROW_TOPIC}"
+
+    def _migrate(self) -> None:
+        super()._migrate()
+        script = self.work / "relay-pair.sh"
+        script.write_text(PAIR_SCRIPT)
+        script.chmod(0o755)
+        self.relay = Relay(self.relay.config, self.work, binary=script, name="relay",
+                           env={"OUTBOX_PAIR_BIN": str(self.relay.binary)})
+
+    def stop(self) -> None:
+        super().stop()
+        # how the work was split: each relay's last line ("... N events published ...")
+        if self.relay is not None:
+            for line in self.relay.log_text().splitlines():
+                if "outbox-relay stopped:" in line:
+                    print(f"  {self.name}: {line.split('] ', 1)[-1]}", file=sys.stderr)
 
 
 class DebeziumReader(Reader):

@@ -272,10 +272,9 @@ class FaultRun:
             self.overrides = deep_merge(self.overrides, relay_overrides)
         self.config = ctx.config(self.overrides)
         self.batch_size = self.config["source"]["polling"]["batch_size"]
-        # what one abrupt death may send again: the in-flight window (polling) or one batch
-        if self.config["source"]["mode"] == "polling":
-            window = self.config["source"].get("pipeline", {}).get("max_in_flight_rows", 5000)
-            self.batch_size = max(self.batch_size, window)
+        # what one abrupt death may send again: the in-flight window (both modes read ahead)
+        window = self.config["source"].get("pipeline", {}).get("max_in_flight_rows", 5000)
+        self.batch_size = max(self.batch_size, window)
         self.crashes = 0  # abrupt relay deaths (SIGKILL, crash points): each may re-send a batch
         self.fault_end: Optional[float] = None  # time.time() when the fault was over
         self.writers_stopped = False

@@ -30,16 +30,17 @@ def mode() -> str:
     return "replication"
 
 
-def duplicates_only_in_flight(rep, unmarked_at_kill: set[str], batch_size: int, relay) -> None:
+def duplicates_only_in_flight(rep, unmarked_at_kill: set[str], window: int, relay) -> None:
     """After a SIGKILL: only events whose rows were not marked at the kill may come
-    twice, and at most one batch of them (a batch is finished before the next)."""
+    twice, and at most the in-flight window of them (source.pipeline.max_in_flight_rows:
+    rows sent and not yet marked)."""
     redelivered_marked = [e for e in rep.duplicates if e not in unmarked_at_kill]
     assert not redelivered_marked, (
         f"{len(redelivered_marked)} events sent again although their rows were marked before the SIGKILL "
         f"(e.g. {redelivered_marked[:5]}): " + explain(rep, relay)
     )
-    assert len(rep.duplicates) <= batch_size, (
-        f"{len(rep.duplicates)} events duplicated, more than one batch ({batch_size}) in flight at the kill: "
+    assert len(rep.duplicates) <= window, (
+        f"{len(rep.duplicates)} events duplicated, more than the window ({window}) in flight at the kill: "
         + explain(rep, relay)
     )
 
@@ -48,7 +49,9 @@ def duplicates_only_in_flight(rep, unmarked_at_kill: set[str], batch_size: int, 
 def test_sigkill_restart_resumes_from_confirmed_lsn(ctx):
     total, batch = 8_000, 100
     topic, writers = start_load(ctx, total, keys=KEYS_100[:50], threads=4)
-    relay = ctx.relay({"source": {"polling": {"batch_size": batch}}}).start()
+    window = 4 * batch
+    relay = ctx.relay({"source": {"polling": {"batch_size": batch},
+                                  "pipeline": {"max_in_flight_rows": window}}}).start()
     s0 = ctx.wait_streaming(relay)
     writers.start()
     ctx.wait_marked_at_least(2000, 60, relay)
@@ -85,7 +88,7 @@ def test_sigkill_restart_resumes_from_confirmed_lsn(ctx):
     rep = audit(ctx.rows(), records)
     assert rep.rows == total
     assert_no_loss(rep, relay, allow_duplicates=True)
-    duplicates_only_in_flight(rep, unmarked_at_kill, batch, relay)
+    duplicates_only_in_flight(rep, unmarked_at_kill, window, relay)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
         f"SIGKILL at {marked_at_kill}/{rows_at_kill} marked; confirmed_flush_lsn {lsn_text(s0.confirmed_flush_lsn)} "
@@ -337,7 +340,8 @@ def test_one_statement_of_1000_rows_one_commit_lsn(ctx, how, kill):
     n, batch = 1000, 50
     topic = ctx.topic()
     # linger 100 ms: each batch of 50 takes ~0.1 s, so "in the middle" is reachable
-    overrides = {"source": {"polling": {"batch_size": batch}}}
+    window = 4 * batch
+    overrides = {"source": {"polling": {"batch_size": batch}, "pipeline": {"max_in_flight_rows": window}}}
     if kill:
         overrides["kafka"] = {"properties": {"linger.ms": "100"}}
     relay = ctx.relay(overrides).start()
@@ -370,7 +374,7 @@ def test_one_statement_of_1000_rows_one_commit_lsn(ctx, how, kill):
     assert rep.rows == n
     if kill:
         assert_no_loss(rep, relay, allow_duplicates=True)
-        duplicates_only_in_flight(rep, unmarked_at_kill, batch, relay)
+        duplicates_only_in_flight(rep, unmarked_at_kill, window, relay)
     else:
         assert rep.records == n, explain(rep, relay)
         assert_no_loss(rep, relay, allow_duplicates=False)

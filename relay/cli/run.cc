@@ -107,7 +107,10 @@ int run_relay(const config::Config& config) {
     store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, settings, clock,
                                                      [] { return g_stop.load(); });
   } else {
-    store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted);
+    pg::ShardSettings shards;
+    shards.shards = config.source.polling.shards;
+    shards.rebalance_interval = config.source.polling.shards_rebalance_interval;
+    store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted, shards);
   }
   core::BatchRelayOptions options;
   options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
@@ -182,6 +185,19 @@ int run_relay(const config::Config& config) {
     if (config.http.enabled) {
       http::Handlers handlers;
       handlers.metrics = [&relay_metrics] { return relay_metrics.expose(); };
+      if (config.source.polling.shards > 1 && !replication) {  // scale-out: the shards held
+        auto* sharded = static_cast<pg::PgOutboxStore*>(store.get());
+        auto& held =
+            registry.gauge("outbox_relay_shards_held",
+                           "Shards this relay holds and publishes (source.polling.shards)");
+        auto& members = registry.gauge("outbox_relay_shard_members",
+                                       "Relays sharing the shards, this one included");
+        handlers.metrics = [&relay_metrics, sharded, &held, &members] {
+          held.set(sharded->shards_held());
+          members.set(sharded->shard_members());
+          return relay_metrics.expose();
+        };
+      }
       handlers.healthy = [&relay_metrics] { return relay_metrics.healthy(); };
       handlers.not_ready = [&relay_metrics] { return relay_metrics.not_ready_reason(); };
       http_server = std::make_unique<http::Server>(config.http.address, config.http.port, handlers);
@@ -198,7 +214,7 @@ int run_relay(const config::Config& config) {
       leads = [r] { return r->role() == pg::SessionRole::leader; };
     } else {
       auto* p = dynamic_cast<pg::PgOutboxStore*>(store.get());
-      leads = [p] { return p->role() == pg::SessionRole::leader; };
+      leads = [p] { return p->runs_chores(); };  // sharded: the holder of shard 0
     }
     pg::RetentionSettings rs;
     rs.published_after = config.retention.published_after;
@@ -212,7 +228,9 @@ int run_relay(const config::Config& config) {
 
   log->info("outbox-relay starting: mode {}, PostgreSQL {}, Kafka {}",
             replication ? "replication (slot " + config.source.replication.slot_name + ")"
-                        : std::string("polling"),
+            : config.source.polling.shards > 1
+                ? "polling (" + std::to_string(config.source.polling.shards) + " shards)"
+                : std::string("polling"),
             redacted, config.kafka.bootstrap_servers);
   std::size_t abandoned = 0;
   try {

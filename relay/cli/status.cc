@@ -35,12 +35,16 @@ int run_status(const config::Config& config, bool json) {
   const std::string& slot_name = config.source.replication.slot_name;
   pg::OutboxStats stats;
   std::optional<pg::LeaderInfo> leader;
+  std::vector<pg::ShardHolder> shard_holders;  // scale-out (source.polling.shards > 1)
   std::optional<pg::SlotStats> slot;
   try {
     pqxx::connection conn(conninfo);
     pqxx::read_transaction tx(conn);
     stats = pg::read_outbox_stats(tx);
     leader = pg::read_leader(tx);
+    shard_holders = pg::read_shard_holders(tx);
+    // Sharded relays all hold the leader key, shared: none of them is "the" leader.
+    if (!shard_holders.empty()) leader.reset();
     if (replication) slot = pg::read_slot_stats(tx, slot_name);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "status: PostgreSQL (%s): %s\n",
@@ -61,6 +65,13 @@ int run_status(const config::Config& config, bool json) {
                      {"application_name", leader->application_name},
                      {"client_addr", leader->client_addr},
                      {"backend_start", leader->backend_start}};
+    }
+    if (!shard_holders.empty()) {
+      j["shards"] = nlohmann::json::array();
+      for (const auto& h : shard_holders) {
+        j["shards"].push_back(
+            {{"pid", h.pid}, {"client_addr", h.client_addr}, {"shards", h.shards}});
+      }
     }
     if (replication) {
       nlohmann::json s = {{"name", slot_name}, {"exists", slot.has_value()}};
@@ -86,8 +97,14 @@ int run_status(const config::Config& config, bool json) {
     std::printf("leader         pid %d, application %s, client %s, since %s\n", leader->pid,
                 leader->application_name.empty() ? "-" : leader->application_name.c_str(),
                 leader->client_addr.c_str(), leader->backend_start.c_str());
-  } else {
+  } else if (shard_holders.empty()) {
     std::printf("leader         none (no relay holds the leader lock)\n");
+  }
+  for (const auto& h : shard_holders) {  // with shards, the leader line shows one of them
+    std::string list;
+    for (int k : h.shards) list += (list.empty() ? "" : ",") + std::to_string(k);
+    std::printf("shards         pid %d, client %s: %s\n", h.pid, h.client_addr.c_str(),
+                list.c_str());
   }
   if (replication) {
     if (!slot) {

@@ -468,11 +468,20 @@ void read_source(Reader& r, const YAML::Node& root, Config& c) {
   r.read_enum(n, "source", "mode", c.source.mode,
               {{"polling", SourceMode::polling}, {"replication", SourceMode::replication}});
   YAML::Node p = n["polling"];
-  if (r.section(p, "source.polling", {"batch_size", "batch_max_bytes", "interval_ms"})) {
+  if (r.section(p, "source.polling",
+                {"batch_size", "batch_max_bytes", "interval_ms", "shards",
+                 "shards_rebalance_interval_ms"})) {
     r.read_int(p, "source.polling", "batch_size", c.source.polling.batch_size, 1, 100'000);
     r.read_int(p, "source.polling", "batch_max_bytes", c.source.polling.batch_max_bytes, 1 << 16,
                1 << 30);
     r.read_ms(p, "source.polling", "interval_ms", c.source.polling.interval, 10, 3'600'000);
+    r.read_int(p, "source.polling", "shards", c.source.polling.shards, 1, 1024);
+    if (c.source.mode == SourceMode::replication && c.source.polling.shards > 1) {
+      r.error("source.polling.shards", line_of(p["shards"]),
+              "must be 1 in replication mode (one slot, one relay; see README \"Scaling out\")");
+    }
+    r.read_ms(p, "source.polling", "shards_rebalance_interval_ms",
+              c.source.polling.shards_rebalance_interval, 100, 600'000);
   }
   YAML::Node pl = n["pipeline"];
   if (r.section(pl, "source.pipeline", {"max_in_flight_rows", "max_in_flight_bytes"})) {
@@ -612,6 +621,11 @@ void read_delivery(Reader& r, const YAML::Node& root, Config& c) {
   }
   r.read_ms(n, path, "transaction_timeout_ms", d.transaction_timeout, 1'000, 900'000);
   bool eos = d.guarantee == DeliveryGuarantee::exactly_once;
+  if (eos && c.source.polling.shards > 1) {  // one transactional.id: one publishing relay
+    r.error(path + ".guarantee", line_of(n["guarantee"]),
+            "exactly_once needs one publishing relay (one transactional.id), so not with "
+            "source.polling.shards above 1");
+  }
   // (checkpoint_topic and transaction_timeout_ms have defaults, shown in example.yaml)
   if (!eos && Reader::has(n, "transactional_id")) {
     r.warnings.push_back("delivery.transactional_id (line " +

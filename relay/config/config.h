@@ -56,6 +56,12 @@ struct PollingConfig {
   int batch_max_bytes = 16 << 20;
   //! Longest wait between two reads when no NOTIFY hint arrives.
   milliseconds interval{500};
+  //! Scale-out (pg/shards.h): rows are split into this many shards by a hash of their key,
+  //! and the relays sharing the same value claim them through advisory locks. 1: one relay
+  //! publishes everything (the leader lock), as before.
+  int shards = 1;
+  //! How often a relay with shards > 1 looks at who holds what (members, free shards).
+  milliseconds shards_rebalance_interval{1000};
 };
 
 struct ReplicationConfig {

@@ -7,9 +7,10 @@
 // sent, plus the rows answered and not yet recorded (at most max_in_flight_rows, answered
 // ones included, so a stuck partition stops the read-ahead once the window is full, and a
 // crash sends at most that many rows again), and the bytes of the unanswered ones (at most
-// max_in_flight_bytes; a payload is dropped as soon as its report arrived). A store that
-// cannot keep several reads open (replication mode, OutboxStore::read_ahead() false) gets
-// a window of one batch: read, send, every report, finish_batch, as before.
+// max_in_flight_bytes; a payload is dropped as soon as its report arrived). Both stores
+// (polling and replication) read ahead; a store that cannot keep several reads open
+// (OutboxStore::read_ahead() false, the fakes of the unit tests) gets a window of one
+// batch: read, send, every report, finish_batch.
 //
 // Invariant 1: a row is recorded as published only when the publisher reported Kafka's
 // acknowledgement for its message.

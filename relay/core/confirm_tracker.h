@@ -7,6 +7,7 @@
 // fully resolved prefix. Not thread-safe: owned by the stream's one reader thread.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <stdexcept>
@@ -39,12 +40,12 @@ class ConfirmTracker {
   }
   //! One event of transaction `seq` is done with (published or dead-lettered, and marked).
   void resolve(TxnSeq seq) {
-    for (auto& t : txns_) {
-      if (t.seq == seq) {
-        if (t.unresolved == 0) throw std::logic_error("ConfirmTracker: resolved twice");
-        --t.unresolved;
-        break;
-      }
+    // txns_ is in seq order: a binary search (many small transactions may be in flight).
+    auto it = std::lower_bound(txns_.begin(), txns_.end(), seq,
+                               [](const Txn& t, TxnSeq s) { return t.seq < s; });
+    if (it != txns_.end() && it->seq == seq) {
+      if (it->unresolved == 0) throw std::logic_error("ConfirmTracker: resolved twice");
+      --it->unresolved;
     }
     advance();
   }

@@ -38,11 +38,16 @@ class FatalError : public std::runtime_error {
 };
 
 //! The outbox table. Used from the relay's one worker thread. Two lifecycles:
-//!  - one batch at a time (read_ahead() false, replication mode): begin_batch, then exactly
-//!    one of finish_batch or abort_batch;
-//!  - pipelined (read_ahead() true, polling mode): begin_batch and read_after are plain reads
-//!    that hold nothing, any number of them may be answered at once, and outcomes are
-//!    recorded in groups with record_outcome; finish_batch and abort_batch are not used.
+//!  - one batch at a time (read_ahead() false; no production store any more): begin_batch,
+//!    then exactly one of finish_batch or abort_batch;
+//!  - pipelined (read_ahead() true, both modes: PgOutboxStore and pg::ReplicationSource):
+//!    begin_batch and read_after are plain reads that hold nothing, any number of them may
+//!    be answered at once, and outcomes are recorded in groups with record_outcome, in any
+//!    order. begin_batch reads "by state", with nothing in flight: a row read before and not
+//!    recorded is taken as not delivered and read again. A by-state read followed by
+//!    record_outcome of its rows (in one or several groups), without read_after, is a valid
+//!    use on its own. The core does not call finish_batch and abort_batch here; both stores
+//!    implement them as record_outcome and nothing.
 class OutboxStore {
  public:
   virtual ~OutboxStore() = default;

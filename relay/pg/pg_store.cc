@@ -3,6 +3,8 @@
 #include <pqxx/pqxx>
 
 #include <limits>
+#include <set>
+#include <stdexcept>
 
 #include "common/crash_point.h"
 #include "common/logging.h"
@@ -86,6 +88,41 @@ void split(const std::vector<core::RowFailure>& failures, std::vector<std::int64
   }
 }
 
+// Sharded: kFetchSql restricted to the shards in $6 (both the rows and the order guard's
+// count), with each row's shard as an eighth column. An index scan of events_pending_idx
+// as before, the shard a filter on each row it visits: a relay also visits the pending rows
+// of the other relays' shards between its own (README "Scaling out": the cost).
+std::string sharded_fetch_sql(int shards) {
+  const std::string shard = shard_sql(shards);
+  std::string sql = kFetchSql;
+  auto replace = [&sql](const std::string& from, const std::string& to) {
+    auto at = sql.find(from);
+    if (at == std::string::npos) throw std::logic_error("kFetchSql changed: " + from);
+    sql.replace(at, from.size(), to);
+  };
+  replace("attempts\nFROM (SELECT", "attempts, shard\nFROM (SELECT");
+  replace("headers::text AS headers_text, attempts,",
+          "headers::text AS headers_text, attempts, " + shard + " AS shard,");
+  replace("AND id > $4", "AND id > $4 AND " + shard + " = ANY($6::int[])");
+  replace("AND id <= $4)", "AND id <= $4 AND " + shard + " = ANY($6::int[]))");
+  return sql;
+}
+
+std::string sharded_pending_sql(int shards) {
+  return "SELECT EXISTS (SELECT 1 FROM outbox.events WHERE published_at IS NULL AND "
+         "dead_lettered_at IS NULL AND " +
+         shard_sql(shards) + " = ANY($1::int[]))";
+}
+
+std::string int_array(const std::set<int>& values) {
+  std::string out = "{";
+  for (int v : values) {
+    if (out.size() > 1) out += ",";
+    out += std::to_string(v);
+  }
+  return out + "}";
+}
+
 }  // namespace
 
 class PgOutboxStore::HintReceiver : public pqxx::notification_receiver {
@@ -108,8 +145,16 @@ const char* to_string(SessionRole role) {
   return "unknown";
 }
 
-PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted)
-    : conninfo_(std::move(conninfo)), redacted_(std::move(redacted)) {}
+PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted, ShardSettings shards)
+    : conninfo_(std::move(conninfo)),
+      redacted_(std::move(redacted)),
+      shard_settings_(shards),
+      claims_(shards) {
+  if (sharded()) {
+    fetch_sql_ = sharded_fetch_sql(shards.shards);
+    pending_sql_ = sharded_pending_sql(shards.shards);
+  }
+}
 
 PgOutboxStore::~PgOutboxStore() { disconnect(); }
 
@@ -119,6 +164,14 @@ void PgOutboxStore::disconnect() noexcept {
   prepared_ = false;
   need_rearm_ = true;
   role_ = SessionRole::disconnected;
+  if (sharded()) {
+    // PostgreSQL released every claim with the session.
+    if (!claims_.held().empty()) held_before_ = claims_.held();
+    claims_.reset();
+    read_set_valid_ = false;
+    shards_held_ = 0;
+    holds_shard_zero_ = false;
+  }
 }
 
 void PgOutboxStore::fail(const std::exception& e) {
@@ -127,6 +180,7 @@ void PgOutboxStore::fail(const std::exception& e) {
 }
 
 void PgOutboxStore::connect() {
+  if (sharded()) return connect_sharded();
   if (conn_ && role_.load(std::memory_order_relaxed) == SessionRole::leader) return;
   auto log = logging::get("pg");
   try {
@@ -157,6 +211,87 @@ void PgOutboxStore::connect() {
   } catch (const std::exception& e) {
     fail(e);
   }
+}
+
+void PgOutboxStore::connect_sharded() {
+  if (conn_ && claims_.joined()) return;
+  auto log = logging::get("pg");
+  try {
+    if (!conn_) conn_ = std::make_unique<pqxx::connection>(conninfo_);
+    std::string why;
+    if (!claims_.join(*conn_, why)) {
+      role_ = SessionRole::standby;
+      if (!standby_since_) {
+        standby_since_ = std::chrono::steady_clock::now();
+        log->info("standing by: {}", why);
+      }
+      throw core::StandbyError("standing by: " + why);
+    }
+    standby_since_.reset();
+    receiver_ = std::make_unique<HintReceiver>(*conn_);
+    next_rebalance_ = {};  // look at once
+    logged_set_.clear();
+    log->info("connected to PostgreSQL ({}) as one of the relays sharing {} shards", redacted_,
+              shard_settings_.shards);
+  } catch (const core::UnavailableError&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail(e);
+  }
+}
+
+void PgOutboxStore::update_claims(bool at_rest, bool wait) {
+  auto now = std::chrono::steady_clock::now();
+  bool due =
+      now >= next_rebalance_ || claims_.held().empty() || (at_rest && claims_.wants_release());
+  if (due) {
+    claims_.rebalance(*conn_, at_rest, held_before_);
+    next_rebalance_ = now + shard_settings_.rebalance_interval;
+  }
+  if (claims_.held().empty() && wait) claims_.wait_for_one(*conn_);
+  const std::set<int>& held = claims_.held();
+  if (!held.empty()) held_before_.clear();
+  shards_held_ = static_cast<int>(held.size());
+  shard_members_ = claims_.members();
+  holds_shard_zero_ = held.count(0) > 0;
+  role_ = held.empty() ? SessionRole::standby : SessionRole::leader;
+  if (held != logged_set_ || claims_.members() != logged_members_) {
+    logging::get("pg")->info("holding shards {} of {} (relays sharing them: {})", shard_list(held),
+                             shard_settings_.shards, claims_.members());
+    logged_set_ = held;
+    logged_members_ = claims_.members();
+  }
+  if (held.empty() && wait) {
+    throw core::StandbyError("standing by: every shard is held by another outbox-relay");
+  }
+}
+
+core::BatchOutcome PgOutboxStore::held_part(const core::BatchOutcome& outcome) {
+  const std::set<int>& held = claims_.held();
+  std::size_t dropped = 0;
+  auto mine = [&](std::int64_t id) {
+    auto it = row_shard_.find(id);
+    bool keep = it != row_shard_.end() && held.count(it->second) > 0;
+    if (!keep) ++dropped;
+    return keep;
+  };
+  core::BatchOutcome part;
+  for (auto id : outcome.published) {
+    if (mine(id)) part.published.push_back(id);
+  }
+  for (const auto& f : outcome.retry) {
+    if (mine(f.id)) part.retry.push_back(f);
+  }
+  for (const auto& f : outcome.dead_letter) {
+    if (mine(f.id)) part.dead_letter.push_back(f);
+  }
+  if (dropped > 0) {
+    logging::get("pg")->warn(
+        "not recording the outcome of {} rows: their shards are no longer held by this relay "
+        "(its session ended); their holder sends them again",
+        dropped);
+  }
+  return part;
 }
 
 bool PgOutboxStore::wait_for_leader_lock() {
@@ -195,7 +330,7 @@ std::vector<core::OutboxEvent> events_of(const pqxx::result& rows) {
 
 void PgOutboxStore::ensure_prepared() {
   if (prepared_) return;
-  conn_->prepare(kFetch, kFetchSql);
+  conn_->prepare(kFetch, sharded() ? fetch_sql_.c_str() : kFetchSql);
   conn_->prepare(kMarkPublished, kMarkPublishedSql);
   conn_->prepare(kRecordRetry, kRecordRetrySql);
   conn_->prepare(kDeadLetter, kDeadLetterSql);
@@ -218,15 +353,42 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
                                                     const std::vector<std::string>& skip_topics) {
   connect();
   std::vector<core::OutboxEvent> events;
+  const bool by_state = pending_upto < 0;
+  if (sharded()) {
+    // A by-state read: nothing this store returned is unrecorded (see the header), so the
+    // shard set may change here, extras included.
+    if (by_state) row_shard_.clear();
+    try {
+      update_claims(by_state, by_state);
+    } catch (const core::UnavailableError&) {
+      throw;
+    } catch (const std::exception& e) {
+      fail(e);
+    }
+    if (by_state) {
+      read_set_ = claims_.held();
+      read_set_valid_ = true;
+    } else if (!read_set_valid_ || read_set_ != claims_.held() || claims_.wants_release()) {
+      return events;  // the window drains, and the next read is by state with the new set
+    }
+  }
   try {
     ensure_prepared();
-    // One statement, no transaction left open while Kafka answers: the leader lock already
-    // makes this relay the only reader, so the rows need no lock of their own.
+    // One statement, no transaction left open while Kafka answers: the leader lock (or the
+    // shards' locks) already make this relay the only reader, so the rows need no lock.
     pqxx::nontransaction n(*conn_);
     pqxx::result rows =
-        n.exec_prepared(kFetch, static_cast<long>(limit), static_cast<long long>(max_bytes),
-                        text_array(skip_topics), static_cast<long long>(after_id), pending_upto);
+        sharded()
+            ? n.exec_prepared(kFetch, static_cast<long>(limit), static_cast<long long>(max_bytes),
+                              text_array(skip_topics), static_cast<long long>(after_id),
+                              pending_upto, int_array(read_set_))
+            : n.exec_prepared(kFetch, static_cast<long>(limit), static_cast<long long>(max_bytes),
+                              text_array(skip_topics), static_cast<long long>(after_id),
+                              pending_upto);
     events = events_of(rows);
+    if (sharded()) {
+      for (const auto& row : rows) row_shard_[row[0].as<std::int64_t>()] = row[7].as<int>();
+    }
   } catch (const std::exception& e) {
     fail(e);
   }
@@ -260,10 +422,25 @@ void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   connect();
   try {
     ensure_prepared();
+    if (sharded()) {
+      // After a new session: take the shards back first where they are free (held_before_).
+      if (!read_set_valid_) update_claims(false, false);
+      core::BatchOutcome part = held_part(outcome);
+      pqxx::work txn(*conn_);
+      write_outcome(txn, part);
+      common::crash_point("inside_mark");
+      txn.commit();
+      for (auto id : outcome.published) row_shard_.erase(id);
+      for (const auto& f : outcome.retry) row_shard_.erase(f.id);
+      for (const auto& f : outcome.dead_letter) row_shard_.erase(f.id);
+      return;
+    }
     pqxx::work txn(*conn_);
     write_outcome(txn, outcome);
     common::crash_point("inside_mark");
     txn.commit();
+  } catch (const core::UnavailableError&) {
+    throw;
   } catch (const std::exception& e) {
     fail(e);
   }
@@ -286,6 +463,16 @@ void PgOutboxStore::abort_batch() noexcept {}  // begin_batch holds nothing
 bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
   connect();
   try {
+    if (sharded()) {
+      // Idle: a change of the shards (taken, or extras to give back at the next by-state
+      // read) or none held (the by-state read stands by on a shard's lock) ends the wait.
+      bool changed = claims_.held() != read_set_ || !read_set_valid_;
+      if (!changed) update_claims(false, false);
+      if (changed || claims_.held() != read_set_ || claims_.wants_release() ||
+          claims_.held().empty()) {
+        return true;
+      }
+    }
     if (need_rearm_) {
       // Re-arm the hint and commit, then look once in a fresh snapshot: a writer that read
       // the hint as still sent before the re-arm committed sends none, but its row is seen
@@ -293,10 +480,11 @@ bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
       // The next enqueue's nextval() returns 1 again, and that writer notifies (schema 0003).
       pqxx::nontransaction n(*conn_);
       n.exec("SELECT setval('outbox.relay_wakeup_seq', 1, false)");
-      bool pending = n.exec1(
-                          "SELECT EXISTS (SELECT 1 FROM outbox.events "
-                          "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]
-                         .as<bool>();
+      bool pending = sharded() ? n.exec_params1(pending_sql_, int_array(read_set_))[0].as<bool>()
+                               : n.exec1(
+                                      "SELECT EXISTS (SELECT 1 FROM outbox.events "
+                                      "WHERE published_at IS NULL AND dead_lettered_at IS NULL)")[0]
+                                     .as<bool>();
       need_rearm_ = false;
       if (pending) return true;
     }

@@ -15,6 +15,21 @@
 // PostgreSQL grants it the lock the moment the leader's session ends: at once when the
 // leader's process dies (its socket closes), within the keepalive bound (conninfo.h, about
 // 10 s) when the network to it is cut.
+//
+// Sharded (ShardSettings.shards > 1, pg/shards.h): instead of the leader lock, the relay
+// claims shards and reads only their rows (the fetch, its order guard count and the idle
+// check all filter on the shard expression). What keeps per-key order:
+//  - the shard set changes only at a by-state read (begin_batch), where nothing this store
+//    returned is unrecorded (the core records every answered row before a by-state read,
+//    and a row not answered is not in flight): extras are given back only there;
+//  - a read_after returns nothing unless the shard set and the session are those of the
+//    last begin_batch, so a newly taken shard's rows are first read by state, in id order,
+//    and the order guard's count is over a set whose pending rows below the last id read
+//    are exactly this relay's own in flight plus late commits, as in single-relay mode;
+//  - an outcome is recorded only for rows of shards held now (a session that ended lost its
+//    shards; rows of one not taken back are dropped from the outcome, stay pending and
+//    are sent again by their new holder, as after a crash), so the holder of a shard is the
+//    only one writing its rows.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -24,10 +39,12 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 
 #include "core/ports.h"
+#include "pg/shards.h"
 
 namespace outbox::pg {
 
@@ -45,7 +62,8 @@ const char* to_string(SessionRole role);
 class PgOutboxStore : public core::OutboxStore {
  public:
   //! `conninfo` as made by build_conninfo; `redacted` is what logs may show of it.
-  PgOutboxStore(std::string conninfo, std::string redacted);
+  //! `shards`: scale-out (see above); the default is one relay publishing everything.
+  PgOutboxStore(std::string conninfo, std::string redacted, ShardSettings shards = {});
   ~PgOutboxStore() override;
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
@@ -66,7 +84,18 @@ class PgOutboxStore : public core::OutboxStore {
   void with_connection(const std::function<void(pqxx::connection&)>& body);
 
   //! Set by the worker thread as it connects, fails or stands by; read from any thread.
+  //! Sharded: leader while it holds at least one shard, standby while it holds none.
   SessionRole role() const { return role_.load(std::memory_order_relaxed); }
+  //! Shards in all (1: not sharded), held now, relays sharing them (any thread).
+  int shards() const { return shard_settings_.shards; }
+  int shards_held() const { return shards_held_.load(std::memory_order_relaxed); }
+  int shard_members() const { return shard_members_.load(std::memory_order_relaxed); }
+  //! Whether this relay does the database's chores (retention): the leader, or when
+  //! sharded the holder of shard 0, so that exactly one relay does them at a time.
+  bool runs_chores() const {
+    return shard_settings_.shards > 1 ? holds_shard_zero_.load(std::memory_order_relaxed)
+                                      : role() == SessionRole::leader;
+  }
 
   //! The channel outbox.hint_relay() notifies.
   static constexpr const char* kChannel = "outbox_events";
@@ -74,6 +103,12 @@ class PgOutboxStore : public core::OutboxStore {
  private:
   class HintReceiver;
   void connect();
+  void connect_sharded();
+  //! Sharded: rebalances when due (gives back extras only `at_rest`), waits as a standby
+  //! while it holds nothing (`wait`); publishes the held set. Throws StandbyError.
+  void update_claims(bool at_rest, bool wait);
+  //! The outcome restricted to rows of shards held now (sharded).
+  core::BatchOutcome held_part(const core::BatchOutcome& outcome);
   bool wait_for_leader_lock();
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
@@ -91,6 +126,23 @@ class PgOutboxStore : public core::OutboxStore {
   bool prepared_ = false;  //!< the statements of the hot path are prepared on conn_
   std::optional<std::chrono::steady_clock::time_point> standby_since_;
   std::atomic<SessionRole> role_{SessionRole::disconnected};
+
+  // Sharded mode (shards.h).
+  bool sharded() const { return shard_settings_.shards > 1; }
+  ShardSettings shard_settings_;
+  ShardClaims claims_;
+  std::string fetch_sql_;
+  std::string pending_sql_;
+  std::set<int> read_set_;       //!< the shards of the last begin_batch
+  bool read_set_valid_ = false;  //!< ... on this session
+  std::set<int> held_before_;    //!< held when the last session ended (taken back first)
+  std::set<int> logged_set_;     //!< the held set last logged
+  int logged_members_ = 0;
+  std::chrono::steady_clock::time_point next_rebalance_{};
+  std::unordered_map<std::int64_t, int> row_shard_;  //!< rows returned and not recorded
+  std::atomic<int> shards_held_{0};
+  std::atomic<int> shard_members_{0};
+  std::atomic<bool> holds_shard_zero_{false};
 };
 
 }  // namespace outbox::pg

@@ -27,6 +27,12 @@ std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(
   return source_.begin_batch(limit, max_bytes, skip_topics);
 }
 
+std::vector<core::OutboxEvent> PgReplicationStore::read_after(
+    std::int64_t after_id, std::size_t pending_upto, std::size_t limit, std::size_t max_bytes,
+    const std::vector<std::string>& skip_topics) {
+  return source_.read_after(after_id, pending_upto, limit, max_bytes, skip_topics);
+}
+
 void PgReplicationStore::finish_batch(const core::BatchOutcome& outcome) {
   source_.finish_batch(outcome);
 }

@@ -29,6 +29,10 @@ class PgReplicationStore : public core::OutboxStore {
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
                                              const std::vector<std::string>& skip_topics) override;
+  bool read_ahead() const override { return source_.read_ahead(); }
+  std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
+                                            std::size_t limit, std::size_t max_bytes,
+                                            const std::vector<std::string>& skip_topics) override;
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
   void record_outcome(const core::BatchOutcome& outcome) override;

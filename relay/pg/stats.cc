@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "pg/shards.h"
+
 namespace outbox::pg {
 
 namespace {
@@ -40,7 +42,36 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
   AND l.objid::bigint = (hashtext('outbox-relay')::bigint & 4294967295)
 LIMIT 1)sql";
 
+// The shard locks (pg/shards.h: kShardClass, two-int form) and who holds them.
+constexpr const char* kShardHoldersSql = R"sql(
+SELECT l.pid, coalesce(host(a.client_addr),
+                       CASE WHEN a.client_port = -1 THEN 'local' ELSE 'hidden' END),
+       string_agg(l.objid::text, ',' ORDER BY l.objid::bigint)
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = $1::bigint::oid
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+GROUP BY l.pid, a.client_addr, a.client_port ORDER BY min(l.objid::bigint))sql";
+
 }  // namespace
+
+std::vector<ShardHolder> read_shard_holders(pqxx::transaction_base& tx) {
+  std::vector<ShardHolder> out;
+  for (const auto& row : tx.exec_params(kShardHoldersSql, kShardClass)) {
+    ShardHolder h;
+    h.pid = row[0].as<int>();
+    h.client_addr = row[1].as<std::string>();
+    std::string list = row[2].as<std::string>();
+    std::size_t at = 0;
+    while (at < list.size()) {
+      std::size_t comma = list.find(',', at);
+      if (comma == std::string::npos) comma = list.size();
+      h.shards.push_back(std::stoi(list.substr(at, comma - at)));
+      at = comma + 1;
+    }
+    out.push_back(std::move(h));
+  }
+  return out;
+}
 
 OutboxStats read_outbox_stats(pqxx::transaction_base& tx) {
   auto row = tx.exec1(kOutboxStatsSql);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace outbox::pg {
 
@@ -35,7 +36,16 @@ struct LeaderInfo {
   std::string backend_start;
 };
 
+//! A relay holding shards (source.polling.shards > 1; pg/shards.h).
+struct ShardHolder {
+  int pid = 0;
+  std::string client_addr;  //!< as LeaderInfo
+  std::vector<int> shards;
+};
+
 OutboxStats read_outbox_stats(pqxx::transaction_base& tx);
+//! The sessions holding shard locks, by pid; empty when no relay runs sharded.
+std::vector<ShardHolder> read_shard_holders(pqxx::transaction_base& tx);
 //! nullopt when the slot does not exist.
 std::optional<SlotStats> read_slot_stats(pqxx::transaction_base& tx, const std::string& slot);
 //! nullopt when no session holds the lock (no relay leads).
