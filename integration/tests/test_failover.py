@@ -98,3 +98,36 @@ def test_standby_publishes_within_the_bound_after_the_leader_is_killed(ctx):
         f"leader SIGKILLed under load; standby published {takeover:.2f} s later",
         duplicates="per_crash",
     )
+
+
+WAITING_ON_LEADER_LOCK = """
+SELECT l.pid FROM pg_locks l
+WHERE l.locktype = 'advisory' AND NOT l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.objid = (hashtext('outbox-relay')::bigint & 4294967295)::oid AND l.classid = 0
+"""
+
+
+def test_a_standby_stands_by_in_one_session_under_a_short_statement_timeout(ctx, mode):
+    # A role (or dsn) with statement_timeout below the standby's 800 ms lock wait: before, every
+    # wait ended in "canceling statement due to statement timeout", the session was dropped
+    # and the standby reconnected with backoff (taking over seconds late, /readyz down). Now
+    # the wait sets its own statement_timeout: one session waits throughout and is the one
+    # granted the lock when the leader goes.
+    short = {"postgres": {"dsn": ctx.dsn + " options='-c statement_timeout=500'"}}
+    leader = ctx.relay(short, name="leader").start()
+    wait_until(lambda: len(ctx._query(LEADER_LOCK_HOLDER)) == 1, 60, 0.05, "leader holds the lock",
+               lambda: leader.assert_running())
+    standby = ctx.relay(short, name="standby").start()
+    wait_until(lambda: len(ctx._query(WAITING_ON_LEADER_LOCK)) == 1, 60, 0.05, "standby waits on the lock",
+               lambda: standby.assert_running())
+    waiting_pid = ctx._query(WAITING_ON_LEADER_LOCK)[0][0]
+    # Three lock waits long (each is 800 ms): the session must still be the same one.
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.5:  # observation window, not synchronisation
+        rows = ctx._query(WAITING_ON_LEADER_LOCK)
+        assert rows and rows[0][0] == waiting_pid, f"standby session changed: {rows} (was {waiting_pid})"
+        time.sleep(0.1)
+    assert leader.terminate() == 0
+    wait_until(lambda: ctx._query(LEADER_LOCK_HOLDER) == [(waiting_pid,)], 30, 0.05,
+               "the waiting session takes the lock", lambda: standby.assert_running())
+    assert "statement timeout" not in standby.log_text()

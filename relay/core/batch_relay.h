@@ -183,8 +183,8 @@ class BatchRelay {
   std::int64_t last_read_id_ = 0;
   bool last_read_full_ = false;
   bool answered_since_read_ = false;  //!< a short read may be followed by a read-ahead
-  BatchReport cycle_;          //!< since the last by-state read
-  std::size_t abandoned_ = 0;  //!< purged at shutdown
+  BatchReport cycle_;                 //!< since the last by-state read
+  std::size_t abandoned_ = 0;         //!< purged at shutdown
 
   struct TopicBlock {
     Backoff backoff;

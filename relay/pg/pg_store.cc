@@ -20,7 +20,10 @@ constexpr const char* kLeaderLockSql = "SELECT pg_advisory_lock(hashtext('outbox
 // How long one connect() waits on the lock before telling the loop it stands by. PostgreSQL
 // grants a waited-for lock the moment it is freed, so this bounds only how long the loop goes
 // without a tick (observer: at least every second), not the take-over.
-constexpr const char* kStandbyWaitSql = "SET LOCAL lock_timeout = '800ms'";
+// statement_timeout 0: a role's own statement_timeout below 800 ms would end every wait with
+// an error (and the session: the standby reconnected with backoff instead of standing by).
+constexpr const char* kStandbyWaitSql =
+    "SET LOCAL lock_timeout = '800ms'; SET LOCAL statement_timeout = 0";
 constexpr const char* kLockNotAvailable = "55P03";  // lock_timeout expired
 
 // Rows above id $4 while the bytes before them stay below $2, and (read-ahead, $5 >= 0) only
