@@ -59,6 +59,7 @@ wal_level = logical
 max_replication_slots = 10
 max_wal_senders = 10
 max_connections = 200
+max_prepared_transactions = 10
 fsync = off
 synchronous_commit = off
 full_page_writes = off

@@ -79,3 +79,32 @@ def test_concurrent_writers_at_every_isolation_level_never_fail(ctx):
     for w in range(len(threads)):  # each writer's events in its own commit order
         values = [r.value for r in reader.records if r.key == f"w{w}"]
         assert values == [f"{w}:{i}".encode() for i in range(per_writer)]
+
+
+def test_two_phase_commit_services_turn_the_notify_off_and_lose_nothing(ctx):
+    # PostgreSQL refuses PREPARE TRANSACTION after a NOTIFY, and enqueue sends one when it is
+    # the first write after the relay re-armed the hint: an XA/JTA service failed then.
+    # Schema 0007: with outbox.notify = 'off' the service's enqueue sends none and leaves the
+    # hint armed for the others; the relay still publishes its rows (polling interval).
+    topic = ctx.topic(partitions=1)
+    c = ctx.connect()
+    rearm = "SELECT setval('outbox.relay_wakeup_seq', 1, false)"  # what the relay does
+    c.execute(rearm)
+    c.execute("BEGIN")
+    enqueue(c, topic, "k", b"with notify")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="NOTIFY"):
+        c.execute("PREPARE TRANSACTION 'outbox-it-1'")  # the failure the setting avoids
+    c.execute("ROLLBACK")
+
+    c.execute(rearm)
+    c.execute("BEGIN")
+    c.execute("SET LOCAL outbox.notify = 'off'")
+    enqueue(c, topic, "k", b"prepared")
+    c.execute("PREPARE TRANSACTION 'outbox-it-2'")
+    c.execute("COMMIT PREPARED 'outbox-it-2'")
+    assert c.execute("SELECT is_called FROM outbox.relay_wakeup_seq").fetchone()[0] is False  # still armed
+
+    relay = ctx.relay({"source": {"polling": {"interval_ms": 200}}}).start()
+    ctx.wait_all_published(1, 60, relay)
+    records = ctx.kafka.consume_all(topic, 1, timeout_s=60)
+    assert [r.value for r in records] == [b"prepared"]
