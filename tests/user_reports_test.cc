@@ -1,4 +1,4 @@
-// Defects found by trying the relay as its users would (integration/tests/test_tryout_*.py
+// Defects found by trying the relay as its users would (integration/tests/test_encoding.py, test_ops_settings.py
 // has the end-to-end side of each).
 #include <catch2/catch.hpp>
 
@@ -22,7 +22,7 @@ std::size_t occurrences(const std::string& text, const std::string& what) {
 }  // namespace
 
 TEST_CASE("the relay's sessions always use UTF-8, whatever the dsn or PGCLIENTENCODING say",
-          "[pg][tryout]") {
+          "[pg][user-report]") {
   std::string error;
   auto plain = pg::build_conninfo("host=localhost dbname=app", "", 10, &error);
   REQUIRE(plain);
@@ -42,7 +42,7 @@ TEST_CASE("the relay's sessions always use UTF-8, whatever the dsn or PGCLIENTEN
 }
 
 TEST_CASE("a partitioner that ignores the key is refused: it would break per-key order",
-          "[config][tryout]") {
+          "[config][user-report]") {
   auto parse = [](const std::string& value) {
     config::ParseOptions o;
     o.env = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
