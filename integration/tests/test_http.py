@@ -178,3 +178,20 @@ def test_pending_and_oldest_age_grow_while_kafka_is_stopped(ctx):
     wait_until(lambda: get(relay, "/readyz") == (200, "ready\n"), 60, 0.1, "ready again")
     assert "Kafka reachable again" in relay.log_text()
     assert relay.terminate(60) == 0, relay.log_tail()
+
+
+@pytest.mark.parametrize("mode", ["replication"])
+def test_the_loop_ticks_while_the_slot_creation_waits_for_an_open_transaction(ctx):
+    # Creating a slot waits for every transaction open at that moment. Before, nothing ticked
+    # meanwhile: after 60 s /healthz answered 503 and a liveness probe restarted the pod,
+    # which started the wait again, for as long as that transaction lasted.
+    other = ctx.connect(autocommit=False)
+    other.execute("SELECT txid_current()")  # an xid, open until the test commits it
+    relay = ctx.relay(FAST_STATS).start()
+    wait_until(lambda: "still creating replication slot" in relay.log_text(), 60, 0.2,
+               "the relay waits for the open transaction (logged after 10 s)", relay.assert_running)
+    age = metric(relay, "outbox_relay_loop_tick_age_seconds")
+    assert age is not None and age < 5, f"the loop last ticked {age} s ago"
+    assert get(relay, "/healthz")[0] == 200
+    other.commit()
+    ctx.wait_streaming(relay)

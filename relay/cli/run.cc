@@ -28,6 +28,8 @@ namespace outbox::cli {
 namespace {
 
 std::atomic<bool> g_stop{false};
+// Where the replication stream's long server waits report that the loop is alive (health).
+std::atomic<core::RelayObserver*> g_tick_target{nullptr};
 
 extern "C" void on_stop_signal(int) { g_stop.store(true); }
 
@@ -104,6 +106,9 @@ int run_relay(const config::Config& config) {
     settings.create_publication = rc.create_publication;
     settings.status_interval = rc.status_interval;
     settings.heartbeat_interval = rc.heartbeat_interval;
+    settings.waiting = [] {
+      if (core::RelayObserver* o = g_tick_target.load()) o->on_tick();
+    };
     store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, settings, clock,
                                                      [] { return g_stop.load(); });
   } else {
@@ -170,6 +175,10 @@ int run_relay(const config::Config& config) {
     return static_cast<metrics::Role>(static_cast<int>(role));
   });
   relay.set_observer(&relay_metrics);
+  g_tick_target = &relay_metrics;
+  struct TickTargetReset {  // before relay_metrics goes
+    ~TickTargetReset() { g_tick_target = nullptr; }
+  } tick_target_reset;
   if (txn_relay) txn_relay->set_observer(&relay_metrics);
   std::unique_ptr<metrics::Monitor> monitor;
   std::unique_ptr<http::Server> http_server;

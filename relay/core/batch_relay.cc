@@ -31,7 +31,9 @@ BatchRelay::BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock,
       clock_(clock),
       options_(std::move(options)),
       pipelined_(store.read_ahead()),
-      backoff_(options_.backoff_initial, options_.backoff_max) {
+      backoff_(options_.backoff_initial, options_.backoff_max),
+      topics_([&publisher](const std::string& t) { return publisher.topic_problem(t); }, clock,
+              options_.topic_map, options_.backoff_initial, options_.backoff_max) {
   options_.max_in_flight_rows = std::max<std::size_t>(options_.max_in_flight_rows, 1);
   options_.max_in_flight_bytes = std::max<std::size_t>(options_.max_in_flight_bytes, 1);
 }
@@ -75,10 +77,7 @@ bool BatchRelay::may_read_ahead() const {
 
 void BatchRelay::read(bool by_state) {
   // Rows of blocked topics stay where they are; the rest flows.
-  std::vector<std::string> skip;
-  for (const auto& [topic, block] : blocked_) {
-    if (block.until > clock_.now()) skip.push_back(topic);
-  }
+  std::vector<std::string> skip = topics_.skipped();
   // Suspects are sent one row at a time until past the last one: alone, a failure is proven
   // the row's own.
   const bool solo = solo_through_ > 0;
@@ -117,23 +116,7 @@ void BatchRelay::read(bool by_state) {
   std::set<std::string> checked;  // row topics whose Kafka topic was asked about just now
   std::size_t blocked_rows = 0;
   for (OutboxEvent& event : events) {
-    if (!known_good_.count(event.topic) && !checked.count(event.topic)) {
-      // A topic seen for the first time, or whose backoff ran out: ask the cluster before
-      // sending anything to it (a message to an unknown topic would wait in librdkafka).
-      checked.insert(event.topic);
-      auto mapped_topic =
-          options_.topic_map.count(event.topic) ? options_.topic_map.at(event.topic) : event.topic;
-      if (auto problem = publisher_.topic_problem(mapped_topic)) {
-        block_topic(event.topic, *problem);
-      } else {
-        known_good_.insert(event.topic);
-        if (auto it = blocked_.find(event.topic); it != blocked_.end()) {
-          it->second.until = clock_.now();  // try it in this batch
-        }
-      }
-    }
-    if (auto it = blocked_.find(event.topic);
-        it != blocked_.end() && it->second.until > clock_.now()) {
+    if (!topics_.admit(event.topic, checked)) {
       ++cycle_.left_pending;  // waits with its topic; not its fault
       ++cycle_.topic_blocked;
       ++blocked_rows;
@@ -208,7 +191,7 @@ void BatchRelay::answer(InFlight& entry, std::uint64_t tag, const DeliveryResult
   if (result.ok) {
     any_ok_ = true;
     answered_.published.push_back(entry.id);
-    if (blocked_.erase(entry.row_topic) > 0) observer_->on_topic_blocked(entry.row_topic, false);
+    topics_.delivered(entry.row_topic);
     return;
   }
   // Any failure: no read-ahead until everything in flight is answered (invariant 3); then
@@ -239,7 +222,7 @@ void BatchRelay::answer(InFlight& entry, std::uint64_t tag, const DeliveryResult
       }
       break;
     case FailureKind::topic_blocked:
-      block_topic(entry.row_topic, result.error);
+      topics_.block(entry.row_topic, result.error);
       ++cycle_.topic_blocked;
       break;
     case FailureKind::transient:
@@ -394,20 +377,6 @@ void BatchRelay::step(const std::atomic<bool>& stop) {
   }
   collect(may_read_ahead() ? std::chrono::milliseconds(0) : kAnswerWait);
   record(false);
-}
-
-void BatchRelay::block_topic(const std::string& topic, const std::string& reason) {
-  auto [it, fresh] = blocked_.try_emplace(
-      topic, TopicBlock{Backoff(options_.backoff_initial, options_.backoff_max), {}});
-  known_good_.erase(topic);
-  if (it->second.until > clock_.now()) return;  // already blocked by this batch
-  auto pause = it->second.backoff.next();
-  it->second.until = clock_.now() + pause;
-  if (fresh) observer_->on_topic_blocked(topic, true);
-  logging::get("core")->warn(
-      "topic {} cannot take messages ({}); its rows wait, asking again in {} ms; other "
-      "topics keep flowing",
-      topic, reason, pause.count());
 }
 
 void BatchRelay::idle_wait(const std::atomic<bool>& stop) {

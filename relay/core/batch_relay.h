@@ -63,6 +63,7 @@
 #include "core/backoff.h"
 #include "core/observer.h"
 #include "core/ports.h"
+#include "core/topic_gate.h"
 
 namespace outbox::core {
 
@@ -126,7 +127,10 @@ class BatchRelay {
   const RelayCounters& counters() const { return counters_; }
 
   //! Reports progress and health to `observer` (not owned; outlives run()). Call before run().
-  void set_observer(RelayObserver* observer) { observer_ = observer ? observer : &no_observer_; }
+  void set_observer(RelayObserver* observer) {
+    observer_ = observer ? observer : &no_observer_;
+    topics_.set_observer(observer_);
+  }
 
  private:
   //! One row in flight. Lives in window_ (a deque: its address never changes) until its
@@ -158,7 +162,6 @@ class BatchRelay {
   std::size_t shut_down();
   void idle_wait(const std::atomic<bool>& stop);
   void pause_for(std::chrono::milliseconds pause, const std::atomic<bool>& stop);
-  void block_topic(const std::string& topic, const std::string& reason);
   void count(const BatchOutcome& outcome);
 
   OutboxStore& store_;
@@ -186,12 +189,7 @@ class BatchRelay {
   BatchReport cycle_;                 //!< since the last by-state read
   std::size_t abandoned_ = 0;         //!< purged at shutdown
 
-  struct TopicBlock {
-    Backoff backoff;
-    std::chrono::steady_clock::time_point until;
-  };
-  std::map<std::string, TopicBlock> blocked_;  //!< by row topic (invariant 6)
-  std::set<std::string> known_good_;           //!< row topics the cluster said are there
+  TopicGate topics_;  //!< invariant 6
   RelayObserver no_observer_;
   RelayObserver* observer_ = &no_observer_;
   std::int64_t solo_through_ = 0;  //!< rows up to this id go one at a time (invariant 5)

@@ -73,7 +73,9 @@ TransactionalRelay::TransactionalRelay(OutboxStore& store, TransactionalPublishe
       clock_(clock),
       options_(std::move(options)),
       pipelined_(store.read_ahead()),
-      backoff_(options_.backoff_initial, options_.backoff_max) {
+      backoff_(options_.backoff_initial, options_.backoff_max),
+      topics_([&publisher](const std::string& t) { return publisher.topic_problem(t); }, clock,
+              options_.topic_map, options_.backoff_initial, options_.backoff_max) {
   publisher_.set_tick([this] {
     observer_->on_tick();
     store_.keep_alive();
@@ -183,10 +185,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
   store_.keep_alive();
   if (unrecorded_) record(*unrecorded_);  // before anything else (throws)
 
-  std::vector<std::string> skip;
-  for (const auto& [topic, block] : blocked_) {
-    if (block.until > clock_.now()) skip.push_back(topic);
-  }
+  std::vector<std::string> skip = topics_.skipped();
   std::size_t limit = solo_through_ > 0 ? 1 : options_.batch_size;
   auto read_start = clock_.now();
   // The read also takes the leader role (or throws StandbyError): recovery, which fences
@@ -218,21 +217,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
   std::set<std::string> checked;
   std::size_t blocked_rows = 0;
   for (OutboxEvent& event : events) {
-    if (!known_good_.count(event.topic) && !checked.count(event.topic)) {
-      checked.insert(event.topic);
-      auto mapped_topic =
-          options_.topic_map.count(event.topic) ? options_.topic_map.at(event.topic) : event.topic;
-      if (auto problem = publisher_.topic_problem(mapped_topic)) {
-        block_topic(event.topic, *problem);
-      } else {
-        known_good_.insert(event.topic);
-        if (auto it = blocked_.find(event.topic); it != blocked_.end()) {
-          it->second.until = clock_.now();
-        }
-      }
-    }
-    if (auto it = blocked_.find(event.topic);
-        it != blocked_.end() && it->second.until > clock_.now()) {
+    if (!topics_.admit(event.topic, checked)) {
       ++blocked_rows;
       continue;
     }
@@ -305,7 +290,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
           }
           break;
         case FailureKind::topic_blocked:
-          block_topic(entry.row_topic, r.error);
+          topics_.block(entry.row_topic, r.error);
           break;
         case FailureKind::transient:
           ++transient;
@@ -330,7 +315,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
 
   for (const InFlight& entry : sent) {
     outcome.published.push_back(entry.id);
-    if (blocked_.erase(entry.row_topic) > 0) observer_->on_topic_blocked(entry.row_topic, false);
+    topics_.delivered(entry.row_topic);
   }
   try {
     publisher_.commit(encode_checkpoint(outcome.published));
@@ -351,20 +336,6 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
   ++counters_.batches;
   backoff_.reset();
   if (wait_after) idle_wait(stop);
-}
-
-void TransactionalRelay::block_topic(const std::string& topic, const std::string& reason) {
-  auto [it, fresh] = blocked_.try_emplace(
-      topic, TopicBlock{Backoff(options_.backoff_initial, options_.backoff_max), {}});
-  known_good_.erase(topic);
-  if (it->second.until > clock_.now()) return;
-  auto pause = it->second.backoff.next();
-  it->second.until = clock_.now() + pause;
-  if (fresh) observer_->on_topic_blocked(topic, true);
-  logging::get("core")->warn(
-      "topic {} cannot take messages ({}); its rows wait, asking again in {} ms; other "
-      "topics keep flowing",
-      topic, reason, pause.count());
 }
 
 void TransactionalRelay::idle_wait(const std::atomic<bool>& stop) {

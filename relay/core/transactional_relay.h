@@ -119,7 +119,10 @@ class TransactionalRelay {
   std::size_t run(const std::atomic<bool>& stop);
 
   const RelayCounters& counters() const { return counters_; }
-  void set_observer(RelayObserver* observer) { observer_ = observer ? observer : &no_observer_; }
+  void set_observer(RelayObserver* observer) {
+    observer_ = observer ? observer : &no_observer_;
+    topics_.set_observer(observer_);
+  }
   //! Rows marked by recoveries so far (committed by an earlier run, not marked by it).
   std::size_t recovered_rows() const { return recovered_rows_; }
   bool recovery_due() const { return recovery_due_; }
@@ -135,7 +138,6 @@ class TransactionalRelay {
   void recover();
   void record(BatchOutcome outcome);
   void close_batch() noexcept;
-  void block_topic(const std::string& topic, const std::string& reason);
   void idle_wait(const std::atomic<bool>& stop);
   //! Waits for every answer; purges after shutdown_timeout once `stop` is set.
   void await_answers(std::vector<InFlight>& sent, const std::atomic<bool>& stop);
@@ -157,12 +159,7 @@ class TransactionalRelay {
   std::int64_t solo_through_ = 0;           //!< rows up to this id go one at a time
   std::size_t recovered_rows_ = 0;
   std::size_t abandoned_ = 0;
-  struct TopicBlock {
-    Backoff backoff;
-    std::chrono::steady_clock::time_point until;
-  };
-  std::map<std::string, TopicBlock> blocked_;
-  std::set<std::string> known_good_;
+  TopicGate topics_;  //!< batch_relay.h invariant 6
 };
 
 }  // namespace outbox::core

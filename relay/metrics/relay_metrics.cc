@@ -93,7 +93,10 @@ RelayMetrics::RelayMetrics(Registry& registry, RelayMetricsOptions options)
       role_leader_(registry.gauge("outbox_relay_role", kRoleHelp, role_label("leader"))),
       role_standby_(registry.gauge("outbox_relay_role", kRoleHelp, role_label("standby"))),
       role_disconnected_(
-          registry.gauge("outbox_relay_role", kRoleHelp, role_label("disconnected"))) {
+          registry.gauge("outbox_relay_role", kRoleHelp, role_label("disconnected"))),
+      tick_age_(registry.gauge("outbox_relay_loop_tick_age_seconds",
+                               "Seconds since the relay loop last ticked (/healthz fails above "
+                               "60); it ticks at least every second, whatever it waits on.")) {
   if (options_.mode == "replication") {
     slot_retained_ = &registry.gauge(
         "outbox_relay_replication_slot_retained_wal_bytes",
@@ -225,6 +228,9 @@ void RelayMetrics::refresh_role() {
   role_leader_.set(r == Role::leader ? 1 : 0);
   role_standby_.set(r == Role::standby ? 1 : 0);
   role_disconnected_.set(r == Role::disconnected ? 1 : 0);
+  auto last = std::chrono::steady_clock::time_point(
+      std::chrono::steady_clock::duration(last_tick_.load(std::memory_order_relaxed)));
+  tick_age_.set(std::chrono::duration<double>(now_() - last).count());
 }
 
 void RelayMetrics::set_postgres(bool up, const std::string& error) {

@@ -96,6 +96,7 @@ class RelayMetrics : public core::RelayObserver {
   Gauge& role_leader_;
   Gauge& role_standby_;
   Gauge& role_disconnected_;
+  Gauge& tick_age_;
   Gauge* slot_retained_ = nullptr;
   Gauge* slot_lag_ = nullptr;
 

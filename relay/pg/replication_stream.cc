@@ -149,6 +149,7 @@ ReplicationStream::Created PgReplicationStream::create_slot() {
   auto log = logging::get("pg");
   int waited = 0;
   auto created = connection().create_slot(options_.slot_name, stopping_, [&] {
+    if (options_.waiting) options_.waiting();
     if (++waited % 10 == 0) {
       log->warn(
           "still creating replication slot {} after {} s: a transaction open since "

@@ -26,6 +26,9 @@ struct ReplicationSettings {
   bool create_publication = true;
   std::chrono::milliseconds status_interval{10'000};
   std::chrono::milliseconds heartbeat_interval{10'000};
+  //! Called about once a second while a call waits on the server (creating the slot waits
+  //! for every open transaction), so that the relay's health keeps ticking.
+  std::function<void()> waiting;
 };
 
 class PgReplicationStream : public ReplicationStream {
