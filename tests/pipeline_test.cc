@@ -286,6 +286,24 @@ TEST_CASE("rows committed while a short read waits for Kafka are read ahead at i
   CHECK(r.store.pending() == 0);
 }
 
+TEST_CASE("answers trickling into a full window are marked in groups and not one by one",
+          "[pipeline]") {
+  // A drain keeps the window full; Kafka answers a few messages per poll. Before, each poll's
+  // answers were marked at once (a statement and a commit each); now a group gathers up to a
+  // batch while more answers are due (kGroupWait bounds it in time).
+  Rig r;
+  for (int i = 0; i < 20; ++i) r.store.add("orders", "k" + std::to_string(i));
+  std::int64_t released = 1;
+  r.kafka.stuck = [&](const Message& m) { return id_of(m) > released; };
+  r.kafka.on_publish = [&] { ++released; };  // one answer per poll
+  BatchRelay relay(r.store, r.kafka, r.clock, window(10, 10));
+
+  relay.run(r.stop);
+
+  CHECK(r.store.pending() == 0);
+  CHECK(r.store.groups.size() <= 4);  // was 20
+}
+
 TEST_CASE("a suspect sent alone stays alone until Kafka answered it", "[pipeline]") {
   // Before: once the suspect was read alone, read-ahead went on while it waited for its
   // answer, so it was never alone (with a real broker: the fatal gap-less error it caused

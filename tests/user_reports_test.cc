@@ -1,5 +1,5 @@
-// Defects found by trying the relay as its users would (integration/tests/test_encoding.py, test_ops_settings.py
-// has the end-to-end side of each).
+// Defects found by trying the relay as its users would (integration/tests/test_encoding.py,
+// test_ops_settings.py has the end-to-end side of each).
 #include <catch2/catch.hpp>
 
 #include <cstdlib>

@@ -379,7 +379,8 @@ void check_kafka_property(Reader& r, const Config& c, const std::string& key,
             "must stay true: a gap in a partition would be filled by a re-send out of key "
             "order");
   } else if (name == "partitioner" && value == "random") {
-    // (found by trying it as a user would) every other partitioner hashes the key when there is one.
+    // (found by trying it as a user would) every other partitioner hashes the key when there is
+    // one.
     r.error(key, line,
             "random ignores the message key: one key's events would land on different "
             "partitions, so per-key order would not hold. Use the default (consistent_random) "

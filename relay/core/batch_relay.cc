@@ -22,6 +22,7 @@ std::size_t records(const BatchOutcome& o) {
 // How long a step waits for answers when it has nothing else to do: short enough that the
 // loop ticks, keeps its source alive and sees a stop request promptly.
 constexpr std::chrono::milliseconds kAnswerWait{100};
+constexpr std::chrono::milliseconds kGroupWait{50};
 }  // namespace
 
 BatchRelay::BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock,
@@ -264,9 +265,13 @@ void BatchRelay::record(bool force) {
     if (any_ok_) observer_->on_kafka_ok();
     any_ok_ = false;
     if (!has_records(answered_)) return;
-    // Groups: while reading ahead, wait until a batch's worth was answered (one statement
-    // per kind per group); otherwise record what there is.
-    if (!force && !record_failed_ && records(answered_) < options_.batch_size && may_read_ahead()) {
+    if (!group_since_) group_since_ = clock_.now();
+    // Groups (one statement per kind per group): while more answers are due, wait until a
+    // batch's worth was answered, or kGroupWait passed since the first of the group (a stuck
+    // partition must not keep the others unmarked). Each mark has a fixed cost in PostgreSQL
+    // (a statement, a commit); a drain with a full window recorded every poll's few answers.
+    if (!force && !record_failed_ && records(answered_) < options_.batch_size && unanswered_ > 0 &&
+        clock_.now() - *group_since_ < kGroupWait) {
       return;
     }
   }
@@ -291,6 +296,7 @@ void BatchRelay::record(bool force) {
     logging::get("core")->info("recorded the outcome of {} messages after the earlier failure",
                                records(answered_));
   }
+  group_since_.reset();
   record_failed_ = false;
   count(answered_);
   answered_ = BatchOutcome{};

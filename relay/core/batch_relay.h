@@ -185,9 +185,12 @@ class BatchRelay {
   bool any_ok_ = false;                 //!< an acknowledgement since the last record
   std::int64_t last_read_id_ = 0;
   bool last_read_full_ = false;
-  bool answered_since_read_ = false;  //!< a short read may be followed by a read-ahead
-  BatchReport cycle_;                 //!< since the last by-state read
-  std::size_t abandoned_ = 0;         //!< purged at shutdown
+  bool answered_since_read_ = false;
+  //! when the answers not yet recorded began to gather (grouped marks)
+  std::optional<std::chrono::steady_clock::time_point>
+      group_since_;            //!< a short read may be followed by a read-ahead
+  BatchReport cycle_;          //!< since the last by-state read
+  std::size_t abandoned_ = 0;  //!< purged at shutdown
 
   TopicGate topics_;  //!< invariant 6
   RelayObserver no_observer_;
