@@ -26,7 +26,7 @@ case "$PROFILE" in
 esac
 
 # ---------------------------------------------------------------- apt packages
-PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
+PKGS=(build-essential ccache cmake pkg-config libpqxx-dev libpq-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
   clang-format kcat postgresql-15 postgresql-contrib python3-venv nftables)
 # The HTTP endpoint (cpp-httplib), the command line (CLI11), and promtool for the metrics test
