@@ -1128,6 +1128,8 @@ TEST_CASE("a long wait for visibility backs off and ticks the relay's health",
   rig.options.visibility_retry = milliseconds(2);
   rig.options.visibility_retry_max = milliseconds(100);
   rig.options.waiting = [&] { ++ticks; };
+  std::vector<std::chrono::nanoseconds> waits;
+  rig.options.visibility_waiting = [&](std::chrono::nanoseconds w) { waits.push_back(w); };
   auto& source = rig.make();
   rig.publish();
   REQUIRE(source.phase() == Phase::streaming);
@@ -1138,6 +1140,9 @@ TEST_CASE("a long wait for visibility backs off and ticks the relay's health",
   };
   CHECK(ids_of(source.begin_batch(10, 1 << 20, {})) == late);
   CHECK(ticks == 199);
+  REQUIRE(waits.size() == 200);  // each pause, then 0 once visible (the metric's gauge)
+  CHECK(waits[198] > std::chrono::seconds(10));
+  CHECK(waits.back() == std::chrono::nanoseconds(0));
   CHECK(rig.clock.sleeps.front() == milliseconds(2));
   CHECK(*std::max_element(rig.clock.sleeps.begin(), rig.clock.sleeps.end()) == milliseconds(100));
   CHECK(std::is_sorted(rig.clock.sleeps.begin(), rig.clock.sleeps.end()));

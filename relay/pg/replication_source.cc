@@ -214,6 +214,7 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
   auto waiting_since = clock_.now();
   auto next_log = waiting_since + options_.visibility_log_every;
   auto pause = options_.visibility_retry;
+  bool waited = false;
   RowCheck check;
   for (;;) {
     check = table_.check(ids, xids);
@@ -222,7 +223,10 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
       const Held& held = held_.at(order);
       if (!check.pending.count(held.event.id) && check.not_visible.count(held.xid)) ++not_visible;
     }
-    if (not_visible == 0) break;
+    if (not_visible == 0) {
+      if (waited && options_.visibility_waiting) options_.visibility_waiting({});
+      break;
+    }
     // Committed (the stream sent its Commit) but not visible to this session yet: it will
     // be. Ask again, keeping the walsender content with status updates meanwhile.
     if (stopping_()) {
@@ -239,6 +243,8 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
     }
     report_if_due();
     if (options_.waiting) options_.waiting();
+    if (options_.visibility_waiting) options_.visibility_waiting(now - waiting_since);
+    waited = true;
     clock_.sleep_for(pause, stopping_);
     pause = std::min(pause * 2, std::max(options_.visibility_retry, options_.visibility_retry_max));
   }
@@ -474,6 +480,7 @@ void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
   auto since = clock_.now();
   auto next_log = since + options_.visibility_log_every;
   auto pause = options_.visibility_retry;
+  bool waited = false;
   while (!xids.empty() && !table_.visible(xids)) {
     if (stopping_()) {
       throw core::UnavailableError("stopping while committed transactions were not visible yet");
@@ -487,9 +494,12 @@ void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
       next_log = now + options_.visibility_log_every;
     }
     if (options_.waiting) options_.waiting();
+    if (options_.visibility_waiting) options_.visibility_waiting(now - since);
+    waited = true;
     clock_.sleep_for(pause, stopping_);
     pause = std::min(pause * 2, std::max(options_.visibility_retry, options_.visibility_retry_max));
   }
+  if (waited && options_.visibility_waiting) options_.visibility_waiting({});
 }
 
 void ReplicationSource::advance() {

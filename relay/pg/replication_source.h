@@ -171,6 +171,8 @@ struct ReplicationSourceOptions {
   //! Called in every pause of a wait on the server (visibility), so the relay's health
   //! shows the loop alive while it waits; may be empty.
   std::function<void()> waiting;
+  //! In every pause of a wait for visibility, how long it has waited; 0 when it ends.
+  std::function<void(std::chrono::nanoseconds)> visibility_waiting;
   //! How often a wait for visibility is logged.
   std::chrono::milliseconds visibility_log_every{10'000};
 };

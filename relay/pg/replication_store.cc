@@ -10,6 +10,7 @@ ReplicationSourceOptions source_options(const ReplicationSettings& c) {
   o.status_interval = c.status_interval;
   o.heartbeat_interval = c.heartbeat_interval;
   o.waiting = c.waiting;
+  o.visibility_waiting = c.visibility_waiting;
   return o;
 }
 
