@@ -1,5 +1,7 @@
 #include "pg/eos_support.h"
 
+#include <string_view>
+
 #include "common/logging.h"
 #include "pg/pg_array.h"
 
@@ -64,7 +66,12 @@ std::string default_transactional_id(const std::string& conninfo, const std::str
       system_id =
           n.exec1("SELECT system_identifier::text FROM pg_control_system()")[0].as<std::string>();
     } catch (const pqxx::sql_error& e) {
-      if (e.sqlstate() != "42501") throw;  // not a missing privilege: retried
+      // Not a missing privilege: retried. (By type and text too: libpqxx may leave
+      // sqlstate() empty.)
+      bool denied = e.sqlstate() == "42501" ||
+                    dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr ||
+                    std::string_view(e.what()).find("permission denied") != std::string_view::npos;
+      if (!denied) throw;
       // Invariant (README-eos.md, "transactional.id"): derived only from facts a failover
       // keeps. The server's address is not one: after a failover the new leader would
       // neither fence the old one nor find its checkpoints.
@@ -73,7 +80,7 @@ std::string default_transactional_id(const std::string& conninfo, const std::str
           "pg_control_system() (the database's system identifier; " +
           std::string(e.what()).substr(0, std::string(e.what()).find('\n')) +
           "). Set delivery.transactional_id (the same on every replica of this relay, unique "
-          "to it), or grant pg_monitor to the relay's role");
+          "to it), or GRANT EXECUTE ON FUNCTION pg_control_system() TO the relay's role");
     }
     return "outbox-relay:" + system_id + ":" + db + ":" + source;
   } catch (const core::FatalError&) {
