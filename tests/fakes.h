@@ -148,6 +148,14 @@ class FakeStore : public core::OutboxStore {
   void keep_alive() noexcept override { ++keep_alives; }
 
   const Row& row(std::int64_t id) const { return rows_.at(id); }
+  //! A rewind of the database (a point-in-time restore, a failover to a standby that lagged):
+  //! id `id` now names another event, pending.
+  void reuse_id(std::int64_t id, std::string event_id) {
+    Row& r = rows_.at(id);
+    r.event.event_id = std::move(event_id);
+    r.event.payload = "reused " + std::to_string(id);
+    r.published = r.dead = false;
+  }
   std::size_t pending() const {
     return std::count_if(rows_.begin(), rows_.end(),
                          [](const auto& kv) { return !kv.second.published && !kv.second.dead; });

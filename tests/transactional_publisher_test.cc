@@ -26,12 +26,12 @@ struct Mock {
     rd_kafka_mock_cluster_destroy(cluster);
     rd_kafka_destroy(host);
   }
-  std::unique_ptr<kafka::TransactionalKafkaPublisher> publisher() const {
-    config::KafkaConfig k;
+  std::unique_ptr<kafka::TransactionalKafkaPublisher> publisher(
+      const std::string& checkpoint_topic = "cp", config::KafkaConfig k = {}) const {
     k.bootstrap_servers = rd_kafka_mock_cluster_bootstraps(cluster);
     kafka::TransactionalSettings s;
     s.transactional_id = "relay-under-test";
-    s.checkpoint_topic = "cp";
+    s.checkpoint_topic = checkpoint_topic;
     s.transaction_timeout = std::chrono::milliseconds(10'000);
     return std::make_unique<kafka::TransactionalKafkaPublisher>(k, s);
   }
@@ -65,7 +65,8 @@ TEST_CASE("transactional publisher: commit with a checkpoint that reads back", "
   Mock mock;
   auto p = mock.publisher();
   p->init();
-  CHECK(p->last_checkpoint().empty());
+  CHECK(p->last_checkpoint().record.empty());
+  CHECK(p->last_checkpoint().proven);
   auto msgs = messages(3);
   p->begin();
   REQUIRE(send_all(*p, msgs));
@@ -77,7 +78,7 @@ TEST_CASE("transactional publisher: commit with a checkpoint that reads back", "
   // a new producer (a restart) finds the newest checkpoint of its transactional.id
   auto q = mock.publisher();
   q->init();
-  CHECK(q->last_checkpoint() == "4-5");
+  CHECK(q->last_checkpoint().record == "4-5");
 }
 
 TEST_CASE("transactional publisher: an aborted transaction's checkpoint is not seen",
@@ -94,5 +95,39 @@ TEST_CASE("transactional publisher: an aborted transaction's checkpoint is not s
   REQUIRE(p->abort());
   auto q = mock.publisher();
   q->init();
-  CHECK(q->last_checkpoint() == "1-2");
+  CHECK(q->last_checkpoint().record == "1-2");
+}
+
+// Regression: a pre-created checkpoint topic with several partitions was written by key hash
+// and read from partition 0 only: recovery missed the newest checkpoint and sent rows again.
+TEST_CASE("transactional publisher: a checkpoint topic of several partitions is refused",
+          "[eos][kafka][regression]") {
+  Mock mock;
+  rd_kafka_mock_topic_create(mock.cluster, "cp3", 3, 1);
+  auto p = mock.publisher("cp3");
+  try {
+    p->init();
+    FAIL("init accepted a checkpoint topic of 3 partitions");
+  } catch (const core::FatalError& e) {
+    std::string what = e.what();
+    CHECK(what.find("has 3 partitions; exactly_once needs exactly 1") != std::string::npos);
+    CHECK(what.find("delivery.checkpoint_topic") != std::string::npos);
+  }
+}
+
+// Regression: a checkpoint larger than message.max.bytes failed as a transient error: the
+// relay aborted, recovered and sent the same read again, forever.
+TEST_CASE("transactional publisher: the largest checkpoint is known; a larger one is fatal",
+          "[eos][kafka][regression]") {
+  Mock mock;
+  config::KafkaConfig k;
+  k.properties.emplace_back("message.max.bytes", "20000");
+  auto p = mock.publisher("cp", k);
+  p->init();
+  CHECK(p->max_checkpoint_bytes() > 19'000);
+  CHECK(p->max_checkpoint_bytes() < 20'000);
+  auto msgs = messages(1);
+  p->begin();
+  REQUIRE(send_all(*p, msgs));
+  CHECK_THROWS_AS(p->commit(std::string(25'000, '1')), core::FatalError);
 }

@@ -4,6 +4,9 @@
 // row is in it exactly once (or, dead-lettered, not at all).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <limits>
+
 #include "core/transactional_relay.h"
 #include "fakes.h"
 
@@ -19,6 +22,9 @@ struct FakeCluster {
   int epoch = 0;
   std::vector<std::int64_t> committed;   //!< outbox ids of committed records, in order
   std::vector<std::string> checkpoints;  //!< committed checkpoint records
+  //! Reads of the checkpoint while another producer's open transaction hides the newest
+  //! one (the read then sees the one before it, not proven).
+  int hidden_reads = 0;
 };
 
 class FakeTxnPublisher : public core::TransactionalPublisher {
@@ -35,9 +41,22 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
     open_.clear();
     epoch_ = ++cluster_.epoch;
   }
-  std::string last_checkpoint() override {
-    return cluster_.checkpoints.empty() ? "" : cluster_.checkpoints.back();
+  core::CheckpointRead last_checkpoint() override {
+    ++checkpoint_reads;
+    if (on_checkpoint_read) on_checkpoint_read();
+    core::CheckpointRead read;
+    const auto& cps = cluster_.checkpoints;
+    if (cluster_.hidden_reads > 0) {
+      --cluster_.hidden_reads;
+      read.proven = false;
+      read.hidden = "last stable offset 7, end 9";
+      if (cps.size() >= 2) read.record = cps[cps.size() - 2];
+      return read;
+    }
+    read.record = cps.empty() ? "" : cps.back();
+    return read;
   }
+  std::size_t max_checkpoint_bytes() const override { return max_bytes; }
   void begin() override {
     if (epoch_ == 0) throw std::logic_error("begin before init");
     if (in_txn_) throw std::logic_error("begin inside a transaction");
@@ -63,6 +82,9 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
   void commit(const std::string& checkpoint) override {
     if (!in_txn_) throw std::logic_error("commit outside a transaction");
     in_txn_ = false;
+    if (checkpoint.size() > max_bytes) {  // as Kafka: the checkpoint record is refused
+      throw core::UnavailableError("the checkpoint record was not delivered (too large)");
+    }
     if (epoch_ != cluster_.epoch) throw core::FencedError("Kafka: producer fenced");
     if (commit_fails_aborted > 0) {
       --commit_fails_aborted;
@@ -86,6 +108,9 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
   std::map<std::int64_t, core::DeliveryResult> script;
   std::vector<std::int64_t> sent;
   std::function<void()> on_send;
+  std::function<void()> on_checkpoint_read;
+  std::size_t max_bytes = 1'000'000;
+  int checkpoint_reads = 0;
   int fail_init = 0, commit_fails_aborted = 0, commit_fails_unknown = 0;
   int inits = 0, begins = 0, commits = 0, aborts = 0;
 
@@ -100,18 +125,22 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
 class FakeMarker : public core::RecoveryMarker {
  public:
   explicit FakeMarker(FakeStore& store) : store_(store) {}
-  std::size_t mark_published(const std::vector<std::int64_t>& ids) override {
+  Result mark_published(const std::vector<core::CheckpointRow>& rows) override {
     ++calls;
-    std::size_t n = 0;
-    for (auto id : ids) {
-      const auto& r = store_.row(id);
+    Result result;
+    for (const auto& c : rows) {
+      const auto& r = store_.row(c.id);
       if (r.published || r.dead) continue;
+      if (!c.event_id.empty() && c.event_id != r.event.event_id) {
+        ++result.reused;
+        continue;
+      }
       core::BatchOutcome o;
-      o.published.push_back(id);
+      o.published.push_back(c.id);
       store_.apply(o);
-      ++n;
+      ++result.marked;
     }
-    return n;
+    return result;
   }
   int calls = 0;
 
@@ -169,17 +198,36 @@ void require_exactly_once(const Rig& rig, std::int64_t first, std::int64_t last)
 
 }  // namespace
 
-TEST_CASE("checkpoint text: ranges round trip, junk refused", "[eos]") {
-  REQUIRE(core::encode_checkpoint({}) == "");
-  REQUIRE(core::encode_checkpoint({7, 1, 2, 3, 5, 9, 10}) == "1-3,5,7,9-10");
-  auto ids = core::decode_checkpoint("1-3,5,7,9-10");
-  REQUIRE(ids.has_value());
-  REQUIRE(*ids == std::vector<std::int64_t>{1, 2, 3, 5, 7, 9, 10});
+TEST_CASE("checkpoint text: rows with event ids round trip; the earlier format reads; junk refused",
+          "[eos]") {
+  using Row = core::CheckpointRow;
+  std::vector<Row> rows{{7, "e7"}, {1, "e1"}, {2, "e2"},  {3, "e3"},
+                        {5, "e5"}, {9, "e9"}, {10, "e10"}};
+  std::string text = core::encode_checkpoint(rows);
+  REQUIRE(text == "v2;1-3,5,7,9-10;e1,e2,e3,e5,e7,e9,e10");
+  auto back = core::decode_checkpoint(text);
+  REQUIRE(back.has_value());
+  std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.id < b.id; });
+  REQUIRE(*back == rows);
+  REQUIRE(core::decode_checkpoint(core::encode_checkpoint({}))->empty());
+  // format 1 (ids only, written by earlier versions): event ids empty, matched by id alone
+  auto old = core::decode_checkpoint("1-3,5");
+  REQUIRE(old.has_value());
+  REQUIRE(*old == std::vector<Row>{{1, ""}, {2, ""}, {3, ""}, {5, ""}});
   REQUIRE(core::decode_checkpoint("")->empty());
-  for (const char* bad : {"x", "1,", "3-1", "5,2", "1-2,2", "1--2", "{\"a\":1}"}) {
+  for (const char* bad : {"x", "1,", "3-1", "5,2", "1-2,2", "1--2", "{\"a\":1}", "v2;1-2;e1",
+                          "v2;1;e1,e2", "v2;1-2;e1,", "v2;1", "v2;1;"}) {
     INFO(bad);
     REQUIRE_FALSE(core::decode_checkpoint(bad).has_value());
   }
+  // the size bound the relay relies on: the largest ids and uuids
+  std::vector<Row> worst;
+  for (std::int64_t i = 0; i < 100; ++i) {
+    worst.push_back(
+        {std::numeric_limits<std::int64_t>::max() - 2 * i, "123e4567-e89b-12d3-a456-426614174000"});
+  }
+  REQUIRE(core::encode_checkpoint(worst).size() <=
+          core::kCheckpointFixedBytes + 100 * core::kCheckpointRowBytes);
 }
 
 TEST_CASE("recovery comes first: nothing is sent before init_transactions and the checkpoint",
@@ -205,7 +253,9 @@ TEST_CASE("one transaction per read, each with the checkpoint of its ids; lifecy
     rig.drain();
     require_exactly_once(rig, 1, 10);
     REQUIRE(rig.publisher.commits == 3);
-    REQUIRE(rig.cluster.checkpoints == std::vector<std::string>{"1-4", "5-8", "9-10"});
+    REQUIRE(rig.cluster.checkpoints == std::vector<std::string>{"v2;1-4;evt-1,evt-2,evt-3,evt-4",
+                                                                "v2;5-8;evt-5,evt-6,evt-7,evt-8",
+                                                                "v2;9-10;evt-9,evt-10"});
     REQUIRE(rig.store.finishes == 3);
     REQUIRE(rig.store.records == 0);
   }
@@ -351,4 +401,107 @@ TEST_CASE("init_transactions failing is retried; nothing is sent meanwhile", "[e
   }
   rig.drain();
   require_exactly_once(rig, 1, 3);
+}
+
+// Regression: another producer's open transaction on a shared checkpoint topic hid this
+// relay's newest checkpoint; recovery marked the older one and sent the newest rows again.
+TEST_CASE("recovery waits while the newest checkpoint may be hidden; never marks an older one",
+          "[eos][regression]") {
+  for (bool pipelined : {false, true}) {
+    Rig rig(pipelined, 4);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.drain();  // recovery, transaction 1, marked
+    REQUIRE(rig.publisher.commits == 1);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.store.fail_finish = rig.store.fail_record = 100;
+    rig.drain(3);  // transaction 2: committed, its mark fails
+    REQUIRE(rig.publisher.commits == 2);
+    REQUIRE(rig.store.pending() == 4);
+    // "crash"; the restart finds the topic's end held by someone else's open transaction
+    rig.store.fail_record = rig.store.fail_finish = 0;
+    rig.cluster.hidden_reads = 3;
+    FakeTxnPublisher publisher2(rig.cluster);
+    core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+    int keep_alives = rig.store.keep_alives;
+    auto before = rig.clock.now();
+    std::atomic<bool> stop{false};
+    relay2.step(stop);  // recovery: waits until the end is stable, then marks the newest
+    REQUIRE(relay2.recovered_rows() == 4);
+    REQUIRE(publisher2.checkpoint_reads == 4);
+    REQUIRE(rig.clock.now() > before);             // it waited...
+    REQUIRE(rig.store.keep_alives > keep_alives);  // ...keeping the leader's session alive
+    REQUIRE(rig.store.pending() == 0);
+    for (int i = 0; i < 5; ++i) relay2.step(stop);
+    REQUIRE(publisher2.sent.empty());
+    require_exactly_once(rig, 1, 8);
+  }
+}
+
+TEST_CASE("a stop while recovery waits for a hidden checkpoint marks nothing, recovery stays due",
+          "[eos]") {
+  Rig rig(true, 4);
+  for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+  rig.cluster.hidden_reads = 1'000'000;
+  std::atomic<bool> stop{false};
+  rig.publisher.on_checkpoint_read = [&] {
+    if (rig.publisher.checkpoint_reads == 3) stop = true;
+  };
+  rig.relay->step(stop);
+  REQUIRE(rig.publisher.checkpoint_reads == 3);
+  REQUIRE(rig.marker.calls == 0);
+  REQUIRE(rig.relay->recovery_due());
+  REQUIRE(rig.publisher.sent.empty());
+}
+
+// Regression: checkpoints named rows by id only; after a rewind of the database (point-in-time
+// restore, failover to a standby that lagged) reused ids were marked published, never sent.
+TEST_CASE("recovery marks a row only if its event_id is the checkpoint's: reused ids are sent",
+          "[eos][regression]") {
+  for (bool pipelined : {false, true}) {
+    Rig rig(pipelined, 4);
+    for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
+    rig.store.fail_finish = rig.store.fail_record = 100;  // committed, never marked
+    rig.drain(3);
+    REQUIRE(rig.publisher.commits == 1);
+    rig.store.fail_finish = rig.store.fail_record = 0;
+    // the database is rewound: ids 3 and 4 now name other events
+    rig.store.reuse_id(3, "evt-new-3");
+    rig.store.reuse_id(4, "evt-new-4");
+    FakeTxnPublisher publisher2(rig.cluster);
+    core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+    std::atomic<bool> stop{false};
+    relay2.step(stop);  // recovery
+    REQUIRE(relay2.recovered_rows() == 2);
+    for (int i = 0; i < 5 && rig.store.pending() > 0; ++i) relay2.step(stop);
+    REQUIRE(publisher2.sent == std::vector<std::int64_t>{3, 4});
+    REQUIRE(rig.store.pending() == 0);
+    REQUIRE(rig.copies()[1] == 1);
+    REQUIRE(rig.copies()[3] == 2);  // the lost event once, the new one once
+  }
+}
+
+// Regression: with a large batch_size the checkpoint exceeded the largest record Kafka takes;
+// the commit failed, recovery read the same rows again, forever.
+TEST_CASE("the rows of a transaction are bounded so that its checkpoint fits one record",
+          "[eos][regression]") {
+  for (bool pipelined : {false, true}) {
+    Rig rig(pipelined, 100);
+    // room for the worst case of 2 rows; the checkpoint of all 30 (about 200 bytes) is larger
+    rig.publisher.max_bytes = core::kCheckpointFixedBytes + 2 * core::kCheckpointRowBytes;
+    for (int i = 0; i < 30; ++i) rig.store.add("t", "k");
+    rig.drain(40);
+    require_exactly_once(rig, 1, 30);
+    REQUIRE(rig.relay->max_rows() == 2);
+    REQUIRE(rig.publisher.commits == 15);
+    for (const auto& cp : rig.cluster.checkpoints) REQUIRE(cp.size() <= rig.publisher.max_bytes);
+  }
+}
+
+TEST_CASE("a largest record too small for one row's checkpoint stops the relay", "[eos]") {
+  Rig rig(true, 4);
+  rig.publisher.max_bytes = core::kCheckpointFixedBytes + core::kCheckpointRowBytes - 1;
+  rig.store.add("t", "k");
+  std::atomic<bool> stop{false};
+  REQUIRE_THROWS_AS(rig.relay->step(stop), core::FatalError);
+  REQUIRE(rig.publisher.sent.empty());
 }

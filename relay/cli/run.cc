@@ -152,6 +152,9 @@ int run_relay(const config::Config& config) {
         log->warn("exactly_once: cannot derive the transactional.id yet ({}); retrying in {} ms",
                   e.what(), pause.count());
         clock.sleep_for(pause, [] { return g_stop.load(); });
+      } catch (const core::FatalError& e) {
+        log->error("{}", e.what());
+        return kFailure;
       }
     }
     if (g_stop.load()) return kOk;

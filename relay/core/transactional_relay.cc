@@ -15,6 +15,10 @@ namespace outbox::core {
 
 namespace {
 constexpr std::chrono::milliseconds kAnswerWait{100};
+// While another producer's open transaction hides the checkpoint topic's end: how often the
+// end is looked at again, and how often that is logged.
+constexpr std::chrono::milliseconds kHiddenRecheck{1000};
+constexpr std::chrono::milliseconds kHiddenLogEvery{30'000};
 
 std::size_t records(const BatchOutcome& o) {
   return o.published.size() + o.retry.size() + o.dead_letter.size();
@@ -26,25 +30,24 @@ bool parse_id(std::string_view text, std::int64_t& out) {
 }
 }  // namespace
 
-std::string encode_checkpoint(std::vector<std::int64_t> ids) {
-  std::sort(ids.begin(), ids.end());
-  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+namespace {
+constexpr std::string_view kFormat2 = "v2;";
+
+std::string encode_ranges(const std::vector<CheckpointRow>& rows) {
   std::string out;
-  for (std::size_t i = 0; i < ids.size();) {
+  for (std::size_t i = 0; i < rows.size();) {
     std::size_t j = i;
-    while (j + 1 < ids.size() && ids[j + 1] == ids[j] + 1) ++j;
+    while (j + 1 < rows.size() && rows[j + 1].id == rows[j].id + 1) ++j;
     if (!out.empty()) out += ',';
-    out += std::to_string(ids[i]);
-    if (j > i) out += '-' + std::to_string(ids[j]);
+    out += std::to_string(rows[i].id);
+    if (j > i) out += '-' + std::to_string(rows[j].id);
     i = j + 1;
   }
   return out;
 }
 
-std::optional<std::vector<std::int64_t>> decode_checkpoint(const std::string& text) {
+std::optional<std::vector<std::int64_t>> decode_ranges(std::string_view rest) {
   std::vector<std::int64_t> ids;
-  if (text.empty()) return ids;
-  std::string_view rest(text);
   std::int64_t last = 0;
   while (!rest.empty()) {
     auto comma = rest.find(',');
@@ -63,6 +66,49 @@ std::optional<std::vector<std::int64_t>> decode_checkpoint(const std::string& te
   }
   return ids;
 }
+}  // namespace
+
+std::string encode_checkpoint(std::vector<CheckpointRow> rows) {
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  rows.erase(std::unique(rows.begin(), rows.end(),
+                         [](const auto& a, const auto& b) { return a.id == b.id; }),
+             rows.end());
+  std::string out(kFormat2);
+  out += encode_ranges(rows);
+  out += ';';
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (i > 0) out += ',';
+    out += rows[i].event_id;
+  }
+  return out;
+}
+
+std::optional<std::vector<CheckpointRow>> decode_checkpoint(const std::string& text) {
+  std::string_view view(text);
+  std::vector<CheckpointRow> rows;
+  if (view.substr(0, kFormat2.size()) != kFormat2) {  // format 1: ids only
+    auto ids = decode_ranges(view);
+    if (!ids) return std::nullopt;
+    for (auto id : *ids) rows.push_back({id, ""});
+    return rows;
+  }
+  view.remove_prefix(kFormat2.size());
+  auto semicolon = view.find(';');
+  if (semicolon == std::string_view::npos) return std::nullopt;
+  auto ids = decode_ranges(view.substr(0, semicolon));
+  if (!ids) return std::nullopt;
+  std::string_view events = view.substr(semicolon + 1);
+  for (std::size_t i = 0; i < ids->size(); ++i) {
+    auto comma = events.find(',');
+    if ((comma == std::string_view::npos) != (i + 1 == ids->size())) return std::nullopt;
+    std::string_view event = events.substr(0, comma);
+    if (event.empty() || event.find(';') != std::string_view::npos) return std::nullopt;
+    rows.push_back({(*ids)[i], std::string(event)});
+    events = comma == std::string_view::npos ? std::string_view() : events.substr(comma + 1);
+  }
+  if (!events.empty()) return std::nullopt;
+  return rows;
+}
 
 TransactionalRelay::TransactionalRelay(OutboxStore& store, TransactionalPublisher& publisher,
                                        RecoveryMarker& marker, Clock& clock,
@@ -74,6 +120,7 @@ TransactionalRelay::TransactionalRelay(OutboxStore& store, TransactionalPublishe
       options_(std::move(options)),
       pipelined_(store.read_ahead()),
       backoff_(options_.backoff_initial, options_.backoff_max),
+      max_rows_(options_.batch_size),
       topics_([&publisher](const std::string& t) { return publisher.topic_problem(t); }, clock,
               options_.topic_map, options_.backoff_initial, options_.backoff_max) {
   publisher_.set_tick([this] {
@@ -123,33 +170,95 @@ void TransactionalRelay::record(BatchOutcome outcome) {
   counters_.failed_attempts += outcome.dead_letter.size();
 }
 
-void TransactionalRelay::recover() {
+bool TransactionalRelay::recover(const std::atomic<bool>& stop) {
   auto log = logging::get("core");
   // init_transactions fences every older producer with our transactional.id: after it, no
   // transaction of theirs can commit, and the one they had open is aborted or completed.
   publisher_.init();
-  std::string text = publisher_.last_checkpoint();
-  std::size_t marked = 0;
-  if (!text.empty()) {
-    auto ids = decode_checkpoint(text);
-    if (!ids) {
+  // The checkpoint of a full read must fit one record (else the commit could never succeed
+  // and the same read would be sent, aborted and recovered forever).
+  std::size_t max_bytes = publisher_.max_checkpoint_bytes();
+  std::size_t fits = max_bytes > kCheckpointFixedBytes
+                         ? (max_bytes - kCheckpointFixedBytes) / kCheckpointRowBytes
+                         : 0;
+  if (fits == 0) {
+    throw FatalError("exactly_once: the checkpoint topic's records may have at most " +
+                     std::to_string(max_bytes) +
+                     " bytes, too few for the checkpoint of one row: raise kafka.properties "
+                     "message.max.bytes (and the checkpoint topic's max.message.bytes)");
+  }
+  std::size_t rows = std::min(options_.batch_size, fits);
+  if (rows < options_.batch_size && rows != max_rows_) {
+    log->warn(
+        "exactly_once: a transaction carries at most {} rows (source.polling.batch_size is "
+        "{}): its checkpoint (up to {} bytes a row) must fit one record of at most {} bytes "
+        "(kafka.properties message.max.bytes, the checkpoint topic's max.message.bytes)",
+        rows, options_.batch_size, kCheckpointRowBytes, max_bytes);
+  }
+  max_rows_ = rows;
+
+  // Invariant (README-eos.md, "Only the newest checkpoint is acted on"): a checkpoint is
+  // marked only when no newer one of ours can be hidden from the read_committed read, i.e.
+  // when the topic's last stable offset has reached the end that init left. Another
+  // producer's open transaction can hold it below that end for as long as it stays open:
+  // wait, however long, rather than mark an older checkpoint (its rows would be re-sent).
+  CheckpointRead read = publisher_.last_checkpoint();
+  auto waiting_since = clock_.now();
+  auto next_log = waiting_since;
+  while (!read.proven) {
+    if (clock_.now() >= next_log) {
+      log->warn(
+          "recovery waits: another producer's open transaction hides the end of the "
+          "checkpoint topic ({}) for {} s; nothing is marked or sent until it ends (it commits, "
+          "aborts, or its transaction.timeout.ms passes)",
+          read.hidden,
+          std::chrono::duration_cast<std::chrono::seconds>(clock_.now() - waiting_since).count());
+      next_log = clock_.now() + kHiddenLogEvery;
+    }
+    auto until = clock_.now() + kHiddenRecheck;
+    while (!stop.load() && clock_.now() < until) {
+      observer_->on_tick();
+      store_.keep_alive();
+      clock_.sleep_for(std::chrono::milliseconds(200), [&] { return stop.load(); });
+    }
+    if (stop.load()) return false;
+    read = publisher_.last_checkpoint();
+  }
+
+  RecoveryMarker::Result marked;
+  if (!read.record.empty()) {
+    auto checkpoint = decode_checkpoint(read.record);
+    if (!checkpoint) {
       throw FatalError(
           "the last checkpoint record of this transactional.id is not a list of "
           "outbox ids (\"" +
-          text.substr(0, 80) + "\"): is delivery.checkpoint_topic used by something else?");
+          read.record.substr(0, 80) + "\"): is delivery.checkpoint_topic used by something else?");
     }
-    marked = marker_.mark_published(*ids);
+    if (!checkpoint->empty() && checkpoint->front().event_id.empty()) {
+      log->warn(
+          "recovery: the last checkpoint has the format of an earlier version (ids without "
+          "event ids): its rows are matched by id alone");
+    }
+    marked = marker_.mark_published(*checkpoint);
   }
-  recovered_rows_ += marked;
+  recovered_rows_ += marked.marked;
   recovery_due_ = false;
-  if (marked > 0) {
+  if (marked.reused > 0) {
+    log->error(
+        "recovery: {} rows under ids of the last checkpoint are other events than the ones "
+        "committed to Kafka (the database was rewound: a point-in-time restore or a failover "
+        "to a standby that had not received them); they are sent, not marked",
+        marked.reused);
+  }
+  if (marked.marked > 0) {
     log->warn(
         "recovery: {} rows of the last committed Kafka transaction were not marked published "
         "(the previous run stopped between the commit and the mark); marked now, not sent again",
-        marked);
+        marked.marked);
   } else {
     log->info("exactly_once: transactions initialised; the last checkpoint is marked");
   }
+  return true;
 }
 
 void TransactionalRelay::await_answers(std::vector<InFlight>& sent, const std::atomic<bool>& stop) {
@@ -186,7 +295,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
   if (unrecorded_) record(*unrecorded_);  // before anything else (throws)
 
   std::vector<std::string> skip = topics_.skipped();
-  std::size_t limit = solo_through_ > 0 ? 1 : options_.batch_size;
+  std::size_t limit = solo_through_ > 0 ? 1 : max_rows_;
   auto read_start = clock_.now();
   // The read also takes the leader role (or throws StandbyError): recovery, which fences
   // the other producers of this transactional.id, happens only as the leader.
@@ -195,7 +304,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
   if (recovery_due_) {
     // Rows read before recovery may be committed in Kafka already: drop them, read again.
     close_batch();
-    recover();
+    recover(stop);
     return;
   }
   std::size_t bytes = 0;
@@ -222,6 +331,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
       continue;
     }
     std::int64_t id = event.id;
+    std::string event_id = event.event_id;
     std::string row_topic = event.topic;
     auto mapped = to_message(std::move(event), options_.topic_map);
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
@@ -231,6 +341,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
     }
     InFlight& entry = sent.emplace_back();
     entry.id = id;
+    entry.event_id = std::move(event_id);
     entry.row_topic = std::move(row_topic);
     entry.message = std::move(std::get<Message>(mapped));
   }
@@ -313,16 +424,23 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
   }
   observer_->on_kafka_ok();
 
+  std::vector<CheckpointRow> checkpoint;
+  checkpoint.reserve(sent.size());
   for (const InFlight& entry : sent) {
     outcome.published.push_back(entry.id);
+    checkpoint.push_back({entry.id, entry.event_id});
     topics_.delivered(entry.row_topic);
   }
   try {
-    publisher_.commit(encode_checkpoint(outcome.published));
+    publisher_.commit(encode_checkpoint(std::move(checkpoint)));
   } catch (const FencedError& e) {
     close_batch();
     recovery_due_ = true;
     log->error("{}: this instance marks nothing of its transaction", e.what());
+    throw;
+  } catch (const FatalError&) {
+    close_batch();
+    recovery_due_ = true;
     throw;
   } catch (const UnavailableError& e) {
     close_batch();

@@ -9,8 +9,10 @@
 //   2. if recovery is due (start, or after any transaction whose outcome is not known):
 //      the read is dropped, the producer is re-created and init_transactions fences every
 //      older producer with the same transactional.id and aborts its open transaction; the
-//      last committed checkpoint is read (read_committed) and its rows are marked published;
-//      then the next step reads again;
+//      last committed checkpoint is read (read_committed; waiting while another producer's
+//      open transaction may hide a newer one) and its rows are marked published (those whose
+//      event_id matches); the rows of a transaction are capped so its checkpoint fits one
+//      record; then the next step reads again;
 //   3. begin the transaction; send the read's rows in id order; wait for every answer;
 //   4. any failed answer: abort, the rows stay pending (a row proven at fault is
 //      dead-lettered, a blocked topic waits, a suspect is sent alone, transient: back off);
@@ -46,6 +48,24 @@ class FencedError : public UnavailableError {
   using UnavailableError::UnavailableError;
 };
 
+//! One row of a checkpoint: the outbox id and the row's event_id. Recovery marks a row only
+//! when both match (README-eos.md, "Row identity"); a checkpoint written before event ids
+//! were carried (format 1) has event_id "" for every row.
+struct CheckpointRow {
+  std::int64_t id = 0;
+  std::string event_id;
+  bool operator==(const CheckpointRow&) const = default;
+};
+
+//! What the checkpoint topic says about this transactional.id, read after init().
+struct CheckpointRead {
+  //! false: another producer's open transaction holds the topic's last stable offset below
+  //! its end, so a newer checkpoint of ours may be hidden: nothing may be marked yet.
+  bool proven = true;
+  std::string record;  //!< the newest checkpoint record of our key, "" when there is none
+  std::string hidden;  //!< when not proven: what holds it (offsets), for the log
+};
+
 //! Kafka with transactions. Used from the relay's one worker thread.
 class TransactionalPublisher {
  public:
@@ -53,11 +73,16 @@ class TransactionalPublisher {
   //! (Re-)creates the producer and calls init_transactions: every older producer with the
   //! same transactional.id is fenced and its open transaction aborted (or completed, if it
   //! was already committing). Messages of the previous producer must all have been answered.
-  //! Throws UnavailableError.
+  //! Checks the checkpoint topic first (one partition, cleanup.policy=compact): FatalError
+  //! when it is not usable. Throws UnavailableError.
   virtual void init() = 0;
-  //! The checkpoint of the last transaction committed with this transactional.id (read
-  //! read_committed after init), or "" when there is none. Throws UnavailableError.
-  virtual std::string last_checkpoint() = 0;
+  //! The newest checkpoint of this transactional.id committed before init (read
+  //! read_committed up to the end of the topic as init left it), or not proven when an open
+  //! transaction of another producer hides part of that range. Throws UnavailableError.
+  virtual CheckpointRead last_checkpoint() = 0;
+  //! The largest checkpoint record (bytes) the producer and the checkpoint topic accept;
+  //! known after init(). The relay bounds the rows of a transaction by it.
+  virtual std::size_t max_checkpoint_bytes() const = 0;
   //! Throws UnavailableError (then recovery is due).
   virtual void begin() = 0;
   //! As Publisher::send/poll, inside the open transaction.
@@ -67,7 +92,8 @@ class TransactionalPublisher {
   virtual void purge() = 0;
   //! Adds the checkpoint record `checkpoint` and commits. Returns only when Kafka committed.
   //! Throws FencedError (a newer producer exists) or UnavailableError (aborted, or outcome
-  //! unknown): then nothing may be marked.
+  //! unknown): then nothing may be marked. FatalError when the checkpoint record itself is
+  //! refused (too large): sending it again could never succeed.
   virtual void commit(const std::string& checkpoint) = 0;
   //! Aborts the open transaction; false when that failed (recovery is due). Never throws.
   virtual bool abort() noexcept = 0;
@@ -89,18 +115,30 @@ class TransactionalPublisher {
 };
 
 //! Marks rows published after recovery: only those still pending (a row the checkpoint
-//! names may have been marked and even deleted by retention since). Throws UnavailableError.
+//! names may have been marked and even deleted by retention since), and only when the row's
+//! event_id is the checkpoint's (an id reused after a rewind of the database names another
+//! event). Throws UnavailableError.
 class RecoveryMarker {
  public:
+  struct Result {
+    std::size_t marked = 0;  //!< pending, same event: marked now
+    std::size_t reused = 0;  //!< pending under a checkpoint's id, another event: left pending
+  };
   virtual ~RecoveryMarker() = default;
-  //! Returns how many of `ids` were pending and are marked now.
-  virtual std::size_t mark_published(const std::vector<std::int64_t>& ids) = 0;
+  //! Rows with an empty event_id (a format-1 checkpoint) are matched by id alone.
+  virtual Result mark_published(const std::vector<CheckpointRow>& rows) = 0;
 };
 
-//! The checkpoint's text: ids in increasing order as ranges, "1-5,7,9-12".
-std::string encode_checkpoint(std::vector<std::int64_t> ids);
-//! The ids of a checkpoint's text; nullopt when it is not one.
-std::optional<std::vector<std::int64_t>> decode_checkpoint(const std::string& text);
+//! The checkpoint's text (format 2): "v2;" ids in increasing order as ranges ";" the rows'
+//! event ids in the same order, comma-separated: "v2;1-3,7;<uuid>,<uuid>,<uuid>,<uuid>".
+std::string encode_checkpoint(std::vector<CheckpointRow> rows);
+//! The rows of a checkpoint's text, format 2 or format 1 (ranges only, "1-5,7,9-12": event
+//! ids ""); nullopt when it is neither.
+std::optional<std::vector<CheckpointRow>> decode_checkpoint(const std::string& text);
+//! Upper bounds of a format-2 checkpoint's size: its fixed part, and per row (an id of up
+//! to 19 digits and a uuid, each with its separator).
+inline constexpr std::size_t kCheckpointFixedBytes = 8;
+inline constexpr std::size_t kCheckpointRowBytes = 20 + 37;
 
 //! Lifecycle: construct, run() on one thread until `stop` is set, destroy.
 class TransactionalRelay {
@@ -125,17 +163,22 @@ class TransactionalRelay {
   }
   //! Rows marked by recoveries so far (committed by an earlier run, not marked by it).
   std::size_t recovered_rows() const { return recovered_rows_; }
+  //! Rows a transaction carries at most (after the first recovery: see max_rows_).
+  std::size_t max_rows() const { return max_rows_; }
   bool recovery_due() const { return recovery_due_; }
 
  private:
   struct InFlight {
     std::int64_t id = 0;
+    std::string event_id;  //!< for the checkpoint
     std::string row_topic;
     Message message;
     std::chrono::steady_clock::time_point sent_at;
     std::optional<DeliveryResult> result;
   };
-  void recover();
+  //! Fences, reads the newest checkpoint (waiting while it cannot be proven the newest),
+  //! marks its rows. Returns false when `stop` came first (recovery stays due).
+  bool recover(const std::atomic<bool>& stop);
   void record(BatchOutcome outcome);
   void close_batch() noexcept;
   void idle_wait(const std::atomic<bool>& stop);
@@ -158,6 +201,9 @@ class TransactionalRelay {
   std::optional<BatchOutcome> unrecorded_;  //!< committed (or dead-lettered), not recorded
   std::int64_t solo_through_ = 0;           //!< rows up to this id go one at a time
   std::size_t recovered_rows_ = 0;
+  //! Rows per transaction: batch_size, lowered after init() so that the checkpoint of a full
+  //! read always fits the producer's and the topic's largest record.
+  std::size_t max_rows_;
   std::size_t abandoned_ = 0;
   TopicGate topics_;  //!< batch_relay.h invariant 6
 };

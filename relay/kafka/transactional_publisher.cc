@@ -46,13 +46,6 @@ bool fenced(rd_kafka_resp_err_t code) {
          code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH;
 }
 
-struct ConsumerDeleter {
-  void operator()(rd_kafka_t* rk) const {
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
-  }
-};
-
 // One wait of a transactional call: short, so the loop ticks between retries of a timed-out
 // call (librdkafka: a timeout is retriable, the call may be made again).
 constexpr int kSliceMs = 5'000;
@@ -106,21 +99,146 @@ rd_kafka_t* TransactionalKafkaPublisher::handle() {
   }
 }
 
-void TransactionalKafkaPublisher::ensure_checkpoint_topic(rd_kafka_t* rk) {
-  if (checkpoint_topic_ok_) return;
+void TransactionalKafkaPublisher::check_checkpoint_topic(rd_kafka_t* rk) {
   // There already (pre-created by an operator, or by an earlier run)? Asked with a request
   // for every topic's metadata, which never auto-creates one; then no CREATE is needed.
+  // Looked at on every init: an operator may add partitions at any time.
   const rd_kafka_metadata_t* md = nullptr;
-  if (rd_kafka_metadata(rk, 1, nullptr, &md, 10'000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+  rd_kafka_resp_err_t code = rd_kafka_metadata(rk, 1, nullptr, &md, 10'000);
+  bool exists = false;
+  int partitions = 0;
+  std::int32_t leader = -1;
+  if (code == RD_KAFKA_RESP_ERR_NO_ERROR) {
     for (int i = 0; i < md->topic_cnt; ++i) {
       if (settings_.checkpoint_topic == md->topics[i].topic &&
           md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        checkpoint_topic_ok_ = true;
+        exists = true;
+        partitions = md->topics[i].partition_cnt;
+        if (partitions > 0) leader = md->topics[i].partitions[0].leader;
       }
     }
   }
   if (md != nullptr) rd_kafka_metadata_destroy(md);
-  if (checkpoint_topic_ok_) return;
+  if (code != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    throw core::UnavailableError("Kafka: metadata (checkpoint topic " + settings_.checkpoint_topic +
+                                 "): " + rd_kafka_err2str(code));
+  }
+  if (!exists) {
+    create_checkpoint_topic(rk);
+    partitions = 1;
+  }
+  // Invariant (README-eos.md, "The checkpoint topic"): one partition. Records are written by
+  // the key's hash and read from partition 0: with more partitions the newest checkpoint may
+  // be where recovery never looks, and it would mark an older one and send rows again.
+  if (partitions != 1) {
+    throw core::FatalError(
+        "the checkpoint topic " + settings_.checkpoint_topic + " has " +
+        std::to_string(partitions) +
+        " partitions; exactly_once needs exactly 1 (checkpoints are read from partition 0). "
+        "Stop the relay (a clean stop leaves nothing to recover), create a topic with 1 "
+        "partition and cleanup.policy=compact, and set delivery.checkpoint_topic to it");
+  }
+  describe_checkpoint_topic(rk, /*just_created=*/!exists, leader);
+}
+
+void TransactionalKafkaPublisher::describe_checkpoint_topic(rd_kafka_t* rk, bool just_created,
+                                                            std::int32_t broker) {
+  auto log = logging::get("kafka");
+  char err[512];
+  rd_kafka_ConfigResource_t* resource =
+      rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, settings_.checkpoint_topic.c_str());
+  rd_kafka_queue_t* queue = rd_kafka_queue_new(rk);
+  rd_kafka_AdminOptions_t* options =
+      rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+  rd_kafka_AdminOptions_set_request_timeout(options, 10'000, err, sizeof err);
+  // Any broker answers for a topic; the partition's leader is known (the controller need not
+  // be: librdkafka would wait for it).
+  if (broker >= 0) rd_kafka_AdminOptions_set_broker(options, broker, err, sizeof err);
+  rd_kafka_DescribeConfigs(rk, &resource, 1, options, queue);
+  rd_kafka_event_t* event = rd_kafka_queue_poll(queue, 15'000);
+  std::string problem, policy;
+  std::optional<std::size_t> max_message;
+  if (event == nullptr) {
+    problem = "no answer to DescribeConfigs";
+  } else if (rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    problem = rd_kafka_event_error_string(event);
+  } else {
+    std::size_t n = 0;
+    const rd_kafka_ConfigResource_t** results =
+        rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(event), &n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (rd_kafka_ConfigResource_error(results[i]) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        const char* text = rd_kafka_ConfigResource_error_string(results[i]);
+        problem =
+            text != nullptr ? text : rd_kafka_err2str(rd_kafka_ConfigResource_error(results[i]));
+        continue;
+      }
+      std::size_t count = 0;
+      const rd_kafka_ConfigEntry_t** entries = rd_kafka_ConfigResource_configs(results[i], &count);
+      for (std::size_t j = 0; j < count; ++j) {
+        std::string_view name = rd_kafka_ConfigEntry_name(entries[j]);
+        const char* value = rd_kafka_ConfigEntry_value(entries[j]);
+        if (value == nullptr) continue;
+        if (name == "cleanup.policy") policy = value;
+        if (name == "max.message.bytes") {
+          try {
+            max_message = static_cast<std::size_t>(std::stoull(value));
+          } catch (const std::exception&) {
+          }
+        }
+      }
+    }
+  }
+  if (event != nullptr) rd_kafka_event_destroy(event);
+  rd_kafka_AdminOptions_destroy(options);
+  rd_kafka_queue_destroy(queue);
+  rd_kafka_ConfigResource_destroy(resource);
+
+  // The largest record the producer and the topic accept, less the record batch's framing
+  // and the key (librdkafka counts key and value against message.max.bytes).
+  std::size_t limit = producer_max_message_bytes(rk);
+  if (max_message) limit = std::min(limit, *max_message);
+  constexpr std::size_t kFraming = 128;
+  std::size_t overhead = kFraming + settings_.transactional_id.size();
+  max_checkpoint_bytes_ = limit > overhead ? limit - overhead : 0;
+
+  if (!problem.empty() && just_created) return;  // created by us: compact (the next init looks)
+  if (!problem.empty()) {
+    // Not provable here (no DESCRIBE_CONFIGS on the topic, or a cluster without the API):
+    // said once per init; the partition count, which matters most, was checked above.
+    log->warn(
+        "cannot read the configuration of the checkpoint topic {} ({}): its cleanup.policy "
+        "must be compact (grant DESCRIBE_CONFIGS on it to let the relay check)",
+        settings_.checkpoint_topic, problem);
+    return;
+  }
+  // Invariant (README-eos.md, "The checkpoint topic"): cleanup.policy=compact, without
+  // delete. Deletion by retention would remove this relay's newest checkpoint after
+  // retention.ms however recent the rows it names are still unmarked (a long PostgreSQL
+  // outage): recovery would find an older one, or none, and send those rows again.
+  if (policy.find("delete") != std::string::npos || policy.find("compact") == std::string::npos) {
+    throw core::FatalError("the checkpoint topic " + settings_.checkpoint_topic +
+                           " has cleanup.policy=" + policy +
+                           "; exactly_once needs cleanup.policy=compact (deletion by retention "
+                           "can remove the newest checkpoint): set it with kafka-configs.sh "
+                           "--alter --entity-type topics --entity-name " +
+                           settings_.checkpoint_topic + " --add-config cleanup.policy=compact");
+  }
+}
+
+std::size_t TransactionalKafkaPublisher::producer_max_message_bytes(rd_kafka_t* rk) {
+  char value[64];
+  std::size_t size = sizeof value;
+  if (rd_kafka_conf_get(rd_kafka_conf(rk), "message.max.bytes", value, &size) == RD_KAFKA_CONF_OK) {
+    try {
+      return static_cast<std::size_t>(std::stoull(value));
+    } catch (const std::exception&) {
+    }
+  }
+  return 1'000'000;  // librdkafka's default
+}
+
+void TransactionalKafkaPublisher::create_checkpoint_topic(rd_kafka_t* rk) {
   char err[512];
   rd_kafka_NewTopic_t* topic =
       rd_kafka_NewTopic_new(settings_.checkpoint_topic.c_str(), 1, -1, err, sizeof err);
@@ -159,7 +277,6 @@ void TransactionalKafkaPublisher::ensure_checkpoint_topic(rd_kafka_t* rk) {
                                  "): create it (1 partition, cleanup.policy=compact) or grant "
                                  "CREATE on it");
   }
-  checkpoint_topic_ok_ = true;
 }
 
 void TransactionalKafkaPublisher::init() {
@@ -172,7 +289,12 @@ void TransactionalKafkaPublisher::init() {
     throw core::UnavailableError(e.what());
   }
   rd_kafka_t* rk = handle();
-  ensure_checkpoint_topic(rk);
+  try {
+    check_checkpoint_topic(rk);
+  } catch (...) {
+    producer_.reset();
+    throw;
+  }
   if (rd_kafka_error_t* error =
           sliced([rk](int timeout) { return rd_kafka_init_transactions(rk, timeout); })) {
     producer_.reset();
@@ -182,7 +304,8 @@ void TransactionalKafkaPublisher::init() {
   common::crash_point("after_init_transactions");
 }
 
-std::string TransactionalKafkaPublisher::last_checkpoint() {
+std::unique_ptr<rd_kafka_t, TransactionalKafkaPublisher::ConsumerDeleter>
+TransactionalKafkaPublisher::checkpoint_consumer(bool read_committed) const {
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   char err[512];
   auto set = [&](const std::string& name, const std::string& value) {
@@ -195,7 +318,7 @@ std::string TransactionalKafkaPublisher::last_checkpoint() {
   set("client.id", "outbox-relay-checkpoint");
   // assign() only, nothing committed: the group is never joined, but librdkafka wants one
   set("group.id", "outbox-relay-checkpoint-reader");
-  set("isolation.level", "read_committed");
+  set("isolation.level", read_committed ? "read_committed" : "read_uncommitted");
   set("enable.partition.eof", "true");
   set("enable.auto.commit", "false");
   set("log.connection.close", "false");
@@ -207,20 +330,46 @@ std::string TransactionalKafkaPublisher::last_checkpoint() {
     rd_kafka_conf_destroy(conf);
     throw core::UnavailableError(std::string("checkpoint consumer: ") + err);
   }
-  std::unique_ptr<rd_kafka_t, ConsumerDeleter> consumer(raw);
+  return std::unique_ptr<rd_kafka_t, ConsumerDeleter>(raw);
+}
+
+core::CheckpointRead TransactionalKafkaPublisher::last_checkpoint() {
   const std::string& topic = settings_.checkpoint_topic;
-  std::int64_t low = 0, high = 0;
+  // The end first, then the last stable offset (ListOffsets answers by the asking client's
+  // isolation.level: read_uncommitted gives the high watermark, read_committed the LSO).
+  // Every record of ours is below that end: init_transactions returned only once our last
+  // transaction was completed, markers written. An LSO at or past the end proves every
+  // record below the end decided (the LSO never moves back), so the read_committed read
+  // below sees every committed checkpoint of ours.
+  std::int64_t low = 0, end = 0, unused = 0, stable = 0;
+  {
+    auto uncommitted = checkpoint_consumer(false);
+    rd_kafka_resp_err_t code =
+        rd_kafka_query_watermark_offsets(uncommitted.get(), topic.c_str(), 0, &low, &end, 10'000);
+    if (code == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) return {};
+    if (code != RD_KAFKA_RESP_ERR_NO_ERROR) {
+      throw core::UnavailableError("checkpoint topic " + topic + ": " + rd_kafka_err2str(code));
+    }
+  }
+  auto consumer = checkpoint_consumer(true);
+  rd_kafka_t* raw = consumer.get();
   rd_kafka_resp_err_t code =
-      rd_kafka_query_watermark_offsets(raw, topic.c_str(), 0, &low, &high, 10'000);
-  if (code == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) return "";
+      rd_kafka_query_watermark_offsets(raw, topic.c_str(), 0, &unused, &stable, 10'000);
   if (code != RD_KAFKA_RESP_ERR_NO_ERROR) {
     throw core::UnavailableError("checkpoint topic " + topic + ": " + rd_kafka_err2str(code));
+  }
+  if (stable < end) {
+    core::CheckpointRead hidden;
+    hidden.proven = false;
+    hidden.hidden = "partition 0 of " + topic + ": last stable offset " + std::to_string(stable) +
+                    ", end " + std::to_string(end);
+    return hidden;
   }
   // Scan back from the end: the newest record of our key is near it (each transaction adds
   // a record and a commit marker; other relays may share the topic).
   std::int64_t window = 64;
   for (;;) {
-    std::int64_t start = std::max(low, high - window);
+    std::int64_t start = std::max(low, end - window);
     rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(parts, topic.c_str(), 0)->offset = start;
     code = rd_kafka_assign(raw, parts);
@@ -230,31 +379,37 @@ std::string TransactionalKafkaPublisher::last_checkpoint() {
     }
     std::optional<std::string> found;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    bool at_end = start >= high;
+    bool at_end = start >= end;
     while (!at_end) {
       if (std::chrono::steady_clock::now() > deadline) {
         throw core::UnavailableError("checkpoint topic " + topic +
-                                     ": could not read it to its end (offset " +
-                                     std::to_string(high) + ") within 30 s, read_committed");
+                                     ": could not read it to offset " + std::to_string(end) +
+                                     " within 30 s, read_committed");
       }
       rd_kafka_message_t* m = rd_kafka_consumer_poll(raw, 200);
       if (m == nullptr) continue;
       if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-        at_end = m->offset >= high;
+        at_end = m->offset >= end;
       } else if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         std::string text = rd_kafka_message_errstr(m);
         rd_kafka_message_destroy(m);
         throw core::UnavailableError("checkpoint topic " + topic + ": " + text);
+      } else if (m->offset >= end) {
+        at_end = true;  // written after init: another relay's (ours are all below the end)
       } else {
         std::string_view key(static_cast<const char*>(m->key), m->key_len);
         if (key == settings_.transactional_id) {
           found.emplace(static_cast<const char*>(m->payload), m->len);
         }
-        if (m->offset + 1 >= high) at_end = true;
+        if (m->offset + 1 >= end) at_end = true;
       }
       rd_kafka_message_destroy(m);
     }
-    if (found || start <= low) return found.value_or("");
+    if (found || start <= low) {
+      core::CheckpointRead read;
+      read.record = found.value_or("");
+      return read;
+    }
     window *= 8;
   }
 }
@@ -306,6 +461,16 @@ void TransactionalKafkaPublisher::commit(const std::string& checkpoint) {
     }
   }
   if (!result->ok) {
+    if (result->kind == core::FailureKind::permanent ||
+        result->kind == core::FailureKind::suspect) {
+      // Refused for what it is (too large): the same read would make the same record, be
+      // aborted, recovered and read again, forever.
+      throw core::FatalError(
+          "the checkpoint record (" + std::to_string(checkpoint.size()) + " bytes) was refused (" +
+          result->error +
+          "): lower source.polling.batch_size, or raise kafka.properties message.max.bytes and "
+          "the checkpoint topic's max.message.bytes");
+    }
     throw core::UnavailableError("the checkpoint record was not delivered (" + result->error + ")");
   }
   common::crash_point("before_commit");

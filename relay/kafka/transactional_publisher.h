@@ -5,10 +5,11 @@
 // transaction, so the gapless guarantee is not needed for per-key order).
 //
 // The checkpoint: one record per transaction to `checkpoint_topic` (one partition,
-// cleanup.policy=compact, created by init() when missing), key = transactional.id, value =
-// the transaction's outbox ids as ranges (core::encode_checkpoint). last_checkpoint() reads
-// the newest record of that key with a read_committed consumer, scanning back from the end
-// of the partition. See relay/core/README-eos.md for the protocol.
+// cleanup.policy=compact: created by init() when missing, checked by every init() when not),
+// key = transactional.id, value = the transaction's rows (core::encode_checkpoint).
+// last_checkpoint() reads the newest record of that key with a read_committed consumer,
+// scanning back from the end of the partition, once the last stable offset has reached that
+// end. See relay/core/README-eos.md for the protocol.
 #pragma once
 
 #include <librdkafka/rdkafka.h>
@@ -41,7 +42,8 @@ class TransactionalKafkaPublisher : public core::TransactionalPublisher {
   ~TransactionalKafkaPublisher() override;
 
   void init() override;
-  std::string last_checkpoint() override;
+  core::CheckpointRead last_checkpoint() override;
+  std::size_t max_checkpoint_bytes() const override { return max_checkpoint_bytes_; }
   void begin() override;
   void send(const core::Message& message, std::uint64_t tag) override;
   std::vector<core::Completion> poll(std::chrono::milliseconds timeout) override;
@@ -55,14 +57,29 @@ class TransactionalKafkaPublisher : public core::TransactionalPublisher {
   //! `call` with a short timeout, again while it times out (ticking), up to the transaction
   //! timeout in all.
   rd_kafka_error_t* sliced(const std::function<rd_kafka_error_t*(int timeout_ms)>& call);
-  void ensure_checkpoint_topic(rd_kafka_t* rk);
+  //! Creates the checkpoint topic when missing; FatalError when it has more than one
+  //! partition or a cleanup.policy other than compact. Sets max_checkpoint_bytes_.
+  void check_checkpoint_topic(rd_kafka_t* rk);
+  void create_checkpoint_topic(rd_kafka_t* rk);
+  //! cleanup.policy and max.message.bytes of the checkpoint topic, asked of `broker` (-1:
+  //! the controller).
+  void describe_checkpoint_topic(rd_kafka_t* rk, bool just_created, std::int32_t broker);
+  static std::size_t producer_max_message_bytes(rd_kafka_t* rk);
+  struct ConsumerDeleter {
+    void operator()(rd_kafka_t* rk) const {
+      rd_kafka_consumer_close(rk);
+      rd_kafka_destroy(rk);
+    }
+  };
+  //! A consumer of the checkpoint topic (assign() only) with the given isolation level.
+  std::unique_ptr<rd_kafka_t, ConsumerDeleter> checkpoint_consumer(bool read_committed) const;
 
   config::KafkaConfig kafka_;  //!< with the transactional overrides
   config::KafkaConfig plain_;  //!< as configured: the checkpoint consumer's security settings
   TransactionalSettings settings_;
   std::unique_ptr<KafkaPublisher> producer_;
   core::Message checkpoint_;  //!< the checkpoint record in flight (librdkafka points into it)
-  bool checkpoint_topic_ok_ = false;
+  std::size_t max_checkpoint_bytes_ = 0;    //!< after init()
   std::vector<core::Completion> not_sent_;  //!< sent with no producer: failed at once
 };
 

@@ -1,5 +1,7 @@
 #include "pg/eos_support.h"
 
+#include <string_view>
+
 #include "common/logging.h"
 #include "pg/pg_array.h"
 
@@ -8,17 +10,47 @@ namespace outbox::pg {
 PgRecoveryMarker::PgRecoveryMarker(std::string conninfo, std::string redacted)
     : conninfo_(std::move(conninfo)), redacted_(std::move(redacted)) {}
 
-std::size_t PgRecoveryMarker::mark_published(const std::vector<std::int64_t>& ids) {
-  if (ids.empty()) return 0;
+core::RecoveryMarker::Result PgRecoveryMarker::mark_published(
+    const std::vector<core::CheckpointRow>& rows) {
+  Result result;
+  if (rows.empty()) return result;
+  std::vector<std::int64_t> ids;
+  std::vector<std::string> events;
+  bool by_id_only = false;
+  for (const auto& row : rows) {
+    ids.push_back(row.id);
+    events.push_back(row.event_id);
+    by_id_only = by_id_only || row.event_id.empty();
+  }
   try {
     pqxx::connection conn(conninfo_);
     pqxx::work txn(conn);
-    pqxx::result r = txn.exec_params(
-        "UPDATE outbox.events SET published_at = now(), last_error = NULL "
-        "WHERE id = ANY($1::bigint[]) AND published_at IS NULL AND dead_lettered_at IS NULL",
-        bigint_array(ids));
+    if (by_id_only) {  // a format-1 checkpoint (an earlier version's): ids alone
+      pqxx::result r = txn.exec_params(
+          "UPDATE outbox.events SET published_at = now(), last_error = NULL "
+          "WHERE id = ANY($1::bigint[]) AND published_at IS NULL AND dead_lettered_at IS NULL",
+          bigint_array(ids));
+      result.marked = static_cast<std::size_t>(r.affected_rows());
+    } else {
+      // Invariant (README-eos.md, "Row identity"): a row is the checkpoint's only if both
+      // its id and its event_id are; an id reused after a rewind names another event.
+      pqxx::result r = txn.exec_params(
+          "UPDATE outbox.events e SET published_at = now(), last_error = NULL "
+          "FROM unnest($1::bigint[], $2::text[]) AS c(id, event_id) "
+          "WHERE e.id = c.id AND e.event_id::text = c.event_id "
+          "AND e.published_at IS NULL AND e.dead_lettered_at IS NULL",
+          bigint_array(ids), text_array(events));
+      result.marked = static_cast<std::size_t>(r.affected_rows());
+      result.reused = txn.exec_params1(
+                             "SELECT count(*) FROM outbox.events e "
+                             "JOIN unnest($1::bigint[], $2::text[]) AS c(id, event_id) "
+                             "ON e.id = c.id AND e.event_id::text <> c.event_id "
+                             "WHERE e.published_at IS NULL AND e.dead_lettered_at IS NULL",
+                             bigint_array(ids), text_array(events))[0]
+                          .as<std::size_t>();
+    }
     txn.commit();
-    return static_cast<std::size_t>(r.affected_rows());
+    return result;
   } catch (const std::exception& e) {
     throw core::UnavailableError(std::string("PostgreSQL (recovery mark): ") + e.what());
   }
@@ -33,18 +65,26 @@ std::string default_transactional_id(const std::string& conninfo, const std::str
     try {
       system_id =
           n.exec1("SELECT system_identifier::text FROM pg_control_system()")[0].as<std::string>();
-    } catch (const pqxx::sql_error&) {
-      // Not granted to this role: the server's address stands in (less stable: a failover
-      // to a replica keeps the system identifier but not the address).
-      system_id = n.exec1(
-                       "SELECT coalesce(host(inet_server_addr()), 'local') || '.' || "
-                       "current_setting('port')")[0]
-                      .as<std::string>();
-      logging::get("pg")->warn(
-          "cannot read pg_control_system() (grant pg_monitor, or set "
-          "delivery.transactional_id): the default transactional.id uses the server address");
+    } catch (const pqxx::sql_error& e) {
+      // Not a missing privilege: retried. (By type and text too: libpqxx may leave
+      // sqlstate() empty.)
+      bool denied = e.sqlstate() == "42501" ||
+                    dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr ||
+                    std::string_view(e.what()).find("permission denied") != std::string_view::npos;
+      if (!denied) throw;
+      // Invariant (README-eos.md, "transactional.id"): derived only from facts a failover
+      // keeps. The server's address is not one: after a failover the new leader would
+      // neither fence the old one nor find its checkpoints.
+      throw core::FatalError(
+          "exactly_once: cannot derive the transactional.id: this role may not read "
+          "pg_control_system() (the database's system identifier; " +
+          std::string(e.what()).substr(0, std::string(e.what()).find('\n')) +
+          "). Set delivery.transactional_id (the same on every replica of this relay, unique "
+          "to it), or GRANT EXECUTE ON FUNCTION pg_control_system() TO the relay's role");
     }
     return "outbox-relay:" + system_id + ":" + db + ":" + source;
+  } catch (const core::FatalError&) {
+    throw;
   } catch (const std::exception& e) {
     throw core::UnavailableError(std::string("PostgreSQL: ") + e.what());
   }

@@ -20,7 +20,7 @@ namespace outbox::pg {
 class PgRecoveryMarker : public core::RecoveryMarker {
  public:
   PgRecoveryMarker(std::string conninfo, std::string redacted);
-  std::size_t mark_published(const std::vector<std::int64_t>& ids) override;
+  Result mark_published(const std::vector<core::CheckpointRow>& rows) override;
 
  private:
   std::string conninfo_;
@@ -28,8 +28,11 @@ class PgRecoveryMarker : public core::RecoveryMarker {
 };
 
 //! The default transactional.id: "outbox-relay:<system identifier>:<database>:<source>",
-//! source "polling" or "replication:<slot>". Stable across restarts and replicas of one
-//! relay deployment, different for another database or slot. Throws core::UnavailableError.
+//! source "polling" or "replication:<slot>". Stable across restarts, replicas of one relay
+//! deployment and failovers (a physical standby has the primary's system identifier),
+//! different for another database or slot. Throws core::FatalError when the role may not
+//! read the system identifier (nothing else survives a failover: set
+//! delivery.transactional_id), core::UnavailableError when PostgreSQL cannot be reached.
 std::string default_transactional_id(const std::string& conninfo, const std::string& source);
 
 }  // namespace outbox::pg
