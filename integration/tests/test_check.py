@@ -81,6 +81,8 @@ def test_check_says_what_librdkafka_knew_when_kafka_refuses(ctx, tmp_path):
 
 
 def test_check_reports_the_server_version_against_the_supported_range(ctx):
+    """The line says of each mode whether it supports the server, and that CI tests this
+    major version (every run of this file is such a test: 15, and 16, 17, 18 in test-all.sh)."""
     version, num = ctx._query("SELECT current_setting('server_version'), "
                               "current_setting('server_version_num')::int")[0]
     assert SUPPORTED[0] <= num // 10000 <= SUPPORTED[1], f"the suite runs on {version}"
@@ -89,5 +91,7 @@ def test_check_reports_the_server_version_against_the_supported_range(ctx):
         assert num // 10000 == int(os.environ["OUTBOX_IT_PG_MAJOR"]), version
     r = ctx.migrate_relay.check()
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (f"ok    postgres version: {version} (supported: {SUPPORTED[0]} to {SUPPORTED[1]})"
-            in r.stdout), r.stdout
+    supported = f"{SUPPORTED[0]} to {SUPPORTED[1]}"
+    assert (f"ok    postgres version: {version} (polling mode: supported, {supported}; "
+            f"replication mode: supported, {supported}; tested in CI)" in r.stdout), r.stdout
+

@@ -176,11 +176,9 @@ void check_postgres(const config::Config& config, Report& line) {
     auto row = n.exec1(
         "SELECT current_setting('server_version_num')::int, "
         "current_setting('server_version')");
-    std::string version = row[1].as<std::string>();
-    auto problem = postgres_version_problem(row[0].as<int>(), version);
-    line(!problem, "postgres version",
-         problem ? *problem : version + " (supported: " + supported_postgres_range() + ")",
-         "run the relay against PostgreSQL " + supported_postgres_range());
+    auto report = postgres_version_report(row[0].as<int>(), row[1].as<std::string>(),
+                                          config.source.mode == config::SourceMode::replication);
+    line(report.ok, "postgres version", report.detail, report.fix);
   } catch (const std::exception& e) {
     line(false, "postgres version", e.what());
   }

@@ -44,7 +44,8 @@ constexpr const char* kMigrateHelp =
     "from two processes at once. Connects with --dsn, else postgres.admin_dsn, else "
     "postgres.dsn.";
 constexpr const char* kCheckHelp =
-    "Check the config, that PostgreSQL answers, its version is supported (13 to 18) and it "
+    "Check the config, that PostgreSQL answers, its version is supported in the configured "
+    "mode (13 to 18; the line also says whether CI tests it) and it "
     "takes writes (not a hot standby, sessions not read-only), that "
     "Kafka answers, that the schema is present and that the relay's role may read and mark "
     "rows; in replication mode also wal_level, the REPLICATION privilege, the publication and "
