@@ -5,8 +5,9 @@
 #   integration/demo.sh [--events N] [--no-build]
 #
 # Starts a throwaway PostgreSQL and Kafka in a temp dir and stops them on any
-# exit. --no-build skips install-deps and the cmake build (uses the existing
-# binary: $OUTBOX_RELAY_BIN or build/outbox-relay).
+# exit. Installs only what the demo needs (install-deps.sh --demo: no test
+# tools) and builds only the relay's binary. --no-build skips both (uses the
+# existing binary: $OUTBOX_RELAY_BIN or build/outbox-relay).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env/common.sh
@@ -28,10 +29,11 @@ say() { printf '\n==> %s\n' "$*"; }
 
 if [ $BUILD -eq 1 ]; then
   say "installing dependencies"
-  "$HERE/env/install-deps.sh"
+  "$HERE/env/install-deps.sh" --demo
   say "building outbox-relay"
   cmake -S "$OUTBOX_REPO" -B "$OUTBOX_REPO/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$OUTBOX_REPO/build" -j2 >/dev/null
+  # the relay's binary only: not the unit tests nor the examples
+  cmake --build "$OUTBOX_REPO/build" -j"$(nproc)" --target outbox-relay >/dev/null
 fi
 RELAY_BIN="${OUTBOX_RELAY_BIN:-$OUTBOX_REPO/build/outbox-relay}"
 [ -x "$RELAY_BIN" ] || die "no relay binary at $RELAY_BIN"

@@ -81,10 +81,18 @@ bg_wait() {
   rm -rf "$BG_DIR"
 }
 
+# ccache, when the machine has it (install-deps.sh installs it), serves compilations a build of
+# the same sources in any other checkout already made: CCACHE_BASEDIR makes the paths relative.
+CCACHE_ARGS=()
+if command -v ccache >/dev/null; then
+  export CCACHE_BASEDIR="$OUTBOX_REPO"
+  CCACHE_ARGS=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+fi
+
 build() { # build DIR CMAKE_ARGS...
   local dir=$1
   shift
-  cmake -S . -B "$dir" "$@" && cmake --build "$dir" -j"$JOBS"
+  cmake -S . -B "$dir" "${CCACHE_ARGS[@]}" "$@" && cmake --build "$dir" -j"$JOBS"
 }
 
 # Helm is built (once, cached) by the chart step in the background, not here.
@@ -105,7 +113,7 @@ fi
 
 # Only the unit tests run under the sanitizers: build just them (not the daemon, the examples).
 asan() {
-  cmake -S . -B build-asan -DOUTBOX_SANITIZE=ON -DOUTBOX_WERROR=ON -DOUTBOX_BUILD_EXAMPLES=OFF &&
+  cmake -S . -B build-asan "${CCACHE_ARGS[@]}" -DOUTBOX_SANITIZE=ON -DOUTBOX_WERROR=ON -DOUTBOX_BUILD_EXAMPLES=OFF &&
     cmake --build build-asan -j"$JOBS" --target unit_tests &&
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       ctest --test-dir build-asan --output-on-failure -j"$JOBS"

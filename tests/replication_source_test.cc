@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "core/batch_relay.h"
@@ -68,6 +69,8 @@ struct FakeServer {
   std::function<void(milliseconds)> on_idle_read;  // a read that waited for nothing
   int checks = 0;
   int visible_polls = 0;
+  int range_reads = 0;  // drain reads (pending_range)
+  int topic_reads = 0;  // deferred topics' reads (pending_of_topics)
 
   //! A transaction that inserts one row per key (ids given or the next ones), committed.
   std::vector<std::int64_t> commit(const std::vector<std::string>& keys, bool visible = true,
@@ -203,18 +206,18 @@ class FakeTable : public pg::ReplicationTable {
  public:
   explicit FakeTable(FakeServer& s) : s_(s) {}
   void connect() override {}
-  Listed pending_ids_in_snapshot(const std::string& name) override {
+  Bound pending_bound_in_snapshot(const std::string& name) override {
     REQUIRE(s_.snapshot_alive);  // only while the replication connection is idle
     REQUIRE(name == "snap-1");
     s_.calls.push_back("import");
-    Listed listed;  // exactly what committed before the consistent point, visible or not
-    listed.snapshot = "S";
+    Bound bound;  // exactly what committed before the consistent point, visible or not
+    bound.snapshot = "S";
     for (const auto& [id, r] : s_.rows) {
       if (r.commit_end <= s_.consistent_point && !r.deleted && FakeServer::pending(r)) {
-        listed.ids.push_back(id);
+        bound.upto = std::max(bound.upto, id);
       }
     }
-    return listed;
+    return bound;
   }
   std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) override {
     REQUIRE(snapshot == "S");
@@ -234,12 +237,55 @@ class FakeTable : public pg::ReplicationTable {
       return s_.invisible.count(static_cast<std::uint32_t>(x)) > 0;
     });
   }
-  std::vector<std::int64_t> pending_ids() override {
-    std::vector<std::int64_t> ids;
+  std::int64_t pending_bound() override {
+    std::int64_t upto = 0;
     for (const auto& [id, r] : s_.rows) {
-      if (s_.visible(r) && FakeServer::pending(r)) ids.push_back(id);
+      if (s_.visible(r) && FakeServer::pending(r)) upto = std::max(upto, id);
     }
-    return ids;
+    return upto;
+  }
+  std::vector<core::OutboxEvent> pending_range(std::int64_t after_id, std::int64_t upto,
+                                               std::optional<std::size_t> pending_upto,
+                                               std::size_t limit, std::size_t max_bytes,
+                                               const std::vector<std::string>& skip) override {
+    ++s_.range_reads;
+    auto skipped = [&](const std::string& t) {
+      return std::find(skip.begin(), skip.end(), t) != skip.end();
+    };
+    if (pending_upto) {  // the read-ahead guard: exactly the relay's own up to after_id
+      std::size_t n = 0;
+      for (const auto& [id, r] : s_.rows) {
+        if (id <= after_id && s_.visible(r) && FakeServer::pending(r) && !skipped(r.event.topic)) {
+          ++n;
+        }
+      }
+      if (n != *pending_upto) return {};
+    }
+    std::vector<core::OutboxEvent> out;
+    std::size_t bytes = 0;
+    for (const auto& [id, r] : s_.rows) {
+      if (id <= after_id || id > upto || skipped(r.event.topic)) continue;
+      if (!s_.visible(r) || !FakeServer::pending(r)) continue;
+      if (out.size() >= limit || bytes >= max_bytes) break;
+      bytes += core::event_bytes(r.event);
+      out.push_back(r.event);
+    }
+    return out;
+  }
+  std::vector<core::OutboxEvent> pending_of_topics(const std::vector<std::string>& topics,
+                                                   std::size_t limit,
+                                                   std::size_t max_bytes) override {
+    ++s_.topic_reads;
+    std::vector<core::OutboxEvent> out;
+    std::size_t bytes = 0;
+    for (const auto& [id, r] : s_.rows) {
+      if (std::find(topics.begin(), topics.end(), r.event.topic) == topics.end()) continue;
+      if (!s_.visible(r) || !FakeServer::pending(r)) continue;
+      if (out.size() >= limit || bytes >= max_bytes) break;
+      bytes += core::event_bytes(r.event);
+      out.push_back(r.event);
+    }
+    return out;
   }
   std::vector<core::OutboxEvent> pending_rows(const std::vector<std::int64_t>& ids,
                                               std::size_t limit, std::size_t max_bytes) override {
@@ -394,7 +440,7 @@ TEST_CASE("the drain does not end while one of its rows is unresolved", "[replic
   o.left_pending = 1;
   source.finish_batch(o);
   CHECK(source.phase() == Phase::draining);
-  CHECK(source.drain_left() == 1);
+  CHECK(source.drain_upto() == old[2]);
 
   auto newer = rig.server.commit({"b"});  // a newer row of the same key meanwhile
   CHECK(source.wait_for_rows(milliseconds(100)));
@@ -412,36 +458,38 @@ TEST_CASE("the drain does not end while one of its rows is unresolved", "[replic
   o = {};
   o.dead_letter = {{old[1], "too many attempts"}};
   source.finish_batch(o);
-  CHECK(source.drain_left() == 0);
+  CHECK(source.phase() == Phase::draining);
   CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "start") == 0);
 
   CHECK(rig.publish() == newer);  // now the stream
   CHECK(source.phase() == Phase::streaming);
 }
 
-TEST_CASE("the drain reads its list in windows; rows left out for their bytes stay",
+TEST_CASE("the drain reads by state up to its bound; rows left out for their bytes come next",
           "[replication][handover]") {
   Rig rig;
   auto old = rig.server.commit({"a", "b", "c", "d", "e"});
-  rig.server.rows.at(old[1]).published = true;  // not pending in the snapshot: not listed
+  rig.server.rows.at(old[1]).published = true;  // not pending
+  Ids newer;  // committed right after the consistent point, above the bound: the stream's
+  rig.server.on_create = [&] { newer = rig.server.commit({"f"}); };
   auto& source = rig.make();
 
   // Two rows per batch, bytes for one row only: the first pending row always comes, the
-  // second stays in the list.
+  // second comes with the next read.
   auto batch = source.begin_batch(2, 1, {});
   CHECK(ids_of(batch) == Ids{old[0]});
   source.abort_batch();
-  CHECK(source.drain_left() == 4);
+  CHECK(source.drain_upto() == old[4]);
   rig.server.rows.at(old[0]).published = true;  // marked meanwhile (a recorded outcome)
   batch = source.begin_batch(2, 1 << 20, {});
-  CHECK(ids_of(batch) == Ids{old[2]});  // old[0] left the list: no longer pending
-  CHECK(source.drain_left() == 3);
+  CHECK(ids_of(batch) == Ids{old[2], old[3]});
   core::BatchOutcome o;
   o.published = ids_of(batch);
   source.finish_batch(o);
-  CHECK(source.drain_left() == 2);
-  CHECK(rig.publish(2) == Ids{old[3], old[4]});
-  CHECK(source.drain_left() == 0);
+  CHECK(rig.publish(2) == Ids{old[4]});
+  CHECK(source.phase() == Phase::draining);
+  CHECK(rig.publish(2) == newer);  // the drain found nothing more: the stream
+  CHECK(source.phase() == Phase::streaming);
 }
 
 TEST_CASE("the confirmed position never passes an unresolved event", "[replication][confirm]") {
@@ -735,10 +783,8 @@ TEST_CASE(
 
   // Answers recorded out of read order; old[1]'s delivery failed (not recorded).
   record(source, {old[4], old[5]});
-  CHECK(source.drain_left() == 4);
   record(source, {old[3], old[0]});
   record(source, {old[2]});
-  CHECK(source.drain_left() == 1);
   CHECK(source.phase() == Phase::draining);
 
   // The next by-state read (the window drained) sends the failed row again, first.
@@ -746,7 +792,6 @@ TEST_CASE(
   REQUIRE(ids_of(again) == Ids{old[1]});
   CHECK(source.read_after(old[1], 1, 10, 1 << 20, {}).empty());
   record(source, {old[1]});
-  CHECK(source.drain_left() == 0);
   CHECK(source.phase() == Phase::draining);  // rows may still be in flight: no stream yet
   CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "start") == 0);
 
@@ -763,7 +808,6 @@ TEST_CASE("drain: a read-ahead window of ids no longer pending is passed over",
   for (int i = 1; i <= 4; ++i) rig.server.rows.at(old[i]).published = true;  // resolved
   // Windows of two ids: old[1..4] are no longer pending and leave the list.
   CHECK(ids_of(source.read_after(old[0], 1, 2, 1 << 20, {})) == Ids{old[5], old[6]});
-  CHECK(source.drain_left() == 3);
 }
 
 TEST_CASE(
@@ -860,29 +904,34 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "stream: rows of a skipped topic are parked and come before later rows of their topic; a "
-    "row the core left unsent is not overtaken",
+    "stream: rows of a skipped topic are deferred to the table, confirmed past, and come in id "
+    "order before later rows of their topic; a row the core left unsent is not overtaken",
     "[replication][pipeline][skip]") {
   Rig rig;
   auto& source = rig.make();
   rig.publish();
   rig.server.topic = "audit";
   auto a1 = rig.server.commit({"x"});
-  std::uint64_t end_a1 = rig.server.lsn;
   rig.server.topic = "orders";
   auto o1 = rig.server.commit({"y"});
+  std::uint64_t end_o1 = rig.server.lsn;
 
-  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {"audit"})) == o1);  // a1 parked
+  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {"audit"})) == o1);  // a1 deferred
+  CHECK(source.deferred_topics() == std::set<std::string>{"audit"});
+  CHECK(source.unresolved() == 1);  // o1 only: nothing of a1 is held
   rig.server.topic = "audit";
   auto a2 = rig.server.commit({"x"});
   rig.server.topic = "orders";
   auto o2 = rig.server.commit({"y"});
   record(source, o1);
-  CHECK(source.confirmed().value < end_a1);
-  // "audit" is no longer skipped: its parked row comes before its newer one.
-  REQUIRE(ids_of(source.read_after(o1[0], 0, 100, 1 << 20, {})) == cat({a1, a2, o2}));
+  CHECK(source.confirmed().value >= end_o1);  // past a1: it waits in the table, not the slot
+  // "audit" is no longer skipped: its rows come from the table first, at a by-state read.
+  CHECK(source.read_after(o1[0], 0, 100, 1 << 20, {}).empty());
+  REQUIRE(ids_of(source.begin_batch(100, 1 << 20, {})) == cat({a1, a2, o2}));
   record(source, cat({a1, a2, o2}));
   CHECK(source.confirmed().value == rig.server.lsn);
+  CHECK(source.begin_batch(100, 1 << 20, {}).empty());  // none of audit's left: streamed again
+  CHECK(source.deferred_topics().empty());
 
   // The core leaves a3 unsent (it finds "audit" blocked while sending this read): one row
   // fewer in flight than handed out, so no read-ahead, and a3 comes first by state.
@@ -942,7 +991,6 @@ TEST_CASE("with the relay: a partition that never answers holds only its own row
   CHECK(sent.size() == 20);  // read ahead past the stuck rows
   CHECK(kafka.max_unanswered > 4);
   CHECK(source.phase() == Phase::draining);  // the stuck rows hold the hand-over
-  CHECK(source.drain_left() == 10);
   CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "start") == 0);
 }
 
@@ -989,4 +1037,114 @@ TEST_CASE(
   CHECK(again.size() == 10);
   CHECK(std::is_sorted(again.begin(), again.end()));
   CHECK(source.confirmed().value == rig.server.lsn);
+}
+
+// Regression: one topic Kafka refuses stopped every topic in replication mode once batch_size
+// of its rows were parked (the stream was no longer read, the loop spun, the slot held WAL),
+// and after a restart the drain read the refused rows again every turn.
+TEST_CASE(
+    "with the relay: a refused topic with 10x batch_size rows holds none of the others, "
+    "draining and streaming, across a restart; its rows follow in id order once it is back",
+    "[replication][skip][regression]") {
+  Rig rig;
+  const std::size_t batch = 4;
+  auto commit_mix = [&](int n) {
+    std::vector<std::int64_t> refused;
+    for (int i = 0; i < n; ++i) {
+      rig.server.topic = "refused";
+      auto r = rig.server.commit({"r" + std::to_string(i % 3)});
+      refused.insert(refused.end(), r.begin(), r.end());
+      rig.server.topic = "orders";
+      rig.server.commit({"o" + std::to_string(i % 3)});
+    }
+    return refused;
+  };
+  auto refused = commit_mix(10 * batch);  // pending at the first start: the drain's
+  FakePublisher kafka;
+  kafka.clock = &rig.clock;
+  kafka.blocked_topics = {"refused"};
+  core::BatchRelayOptions o;
+  o.batch_size = batch;
+  o.max_in_flight_rows = 3 * batch;
+  auto orders_pending = [&] {
+    return std::count_if(rig.server.rows.begin(), rig.server.rows.end(), [](const auto& kv) {
+      return kv.second.event.topic == "orders" && FakeServer::pending(kv.second);
+    });
+  };
+  auto run = [&](const std::function<bool()>& done) {
+    std::atomic<bool> stop{false};
+    int idle = 0;
+    rig.server.on_idle_read = [&](milliseconds wait) {
+      rig.clock.advance(wait);
+      if (done() && ++idle > 3) stop = true;
+    };
+    int reads_before = rig.server.range_reads + rig.server.topic_reads;
+    core::BatchRelay relay(*rig.source, kafka, rig.clock, o);
+    relay.run(stop);
+    return rig.server.range_reads + rig.server.topic_reads - reads_before;
+  };
+
+  auto& source = rig.make();
+  run([&] { return orders_pending() == 0; });  // the drain, then the hand-over
+  CHECK(source.phase() == Phase::streaming);
+  CHECK(source.deferred_topics() == std::set<std::string>{"refused"});
+  auto more = commit_mix(10 * batch);  // while streaming
+  refused.insert(refused.end(), more.begin(), more.end());
+  run([&] { return orders_pending() == 0; });
+  CHECK(orders_pending() == 0);
+  CHECK(source.deferred_topics() == std::set<std::string>{"refused"});
+  CHECK(source.unresolved() == 0);  // nothing of the refused rows is held in memory
+  CHECK(source.confirmed().value == rig.server.lsn);  // and the slot holds no WAL for them
+  for (auto id : refused) CHECK_FALSE(rig.server.row(id).published);
+  for (const auto& m : kafka.sent) CHECK(m.topic != "refused");
+
+  // A restart, the topic still refused: the drain leaves its rows alone (reads bounded).
+  auto later = commit_mix(2 * batch);
+  refused.insert(refused.end(), later.begin(), later.end());
+  rig.make();
+  int reads = run([&] { return orders_pending() == 0; });
+  CHECK(orders_pending() == 0);
+  CHECK(reads < 40);
+  CHECK(rig.source->deferred_topics() == std::set<std::string>{"refused"});
+
+  // The topic is back: its rows follow, each once, in id order; the stream takes it again.
+  kafka.blocked_topics.clear();
+  kafka.sent.clear();
+  rig.clock.advance(std::chrono::minutes(10));  // past the topic's backoff
+  run([&] { return rig.server.pending_count() == 0; });
+  CHECK(rig.server.pending_count() == 0);
+  std::vector<std::int64_t> sent;
+  for (const auto& m : kafka.sent) sent.push_back(std::stoll(m.headers.at(1).second));
+  CHECK(sent == refused);
+  CHECK(rig.source->deferred_topics().empty());
+}
+
+// Regression: a transaction waiting for a synchronous standby held the stream's visibility
+// wait polling PostgreSQL every 2 ms, without a health tick.
+TEST_CASE("a long wait for visibility backs off and ticks the relay's health",
+          "[replication][visibility][regression]") {
+  Rig rig;
+  int ticks = 0;
+  rig.options.visibility_retry = milliseconds(2);
+  rig.options.visibility_retry_max = milliseconds(100);
+  rig.options.waiting = [&] { ++ticks; };
+  std::vector<std::chrono::nanoseconds> waits;
+  rig.options.visibility_waiting = [&](std::chrono::nanoseconds w) { waits.push_back(w); };
+  auto& source = rig.make();
+  rig.publish();
+  REQUIRE(source.phase() == Phase::streaming);
+  auto late = rig.server.commit({"a"}, /*visible=*/false);
+  std::uint32_t xid = rig.server.row(late[0]).xid;
+  rig.server.on_check = [&](int n) {
+    if (n == 200) rig.server.invisible.erase(xid);
+  };
+  CHECK(ids_of(source.begin_batch(10, 1 << 20, {})) == late);
+  CHECK(ticks == 199);
+  REQUIRE(waits.size() == 200);  // each pause, then 0 once visible (the metric's gauge)
+  CHECK(waits[198] > std::chrono::seconds(10));
+  CHECK(waits.back() == std::chrono::nanoseconds(0));
+  CHECK(rig.clock.sleeps.front() == milliseconds(2));
+  CHECK(*std::max_element(rig.clock.sleeps.begin(), rig.clock.sleeps.end()) == milliseconds(100));
+  CHECK(std::is_sorted(rig.clock.sleeps.begin(), rig.clock.sleeps.end()));
+  CHECK(rig.clock.sleeps.size() < 250);  // about 20 s of waiting in 199 polls, not 10,000
 }

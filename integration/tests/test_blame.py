@@ -13,6 +13,8 @@ import time
 import pytest
 
 from harness import enqueue, wait_until
+from harness.replication import lsn_int
+from test_http import metric  # /metrics of a relay, one series
 
 
 @pytest.fixture(params=["polling", "replication"])
@@ -138,3 +140,62 @@ def test_a_fatal_producer_error_resends_none_of_the_rows_kafka_already_took(ctx)
         key_ids = [int(r.headers["outbox-id"]) for r in records if r.key == f"k{k}"]
         assert key_ids == sorted(key_ids)
     ctx.note(f"600 rows published once each around a fatal producer error: {dead[0][2][:90]}")
+
+
+def test_a_refused_topic_far_past_batch_size_holds_none_of_the_others_across_a_restart(ctx):
+    """Regression: in replication mode, once batch_size rows of a refused topic were parked the
+    stream stopped being read, every topic stalled, the slot held WAL back, and after a restart
+    the drain read the refused rows again every turn. Here 10x batch_size rows of 20 kB wait
+    for their topic, in both modes, while the other topic flows, before and after a restart."""
+    batch = 20
+    missing = ctx.topic("refused", create=False)
+    good = ctx.topic()
+    cfg = {"kafka": {"properties": {"allow.auto.create.topics": "false"}},
+           "relay": {"backoff_max_ms": 2000},
+           "source": {"polling": {"batch_size": batch}}}
+    relay = ctx.relay(cfg).start()
+    if ctx.mode == "replication":
+        ctx.wait_streaming(relay)
+    reader = ctx.reader(good)
+
+    def write(n, start):
+        with ctx.connect() as c:
+            for i in range(start, start + n):
+                with c.transaction():
+                    enqueue(c, missing, f"m{i % 3}", i.to_bytes(4, "big") + bytes(20_000))
+                    enqueue(c, good, "g", f"g{i}".encode())
+
+    write(10 * batch, 0)
+    assert reader.wait_for(lambda rs: len(rs) >= 10 * batch, 60), relay.log_tail()
+    wait_until(lambda: metric(relay, "outbox_relay_blocked_topics") == 1, 30, 0.1,
+               "outbox_relay_blocked_topics says one topic is blocked")
+    if ctx.mode == "replication":
+        with ctx.connect() as c:
+            end = c.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        # The slot's confirmed position passes the refused rows: they wait in the table, and
+        # the WAL behind them is not held for them (a keepalive's position once all is done).
+        wait_until(lambda: (ctx.slot().confirmed_flush_lsn or 0) >= lsn_int(end), 60, 0.2,
+                   "the slot confirmed past the refused rows", lambda: relay.assert_running())
+
+    assert relay.terminate() == 0
+    write(10 * batch, 10 * batch)  # while the relay is down
+    relay = ctx.relay(cfg, name="relay2").start()
+    assert reader.wait_for(lambda rs: len(rs) >= 20 * batch, 60), relay.log_tail()
+    write(batch, 20 * batch)  # and after the restart, streamed or polled
+    assert reader.wait_for(lambda rs: len(rs) >= 21 * batch, 60), relay.log_tail()
+    assert _dead(ctx) == []
+    pending = ctx._query("SELECT count(*) FROM outbox.events WHERE published_at IS NULL")[0][0]
+    assert pending == 21 * batch, pending  # only the refused topic's rows wait
+
+    ctx.kafka.create_topic(missing, 3)  # the operator creates it
+    ctx.wait_all_published(21 * batch, 120, relay)
+    records = ctx.kafka.consume_all(missing, 21 * batch, timeout_s=60)
+    seq = [int.from_bytes(r.value[:4], "big") for r in records]
+    assert len(seq) == len(set(seq)) == 21 * batch
+    for k in range(3):
+        values = [int.from_bytes(r.value[:4], "big") for r in records if r.key == f"m{k}"]
+        assert values == sorted(values), values
+    wait_until(lambda: metric(relay, "outbox_relay_blocked_topics") == 0, 30, 0.1,
+               "outbox_relay_blocked_topics back to 0")
+    ctx.note(f"{21 * batch} rows of 20 kB waited for their topic across a restart "
+             f"({ctx.mode}); the other topic's {21 * batch} flowed meanwhile")

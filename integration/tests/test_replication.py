@@ -717,3 +717,50 @@ def test_rows_pending_at_first_start_kafka_down_all_published_before_newer_rows(
         f"wal_sender_timeout 3s): all published {took:.1f}s after Kafka was back, before every newer row "
         f"of their keys; {rep.duplicate_count} duplicates; one walsender throughout"
     )
+
+
+def test_a_transaction_waiting_for_a_synchronous_standby_keeps_health_and_shows_the_wait(ctx):
+    """Regression: a committed transaction that waits for a synchronous standby is decoded
+    before other sessions see it; the relay polled PostgreSQL every 2 ms without ticking
+    /healthz, so liveness restarted it in a loop, and nothing showed why events waited.
+    Here a standby that never comes holds one writer's commit (synchronous_commit on, as
+    services commit; the relay's own sessions commit locally)."""
+    import threading
+
+    from test_http import get, metric
+
+    topic = ctx.topic()
+    relay = ctx.relay().start()
+    ctx.wait_streaming(relay)
+    admin = ctx.connect()
+    admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'outbox_it_absent_standby'")
+    admin.execute("SELECT pg_reload_conf()")
+    waiter = ctx.connect()
+    done = threading.Event()
+
+    def commit_and_wait():
+        try:
+            enqueue(waiter, topic, "k", b"held by the standby")  # autocommit: waits at COMMIT
+        finally:
+            done.set()
+
+    t = threading.Thread(target=commit_and_wait, daemon=True)
+    try:
+        wait_until(lambda: ctx._query("SELECT current_setting('synchronous_standby_names')")[0][0]
+                   == "outbox_it_absent_standby", 10, 0.05, "the setting reloaded")
+        t.start()
+        wait_until(lambda: (metric(relay, "outbox_relay_replication_visibility_wait_seconds") or 0) > 3,
+                   60, 0.2, "the relay showing its wait", lambda: relay.assert_running())
+        assert not done.is_set()
+        assert get(relay, "/healthz")[0] == 200
+        assert metric(relay, "outbox_relay_loop_tick_age_seconds") < 2.5
+    finally:
+        admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+    assert done.wait(30), "the writer's commit was not released"
+    reader = ctx.reader(topic)
+    assert reader.wait_for(lambda rs: len(rs) >= 1, 30), relay.log_tail()
+    wait_until(lambda: metric(relay, "outbox_relay_replication_visibility_wait_seconds") == 0, 30, 0.1,
+               "the wait gauge back to 0")
+    ctx.note("a commit held by an absent synchronous standby: /healthz 200 and the wait shown; "
+             "published once released")

@@ -109,6 +109,9 @@ int run_relay(const config::Config& config) {
     settings.waiting = [] {
       if (core::RelayObserver* o = g_tick_target.load()) o->on_tick();
     };
+    settings.visibility_waiting = [](std::chrono::nanoseconds waited) {
+      if (core::RelayObserver* o = g_tick_target.load()) o->on_visibility_wait(waited);
+    };
     store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, settings, clock,
                                                      [] { return g_stop.load(); });
   } else {

@@ -44,6 +44,9 @@ class RelayObserver {
   virtual void on_failure(const std::string& what) noexcept { (void)what; }
   //! Kafka acknowledged messages again after failures (or for the first time).
   virtual void on_kafka_ok() noexcept {}
+  //! Replication mode: the relay has waited `waited` for transactions that committed and are
+  //! not visible to other sessions yet (a synchronous standby's wait); 0 once they are.
+  virtual void on_visibility_wait(std::chrono::nanoseconds waited) noexcept { (void)waited; }
 };
 
 }  // namespace outbox::core

@@ -105,6 +105,10 @@ RelayMetrics::RelayMetrics(Registry& registry, RelayMetricsOptions options)
         &registry.gauge("outbox_relay_replication_slot_confirmed_lag_bytes",
                         "WAL written since the slot's confirmed position (current position - "
                         "confirmed_flush_lsn).");
+    visibility_wait_ = &registry.gauge(
+        "outbox_relay_replication_visibility_wait_seconds",
+        "How long the relay has waited for committed transactions that other sessions do not "
+        "see yet (a synchronous standby's wait); 0 when it waits for none.");
   }
   registry
       .gauge("outbox_relay_build_info", "Always 1; the labels tell the build.",
@@ -120,6 +124,11 @@ RelayMetrics::RelayMetrics(Registry& registry, RelayMetricsOptions options)
   registry.counter("outbox_relay_events_dead_lettered_total", kDeadLetteredHelp,
                    {{"topic", "other"}});
   refresh_role();
+}
+
+void RelayMetrics::on_visibility_wait(std::chrono::nanoseconds waited) noexcept {
+  if (visibility_wait_ != nullptr)
+    visibility_wait_->set(std::chrono::duration<double>(waited).count());
 }
 
 void RelayMetrics::on_tick() noexcept {

@@ -47,6 +47,7 @@ class RelayMetrics : public core::RelayObserver {
   void on_topic_blocked(const std::string& topic, bool blocked) noexcept override;
   void on_failure(const std::string& what) noexcept override;
   void on_kafka_ok() noexcept override;
+  void on_visibility_wait(std::chrono::nanoseconds waited) noexcept override;
 
   // From the health monitor.
   //! Where the store's session stands, asked at every scrape and readiness check.
@@ -99,6 +100,7 @@ class RelayMetrics : public core::RelayObserver {
   Gauge& tick_age_;
   Gauge* slot_retained_ = nullptr;
   Gauge* slot_lag_ = nullptr;
+  Gauge* visibility_wait_ = nullptr;
 
   mutable std::mutex mutex_;  // guards what follows
   std::set<std::string> topic_labels_;

@@ -111,6 +111,14 @@ std::string sharded_fetch_sql(int shards) {
   return sql;
 }
 
+// A copy of kFetchSql with `from` replaced by `to` (each must be found: kFetchSql changing
+// shape fails the first read loudly, and the unit tests build every variant).
+void replace_in(std::string& sql, const std::string& from, const std::string& to) {
+  auto at = sql.find(from);
+  if (at == std::string::npos) throw std::logic_error("kFetchSql changed: " + from);
+  sql.replace(at, from.size(), to);
+}
+
 std::string sharded_pending_sql(int shards) {
   return "SELECT EXISTS (SELECT 1 FROM outbox.events WHERE published_at IS NULL AND "
          "dead_lettered_at IS NULL AND " +
@@ -127,6 +135,19 @@ std::string int_array(const std::set<int>& values) {
 }
 
 }  // namespace
+
+std::string fetch_sql(FetchScope scope) {
+  std::string sql = kFetchSql;
+  switch (scope) {
+    case FetchScope::upto:
+      replace_in(sql, "AND id > $4\n", "AND id > $4 AND id <= $6\n");
+      break;
+    case FetchScope::topics:
+      replace_in(sql, "AND topic <> ALL($3::text[])\n", "AND topic = ANY($3::text[])\n");
+      break;
+  }
+  return sql;
+}
 
 class PgOutboxStore::HintReceiver : public pqxx::notification_receiver {
  public:

@@ -51,6 +51,16 @@ namespace outbox::pg {
 //! Rows of (id, event_id::text, topic, key, payload, headers::text, attempts) as events.
 std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
 
+//! The polling read (with its byte budget and its read-ahead guard), written once, in the
+//! variants replication mode reads the table with (pg/replication_table.cc). Parameters as
+//! the polling read: $1 limit, $2 max bytes, $3 topics, $4 after id, $5 pending up to
+//! after id (-1: a by-state read), and:
+enum class FetchScope {
+  upto,    //!< rows of topics not in $3, ids up to $6 only (the replication drain)
+  topics,  //!< rows of the topics in $3 only (deferred topics; $4 and $5 as a by-state read)
+};
+std::string fetch_sql(FetchScope scope);
+
 //! Where a store's session stands, readable from any thread (metrics, readiness, retention).
 enum class SessionRole : int {
   disconnected = 0,  //!< no session (not tried yet, or the last one failed)

@@ -89,14 +89,15 @@ class ReplicationTable {
   virtual ~ReplicationTable() = default;
   //! Connects and takes the leader lock (core::UnavailableError: standing by).
   virtual void connect() = 0;
-  //! The rows pending in the snapshot a slot exported (`name`): their ids, ascending, and
-  //! that snapshot as pg_current_snapshot() prints it.
-  struct Listed {
-    std::vector<std::int64_t> ids;
+  //! The highest id pending in the snapshot a slot exported (`name`), 0 if none, and that
+  //! snapshot as pg_current_snapshot() prints it. One index probe: the drain is then read by
+  //! state among the ids up to it, so nothing of it is held in memory.
+  struct Bound {
+    std::int64_t upto = 0;
     std::string snapshot;
   };
-  virtual Listed pending_ids_in_snapshot(const std::string& name) = 0;
-  //! Full (64-bit) ids of the transactions `snapshot` (from pending_ids_in_snapshot) shows
+  virtual Bound pending_bound_in_snapshot(const std::string& name) = 0;
+  //! Full (64-bit) ids of the transactions `snapshot` (from pending_bound_in_snapshot) shows
   //! as committed that a new snapshot does not show yet: their commit is written but they
   //! have not left the proc array (e.g. they wait for a synchronous standby).
   virtual std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) = 0;
@@ -104,9 +105,21 @@ class ReplicationTable {
   virtual std::vector<std::uint64_t> committed_not_visible() = 0;
   //! Whether a new snapshot shows every transaction of `xids`.
   virtual bool visible(const std::vector<std::uint64_t>& xids) = 0;
-  //! Ids of the rows pending now, in a new snapshot, ascending.
-  virtual std::vector<std::int64_t> pending_ids() = 0;
-  //! As core::OutboxStore::begin_batch, among the rows of `ids` only.
+  //! The highest id pending now, in a new snapshot; 0 if none.
+  virtual std::int64_t pending_bound() = 0;
+  //! As core::OutboxStore::read_after (begin_batch when `pending_upto` is nullopt and
+  //! `after_id` 0), among the ids up to `upto` only: pending rows with after_id < id <= upto,
+  //! in id order, within `limit` and `max_bytes`, leaving out `skip_topics`; none unless
+  //! exactly `pending_upto` pending rows of topics not skipped have ids up to `after_id`.
+  virtual std::vector<core::OutboxEvent> pending_range(
+      std::int64_t after_id, std::int64_t upto, std::optional<std::size_t> pending_upto,
+      std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) = 0;
+  //! The pending rows of `topics` only, in id order, within `limit` and `max_bytes` (the
+  //! rows of deferred topics, read from the table; see pg/replication_source.h, 7).
+  virtual std::vector<core::OutboxEvent> pending_of_topics(const std::vector<std::string>& topics,
+                                                           std::size_t limit,
+                                                           std::size_t max_bytes) = 0;
+  //! The pending rows among `ids`, in id order, within `limit` and `max_bytes`.
   virtual std::vector<core::OutboxEvent> pending_rows(const std::vector<std::int64_t>& ids,
                                                       std::size_t limit, std::size_t max_bytes) = 0;
   //! In ONE snapshot: the states of those rows of `ids` it shows, and which of `xids`

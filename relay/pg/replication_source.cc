@@ -16,79 +16,20 @@ constexpr std::size_t kNoByteLimit = std::numeric_limits<std::int64_t>::max();
 
 // --- DrainSource -----------------------------------------------------------------------------
 
-DrainSource::DrainSource(ReplicationTable& table, std::vector<std::int64_t> ids)
-    : table_(table), ids_(std::move(ids)) {
-  std::sort(ids_.begin(), ids_.end());
-  ids_.erase(std::unique(ids_.begin(), ids_.end()), ids_.end());
-}
-
-template <typename Gone>
-void DrainSource::erase_before(std::size_t end, const Gone& gone) {
-  end = std::min(end, ids_.size());
-  std::size_t write = end;
-  for (std::size_t i = end; i-- > head_;) {
-    if (!gone(ids_[i])) ids_[--write] = ids_[i];
-  }
-  head_ = write;
-  if (done()) {  // the list is not needed any more: give its memory back
-    ids_.clear();
-    ids_.shrink_to_fit();
-    head_ = 0;
-  }
-}
-
-std::vector<core::OutboxEvent> DrainSource::read_from(std::size_t from, std::size_t limit,
-                                                      std::size_t max_bytes) {
-  while (from < ids_.size()) {
-    std::size_t w = std::min(std::max<std::size_t>(limit, 1), ids_.size() - from);
-    std::size_t end = from + w;
-    std::vector<std::int64_t> window(ids_.begin() + static_cast<std::ptrdiff_t>(from),
-                                     ids_.begin() + static_cast<std::ptrdiff_t>(end));
-    std::vector<core::OutboxEvent> events = table_.pending_rows(window, limit, max_bytes);
-    // The rows come in id order while the bytes before them stay below max_bytes, and the
-    // first pending one always comes: an id of the window up to the last row returned that
-    // did not come is no longer pending (published, dead-lettered or deleted). Those after
-    // it may only have been left out for the bytes.
-    std::int64_t first = window.front();
-    std::int64_t last = events.empty() ? window.back() : events.back().id;
-    std::unordered_set<std::int64_t> came;
-    for (const auto& e : events) came.insert(e.id);
-    // Only ids of the window are removed (ascending list: those from `first` on); the ids
-    // at `end` and after keep their index.
-    erase_before(end,
-                 [&](std::int64_t id) { return id >= first && id <= last && !came.count(id); });
-    if (!events.empty()) return events;
-    from = end;
-  }
-  return {};
-}
-
-std::vector<core::OutboxEvent> DrainSource::begin(std::size_t limit, std::size_t max_bytes) {
-  return read_from(head_, limit, max_bytes);
+std::vector<core::OutboxEvent> DrainSource::begin(std::size_t limit, std::size_t max_bytes,
+                                                  const std::vector<std::string>& skip_topics) {
+  auto events = table_.pending_range(std::numeric_limits<std::int64_t>::min(), upto_, std::nullopt,
+                                     limit, max_bytes, skip_topics);
+  // By state, so a row not read is resolved, or of a skipped topic: deferred at the hand-over.
+  if (events.empty()) done_ = true;
+  return events;
 }
 
 std::vector<core::OutboxEvent> DrainSource::after(std::int64_t after_id, std::size_t pending_upto,
-                                                  std::size_t limit, std::size_t max_bytes) {
-  auto first =
-      std::upper_bound(ids_.begin() + static_cast<std::ptrdiff_t>(head_), ids_.end(), after_id);
-  auto from = static_cast<std::size_t>(first - ids_.begin());
-  // Every row of the list up to after_id was read since the last by-state read (the list
-  // is ascending, reads go up); those still in the list are unresolved. If the core has
-  // fewer in flight, it left one unsent (its topic blocked): nothing may overtake it.
-  if (from - head_ != pending_upto) return {};
-  return read_from(from, limit, max_bytes);
-}
-
-void DrainSource::resolved(const core::BatchOutcome& outcome) {
-  std::unordered_set<std::int64_t> resolved(outcome.published.begin(), outcome.published.end());
-  for (const auto& f : outcome.dead_letter) resolved.insert(f.id);
-  if (resolved.empty() || done()) return;
-  std::int64_t highest = *std::max_element(resolved.begin(), resolved.end());
-  auto end =
-      std::upper_bound(ids_.begin() + static_cast<std::ptrdiff_t>(head_), ids_.end(), highest);
-  // Retried rows and those left pending (transient failures) stay, in order.
-  erase_before(static_cast<std::size_t>(end - ids_.begin()),
-               [&](std::int64_t id) { return resolved.count(id) > 0; });
+                                                  std::size_t limit, std::size_t max_bytes,
+                                                  const std::vector<std::string>& skip_topics) {
+  if (after_id >= upto_) return {};
+  return table_.pending_range(after_id, upto_, pending_upto, limit, max_bytes, skip_topics);
 }
 
 // --- StreamSource ----------------------------------------------------------------------------
@@ -101,8 +42,9 @@ StreamSource::StreamSource(ReplicationTable& table, ReplicationStream& stream, c
       options_(options),
       stopping_(std::move(stopping)) {}
 
-void StreamSource::start() {
+void StreamSource::start(const std::vector<std::string>& deferred) {
   reset();
+  deferred_.insert(deferred.begin(), deferred.end());
   stream_.start();
   started_ = true;
   last_report_ = clock_.now();
@@ -119,7 +61,8 @@ void StreamSource::reset() noexcept {
   held_.clear();
   at_.clear();
   out_ = 0;
-  parked_ = 0;
+  deferred_.clear();
+  table_out_.clear();
 }
 
 std::vector<core::OutboxEvent> StreamSource::begin(std::size_t limit, std::size_t max_bytes,
@@ -130,8 +73,47 @@ std::vector<core::OutboxEvent> StreamSource::begin(std::size_t limit, std::size_
     if (held.state == Held::State::out) held.state = Held::State::unsent;
   }
   out_ = 0;
-  park_limit_ = std::max<std::size_t>(limit, 1);
-  return read(limit, max_bytes, skip_topics);
+  table_out_.clear();
+  limit = std::max<std::size_t>(limit, 1);
+  std::vector<core::OutboxEvent> events = read_deferred(limit, max_bytes, skip_topics);
+  std::size_t bytes = 0;
+  for (const auto& e : events) bytes += core::event_bytes(e);
+  if (events.size() >= limit || bytes >= max_bytes) return events;
+  auto streamed = read(limit - events.size(), max_bytes - bytes, skip_topics);
+  events.insert(events.end(), std::make_move_iterator(streamed.begin()),
+                std::make_move_iterator(streamed.end()));
+  return events;
+}
+
+std::vector<core::OutboxEvent> StreamSource::read_deferred(
+    std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
+  std::vector<std::string> ready;
+  for (const auto& topic : deferred_) {
+    if (std::find(skip_topics.begin(), skip_topics.end(), topic) == skip_topics.end()) {
+      ready.push_back(topic);
+    }
+  }
+  if (ready.empty()) return {};
+  std::vector<core::OutboxEvent> events = table_.pending_of_topics(ready, limit, max_bytes);
+  std::size_t bytes = 0;
+  std::set<std::string> seen;
+  for (const auto& e : events) {
+    bytes += core::event_bytes(e);
+    seen.insert(e.topic);
+    table_out_.insert(e.id);
+  }
+  // A complete read (not cut by the limits) that brought no row of a topic: none of its
+  // rows is pending (nothing is in flight: by state), and every row of it the stream
+  // deferred was visible (7): the stream may bring its rows again.
+  if (events.size() < limit && bytes < max_bytes) {
+    for (const auto& topic : ready) {
+      if (!seen.count(topic)) {
+        deferred_.erase(topic);
+        logging::get("pg")->info("topic {}: its rows come from the stream again", topic);
+      }
+    }
+  }
+  return events;
 }
 
 std::vector<core::OutboxEvent> StreamSource::after(std::size_t pending_upto, std::size_t limit,
@@ -140,43 +122,51 @@ std::vector<core::OutboxEvent> StreamSource::after(std::size_t pending_upto, std
   // Every row handed out since the by-state read and not resolved must be in the core's
   // window; one more was left unsent by the core (its topic blocked) and must not be
   // overtaken by a later row of its topic: the next by-state read sends it first.
-  if (out_ != pending_upto) return {};
-  return read(limit, max_bytes, skip_topics);
+  if (out_ + table_out_.size() != pending_upto) return {};
+  // A deferred topic no longer skipped is read from the table at a by-state read (7).
+  for (const auto& topic : deferred_) {
+    if (std::find(skip_topics.begin(), skip_topics.end(), topic) == skip_topics.end()) return {};
+  }
+  return read(std::max<std::size_t>(limit, 1), max_bytes, skip_topics);
 }
 
 std::vector<core::OutboxEvent> StreamSource::read(std::size_t limit, std::size_t max_bytes,
                                                   const std::vector<std::string>& skip_topics) {
-  auto skipped = [&](const std::string& topic) {
-    return std::find(skip_topics.begin(), skip_topics.end(), topic) != skip_topics.end();
+  auto deferring = [&](const std::string& topic) {
+    return deferred_.count(topic) > 0 ||
+           std::find(skip_topics.begin(), skip_topics.end(), topic) != skip_topics.end();
   };
-  limit = std::max<std::size_t>(limit, 1);
   std::vector<core::OutboxEvent> events;
-  // Rows found already marked are dropped; the read goes on until some are to be sent or
-  // nothing more is decoded (after a drain, the stream brings the drained rows again).
-  while (events.empty()) {
+  // Rows found already marked, deleted or deferred are dropped; the read goes on until some
+  // are to be sent or nothing more is decoded (after a drain, the stream brings the drained
+  // rows again), but looks at no more than a few reads' worth of rows, so that a long run
+  // of deferred rows never keeps the loop from its health ticks.
+  std::size_t looked = 0;
+  const std::size_t look_limit = 8 * limit;
+  while (events.empty() && looked < look_limit) {
     std::vector<std::uint64_t> picked;
+    std::size_t sending = 0;
     std::size_t bytes = 0;
-    auto full = [&] { return picked.size() >= limit || bytes >= max_bytes; };
-    // First the rows decoded before and not handed out (sent before and not resolved,
-    // parked, or left by a full read), in decoded order.
+    auto full = [&] { return sending >= limit || picked.size() >= limit || bytes >= max_bytes; };
+    auto pick = [&](std::uint64_t order, const Held& held) {
+      picked.push_back(order);
+      if (!deferring(held.event.topic)) {
+        ++sending;
+        bytes += held.bytes;
+      }
+    };
+    // First the rows decoded before and not handed out (sent before and not resolved, or
+    // left by a full read), in decoded order.
     if (held_.size() > out_) {
       for (auto& [order, held] : held_) {
         if (held.state == Held::State::out) continue;
-        if (skipped(held.event.topic)) {
-          if (held.state != Held::State::parked) ++parked_;
-          held.state = Held::State::parked;
-          continue;
-        }
         if (full()) break;
-        if (held.state == Held::State::parked) --parked_;
-        held.state = Held::State::unsent;
-        picked.push_back(order);
-        bytes += held.bytes;
+        pick(order, held);
       }
     }
     // Then newly decoded rows: the stream is read only as far as the read needs (rows and
-    // bytes), and not at all while too many rows are parked (memory).
-    while (!full() && parked_ < park_limit_) {
+    // bytes).
+    while (!full()) {
       if (queued_.empty()) {
         auto message = stream_.read(std::chrono::milliseconds(0));
         if (!message) break;
@@ -192,17 +182,12 @@ std::vector<core::OutboxEvent> StreamSource::read(std::size_t limit, std::size_t
       held.txn = q.txn;
       held.xid = q.xid;
       at_[held.event.id] = order;
-      if (skipped(held.event.topic)) {
-        held.state = Held::State::parked;
-        ++parked_;
-      } else {
-        picked.push_back(order);
-        bytes += held.bytes;
-      }
-      held_.emplace(order, std::move(held));
+      auto [it, inserted] = held_.emplace(order, std::move(held));
+      pick(order, it->second);
     }
     if (picked.empty()) break;
-    events = hand_out(picked);
+    looked += picked.size();
+    events = hand_out(picked, skip_topics);
   }
   confirmed_ = std::max(confirmed_, Lsn{tracker_.confirmable()});
   report_if_due();
@@ -212,12 +197,12 @@ std::vector<core::OutboxEvent> StreamSource::read(std::size_t limit, std::size_t
 void StreamSource::resolve(std::map<std::uint64_t, Held>::iterator it) {
   tracker_.resolve(it->second.txn);
   if (it->second.state == Held::State::out) --out_;
-  if (it->second.state == Held::State::parked) --parked_;
   at_.erase(it->second.event.id);
   held_.erase(it);
 }
 
-std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uint64_t>& picked) {
+std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uint64_t>& picked,
+                                                      const std::vector<std::string>& skip_topics) {
   std::vector<std::int64_t> ids;
   std::vector<std::uint32_t> xids;
   std::unordered_set<std::uint32_t> seen;
@@ -228,6 +213,8 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
   }
   auto waiting_since = clock_.now();
   auto next_log = waiting_since + options_.visibility_log_every;
+  auto pause = options_.visibility_retry;
+  bool waited = false;
   RowCheck check;
   for (;;) {
     check = table_.check(ids, xids);
@@ -236,7 +223,10 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
       const Held& held = held_.at(order);
       if (!check.pending.count(held.event.id) && check.not_visible.count(held.xid)) ++not_visible;
     }
-    if (not_visible == 0) break;
+    if (not_visible == 0) {
+      if (waited && options_.visibility_waiting) options_.visibility_waiting({});
+      break;
+    }
     // Committed (the stream sent its Commit) but not visible to this session yet: it will
     // be. Ask again, keeping the walsender content with status updates meanwhile.
     if (stopping_()) {
@@ -252,13 +242,31 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
       next_log = now + options_.visibility_log_every;
     }
     report_if_due();
-    clock_.sleep_for(options_.visibility_retry, stopping_);
+    if (options_.waiting) options_.waiting();
+    if (options_.visibility_waiting) options_.visibility_waiting(now - waiting_since);
+    waited = true;
+    clock_.sleep_for(pause, stopping_);
+    pause = std::min(pause * 2, std::max(options_.visibility_retry, options_.visibility_retry_max));
   }
   std::vector<std::uint64_t> send;
   std::vector<std::int64_t> reread;
   for (auto order : picked) {
     auto it = held_.find(order);
     auto state = check.pending.find(it->second.event.id);
+    const std::string& topic = it->second.event.topic;
+    if (deferred_.count(topic) ||
+        std::find(skip_topics.begin(), skip_topics.end(), topic) != skip_topics.end()) {
+      // Deferred (7): its transaction is visible, so the table brings the row, if still
+      // pending, to the topic's next table read; nothing of it is kept here.
+      if (deferred_.insert(topic).second) {
+        logging::get("pg")->warn(
+            "topic {} cannot take messages: its rows are left in outbox.events and read from "
+            "there once it can; the stream goes on with the other topics",
+            topic);
+      }
+      resolve(it);
+      continue;
+    }
     if (state != check.pending.end() && state->second) {
       send.push_back(order);
       if (!it->second.has_payload) reread.push_back(it->second.event.id);
@@ -311,6 +319,7 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
 void StreamSource::resolved(const core::BatchOutcome& outcome) {
   // Called once the outcome is marked: only now may the confirmed position pass these rows.
   auto done = [&](std::int64_t id) {
+    if (table_out_.erase(id) > 0) return;  // a deferred topic's row, read from the table
     auto at = at_.find(id);
     if (at != at_.end()) resolve(held_.find(at->second));  // else: of an earlier session
   };
@@ -322,7 +331,7 @@ void StreamSource::resolved(const core::BatchOutcome& outcome) {
 
 bool StreamSource::wait(std::chrono::milliseconds timeout) {
   // Called with nothing in flight: a row handed out and not resolved is sent again.
-  if (held_.size() > parked_ || !queued_.empty()) return true;
+  if (!held_.empty() || !queued_.empty()) return true;
   if (tracker_.idle() && clock_.now() - last_report_ >= options_.heartbeat_interval) {
     // Heartbeat: ask for the server's position; with nothing pending it is confirmed, so
     // the slot advances (and WAL is freed) while other tables are busy and the outbox idle.
@@ -440,7 +449,7 @@ void ReplicationSource::start() {
   auto log = logging::get("pg");
   table_.connect();  // the leader lock first: only the leader touches the slot
   bool slot_exists = stream_.prepare();
-  std::vector<std::int64_t> ids;
+  std::int64_t upto = 0;
   if (!slot_exists) {
     log->info(
         "creating replication slot {}: PostgreSQL first waits for the transactions open "
@@ -451,23 +460,27 @@ void ReplicationSource::start() {
               created.consistent_point.to_string());
     // Exactly what committed before the consistent point (2 in the header), read while the
     // replication connection is idle, then released.
-    ReplicationTable::Listed listed = table_.pending_ids_in_snapshot(created.snapshot);
+    ReplicationTable::Bound bound = table_.pending_bound_in_snapshot(created.snapshot);
     stream_.release_snapshot();
-    wait_visible(table_.not_yet_visible(listed.snapshot));
-    ids = std::move(listed.ids);
+    wait_visible(table_.not_yet_visible(bound.snapshot));
+    upto = bound.upto;
   } else {
     wait_visible(table_.committed_not_visible());  // 3 in the header
-    ids = table_.pending_ids();
+    upto = table_.pending_bound();
   }
-  log->info("publishing the {} rows pending in outbox.events before streaming from slot {}",
-            ids.size(), options_.slot_name);
-  drain_.emplace(table_, std::move(ids));
+  log->info(
+      "publishing the rows pending in outbox.events with ids up to {} before streaming from "
+      "slot {}",
+      upto, options_.slot_name);
+  drain_.emplace(table_, upto);
   phase_ = Phase::draining;
 }
 
 void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
   auto since = clock_.now();
   auto next_log = since + options_.visibility_log_every;
+  auto pause = options_.visibility_retry;
+  bool waited = false;
   while (!xids.empty() && !table_.visible(xids)) {
     if (stopping_()) {
       throw core::UnavailableError("stopping while committed transactions were not visible yet");
@@ -480,26 +493,33 @@ void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
           xids.size(), std::chrono::duration_cast<std::chrono::seconds>(now - since).count());
       next_log = now + options_.visibility_log_every;
     }
-    clock_.sleep_for(options_.visibility_retry, stopping_);
+    if (options_.waiting) options_.waiting();
+    if (options_.visibility_waiting) options_.visibility_waiting(now - since);
+    waited = true;
+    clock_.sleep_for(pause, stopping_);
+    pause = std::min(pause * 2, std::max(options_.visibility_retry, options_.visibility_retry_max));
   }
+  if (waited && options_.visibility_waiting) options_.visibility_waiting({});
 }
 
 void ReplicationSource::advance() {
   if (phase_ == Phase::stopped) start();
-  if (phase_ == Phase::draining && drain_->done()) {
-    // Every row of the drain list is resolved, and nothing is in flight (a by-state read):
-    // the stream may begin (6 in the header).
-    drain_.reset();
-    stream_source_.start();
-    phase_ = Phase::streaming;
-  }
 }
 
 std::vector<core::OutboxEvent> ReplicationSource::begin_batch(
     std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
   return guarded([&] {
     advance();
-    if (phase_ == Phase::draining) return drain_->begin(limit, max_bytes);
+    if (phase_ == Phase::draining) {
+      auto events = drain_->begin(limit, max_bytes, skip_topics);
+      if (!drain_->done()) return events;
+      // No row up to the bound is pending but those of skipped topics, and nothing is in
+      // flight (a by-state read): the stream may begin (6 in the header); the skipped
+      // topics' rows are deferred to the table (7).
+      drain_.reset();
+      stream_source_.start(skip_topics);
+      phase_ = Phase::streaming;
+    }
     return stream_source_.begin(limit, max_bytes, skip_topics);
   });
 }
@@ -510,7 +530,7 @@ std::vector<core::OutboxEvent> ReplicationSource::read_after(
   return guarded([&]() -> std::vector<core::OutboxEvent> {
     switch (phase_) {
       case Phase::draining:
-        return drain_->after(after_id, pending_upto, limit, max_bytes);
+        return drain_->after(after_id, pending_upto, limit, max_bytes, skip_topics);
       case Phase::streaming:
         return stream_source_.after(pending_upto, limit, max_bytes, skip_topics);
       case Phase::stopped:
@@ -523,8 +543,7 @@ std::vector<core::OutboxEvent> ReplicationSource::read_after(
 void ReplicationSource::record_outcome(const core::BatchOutcome& outcome) {
   guarded([&] {
     table_.record_outcome(outcome);
-    // Marked: now the rows are resolved (drain list, confirmed position).
-    if (phase_ == Phase::draining) drain_->resolved(outcome);
+    // Marked: now the rows are resolved (the confirmed position; the drain reads by state).
     if (phase_ == Phase::streaming) stream_source_.resolved(outcome);
   });
 }
@@ -532,7 +551,7 @@ void ReplicationSource::record_outcome(const core::BatchOutcome& outcome) {
 bool ReplicationSource::wait_for_rows(std::chrono::milliseconds timeout) {
   return guarded([&] {
     advance();
-    if (phase_ == Phase::draining) return true;  // rows of the drain list are waiting
+    if (phase_ == Phase::draining) return true;  // the drain reads by state
     return stream_source_.wait(timeout);
   });
 }

@@ -11,19 +11,20 @@
 // Phases (Phase): stopped -> draining -> streaming. A connection failure anywhere goes back
 // to stopped (core::UnavailableError; the next by-state read starts again), a fatal one
 // stops the relay (core::FatalError).
-//   stopped    take the leader lock, check the publication and the slot, and make the drain
-//              list: the ids of the pending rows the stream will not bring (2, 3 below).
-//              Only a by-state read (or wait_for_rows, also called with nothing in flight)
-//              starts; read_after returns nothing and record_outcome only marks the table.
-//   draining   DrainSource publishes the rows of the list in id order. By state: the first
-//              rows of the list still pending; read_after(after_id): the next rows of the
-//              list above after_id still pending. A row leaves the list once recorded
-//              published or dead-lettered (or seen no longer pending); a row retried or
-//              left pending (Kafka down, unknown topic) stays, and since the core reads
-//              nothing more after a failed delivery until the window drained, the next
-//              by-state read sends it again, first. The stream is not read meanwhile.
-//   streaming  once the list is empty, at a by-state read: START_REPLICATION, then
-//              StreamSource: rows in the stream's (commit) order.
+//   stopped    take the leader lock, check the publication and the slot, and fix the
+//              drain's bound: the highest id pending that the stream may not bring (2, 3
+//              below). Only a by-state read (or wait_for_rows, also called with nothing in
+//              flight) starts; read_after returns nothing and record_outcome only marks.
+//   draining   DrainSource publishes the pending rows with ids up to the bound, in id order,
+//              read as polling reads them (by state from the lowest; read_after above the
+//              last id read, with polling's guard against a row committed late below it),
+//              leaving out the skipped topics. A row retried or left pending (Kafka down)
+//              stays pending, and since the core reads nothing more after a failed delivery
+//              until the window drained, the next by-state read sends it again, first. The
+//              stream is not read meanwhile.
+//   streaming  once a by-state read of the drain finds no row up to the bound pending but
+//              those of skipped topics: START_REPLICATION, then StreamSource: rows in the
+//              stream's (commit) order; the skipped topics are deferred (7).
 //
 // Why the hand-over is exact: no row lost, none published twice by the hand-over, no
 // streamed row before a drained row of its key, and no time margin anywhere.
@@ -33,11 +34,13 @@
 //     position, where START_REPLICATION resumes.
 //  2. First start (the slot is created now). CREATE_REPLICATION_SLOT exports a snapshot S
 //     that shows exactly the transactions committed before the slot's consistent point,
-//     where the stream starts. The drain list is the pending rows of S: their ids (and S's
-//     own xmin:xmax:xip) are read at once on the normal session (SET TRANSACTION SNAPSHOT,
+//     where the stream starts. The drain's bound is the highest id pending in S: it (and S's
+//     own xmin:xmax:xip) is read at once on the normal session (SET TRANSACTION SNAPSHOT,
 //     while the replication connection is still idle), then S is released (it would hold
-//     back vacuum for the whole drain). Drain list and stream are disjoint and together hold
-//     every row.
+//     back vacuum for the whole drain). The drain reads the rows pending up to S's highest
+//     pending id: every row pending in S, and maybe rows committed after the consistent
+//     point with lower ids, which the stream brings again and drops as marked (4). Together
+//     they hold every row.
 //     One more step before the drain reads a row: S counts a transaction as committed once
 //     its commit record is decoded, a moment before the committing backend leaves the proc
 //     array (for as long as it waits for a synchronous standby, say), and until then new
@@ -45,9 +48,9 @@
 //     are exactly the ones S counts as ended (below its xmax, not in its xip) that a new
 //     snapshot does not: in its xip, or at or above its xmax (xmax only moves once a
 //     transaction has left the proc array), found as a backend's xid. The relay waits,
-//     without deadline, until a new snapshot shows them all. From then on a row of the list
+//     without deadline, until a new snapshot shows them all. From then on a row pending in S
 //     that a new snapshot does not show as pending is resolved (or was deleted): a row is
-//     never dropped from the list for not being visible yet.
+//     never taken for resolved for not being visible yet.
 //  3. Restart (the slot exists, confirmed at C; no snapshot can be exported for it). The rows
 //     the stream will not bring are those pending and committed before C. By invariant 5
 //     every streamed transaction before C has all its rows marked, so these committed before
@@ -59,12 +62,13 @@
 //     critical section, before the commit record can be decoded). So, always: take the
 //     transactions a new snapshot does not show as ended (its xip, and any backend's xid at
 //     or above its xmax), keep those clog says committed, wait (no deadline) until a new
-//     snapshot shows them, and then take the pending ids of a new snapshot. That is a
-//     superset of what is needed: it also holds rows committed after C, which the stream
-//     brings again and drops as marked (4). A superset is safe, a subset is not, which is
-//     why the list is not "ids below the smallest id the stream can bring": ids are taken
-//     at insert, not at commit, so a transaction still open at C may bring any older id, and
-//     no bound on it is known before the stream has been read to its end.
+//     snapshot shows them, and then take the highest pending id of a new snapshot as the
+//     bound: the drain reads every pending row up to it. That is a superset of what is
+//     needed: it also holds rows committed after C, which the stream brings again and drops
+//     as marked (4). A superset is safe, a subset is not, which is why the bound is not
+//     "below the smallest id the stream can bring": ids are taken at insert, not at commit,
+//     so a transaction still open at C may bring any older id, and no bound on it is known
+//     before the stream has been read to its end.
 //     A restart happens only at a by-state read, so nothing of the previous session is in
 //     flight then: what the core still had in flight when the connection failed was
 //     answered and recorded (marks only) before; what it could not record stays pending
@@ -90,27 +94,45 @@
 //  6. Order: the stream is read only after the drain ended, and the drain ends only at a
 //     by-state read (nothing in flight) that finds every row of its list resolved, so every
 //     drained row was acknowledged before any streamed row (of any key) is sent.
-//     Within the drain, rows are sent in id order (the list is ascending; read_after reads
-//     above the last id read), as polling does. A late row cannot exist there (the list is
-//     fixed, its rows committed and visible before the first read), so pending_upto is
-//     used only as a check that every row of the list up to after_id is one the relay has
-//     in flight: when it left one unsent (its topic blocked), the next rows of that topic
-//     must not overtake it, so nothing is read ahead until the next by-state read.
+//     Within the drain, rows are sent in id order, as polling sends them, with polling's
+//     guard (pending_upto): a read-ahead returns rows only while every pending row up to
+//     after_id is one the relay has in flight; one more (a late commit below it, or a row
+//     the core left unsent, its topic blocked) must not be overtaken, so nothing is read
+//     ahead until the next by-state read.
 //     Within the stream, rows are sent in the order they were decoded (commit order; a
 //     transaction's rows in its own order). A row sent and not resolved by the next
 //     by-state read (a failed delivery: the core reads nothing more until the window
-//     drained) comes first in that read, in its original order, with the rows parked or
-//     left for later; read_after returns rows only while every row it handed out since the
-//     by-state read is in the core's window (pending_upto: the core left none unsent) and
-//     sends older unsent rows (parked ones of a topic no longer skipped) before newer
-//     ones, so the rows of one topic are sent in decoded order.
+//     drained) comes first in that read, in its original order, with the rows left for
+//     later; read_after returns rows only while every row it handed out since the by-state
+//     read is in the core's window (pending_upto: the core left none unsent) and sends
+//     older unsent rows before newer ones, so the rows of one topic are sent in decoded
+//     order.
+//  7. Deferred topics: a topic Kafka refuses (TopicGate, core/topic_gate.h: unknown, not
+//     authorized, a policy) must hold neither the other topics, nor the relay's memory, nor
+//     the slot's WAL, however many rows it gets. So its rows are not kept: a streamed row of
+//     a skipped or deferred topic is checked as any streamed row (4: its transaction
+//     visible, waited for if not), and then forgotten and resolved for the confirmed
+//     position, its topic deferred. Sound because the row is pending and visible in the
+//     table (or resolved since), and the table, not the stream, is the truth: a deferred
+//     topic's rows are read from the table by state (pending_of_topics, id order) at each
+//     by-state read once the topic is no longer skipped (no read-ahead meanwhile), before
+//     any later streamed row of the topic (those are deferred too). The topic is streamed
+//     again only after a by-state read (nothing in flight) whose complete table read found
+//     none of its rows pending: every row the stream deferred was visible before it was
+//     forgotten, so it was in that read unless resolved; a row decoded later and not yet
+//     looked at is checked (4) when it is. A restart loses nothing: the drain's bound
+//     covers every pending row (3), the drain leaves the skipped topics out, and those
+//     become deferred at the hand-over. Invariant 5 with 7: the position passes a
+//     transaction once each of its events was acknowledged and marked, dead-lettered, or
+//     deferred (visible and pending in the table, published from there).
 //
-// Memory: the drain list holds 8 bytes per row pending at the start. The stream is read
-// only as far as a read needs (rows and bytes), whatever the size of a transaction; a
-// streamed row handed to the core keeps only its id, topic, size and transaction here (its
-// payload moves to the core), and is read again from the table when it must be sent again;
-// rows of skipped topics are parked with their payload, at most a read's `limit` of them
-// before the stream stops being read.
+// Memory: nothing per pending row at the start (the drain reads by state up to a bound).
+// The stream is read only as far as a read needs (rows and bytes), whatever the size of a
+// transaction; a streamed row handed to the core keeps only its id, topic, size and
+// transaction here (its payload moves to the core), and is read again from the table when
+// it must be sent again; rows of refused topics are not kept at all (7). A read looks at no
+// more than 8 x `limit` streamed rows, so a long run of deferred rows never keeps the loop
+// from its health ticks.
 //
 // Lifecycle and thread: as core::OutboxStore, one worker thread; the ports and the clock
 // outlive this object.
@@ -122,8 +144,10 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "core/confirm_tracker.h"
@@ -139,44 +163,43 @@ struct ReplicationSourceOptions {
   std::chrono::milliseconds status_interval{10'000};
   //! When idle, how often to ask the server for its position so that the slot advances.
   std::chrono::milliseconds heartbeat_interval{10'000};
-  //! How soon to look again for a committed transaction that is not visible yet.
+  //! How soon to look again for a committed transaction that is not visible yet: at first,
+  //! doubling up to visibility_retry_max while it stays so (a synchronous standby's wait can
+  //! last as long as the standby is away).
   std::chrono::milliseconds visibility_retry{2};
+  std::chrono::milliseconds visibility_retry_max{100};
+  //! Called in every pause of a wait on the server (visibility), so the relay's health
+  //! shows the loop alive while it waits; may be empty.
+  std::function<void()> waiting;
+  //! In every pause of a wait for visibility, how long it has waited; 0 when it ends.
+  std::function<void(std::chrono::nanoseconds)> visibility_waiting;
   //! How often a wait for visibility is logged.
   std::chrono::milliseconds visibility_log_every{10'000};
 };
 
-//! The rows pending at the start that the stream will not bring (the drain list).
+//! The rows pending at the start that the stream may not bring: every row pending, of a
+//! topic not skipped, with an id up to a bound fixed at the start (2, 3 in the header). Read
+//! by state from the table, as polling reads; nothing of it is held here.
 class DrainSource {
  public:
-  DrainSource(ReplicationTable& table, std::vector<std::int64_t> ids);
-  //! By state: the first rows of the list that are still pending, in id order; rows no
-  //! longer pending leave the list. Empty only when the list is. Skipped topics are not
-  //! applied here: a row left out would look resolved to the list; the core leaves such
-  //! rows unsent itself.
-  std::vector<core::OutboxEvent> begin(std::size_t limit, std::size_t max_bytes);
-  //! The next rows of the list above `after_id` that are still pending, in id order, if
-  //! exactly `pending_upto` rows of the list up to `after_id` are unresolved (6 in the
-  //! header); otherwise none.
+  DrainSource(ReplicationTable& table, std::int64_t upto) : table_(table), upto_(upto) {}
+  //! By state: the first pending rows up to the bound, in id order, leaving out
+  //! `skip_topics`. Empty only when none is left of the topics not skipped: done() then.
+  std::vector<core::OutboxEvent> begin(std::size_t limit, std::size_t max_bytes,
+                                       const std::vector<std::string>& skip_topics);
+  //! The next pending rows above `after_id` up to the bound, if exactly `pending_upto`
+  //! pending rows of topics not skipped have ids up to `after_id` (6 in the header);
+  //! otherwise none.
   std::vector<core::OutboxEvent> after(std::int64_t after_id, std::size_t pending_upto,
-                                       std::size_t limit, std::size_t max_bytes);
-  //! A recorded outcome: published and dead-lettered rows leave the list.
-  void resolved(const core::BatchOutcome& outcome);
-  bool done() const { return head_ == ids_.size(); }
-  std::size_t left() const { return ids_.size() - head_; }
+                                       std::size_t limit, std::size_t max_bytes,
+                                       const std::vector<std::string>& skip_topics);
+  bool done() const { return done_; }
+  std::int64_t upto() const { return upto_; }
 
  private:
-  //! Reads the pending rows among the list from index `from` on, window by window, until
-  //! some come or the list ends.
-  std::vector<core::OutboxEvent> read_from(std::size_t from, std::size_t limit,
-                                           std::size_t max_bytes);
-  //! Removes the ids for which `gone` is true from the list's indexes [head_, end), keeping
-  //! the order (the ids before `end` move up; cost: end - head_).
-  template <typename Gone>
-  void erase_before(std::size_t end, const Gone& gone);
-
   ReplicationTable& table_;
-  std::vector<std::int64_t> ids_;  // ascending; [head_, end) still to resolve
-  std::size_t head_ = 0;
+  std::int64_t upto_;
+  bool done_ = false;
 };
 
 //! The replication stream: decoded transactions, the rows checked against the table, and
@@ -186,19 +209,21 @@ class StreamSource {
   StreamSource(ReplicationTable& table, ReplicationStream& stream, core::Clock& clock,
                const ReplicationSourceOptions& options, std::function<bool()> stopping);
 
-  //! START_REPLICATION (the previous session's decoded state is forgotten).
-  void start();
+  //! START_REPLICATION (the previous session's decoded state is forgotten). The rows of
+  //! `deferred` (topics skipped when the drain ended) are read from the table (7).
+  void start(const std::vector<std::string>& deferred);
   //! The stream is gone: everything after the confirmed position comes again.
   void reset() noexcept;
 
-  //! By state: every row handed out before and not resolved is unsent again and comes
-  //! first, in decoded order, then the next decoded rows. Rows of `skip_topics` are parked,
-  //! in order and unresolved (the confirmed position stays before them), and come once
-  //! their topic is no longer skipped.
+  //! By state: first the pending rows of deferred topics no longer skipped, from the table
+  //! in id order (7); then every streamed row handed out before and not resolved, unsent
+  //! again, in decoded order; then the next decoded rows. Rows of `skip_topics` and of
+  //! deferred topics are deferred (7), never held.
   std::vector<core::OutboxEvent> begin(std::size_t limit, std::size_t max_bytes,
                                        const std::vector<std::string>& skip_topics);
   //! The next rows in decoded order, if exactly `pending_upto` rows handed out since the
-  //! by-state read are unresolved (all in the core's window); otherwise none.
+  //! by-state read are unresolved (all in the core's window) and no deferred topic waits
+  //! for its table read; otherwise none.
   std::vector<core::OutboxEvent> after(std::size_t pending_upto, std::size_t limit,
                                        std::size_t max_bytes,
                                        const std::vector<std::string>& skip_topics);
@@ -213,8 +238,10 @@ class StreamSource {
 
   Lsn confirmed() const { return confirmed_; }
   Lsn reported() const { return reported_; }
-  //! Rows decoded and not resolved (handed out, parked, or to be sent again).
+  //! Rows decoded and not resolved (handed out, or to be sent again).
   std::size_t unresolved() const { return held_.size(); }
+  //! Topics whose rows are read from the table rather than the stream (7).
+  const std::set<std::string>& deferred() const { return deferred_; }
 
  private:
   //! A decoded row, from the moment a read looks at it until it is resolved.
@@ -223,7 +250,7 @@ class StreamSource {
     core::ConfirmTracker::TxnSeq txn = 0;
     std::uint32_t xid = 0;
     std::size_t bytes = 0;  //!< core::event_bytes at decoding
-    enum class State { unsent, parked, out } state = State::unsent;
+    enum class State { unsent, out } state = State::unsent;
     bool has_payload = true;
   };
   struct Queued {
@@ -235,9 +262,15 @@ class StreamSource {
                                       const std::vector<std::string>& skip_topics);
   void handle(StreamMessage message);
   //! Checks `picked` (4 in the header): resolves the rows already marked or deleted,
-  //! waits while a row's transaction is not visible, reads from the table the payload of
-  //! rows sent before. Returns the rows to send, in decoded order, handed out.
-  std::vector<core::OutboxEvent> hand_out(const std::vector<std::uint64_t>& picked);
+  //! waits while a row's transaction is not visible, defers the rows of deferred topics
+  //! (7), reads from the table the payload of rows sent before. Returns the rows to send,
+  //! in decoded order, handed out.
+  std::vector<core::OutboxEvent> hand_out(const std::vector<std::uint64_t>& picked,
+                                          const std::vector<std::string>& skip_topics);
+  //! Pending rows of the deferred topics not skipped, from the table; a topic none of
+  //! whose rows is pending stops being deferred.
+  std::vector<core::OutboxEvent> read_deferred(std::size_t limit, std::size_t max_bytes,
+                                               const std::vector<std::string>& skip_topics);
   void resolve(std::map<std::uint64_t, Held>::iterator it);
   void report(bool reply);
   void report_if_due();
@@ -255,9 +288,9 @@ class StreamSource {
   std::map<std::uint64_t, Held> held_;                  // by decoded order
   std::unordered_map<std::int64_t, std::uint64_t> at_;  // id -> key in held_
   std::uint64_t next_order_ = 1;
-  std::size_t out_ = 0;            // rows of held_ handed out since the last by-state read
-  std::size_t parked_ = 0;         // rows of held_ parked
-  std::size_t park_limit_ = 1000;  // the stream is not read while this many are parked
+  std::size_t out_ = 0;             // rows of held_ handed out since the last by-state read
+  std::set<std::string> deferred_;  // row topics read from the table (7)
+  std::unordered_set<std::int64_t> table_out_;  // their rows handed out since the by-state read
 
   Lsn received_;
   Lsn confirmed_;
@@ -282,7 +315,7 @@ class ReplicationSource : public core::OutboxStore {
   std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
                                             std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip_topics) override;
-  //! Marks in the table, then resolves the rows (drain list, confirmed position). When
+  //! Marks in the table, then resolves the rows (the confirmed position). When
   //! stopped (a connection failed), marks only: the rows come again (through the drain or
   //! the stream) and are dropped once seen marked.
   void record_outcome(const core::BatchOutcome& outcome) override;
@@ -295,8 +328,14 @@ class ReplicationSource : public core::OutboxStore {
   void keep_alive() noexcept override;
 
   Phase phase() const { return phase_; }
-  //! Rows of the drain list not yet resolved (0 when not draining).
-  std::size_t drain_left() const { return drain_ ? drain_->left() : 0; }
+  //! While draining, the highest id the drain reads (2, 3 in the header); else nullopt.
+  std::optional<std::int64_t> drain_upto() const {
+    return drain_ ? std::optional<std::int64_t>(drain_->upto()) : std::nullopt;
+  }
+  //! Topics whose rows are read from the table rather than the stream (7).
+  const std::set<std::string>& deferred_topics() const { return stream_source_.deferred(); }
+  //! Streamed rows held here (handed out, or to be sent again).
+  std::size_t unresolved() const { return stream_source_.unresolved(); }
   Lsn confirmed() const { return stream_source_.confirmed(); }
 
  private:

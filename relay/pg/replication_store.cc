@@ -9,6 +9,8 @@ ReplicationSourceOptions source_options(const ReplicationSettings& c) {
   o.slot_name = c.slot_name;
   o.status_interval = c.status_interval;
   o.heartbeat_interval = c.heartbeat_interval;
+  o.waiting = c.waiting;
+  o.visibility_waiting = c.visibility_waiting;
   return o;
 }
 

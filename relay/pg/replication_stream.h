@@ -29,6 +29,9 @@ struct ReplicationSettings {
   //! Called about once a second while a call waits on the server (creating the slot waits
   //! for every open transaction), so that the relay's health keeps ticking.
   std::function<void()> waiting;
+  //! Called at each pause of a wait for committed transactions not visible yet, with how
+  //! long it has waited, and with 0 when such a wait ends.
+  std::function<void(std::chrono::nanoseconds)> visibility_waiting;
 };
 
 class PgReplicationStream : public ReplicationStream {

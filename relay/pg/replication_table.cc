@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 
 #include "pg/pg_array.h"
 
@@ -11,9 +12,10 @@ namespace outbox::pg {
 
 namespace {
 
-constexpr const char* kPendingIdsSql =
-    "SELECT id FROM outbox.events WHERE published_at IS NULL AND dead_lettered_at IS NULL "
-    "ORDER BY id";
+// The highest pending id: one probe of events_pending_idx from its end.
+constexpr const char* kPendingBoundSql =
+    "SELECT coalesce(max(id), 0) FROM outbox.events "
+    "WHERE published_at IS NULL AND dead_lettered_at IS NULL";
 
 // As PgOutboxStore's batch query (rows while the bytes before them stay below $2), among
 // the ids of $3 only.
@@ -55,13 +57,6 @@ constexpr const char* kSnapshotSql = "SELECT pg_current_snapshot()::text";
 constexpr const char* kNotVisibleCountSql = R"sql(
 SELECT count(*) FROM unnest($1::xid8[]) AS x
 WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot()))sql";
-
-std::vector<std::int64_t> ids_of(const pqxx::result& rows) {
-  std::vector<std::int64_t> ids;
-  ids.reserve(rows.size());
-  for (const auto& row : rows) ids.push_back(row[0].as<std::int64_t>());
-  return ids;
-}
 
 bool parse_u64(std::string_view text, std::uint64_t& out) {
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
@@ -114,16 +109,16 @@ void PgReplicationTable::connect() {
   store_.with_connection([](pqxx::connection&) {});
 }
 
-ReplicationTable::Listed PgReplicationTable::pending_ids_in_snapshot(const std::string& name) {
-  Listed listed;
+ReplicationTable::Bound PgReplicationTable::pending_bound_in_snapshot(const std::string& name) {
+  Bound bound;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> txn(conn);
     txn.exec0("SET TRANSACTION SNAPSHOT " + txn.quote(name));
-    listed.snapshot = txn.exec1(kSnapshotSql)[0].as<std::string>();
-    listed.ids = ids_of(txn.exec(kPendingIdsSql));
+    bound.snapshot = txn.exec1(kSnapshotSql)[0].as<std::string>();
+    bound.upto = txn.exec1(kPendingBoundSql)[0].as<std::int64_t>();
     txn.commit();
   });
-  return listed;
+  return bound;
 }
 
 std::vector<std::uint64_t> PgReplicationTable::in_progress_now(pqxx::connection& conn) {
@@ -193,13 +188,41 @@ bool PgReplicationTable::visible(const std::vector<std::uint64_t>& xids) {
   return not_visible == 0;
 }
 
-std::vector<std::int64_t> PgReplicationTable::pending_ids() {
-  std::vector<std::int64_t> ids;
+std::int64_t PgReplicationTable::pending_bound() {
+  std::int64_t upto = 0;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    ids = ids_of(n.exec(kPendingIdsSql));
+    upto = n.exec1(kPendingBoundSql)[0].as<std::int64_t>();
   });
-  return ids;
+  return upto;
+}
+
+std::vector<core::OutboxEvent> PgReplicationTable::pending_range(
+    std::int64_t after_id, std::int64_t upto, std::optional<std::size_t> pending_upto,
+    std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
+  static const std::string sql = fetch_sql(FetchScope::upto);
+  std::vector<core::OutboxEvent> events;
+  store_.with_connection([&](pqxx::connection& conn) {
+    pqxx::nontransaction n(conn);
+    long long guard = pending_upto ? static_cast<long long>(*pending_upto) : -1;
+    events = events_of(n.exec_params(
+        sql, static_cast<long>(limit), static_cast<long long>(max_bytes), text_array(skip_topics),
+        static_cast<long long>(after_id), guard, static_cast<long long>(upto)));
+  });
+  return events;
+}
+
+std::vector<core::OutboxEvent> PgReplicationTable::pending_of_topics(
+    const std::vector<std::string>& topics, std::size_t limit, std::size_t max_bytes) {
+  static const std::string sql = fetch_sql(FetchScope::topics);
+  std::vector<core::OutboxEvent> events;
+  store_.with_connection([&](pqxx::connection& conn) {
+    pqxx::nontransaction n(conn);
+    events = events_of(n.exec_params(
+        sql, static_cast<long>(limit), static_cast<long long>(max_bytes), text_array(topics),
+        static_cast<long long>(std::numeric_limits<std::int64_t>::min()), -1LL));
+  });
+  return events;
 }
 
 std::vector<core::OutboxEvent> PgReplicationTable::pending_rows(

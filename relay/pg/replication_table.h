@@ -39,11 +39,18 @@ class PgReplicationTable : public ReplicationTable {
   explicit PgReplicationTable(PgOutboxStore& store) : store_(store) {}
 
   void connect() override;
-  Listed pending_ids_in_snapshot(const std::string& name) override;
+  Bound pending_bound_in_snapshot(const std::string& name) override;
   std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) override;
   std::vector<std::uint64_t> committed_not_visible() override;
   bool visible(const std::vector<std::uint64_t>& xids) override;
-  std::vector<std::int64_t> pending_ids() override;
+  std::int64_t pending_bound() override;
+  std::vector<core::OutboxEvent> pending_range(
+      std::int64_t after_id, std::int64_t upto, std::optional<std::size_t> pending_upto,
+      std::size_t limit, std::size_t max_bytes,
+      const std::vector<std::string>& skip_topics) override;
+  std::vector<core::OutboxEvent> pending_of_topics(const std::vector<std::string>& topics,
+                                                   std::size_t limit,
+                                                   std::size_t max_bytes) override;
   std::vector<core::OutboxEvent> pending_rows(const std::vector<std::int64_t>& ids,
                                               std::size_t limit, std::size_t max_bytes) override;
   RowCheck check(const std::vector<std::int64_t>& ids,

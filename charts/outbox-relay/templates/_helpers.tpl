@@ -20,6 +20,17 @@ app.kubernetes.io/name: {{ include "outbox-relay.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+The migration Job's pods: the release's instance but not the relay's app.kubernetes.io/name,
+so no selector of the relay's (Deployment, Service, PodDisruptionBudget, NetworkPolicy) matches
+them. (The Deployment's selector is immutable: it stays as it is, and the Job's pods move away.)
+*/}}
+{{- define "outbox-relay.migrationSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: {{ include "outbox-relay.name" . }}
+app.kubernetes.io/component: migration
+{{- end }}
+
 {{- define "outbox-relay.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{ include "outbox-relay.selectorLabels" . }}

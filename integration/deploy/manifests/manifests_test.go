@@ -25,6 +25,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 )
 
@@ -123,7 +124,12 @@ type rendered struct {
 
 func render(t *testing.T, args ...string) rendered {
 	t.Helper()
-	out, err := helm(t, append([]string{"template", "rel", chartDir, "--namespace", "apps"}, args...)...)
+	return renderRelease(t, "rel", args...)
+}
+
+func renderRelease(t *testing.T, release string, args ...string) rendered {
+	t.Helper()
+	out, err := helm(t, append([]string{"template", release, chartDir, "--namespace", "apps"}, args...)...)
 	if err != nil {
 		t.Fatalf("helm template %v: %v\n%s", args, err, out)
 	}
@@ -256,6 +262,7 @@ type chartCase struct {
 	extraConfig    [][2]string // path.to.key, value that must be in the relay config
 	sasl           bool
 	migrationHooks int
+	jobAnnotations map[string]string // on the migration Job's pods
 }
 
 func TestChartRendersStrictly(t *testing.T) {
@@ -271,11 +278,12 @@ func TestChartRendersStrictly(t *testing.T) {
 			name: "all options (values-all.yaml)",
 			args: []string{"-f", valuesAll},
 			kinds: []string{"*manifests.serviceMonitor x1", "*v1.ConfigMap x2", "*v1.Deployment x1", "*v1.Job x1",
-				"*v1.NetworkPolicy x1", "*v1.PodDisruptionBudget x1", "*v1.Service x1", "*v1.ServiceAccount x1"},
+				"*v1.NetworkPolicy x2", "*v1.PodDisruptionBudget x1", "*v1.Service x1", "*v1.ServiceAccount x1"},
 			secret: "orders-outbox-relay-credentials", hookSecret: "orders-outbox-relay-credentials", port: 9090, replicas: 3,
 			extraConfig: [][2]string{{"source.mode", "replication"}, {"kafka.properties.compression.type", "lz4"},
 				{"kafka.properties.sasl.mechanism", "SCRAM-SHA-256"}, {"log.level", "debug"}, {"log.format", "json"}},
-			sasl: true,
+			sasl:           true,
+			jobAnnotations: map[string]string{"sidecar.istio.io/inject": "false"},
 		},
 		{
 			name: "chart-made Secret with SASL, no migration, nothing optional",
@@ -374,6 +382,43 @@ func checkMigration(t *testing.T, r rendered, tc chartCase) {
 		t.Errorf("migration Job hook %q, want pre-install,pre-upgrade", h)
 	}
 	checkPodSecurity(t, "migration Job", job.Spec.Template.Spec)
+	for k, v := range tc.jobAnnotations {
+		if got, ok := job.Spec.Template.Annotations[k]; !ok || got != v {
+			t.Errorf("migration Job pod annotation %s = %q, want %q (migration.podAnnotations)", k, got, v)
+		}
+	}
+	// The Job must never run at uninstall; the hook Secret with the privileged DSN is removed
+	// then (post-delete: before-hook-creation deletes what is left, hook-succeeded the new one).
+	for _, o := range r.objects {
+		var m metav1.ObjectMeta
+		switch o := o.(type) {
+		case *batchv1.Job:
+			m = o.ObjectMeta
+		case *corev1.Secret:
+			m = o.ObjectMeta
+		case *corev1.ConfigMap:
+			m = o.ObjectMeta
+		case *networkingv1.NetworkPolicy:
+			m = o.ObjectMeta
+		default:
+			continue
+		}
+		if !isHook(m) {
+			continue
+		}
+		events := "," + m.Annotations["helm.sh/hook"] + ","
+		policy := "," + m.Annotations["helm.sh/hook-delete-policy"] + ","
+		if !strings.Contains(policy, ",before-hook-creation,") || !strings.Contains(policy, ",hook-succeeded,") {
+			t.Errorf("hook %T %s: delete policy %q, want before-hook-creation and hook-succeeded", o, m.Name, policy)
+		}
+		_, isSecret := o.(*corev1.Secret)
+		if got := strings.Contains(events, ",post-delete,"); got != isSecret {
+			t.Errorf("hook %T %s: events %q: post-delete must be there for the Secret only", o, m.Name, events)
+		}
+		if strings.Contains(events, "-delete,") && !isSecret {
+			t.Errorf("hook %T %s runs at uninstall (%q)", o, m.Name, events)
+		}
+	}
 	c := job.Spec.Template.Spec.Containers[0]
 	if strings.Join(c.Args, " ") != "migrate --config /etc/outbox-relay/config.yaml" {
 		t.Errorf("migration Job args %v", c.Args)
@@ -475,5 +520,223 @@ func TestReadmeListsEveryValue(t *testing.T) {
 		if !regexp.MustCompile("(?m)^\\| `" + regexp.QuoteMeta(k) + "` \\|").Match(readme) {
 			t.Errorf("charts/outbox-relay/README.md: no table row for `%s`", k)
 		}
+	}
+}
+
+// podTemplate: a pod that a rendered release runs, named by its owner.
+type podTemplate struct {
+	owner  string // "rel: Deployment rel-outbox-relay"
+	labels labels.Set
+}
+
+// podTemplates: the pods the rendered workloads of one release create.
+func podTemplates(release string, r rendered) (relay, other []podTemplate) {
+	for _, o := range r.objects {
+		switch o := o.(type) {
+		case *appsv1.Deployment:
+			relay = append(relay, podTemplate{release + ": Deployment " + o.Name, o.Spec.Template.Labels})
+		case *batchv1.Job:
+			other = append(other, podTemplate{release + ": Job " + o.Name, o.Spec.Template.Labels})
+		}
+	}
+	return relay, other
+}
+
+func owners(pods []podTemplate) []string {
+	var s []string
+	for _, p := range pods {
+		s = append(s, p.owner)
+	}
+	sort.Strings(s)
+	return s
+}
+
+// podSelectors: every selector of a rendered release that picks pods, by what holds it: those
+// meant for the relay's pods, and those of the migration hooks (meant for the Job's pods).
+func podSelectors(t *testing.T, r rendered) (relay, migration map[string]labels.Selector) {
+	t.Helper()
+	relay, migration = map[string]labels.Selector{}, map[string]labels.Selector{}
+	add := func(what string, ls *metav1.LabelSelector, hook bool) {
+		// nil selects nothing, {} everything (a PodDisruptionBudget's or NetworkPolicy's).
+		sel, err := metav1.LabelSelectorAsSelector(ls)
+		if err != nil {
+			t.Fatalf("%s: selector %+v: %v", what, ls, err)
+		}
+		if hook {
+			migration[what] = sel
+		} else {
+			relay[what] = sel
+		}
+	}
+	for _, o := range r.objects {
+		switch o := o.(type) {
+		case *appsv1.Deployment:
+			add("Deployment "+o.Name+" spec.selector", o.Spec.Selector, isHook(o.ObjectMeta))
+		case *corev1.Service:
+			// a Service without a selector has its endpoints managed by hand: it selects nothing
+			if len(o.Spec.Selector) > 0 {
+				add("Service "+o.Name+" spec.selector", &metav1.LabelSelector{MatchLabels: o.Spec.Selector}, isHook(o.ObjectMeta))
+			}
+		case *policyv1.PodDisruptionBudget:
+			add("PodDisruptionBudget "+o.Name+" spec.selector", o.Spec.Selector, isHook(o.ObjectMeta))
+		case *networkingv1.NetworkPolicy:
+			add("NetworkPolicy "+o.Name+" spec.podSelector", &o.Spec.PodSelector, isHook(o.ObjectMeta))
+		}
+	}
+	return relay, migration
+}
+
+// No selector of a release may match a pod it does not own: the Service would route to the
+// migration Job's pod, the PodDisruptionBudget would count it (and then block every node drain,
+// since the eviction API cannot scale a Job), the NetworkPolicy would apply to it, and a
+// Deployment that matches pods outside its template fights over them. Every selector of release
+// "rel" is evaluated against the pod templates of "rel" and of a second release "other" in the
+// same namespace with the same values, and must match exactly rel's relay pods.
+func TestSelectorsMatchOnlyTheReleasesRelayPods(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"default values", nil},
+		{"replicas 2 with a PodDisruptionBudget", []string{"--set", "replicaCount=2,podDisruptionBudget.enabled=true"}},
+		{"networkPolicy on", []string{"--set", "networkPolicy.enabled=true"}},
+		{"migration job on, one replica", []string{"--set", "migration.enabled=true,replicaCount=1"}},
+		{"all options (values-all.yaml)", []string{"-f", valuesAll}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := render(t, tc.args...)
+			relay, jobs := podTemplates("rel", r)
+			otherRelay, otherJobs := podTemplates("other", renderRelease(t, "other", tc.args...))
+			if len(relay) != 1 {
+				t.Fatalf("want one Deployment, rendered %v", r.kinds())
+			}
+			if strings.Contains(tc.name, "migration") && len(jobs) != 1 {
+				t.Fatalf("want the migration Job, rendered %v", r.kinds())
+			}
+			all := append(append(append(append([]podTemplate{}, relay...), jobs...), otherRelay...), otherJobs...)
+			relaySels, migrationSels := podSelectors(t, r)
+			if len(relaySels) == 0 {
+				t.Fatal("no selector found")
+			}
+			check := func(sels map[string]labels.Selector, want []podTemplate) {
+				for what, sel := range sels {
+					var matched []podTemplate
+					for _, p := range all {
+						if sel.Matches(p.labels) {
+							matched = append(matched, p)
+						}
+					}
+					if got, want := owners(matched), owners(want); strings.Join(got, ", ") != strings.Join(want, ", ") {
+						t.Errorf("%s (%s) matches the pods of %v, want exactly %v", what, sel, got, want)
+					}
+				}
+			}
+			check(relaySels, relay)
+			check(migrationSels, jobs)
+			// the Job's pods left the relay's NetworkPolicy: they must be under their own
+			hasPolicy := func(sels map[string]labels.Selector) bool {
+				for what := range sels {
+					if strings.HasPrefix(what, "NetworkPolicy ") {
+						return true
+					}
+				}
+				return false
+			}
+			if len(jobs) > 0 && hasPolicy(relaySels) && !hasPolicy(migrationSels) {
+				t.Error("the relay's pods have a NetworkPolicy but the migration Job's pods have none")
+			}
+			// a ServiceMonitor selects Services: exactly the release's own
+			services := map[string]labels.Set{}
+			for rel, objs := range map[string]rendered{"rel": r, "other": renderRelease(t, "other", tc.args...)} {
+				for _, o := range objs.objects {
+					if s, ok := o.(*corev1.Service); ok {
+						services[rel+": Service "+s.Name] = s.Labels
+					}
+				}
+			}
+			for _, o := range r.objects {
+				sm, ok := o.(*serviceMonitor)
+				if !ok {
+					continue
+				}
+				sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+				if err != nil {
+					t.Fatalf("ServiceMonitor %s: %v", sm.Name, err)
+				}
+				var got []string
+				for name, l := range services {
+					if sel.Matches(l) {
+						got = append(got, name)
+					}
+				}
+				sort.Strings(got)
+				if strings.Join(got, ", ") != "rel: Service "+sm.Name {
+					t.Errorf("ServiceMonitor %s (%s) matches %v, want exactly rel's Service %s", sm.Name, sel, got, sm.Name)
+				}
+			}
+		})
+	}
+}
+
+// A relay pod that is not ready (a standby that cannot connect) must not block node drains:
+// unhealthyPodEvictionPolicy AlwaysAllow by default, configurable, left out when empty.
+func TestPodDisruptionBudgetEvictsUnhealthyPods(t *testing.T) {
+	for _, tc := range []struct {
+		set, want string
+	}{
+		{"", "AlwaysAllow"},
+		{"podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget", "IfHealthyBudget"},
+		{"podDisruptionBudget.unhealthyPodEvictionPolicy=", ""},
+		{"kube 1.26", ""}, // the field is on by default from 1.27 only
+	} {
+		var args []string
+		if tc.set == "kube 1.26" {
+			args = []string{"--kube-version", "1.26.9"}
+		} else if tc.set != "" {
+			args = []string{"--set", tc.set}
+		}
+		pdb := one(t, render(t, args...), any_[*policyv1.PodDisruptionBudget])
+		got := ""
+		if pdb.Spec.UnhealthyPodEvictionPolicy != nil {
+			got = string(*pdb.Spec.UnhealthyPodEvictionPolicy)
+		}
+		if got != tc.want {
+			t.Errorf("--set %q: unhealthyPodEvictionPolicy %q, want %q", tc.set, got, tc.want)
+		}
+	}
+	out, err := helm(t, "template", "rel", chartDir, "--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=Always")
+	if err == nil || !strings.Contains(out, "schema") {
+		t.Errorf("a misspelled unhealthyPodEvictionPolicy was accepted:\n%s", out)
+	}
+}
+
+// Helm gives every chart, and every subchart, the parent's `global` values: the strict schema
+// must accept them, both on this chart and with it as a subchart.
+func TestSchemaAcceptsGlobal(t *testing.T) {
+	render(t, "--set", "global.imageRegistry=registry.example.com")
+
+	parent := t.TempDir()
+	write := func(path, text string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(parent, "Chart.yaml"), "apiVersion: v2\nname: platform\nversion: 1.0.0\n")
+	write(filepath.Join(parent, "values.yaml"), "global:\n  imageRegistry: registry.example.com\n"+
+		"outbox-relay:\n  replicaCount: 1\n")
+	sub := filepath.Join(parent, "charts", "outbox-relay")
+	if err := os.CopyFS(sub, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	out, err := helm(t, "template", "rel", parent)
+	if err != nil {
+		t.Fatalf("the chart as a subchart with global values: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "kind: Deployment") {
+		t.Errorf("the subchart rendered no Deployment:\n%s", out)
 	}
 }
