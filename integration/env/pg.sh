@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL server for tests and demos: Debian 12's 15, or the one in
-# $OUTBOX_PG_BINDIR (e.g. PostgreSQL 18 from env/pg-embedded.sh).
+# $OUTBOX_PG_BINDIR (e.g. PostgreSQL 16, 17 or 18 from env/pg-embedded.sh).
 #
 #   pg.sh start DIR     first start: initdb in DIR/pg on a free 127.0.0.1 port;
 #                       later starts reuse the same port and data

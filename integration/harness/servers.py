@@ -95,7 +95,7 @@ class _ScriptServer:
 
 class Postgres(_ScriptServer):
     """A PostgreSQL cluster in DIR/pg (see env/pg.sh): Debian 12's 15, or the server in
-    `bindir` (default $OUTBOX_PG_BINDIR), e.g. PostgreSQL 18 from env/pg-embedded.sh."""
+    `bindir` (default $OUTBOX_PG_BINDIR), e.g. PostgreSQL 16, 17 or 18 from env/pg-embedded.sh."""
 
     script = "pg.sh"
 

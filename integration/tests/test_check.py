@@ -81,6 +81,8 @@ def test_check_says_what_librdkafka_knew_when_kafka_refuses(ctx, tmp_path):
 
 
 def test_check_reports_the_server_version_against_the_supported_range(ctx):
+    """The line says of each mode whether it supports the server, and that CI tests this
+    major version (every run of this file is such a test: 15, and 16, 17, 18 in test-all.sh)."""
     version, num = ctx._query("SELECT current_setting('server_version'), "
                               "current_setting('server_version_num')::int")[0]
     assert SUPPORTED[0] <= num // 10000 <= SUPPORTED[1], f"the suite runs on {version}"
@@ -89,5 +91,128 @@ def test_check_reports_the_server_version_against_the_supported_range(ctx):
         assert num // 10000 == int(os.environ["OUTBOX_IT_PG_MAJOR"]), version
     r = ctx.migrate_relay.check()
     assert r.returncode == 0, r.stdout + r.stderr
-    assert (f"ok    postgres version: {version} (supported: {SUPPORTED[0]} to {SUPPORTED[1]})"
-            in r.stdout), r.stdout
+    supported = f"{SUPPORTED[0]} to {SUPPORTED[1]}"
+    assert (f"ok    postgres version: {version} (polling mode: supported, {supported}; "
+            f"replication mode: supported, {supported}; tested in CI)" in r.stdout), r.stdout
+
+
+# --- managed PostgreSQL services (relay/cli/managed_pg.h), emulated on the real server: the
+# roles they create and their custom settings (dotted names any server takes as placeholders),
+# set per role or per database so that they hold from a session's start, for its sessions only.
+
+def _replication_config(ctx, dsn):
+    return ctx.config({
+        "postgres": {"dsn": dsn},
+        "source": {"mode": "replication",
+                   "replication": {"slot_name": ctx.slot_name, "publication_name": ctx.publication,
+                                   "create_slot": True, "create_publication": True}},
+    })
+
+
+def _line(stdout: str, prefix: str) -> str:
+    return next((ln for ln in stdout.splitlines() if ln.startswith(prefix)), f"(no {prefix!r})")
+
+
+def _fix(stdout: str, prefix: str) -> str:
+    """The fix printed under the line starting with `prefix`."""
+    lines = stdout.splitlines()
+    at = next((i for i, ln in enumerate(lines) if ln.startswith(prefix)), None)
+    if at is None or at + 1 == len(lines) or not lines[at + 1].startswith("      fix: "):
+        return f"(no fix under {prefix!r})"
+    return lines[at + 1][len("      fix: "):]
+
+
+def test_check_on_rds_counts_membership_of_rds_replication_as_the_privilege(ctx, tmp_path):
+    """Regression: on RDS and Aurora a role given replication the only way there (GRANT
+    rds_replication) was reported as lacking REPLICATION, with ALTER ROLE as the fix, which
+    RDS refuses. The roles rds_superuser and rds_replication and the setting
+    rds.logical_replication emulate an RDS instance."""
+    role = f"it_rds_{uuid.uuid4().hex[:8]}"
+    with ctx.connect() as c:
+        made = [r for r in ("rds_superuser", "rds_replication")
+                if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (r,)).fetchall()]
+        for r in made:
+            c.execute(f"CREATE ROLE {r} NOLOGIN")
+        c.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE outbox_relay')
+        c.execute(f'ALTER DATABASE "{ctx.db}" SET rds.logical_replication = on')
+    try:
+        dsn = ctx.dsn.replace("user=postgres", f"user={role}")
+        relay = Relay(_replication_config(ctx, dsn), tmp_path, binary=ctx.relay_bin, name="rds")
+        r = relay.check()
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert ("ok    managed postgres: Amazon RDS or Aurora (setting rds.logical_replication = on, "
+                "role rds_superuser, role rds_replication)") in r.stdout, r.stdout
+        assert _line(r.stdout, "FAIL  replication privilege") == (
+            f"FAIL  replication privilege: role {role} lacks replication: on Amazon RDS and Aurora "
+            "it is membership of role rds_replication (the REPLICATION attribute cannot be granted "
+            "there)"), r.stdout
+        assert ("      fix: as the master user (a member of rds_superuser): GRANT rds_replication TO "
+                f"{role}") in r.stdout, r.stdout
+        assert "ALTER ROLE" not in r.stdout, r.stdout
+
+        with ctx.connect() as c:  # the fix it gave, verbatim
+            c.execute(f"GRANT rds_replication TO {role}")
+        r = relay.check()
+        assert (f"ok    replication privilege: role {role} may replicate (member of rds_replication)"
+                in r.stdout), r.stdout
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        with ctx.connect() as c:
+            c.execute(f'ALTER DATABASE "{ctx.db}" RESET rds.logical_replication')
+            c.execute(f'DROP OWNED BY "{role}"')
+            c.execute(f'DROP ROLE "{role}"')
+            for r in made:
+                c.execute(f"DROP ROLE {r}")
+
+
+def test_check_without_logical_wal_on_a_managed_service_gives_the_providers_own_fix(
+        ctx, it_root, tmp_path):
+    """Regression: on RDS, Aurora, Cloud SQL and Azure check told to ALTER SYSTEM SET
+    wal_level, which they refuse. A server of its own with wal_level = replica (as RDS with
+    rds.logical_replication off), and each provider's setting in turn on the relay's role."""
+    from harness import Postgres
+
+    server = Postgres(it_root / f"pg-replica-{uuid.uuid4().hex[:8]}")
+    server.start()
+    try:
+        with server.connect("postgres", autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET wal_level = replica")
+        server.restart()
+        dsn = server.dsn  # the database outbox, migrated as postgres
+        Relay(_replication_config(ctx, dsn), tmp_path, binary=ctx.relay_bin, name="migrate").migrate()
+        with server.connect("postgres", autocommit=True) as c:
+            c.execute("CREATE ROLE relay LOGIN IN ROLE outbox_relay")
+        relay = Relay(_replication_config(ctx, dsn.replace("user=postgres", "user=relay")),
+                      tmp_path, binary=ctx.relay_bin, name="managed")
+        cases = [
+            (None, None, "ALTER SYSTEM SET wal_level = logical, then restart PostgreSQL",
+             "as a superuser: ALTER ROLE relay REPLICATION"),
+            ("rds.logical_replication", "off",
+             "set rds.logical_replication = 1 in the instance's DB parameter group (Aurora: in the "
+             "DB cluster parameter group), then reboot the instance",
+             "GRANT rds_replication TO relay"),
+            ("cloudsql.logical_decoding", "off",
+             "set the database flag cloudsql.logical_decoding = on",
+             "as user postgres (or another member of cloudsqlsuperuser"),
+            ("azure.extensions", "pg_stat_statements",
+             "set the server parameter wal_level = logical",
+             "as the server's admin user (a member of azure_pg_admin"),
+        ]
+        for setting, value, wal_fix, grant_fix in cases:
+            if setting:
+                with server.connect("postgres", autocommit=True) as c:
+                    c.execute(f"ALTER ROLE relay SET {setting} = '{value}'")
+            r = relay.check()
+            assert r.returncode == 1, r.stdout + r.stderr
+            assert _line(r.stdout, "FAIL  wal_level") == (
+                "FAIL  wal_level: replica; replication mode needs wal_level = logical"), r.stdout
+            assert wal_fix in _fix(r.stdout, "FAIL  wal_level"), r.stdout
+            assert grant_fix in _fix(r.stdout, "FAIL  replication privilege"), r.stdout
+            assert ("ALTER SYSTEM SET" in r.stdout) == (setting is None), r.stdout
+            managed = _line(r.stdout, "ok    managed postgres")
+            assert (f"setting {setting} = {value}" in managed) if setting else "(no" in managed, r.stdout
+            if setting:
+                with server.connect("postgres", autocommit=True) as c:
+                    c.execute(f"ALTER ROLE relay RESET {setting}")
+    finally:
+        server.stop()

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/managed_pg.h"
 #include "cli/server_version.h"
 #include "kafka/kafka_publisher.h"
 #include "kafka/transactional_publisher.h"
@@ -22,21 +23,23 @@ namespace {
 // What replication mode needs of the server, in plain words, with the fix for each.
 template <typename Line>
 void check_replication(pqxx::nontransaction& n, const config::ReplicationConfig& rc, Line& line) {
+  // Managed services (cli/managed_pg.h) take other fixes than ALTER SYSTEM and ALTER ROLE.
+  ServerFacts facts = read_server_facts(n);
+  ManagedService service = detect_managed_service(facts);
+  if (service != ManagedService::none) {
+    line(true, "managed postgres", describe_managed_service(service, facts));
+  }
   std::string wal_level = n.exec1("SHOW wal_level")[0].as<std::string>();
   line(wal_level == "logical", "wal_level",
-       wal_level == "logical"
-           ? "logical"
-           : wal_level +
-                 "; replication mode needs wal_level = logical (ALTER SYSTEM SET "
-                 "wal_level = logical, then restart PostgreSQL)");
+       wal_level == "logical" ? "logical"
+                              : wal_level + "; replication mode needs wal_level = logical",
+       wal_level_fix(service, facts));
   auto role = n.exec1(
       "SELECT current_user, rolreplication OR rolsuper FROM pg_roles "
       "WHERE rolname = current_user");
-  bool can_replicate = role[1].as<bool>();
-  line(can_replicate, "replication privilege",
-       can_replicate ? "role " + role[0].as<std::string>() + " may replicate"
-                     : "role " + role[0].as<std::string>() + " lacks REPLICATION: ALTER ROLE " +
-                           role[0].as<std::string>() + " REPLICATION");
+  auto privilege =
+      replication_privilege(service, facts, role[0].as<std::string>(), role[1].as<bool>());
+  line(privilege.ok, "replication privilege", privilege.detail, privilege.fix);
   auto pub = n.exec_params(
       "SELECT p.pubinsert, EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = "
       "p.pubname AND t.schemaname = 'outbox' AND t.tablename = 'events') "
@@ -176,11 +179,9 @@ void check_postgres(const config::Config& config, Report& line) {
     auto row = n.exec1(
         "SELECT current_setting('server_version_num')::int, "
         "current_setting('server_version')");
-    std::string version = row[1].as<std::string>();
-    auto problem = postgres_version_problem(row[0].as<int>(), version);
-    line(!problem, "postgres version",
-         problem ? *problem : version + " (supported: " + supported_postgres_range() + ")",
-         "run the relay against PostgreSQL " + supported_postgres_range());
+    auto report = postgres_version_report(row[0].as<int>(), row[1].as<std::string>(),
+                                          config.source.mode == config::SourceMode::replication);
+    line(report.ok, "postgres version", report.detail, report.fix);
   } catch (const std::exception& e) {
     line(false, "postgres version", e.what());
   }

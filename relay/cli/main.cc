@@ -44,11 +44,14 @@ constexpr const char* kMigrateHelp =
     "from two processes at once. Connects with --dsn, else postgres.admin_dsn, else "
     "postgres.dsn.";
 constexpr const char* kCheckHelp =
-    "Check the config, that PostgreSQL answers, its version is supported (13 to 18) and it "
+    "Check the config, that PostgreSQL answers, its version is supported in the configured "
+    "mode (13 to 18; the line also says whether CI tests it) and it "
     "takes writes (not a hot standby, sessions not read-only), that "
     "Kafka answers, that the schema is present and that the relay's role may read and mark "
-    "rows; in replication mode also wal_level, the REPLICATION privilege, the publication and "
-    "the slot (wal_status, retained WAL); with delivery.guarantee: exactly_once, that the "
+    "rows; in replication mode also wal_level, the REPLICATION privilege (on RDS and Aurora "
+    "membership of rds_replication), the publication and the slot (wal_status, retained WAL), "
+    "with the fixes of a managed service (RDS, Aurora, Cloud SQL, Azure) where one is "
+    "recognised; with delivery.guarantee: exactly_once, that the "
     "cluster allows Kafka transactions. One line per check, a fix under each failure.";
 constexpr const char* kStatusHelp =
     "Show the outbox as PostgreSQL sees it (read-only): pending rows and the age of the "

@@ -18,6 +18,18 @@ std::string trimmed(const char* message) {
 
 }  // namespace
 
+std::string create_slot_command(const std::string& slot, int server_version) {
+  if (server_version >= 150000) {
+    return "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput (SNAPSHOT 'export')";
+  }
+  return "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput EXPORT_SNAPSHOT";
+}
+
+std::string start_replication_command(const std::string& slot, const std::string& publication) {
+  return "START_REPLICATION SLOT " + slot +
+         " LOGICAL 0/0 (proto_version '1', publication_names '\"" + publication + "\"')";
+}
+
 ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
   conn_ = PQconnectdb((conninfo + " replication='database'").c_str());
   if (PQstatus(conn_) != CONNECTION_OK) {
@@ -72,7 +84,7 @@ std::vector<ReplicationConnection::Row> ReplicationConnection::query(const std::
 ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
     const std::string& slot, const std::function<bool()>& cancelled,
     const std::function<void()>& on_wait) {
-  std::string sql = "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput (SNAPSHOT 'export')";
+  std::string sql = create_slot_command(slot, PQserverVersion(conn_));
   if (PQsendQuery(conn_, sql.c_str()) != 1) {
     throw core::UnavailableError("CREATE_REPLICATION_SLOT: " + trimmed(PQerrorMessage(conn_)));
   }
@@ -112,9 +124,7 @@ ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
 }
 
 void ReplicationConnection::start(const std::string& slot, const std::string& publication) {
-  std::string sql = "START_REPLICATION SLOT " + slot + " LOGICAL 0/0" +
-                    " (proto_version '1', publication_names '\"" + publication +
-                    "\"', messages 'true')";
+  std::string sql = start_replication_command(slot, publication);
   PGresult* result = PQexec(conn_, sql.c_str());
   if (PQresultStatus(result) != PGRES_COPY_BOTH) fail_from_result(result, "START_REPLICATION");
   PQclear(result);

@@ -20,6 +20,18 @@
 
 namespace outbox::pg {
 
+//! The CREATE_REPLICATION_SLOT command that makes a pgoutput slot with an exported snapshot on
+//! a server of `server_version` (PQserverVersion, e.g. 140011): PostgreSQL 15 and later take
+//! the options in parentheses, (SNAPSHOT 'export'); 13 and 14 know only the keyword form,
+//! EXPORT_SNAPSHOT (which 15 and later still accept, as a deprecated spelling).
+std::string create_slot_command(const std::string& slot, int server_version);
+
+//! The START_REPLICATION command: protocol version 1 and the inserts of `publication`. It
+//! asks for no logical decoding messages (pgoutput's `messages` option, PostgreSQL 14 and
+//! later): the relay has no use for them, and 13 would refuse the option. The same text for
+//! every supported version.
+std::string start_replication_command(const std::string& slot, const std::string& publication);
+
 class ReplicationConnection {
  public:
   using Row = std::vector<std::optional<std::string>>;
@@ -37,16 +49,16 @@ class ReplicationConnection {
     Lsn consistent_point;
     std::string snapshot;  //!< the exported snapshot's name, valid until the next command
   };
-  //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput (SNAPSHOT 'export'): the slot's consistent
-  //! point and a snapshot that shows exactly the transactions committed before it.
-  //! PostgreSQL answers only once every transaction open at that moment has ended, so this
-  //! waits in short slices, calling `on_wait` about once a second, and cancels the command
-  //! (throwing core::UnavailableError) as soon as `cancelled` returns true.
+  //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput with an exported snapshot, in the server's
+  //! syntax (create_slot_command): the slot's consistent point and a snapshot that shows exactly
+  //! the transactions committed before it. PostgreSQL answers only once every transaction open at
+  //! that moment has ended, so this waits in short slices, calling `on_wait` about once a second,
+  //! and cancels the command (throwing core::UnavailableError) as soon as `cancelled` returns true.
   CreatedSlot create_slot(const std::string& slot, const std::function<bool()>& cancelled,
                           const std::function<void()>& on_wait);
 
   //! START_REPLICATION SLOT ... LOGICAL from the slot's confirmed position, inserts of
-  //! `publication` and logical messages.
+  //! `publication` (start_replication_command).
   void start(const std::string& slot, const std::string& publication);
 
   //! The next CopyData message of the stream, waiting up to `wait` for one; nullopt if none
