@@ -385,6 +385,29 @@ TEST_CASE("an empty dsn or empty topic mapping is an error", "[config]") {
   CHECK(find_error(r, "kafka.topic_map.orders") != nullptr);
 }
 
+// Regression: a topic_map target Kafka refuses passed the config and dead-lettered every row.
+TEST_CASE("a topic_map target that is no Kafka topic name is a config error at its line",
+          "[config][regression]") {
+  ParseResult r = parse_config(
+      "postgres: {dsn: h}\nkafka:\n  bootstrap_servers: b\n  topic_map:\n"
+      "    orders: team/orders\n    dots: \"..\"\n    long: " +
+          std::string(250, 'x') +
+          "\n    fine: team.orders_v2-eu\n    max: " + std::string(249, 'y') + "\n",
+      with_env({}));
+  REQUIRE(r.errors.size() == 3);
+  const ConfigError* e = find_error(r, "kafka.topic_map.orders");
+  REQUIRE(e != nullptr);
+  CHECK(e->line == 5);
+  CHECK(e->to_string() ==
+        "line 5: kafka.topic_map.orders: must be a Kafka topic name (1-249 characters of a-z, "
+        "A-Z, 0-9, '.', '_' and '-', not \".\" or \"..\"), got \"team/orders\"");
+  CHECK(find_error(r, "kafka.topic_map.dots") != nullptr);
+  REQUIRE(find_error(r, "kafka.topic_map.long") != nullptr);
+  CHECK(find_error(r, "kafka.topic_map.long")->line == 7);
+  CHECK(find_error(r, "kafka.topic_map.fine") == nullptr);
+  CHECK(find_error(r, "kafka.topic_map.max") == nullptr);
+}
+
 TEST_CASE("a config file that cannot be read is an error naming it", "[config]") {
   ParseResult r = load_config_file("/nonexistent/outbox.yaml");
   REQUIRE(r.errors.size() == 1);

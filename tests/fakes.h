@@ -252,6 +252,7 @@ class FakePublisher : public core::Publisher {
 
   std::optional<std::string> topic_problem(const std::string& topic) override {
     asked.push_back(topic);
+    if (on_ask) on_ask(topic);
     if (blocked_topics.count(topic)) return "Kafka: Broker: Unknown topic";
     return std::nullopt;
   }
@@ -262,6 +263,7 @@ class FakePublisher : public core::Publisher {
   std::set<std::int64_t> too_large_alone;             //!< ...unless also listed here
   std::set<std::string> blocked_topics;               //!< Kafka topics that cannot take messages
   std::vector<std::string> asked;                     //!< topic_problem calls
+  std::function<void(const std::string&)> on_ask;     //!< in each topic_problem call
   std::vector<core::Message> sent;
   std::function<void()> on_publish;  //!< after a poll that answered something
   std::function<bool(const core::Message&)> stuck;

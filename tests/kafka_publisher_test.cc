@@ -136,6 +136,19 @@ TEST_CASE("giving up purges what is left and reports it undelivered", "[kafka]")
   }
 }
 
+// Regression: with no broker answering, each unseen topic held the relay loop for 10 s.
+TEST_CASE("asking about a topic while no broker answers returns after its bound",
+          "[kafka][regression]") {
+  MockCluster cluster;
+  kafka::KafkaPublisher publisher(kafka_config(cluster));
+  rd_kafka_mock_broker_set_down(cluster.get(), 1);
+  auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(publisher.topic_problem("orders2"));  // cannot say now: not blocked
+  auto took = std::chrono::steady_clock::now() - start;
+  // The bound is kTopicAskWaitMs (1 s); 10 s before. 4 s leaves a loaded machine room.
+  CHECK(took < std::chrono::milliseconds(4 * kafka::KafkaPublisher::kTopicAskWaitMs));
+}
+
 TEST_CASE("librdkafka's own property check names the problem", "[kafka]") {
   CHECK_FALSE(kafka::check_property("linger.ms", "5"));
   auto unknown = kafka::check_property("no.such.thing", "1");

@@ -416,3 +416,44 @@ TEST_CASE("the observer ticks at least every second while Kafka keeps a message 
   CHECK(ticks.recorded == 3);
   CHECK(ticks.reads == 3);
 }
+
+// Regression: the first read asked the cluster about each unseen topic in turn (up to 10 s
+// each when no broker answers) without ticking health, so many topics failed /healthz.
+TEST_CASE("asking the cluster about unseen topics ticks health and is bounded per read",
+          "[pipeline][regression]") {
+  struct Ticks : RelayObserver {
+    FakeClock* clock;
+    std::chrono::steady_clock::time_point last{};
+    std::chrono::nanoseconds longest{0};
+    void on_tick() noexcept override {
+      longest = std::max(longest, clock->now() - last);
+      last = clock->now();
+    }
+  } ticks;
+  Rig r;
+  ticks.clock = &r.clock;
+  r.store.on_wait = [&r] {  // an idle wait's slice, with no hint
+    r.clock.advance(milliseconds(200));
+    r.stop = r.store.pending() == 0;
+  };
+  for (int i = 0; i < 20; ++i) r.store.add("topic" + std::to_string(i), "k" + std::to_string(i));
+  // No broker answers: each metadata request waits its whole bound (the publisher's, 1 s).
+  std::map<std::size_t, int> asks_by_read;  // read number -> topics asked in it
+  r.kafka.on_ask = [&r, &asks_by_read](const std::string&) {
+    ++asks_by_read[r.store.read_log.size()];
+    r.clock.advance(milliseconds(1000));
+  };
+  BatchRelay relay(r.store, r.kafka, r.clock, window(100, 1000));
+  relay.set_observer(&ticks);
+
+  relay.run(r.stop);
+
+  CHECK(ticks.longest <= std::chrono::seconds(1));
+  for (const auto& [read, asks] : asks_by_read) {
+    INFO("read " << read);
+    CHECK(asks == 1);  // the asking stops once a read's asks took TopicGate's bound (1 s)
+  }
+  CHECK(r.kafka.asked.size() == 20);  // each topic asked once, none skipped unasked
+  CHECK(r.store.pending() == 0);      // every row sent, in the end, none dead-lettered
+  for (std::int64_t id = 1; id <= 20; ++id) CHECK_FALSE(r.store.row(id).dead);
+}

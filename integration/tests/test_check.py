@@ -38,6 +38,21 @@ def test_config_read_and_syntax_errors_name_the_file_line_and_reason(relay_bin, 
     assert "(document)" not in r.stderr
 
 
+def test_an_invalid_topic_map_target_stops_check_and_run_with_its_key_and_line(relay_bin, tmp_path):
+    """Regression: `orders: team/orders` in kafka.topic_map passed the config and `check`,
+    then dead-lettered every row of that topic; it is now a configuration error (exit 2)."""
+    bad = tmp_path / "topic-map.yaml"
+    bad.write_text("postgres:\n  dsn: host=/nonexistent dbname=x\nkafka:\n  bootstrap_servers: b:1\n"
+                   "  topic_map:\n    invoices: billing.invoices\n    orders: team/orders\n")
+    for command in ("check", "run"):
+        r = _run(relay_bin, command, "--config", str(bad))
+        assert r.returncode == 2, f"{command}: exit {r.returncode}\n{r.stdout}{r.stderr}"
+        assert f"invalid configuration {bad}:" in r.stderr, r.stderr
+        assert ("line 7: kafka.topic_map.orders: must be a Kafka topic name (1-249 characters of "
+                "a-z, A-Z, 0-9, '.', '_' and '-', not \".\" or \"..\"), got \"team/orders\"") in r.stderr, r.stderr
+        assert "invoices" not in r.stderr, r.stderr
+
+
 def test_check_labels_missing_privileges_and_gives_the_grant(ctx, tmp_path):
     role = f"it_noprivs_{uuid.uuid4().hex[:8]}"
     with ctx.connect() as c:

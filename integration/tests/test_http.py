@@ -9,6 +9,7 @@ reads the bound port from the log line "http: listening on ADDRESS:PORT".
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -195,3 +196,76 @@ def test_the_loop_ticks_while_the_slot_creation_waits_for_an_open_transaction(ct
     assert get(relay, "/healthz")[0] == 200
     other.commit()
     ctx.wait_streaming(relay)
+
+
+# ----------------------------------------------------------------------------
+COUNT_LIMIT = 10_000  # relay/pg/stats.h kCountLimit
+LEADER_LOCK = "SELECT pg_advisory_lock(hashtext('outbox-relay'))"  # relay/pg/pg_store.cc
+# Rows and index entries scans of outbox.events returned (seq scans, index and index-only scans).
+READS = """
+SELECT (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relid = 'outbox.events'::regclass)
+     + (SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes WHERE relid = 'outbox.events'::regclass)
+"""
+
+
+def test_the_pending_gauge_reads_a_bounded_part_of_a_large_backlog(ctx):
+    """Regression: the monitor counted pending rows with an exact count(*), which walks the
+    whole backlog: past its statement_timeout with tens of millions of rows. Counting stops
+    at COUNT_LIMIT now, and a larger backlog is estimated from the id range. Shown by what
+    PostgreSQL says the monitor's queries read (not by a time): a relay standing by (the test
+    holds the leader lock) reads nothing else of the table, and its statistics are flushed
+    when its sessions end."""
+    n = 3 * COUNT_LIMIT
+    with ctx.connect() as c:
+        c.execute("INSERT INTO outbox.events (topic, key, payload) "
+                  "SELECT 'backlog', 'k' || g, 'x' FROM generate_series(1, %s) g", (n,))
+        c.execute("ANALYZE outbox.events")
+    leader = ctx.connect()
+    leader.execute(LEADER_LOCK)  # the relay below stands by: it reads no row
+    before = int(ctx._query(READS)[0][0])
+    relay = ctx.relay({"http": {"port": 0, "stats_interval_ms": 3_600_000}}).start()
+    wait_until(lambda: metric(relay, "outbox_relay_pending_events") is not None
+               and metric(relay, 'outbox_relay_role{role="standby"}') == 1, 30, 0.1, "the first gauges")
+    assert metric(relay, "outbox_relay_pending_events") == n  # one run of ids: the estimate is exact
+    assert relay.terminate(60) == 0, relay.log_tail()
+    # A backend flushes its statistics before it leaves pg_stat_activity.
+    wait_until(lambda: not ctx._query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND left(application_name, 12) = 'outbox-relay'"),
+               30, 0.05, "the relay's sessions gone")
+    read = int(ctx._query(READS)[0][0]) - before
+    ctx.note(f"pending gauge over {n} pending rows: the monitor read {read} rows and index entries")
+    assert read <= COUNT_LIMIT + 10, f"the monitor read {read} rows and index entries for {n} pending rows"
+
+    status = json.loads(ctx.relay(name="cli").command("status", "--json", timeout_s=60).stdout)
+    assert status["pending"] == n and status["pending_exact"] is False, status
+    text = ctx.relay(name="cli").command("status", timeout_s=60).stdout
+    assert f"pending        more than {COUNT_LIMIT}, at most {n} by the id range" in text, text
+
+
+def test_a_gauge_query_past_statement_timeout_is_not_postgres_unreachable(ctx):
+    """Regression: a statement_timeout on the monitor's gauge query (a huge backlog, a lock)
+    made /readyz say "PostgreSQL unreachable", and the monitor reconnected each time. The
+    server answered: the gauges keep their last values, readiness holds. Made deterministic
+    with a lock on outbox.events and the role's (here the dsn's) short statement_timeout,
+    which the monitor keeps when it is below its own 5 s."""
+    leader = ctx.connect()
+    leader.execute(LEADER_LOCK)  # the relay below stands by: only its monitor reads the table
+    short = {"postgres": {"dsn": ctx.dsn + " options='-c statement_timeout=300'"}, **FAST_STATS}
+    relay = ctx.relay(short).start()
+    wait_until(lambda: get(relay, "/readyz") == (200, "ready\n"), 30, 0.1, "standby ready")
+    blocker = ctx.connect(autocommit=False)
+    blocker.execute("LOCK TABLE outbox.events IN ACCESS EXCLUSIVE MODE")
+    try:
+        wait_until(lambda: "statement timeout" in relay.log_text(), 30, 0.1, "the gauge query timed out",
+                   relay.assert_running)
+        status, body = get(relay, "/readyz")
+        assert (status, body) == (200, "ready\n"), body
+        assert metric(relay, "outbox_relay_postgres_up") == 1
+        line = relay.log_grep("ran past statement_timeout")
+        assert " warn " in line and "unreachable" not in line, line
+    finally:
+        blocker.rollback()
+    wait_until(lambda: "answer in time again" in relay.log_text(), 30, 0.1, "the gauges answer again",
+               relay.assert_running)
+    assert "PostgreSQL unreachable" not in relay.log_text(), relay.log_tail()
+    assert relay.terminate(60) == 0, relay.log_tail()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import time
 
 import pytest
@@ -429,6 +430,46 @@ def test_a_previous_relay_walsender_on_the_slot_is_ended_and_the_new_leader_stre
     relay.assert_running("after taking the slot over")
     assert ctx.slot().active_pid != held.active_pid
     assert "walsender of a previous outbox-relay session" in relay.log_text(), relay.log_tail()
+
+
+LEADER_LOCK_HOLDER = """
+SELECT l.pid FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.objid = (hashtext('outbox-relay')::bigint & 4294967295)::oid AND l.classid = 0
+"""
+WAITING_ON_LEADER_LOCK = LEADER_LOCK_HOLDER.replace("l.granted", "NOT l.granted")
+
+
+def test_failover_with_per_pod_application_names_ends_the_old_walsender(ctx):
+    """Regression: with a per-pod application_name in the dsn, a standby that became leader
+    while the old leader's walsender still held the slot took that walsender for another
+    consumer (its application_name differs) and exited 1: a crash loop on Kubernetes. The
+    old leader here is frozen (SIGSTOP, as a node that stopped answering) and its leader-lock
+    session ended, so its walsender holds the slot when the standby leads, every time."""
+    topic = ctx.topic()
+    a = ctx.relay({"postgres": {"dsn": ctx.dsn + " application_name=orders-relay-a"}}, name="relay-a").start()
+    ctx.wait_streaming(a)
+    b = ctx.relay({"postgres": {"dsn": ctx.dsn + " application_name=orders-relay-b"}}, name="relay-b").start()
+    wait_until(lambda: len(ctx._query(WAITING_ON_LEADER_LOCK)) == 1, 60, 0.05, "relay-b stands by",
+               b.assert_running)
+    held = ctx.slot()
+    assert held.active and held.active_pid, held.describe()
+    (holder,) = ctx._query(LEADER_LOCK_HOLDER)
+    a.signal(signal.SIGSTOP)
+    try:
+        ctx._query("SELECT pg_terminate_backend(%s)", (holder[0],))
+        with ctx.connect() as c:
+            enqueue(c, topic, "k", b"after the take-over")
+        reader = ctx.reader(topic)
+        wait_until(lambda: reader.wait_for(lambda rs: len(rs) >= 1, 0.5), 60, 0.0,
+                   "relay-b publishing as the new leader", lambda: b.assert_running("taking over"))
+        b.assert_running("after taking the slot over")
+        now = ctx.slot()
+        assert now.active and now.active_pid != held.active_pid, now.describe()
+        assert "walsender of a previous outbox-relay session" in b.log_text(), b.log_tail()
+        assert "another consumer" not in b.log_text(), b.log_tail()
+    finally:
+        a.kill()
 
 
 def test_slot_active_for_another_process_exits_1_naming_the_slot(ctx):

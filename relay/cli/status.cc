@@ -55,8 +55,10 @@ int run_status(const config::Config& config, bool json) {
     nlohmann::json j = {
         {"mode", replication ? "replication" : "polling"},
         {"pending", stats.pending},
+        {"pending_exact", stats.pending_exact},
         {"oldest_pending_age_seconds", stats.oldest_pending_age_s},
         {"dead_lettered", stats.dead_lettered},
+        {"dead_lettered_exact", stats.dead_lettered_exact},
         {"leader", nullptr},
         {"slot", nullptr},
     };
@@ -90,9 +92,16 @@ int run_status(const config::Config& config, bool json) {
     return kOk;
   }
   std::printf("mode           %s\n", replication ? "replication" : "polling");
-  std::printf("pending        %lld (oldest %.1f s)\n", static_cast<long long>(stats.pending),
-              stats.oldest_pending_age_s);
-  std::printf("dead-lettered  %lld\n", static_cast<long long>(stats.dead_lettered));
+  if (stats.pending_exact) {
+    std::printf("pending        %lld (oldest %.1f s)\n", static_cast<long long>(stats.pending),
+                stats.oldest_pending_age_s);
+  } else {
+    std::printf("pending        more than %lld, at most %lld by the id range (oldest %.1f s)\n",
+                static_cast<long long>(pg::kCountLimit), static_cast<long long>(stats.pending),
+                stats.oldest_pending_age_s);
+  }
+  std::printf("dead-lettered  %s%lld\n", stats.dead_lettered_exact ? "" : "at least ",
+              static_cast<long long>(stats.dead_lettered));
   if (leader) {
     std::printf("leader         pid %d, application %s, client %s, since %s\n", leader->pid,
                 leader->application_name.empty() ? "-" : leader->application_name.c_str(),

@@ -71,6 +71,22 @@ std::string join(const std::string& path, const std::string& name) {
   return path.empty() ? name : path + "." + name;
 }
 
+// Kafka's own rule (core::is_valid_topic_name; config/ calls nothing else of the relay): a
+// name it refuses would dead-letter every row sent to it, so it is a configuration error.
+bool is_kafka_topic_name(const std::string& topic) {
+  if (topic.empty() || topic.size() > 249 || topic == "." || topic == "..") return false;
+  return std::all_of(topic.begin(), topic.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
+  });
+}
+
+std::string not_a_topic_name(const std::string& topic) {
+  std::string shown = topic.size() > 80 ? topic.substr(0, 80) + "..." : topic;
+  return "must be a Kafka topic name (1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-', "
+         "not \".\" or \"..\"), got \"" +
+         shown + "\"";
+}
+
 // Walks the document, collecting every error instead of stopping at the first.
 class Reader {
  public:
@@ -452,6 +468,8 @@ void read_kafka(Reader& r, const YAML::Node& root, Config& c) {
   for (auto& [from, to] : r.read_string_map(n, "kafka", "topic_map")) {
     if (to.empty()) {
       r.error("kafka.topic_map." + from, line_of(n["topic_map"][from]), "must not be empty");
+    } else if (!is_kafka_topic_name(to)) {
+      r.error("kafka.topic_map." + from, line_of(n["topic_map"][from]), not_a_topic_name(to));
     }
     c.kafka.topic_map[from] = to;
   }
@@ -609,16 +627,9 @@ void read_delivery(Reader& r, const YAML::Node& root, Config& c) {
                {"exactly_once", DeliveryGuarantee::exactly_once}});
   r.read_string(n, path, "transactional_id", d.transactional_id);
   r.read_string(n, path, "checkpoint_topic", d.checkpoint_topic);
-  // Kafka topic names: 1-249 characters of a-z A-Z 0-9 . _ -
-  bool valid_topic =
-      !d.checkpoint_topic.empty() && d.checkpoint_topic.size() <= 249 &&
-      d.checkpoint_topic != "." && d.checkpoint_topic != ".." &&
-      std::all_of(d.checkpoint_topic.begin(), d.checkpoint_topic.end(), [](char ch) {
-        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
-      });
-  if (!valid_topic) {
+  if (!is_kafka_topic_name(d.checkpoint_topic)) {
     r.error(path + ".checkpoint_topic", line_of(n["checkpoint_topic"]),
-            "must be a Kafka topic name: 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'");
+            not_a_topic_name(d.checkpoint_topic));
   }
   r.read_ms(n, path, "transaction_timeout_ms", d.transaction_timeout, 1'000, 900'000);
   bool eos = d.guarantee == DeliveryGuarantee::exactly_once;

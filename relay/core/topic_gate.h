@@ -46,14 +46,29 @@ class TopicGate {
     return skip;
   }
 
+  //! A read asks about no more topics once its asks took this long: the rows of the topics
+  //! left unasked stay pending for the next read (neither blocked nor backed off).
+  static constexpr std::chrono::milliseconds kAskBudget{1000};
+
   //! Whether a row of `row_topic` may be sent now. A topic seen for the first time, or whose
   //! backoff ran out, is asked about first (a message to an unknown topic would wait in
-  //! librdkafka), once per read: `asked` holds the topics asked about in this read.
+  //! librdkafka), once per read: `asked` holds the topics asked about in this read (empty
+  //! until the read's first ask). Each ask waits up to the publisher's bound (1 s, no
+  //! broker answering), so the loop ticks after each one and a read stops asking after
+  //! kAskBudget: the loop's tick promise (core/observer.h) and the replication stream's
+  //! status updates hold however many unseen topics a read brings.
   bool admit(const std::string& row_topic, std::set<std::string>& asked) {
     if (!known_good_.count(row_topic) && !asked.count(row_topic)) {
+      if (asked.empty()) {
+        asking_since_ = clock_.now();
+      } else if (clock_.now() - asking_since_ >= kAskBudget) {
+        return false;  // asked about in a later read
+      }
       asked.insert(row_topic);
       auto mapped = topic_map_.find(row_topic);
-      if (auto problem = ask_(mapped != topic_map_.end() ? mapped->second : row_topic)) {
+      auto problem = ask_(mapped != topic_map_.end() ? mapped->second : row_topic);
+      observer_->on_tick();
+      if (problem) {
         block(row_topic, *problem);
       } else {
         known_good_.insert(row_topic);
@@ -97,8 +112,9 @@ class TopicGate {
   std::chrono::milliseconds backoff_initial_, backoff_max_;
   RelayObserver no_observer_;
   RelayObserver* observer_ = &no_observer_;
-  std::map<std::string, TopicBlock> blocked_;  //!< by row topic
-  std::set<std::string> known_good_;           //!< row topics the cluster said are there
+  std::map<std::string, TopicBlock> blocked_;             //!< by row topic
+  std::set<std::string> known_good_;                      //!< row topics the cluster said are there
+  std::chrono::steady_clock::time_point asking_since_{};  //!< this read's first ask
 };
 
 }  // namespace outbox::core

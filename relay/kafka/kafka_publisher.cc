@@ -267,7 +267,7 @@ std::optional<std::string> KafkaPublisher::topic_problem(const std::string& topi
   rd_kafka_topic_t* rkt = rd_kafka_topic_new(producer_->rk, topic.c_str(), nullptr);
   if (rkt == nullptr) return std::nullopt;
   const rd_kafka_metadata_t* md = nullptr;
-  rd_kafka_resp_err_t err = rd_kafka_metadata(producer_->rk, 0, rkt, &md, 10'000);
+  rd_kafka_resp_err_t err = rd_kafka_metadata(producer_->rk, 0, rkt, &md, kTopicAskWaitMs);
   std::optional<std::string> problem;
   if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1) {
     rd_kafka_resp_err_t terr = md->topics[0].err;

@@ -60,7 +60,10 @@ class KafkaPublisher : public core::Publisher {
   std::vector<core::DeliveryResult> publish(const std::vector<core::Message>& messages,
                                             const std::function<bool()>& give_up);
 
+  //! Waits at most kTopicAskWaitMs for the cluster's metadata (core::TopicGate ticks the
+  //! loop between asks); no answer in time is "cannot say now": nullopt.
   std::optional<std::string> topic_problem(const std::string& topic) override;
+  static constexpr int kTopicAskWaitMs = 1000;
 
   //! Asks a broker for cluster metadata: the broker count, or the error text.
   std::pair<int, std::string> probe_cluster(int timeout_ms);

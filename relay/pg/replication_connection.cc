@@ -41,6 +41,8 @@ ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
   // pgoutput sends values as text under this session's settings: pin the ones the decoder
   // reads (bytea as \x hex) whatever the server's or role's defaults.
   query("SET bytea_output = 'hex'");
+  // Nobody takes this lock exclusively: it never waits.
+  query("SELECT pg_advisory_lock_shared(" + std::to_string(kWalsenderClass) + ", 0)");
 }
 
 ReplicationConnection::~ReplicationConnection() {

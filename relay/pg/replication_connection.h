@@ -32,11 +32,19 @@ std::string create_slot_command(const std::string& slot, int server_version);
 //! every supported version.
 std::string start_replication_command(const std::string& slot, const std::string& publication);
 
+//! The relay's walsender mark: every replication connection of the relay holds the session
+//! advisory lock (kWalsenderClass, 0) shared (two-int form, pg_locks objsubid 2; the other
+//! classes are in pg/shards.h), for as long as it lives. It tells a previous relay
+//! session's walsender still on the slot from another consumer's, whatever the
+//! application_name of either (a per-pod one in the dsn is common): PgReplicationStream::prepare.
+constexpr int kWalsenderClass = 1869574004;
+
 class ReplicationConnection {
  public:
   using Row = std::vector<std::optional<std::string>>;
 
-  //! `conninfo` as made by build_conninfo; replication=database is added here.
+  //! `conninfo` as made by build_conninfo; replication=database is added here. Takes the
+  //! walsender mark (kWalsenderClass) before any replication command.
   explicit ReplicationConnection(const std::string& conninfo);
   ~ReplicationConnection();
   ReplicationConnection(const ReplicationConnection&) = delete;

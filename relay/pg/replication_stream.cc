@@ -76,13 +76,22 @@ bool PgReplicationStream::prepare() {
       }
       log->info("created publication {} (inserts into outbox.events)", pub);
     }
+    // Column 5: the walsender on the slot is a relay's: it holds the walsender mark
+    // (replication_connection.h), or, from a relay without the mark, has our
+    // application_name.
     pqxx::result rows = n.exec_params(
         "SELECT s.plugin, s.database = current_database(), s.active, s.active_pid, "
-        "s.wal_status, a.application_name = current_setting('application_name'), "
+        "s.wal_status, "
+        "EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = s.active_pid "
+        "        AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 "
+        "        AND l.classid = $2::bigint::oid AND l.objid = 0 "
+        "        AND l.database = (SELECT oid FROM pg_database "
+        "                          WHERE datname = current_database())) "
+        "  OR a.application_name = current_setting('application_name'), "
         "coalesce(nullif(a.application_name, ''), a.backend_type) "
         "FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid "
         "WHERE s.slot_name = $1",
-        slot);
+        slot, kWalsenderClass);
     if (rows.empty()) {
       if (!options_.create_slot) {
         throw core::FatalError("replication slot " + slot +
@@ -109,8 +118,8 @@ bool PgReplicationStream::prepare() {
     }
     if (row[2].as<bool>()) {
       // This relay holds the leader lock, so no other relay of this database publishes: a
-      // walsender of ours on the slot (same application_name) belongs to a previous leader
-      // whose session is gone or going (killed, cut off). End it now rather than wait for
+      // relay's walsender on the slot (column 5) belongs to a previous leader whose session
+      // is gone or going (killed, frozen, cut off). End it now rather than wait for
       // wal_sender_timeout. Anything else is another consumer: say so and stop.
       std::string who = row[3].is_null() ? "another process" : "PID " + row[3].as<std::string>();
       if (!row[5].is_null() && row[5].as<bool>()) {

@@ -40,8 +40,8 @@ class PgReplicationStream : public ReplicationStream {
   PgReplicationStream(std::string conninfo, ReplicationSettings options,
                       std::function<bool()> stopping);
 
-  //! The leader lock must be held: a walsender of ours (same application_name) on the
-  //! slot is then a previous session's, and is ended.
+  //! The leader lock must be held: a relay's walsender on the slot (it holds the walsender
+  //! mark, or has our application_name) is then a previous session's, and is ended.
   bool prepare() override;
   Created create_slot() override;
   void release_snapshot() override;

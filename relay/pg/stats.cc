@@ -8,15 +8,20 @@ namespace outbox::pg {
 
 namespace {
 
-// Both counts and the oldest row come from the partial indexes (index-only where the
-// visibility map allows); min(id) is the oldest pending row, as rows are read in id order.
+// Every part is bounded (pg/stats.h): the counts stop at $1 + 1 rows of the partial
+// indexes (ORDER BY id keeps the planner on them, never a scan of the table), the oldest
+// pending row is the pending index's first entry (rows are read in id order), the newest id
+// the primary key's last. Counting $1 + 1 tells "exactly $1" from "more".
 constexpr const char* kOutboxStatsSql = R"sql(
-SELECT (SELECT count(*) FROM outbox.events
-        WHERE published_at IS NULL AND dead_lettered_at IS NULL),
-       coalesce((SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox.events
-                 WHERE published_at IS NULL AND dead_lettered_at IS NULL
-                 ORDER BY id LIMIT 1), 0),
-       (SELECT count(*) FROM outbox.events WHERE dead_lettered_at IS NOT NULL))sql";
+WITH oldest AS (SELECT id, created_at FROM outbox.events
+                WHERE published_at IS NULL AND dead_lettered_at IS NULL ORDER BY id LIMIT 1)
+SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox.events
+                              WHERE published_at IS NULL AND dead_lettered_at IS NULL
+                              ORDER BY id LIMIT $1 + 1) p),
+       coalesce((SELECT extract(epoch FROM now() - created_at)::float8 FROM oldest), 0),
+       coalesce((SELECT max(id) FROM outbox.events) - (SELECT id FROM oldest) + 1, 0),
+       (SELECT count(*) FROM (SELECT 1 FROM outbox.events WHERE dead_lettered_at IS NOT NULL
+                              ORDER BY id LIMIT $1 + 1) d))sql";
 
 constexpr const char* kSlotStatsSql = R"sql(
 SELECT wal_status, active, active_pid, confirmed_flush_lsn::text,
@@ -74,11 +79,19 @@ std::vector<ShardHolder> read_shard_holders(pqxx::transaction_base& tx) {
 }
 
 OutboxStats read_outbox_stats(pqxx::transaction_base& tx) {
-  auto row = tx.exec1(kOutboxStatsSql);
+  auto row = tx.exec_params1(kOutboxStatsSql, kCountLimit);
   OutboxStats s;
   s.pending = row[0].as<std::int64_t>();
   s.oldest_pending_age_s = std::max(0.0, row[1].as<double>());
-  s.dead_lettered = row[2].as<std::int64_t>();
+  if (s.pending > kCountLimit) {
+    s.pending_exact = false;
+    s.pending = std::max(kCountLimit + 1, row[2].as<std::int64_t>());
+  }
+  s.dead_lettered = row[3].as<std::int64_t>();
+  if (s.dead_lettered > kCountLimit) {
+    s.dead_lettered_exact = false;
+    s.dead_lettered = kCountLimit;
+  }
   return s;
 }
 

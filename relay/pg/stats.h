@@ -1,7 +1,10 @@
 // What the outbox and the relay's replication slot look like from PostgreSQL, in one place:
-// the queries behind `outbox-relay status` and the gauges of /metrics. Each is cheap: the
-// counts walk the partial indexes of pending and dead-lettered rows (schema/0001), the slot
-// and the leader come from pg_replication_slots, pg_locks and pg_stat_activity. Read-only.
+// the queries behind `outbox-relay status` and the gauges of /metrics. Each is cheap and
+// bounded whatever the backlog: the counts walk at most kCountLimit entries of the partial
+// indexes of pending and dead-lettered rows (schema/0001), a larger backlog is estimated
+// from the id range (two index lookups), the oldest pending row is the pending index's
+// first entry; the slot and the leader come from pg_replication_slots, pg_locks and
+// pg_stat_activity. Read-only.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -13,10 +16,20 @@
 
 namespace outbox::pg {
 
+//! Rows counted one by one at most (an exact count(*) of tens of millions of pending rows
+//! ran past the monitor's statement_timeout).
+constexpr std::int64_t kCountLimit = 10'000;
+
 struct OutboxStats {
-  std::int64_t pending = 0;         //!< not published, not dead-lettered
+  //! Not published, not dead-lettered: counted up to kCountLimit; above it (pending_exact
+  //! false) the ids from the oldest pending row to the newest row, an upper bound that is
+  //! the backlog itself when it is a run of ids read in order (published rows or sequence
+  //! gaps inside the range count too).
+  std::int64_t pending = 0;
+  bool pending_exact = true;
   double oldest_pending_age_s = 0;  //!< age of the oldest pending row (0 when none)
-  std::int64_t dead_lettered = 0;
+  std::int64_t dead_lettered = 0;   //!< counted up to kCountLimit
+  bool dead_lettered_exact = true;  //!< false: kCountLimit or more
 };
 
 struct SlotStats {

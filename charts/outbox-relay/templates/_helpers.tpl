@@ -60,6 +60,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- dig "http" "port" 8080 .Values.config | int }}
 {{- end }}
 
+{{/* relay.shutdown_timeout_ms, kept inside the pod's grace period: on SIGTERM the relay waits
+this long for Kafka's answers, then marks what was answered and exits; the kubelet SIGKILLs
+after terminationGracePeriodSeconds, and a SIGKILL loses the marks of acknowledged messages
+too. 15 s are left for the last mark (up to the 10 s network-cut bound on a dead network)
+and the exit: derived from the grace period unless config sets it; a config leaving less is
+refused. */}}
+{{- define "outbox-relay.shutdownTimeoutMs" -}}
+{{- $grace := int .Values.terminationGracePeriodSeconds }}
+{{- $set := dig "relay" "shutdown_timeout_ms" "" .Values.config }}
+{{- if and (kindIs "string" $set) (eq $set "") }}
+{{- mul (sub $grace 15) 1000 }}
+{{- else if and (not (kindIs "string" $set)) (gt (add (int64 $set) 15000) (mul $grace 1000)) }}
+{{- fail (printf "config.relay.shutdown_timeout_ms (%d) must leave 15 s of terminationGracePeriodSeconds (%d) for the last mark and the exit: raise terminationGracePeriodSeconds to at least %d, or leave shutdown_timeout_ms out (the chart derives it)" (int64 $set) $grace (add (div (add (int64 $set) 999) 1000) 15)) }}
+{{- else }}
+{{- $set }}
+{{- end }}
+{{- end }}
+
 {{/* The relay's YAML: the chart's defaults with .Values.config merged over them. */}}
 {{- define "outbox-relay.config" -}}
 {{- $kafka := dict "bootstrap_servers" .Values.kafka.bootstrapServers }}
@@ -70,7 +88,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
       "sasl.username" "${OUTBOX_KAFKA_USERNAME}"
       "sasl.password" "${OUTBOX_KAFKA_PASSWORD}") }}
 {{- end }}
-{{- $defaults := dict "postgres" (dict "dsn" "${OUTBOX_PG_DSN}") "kafka" $kafka "log" (dict "format" "json") }}
+{{- $shutdown := include "outbox-relay.shutdownTimeoutMs" . }}
+{{- $defaults := dict "postgres" (dict "dsn" "${OUTBOX_PG_DSN}") "kafka" $kafka "log" (dict "format" "json") "relay" (dict "shutdown_timeout_ms" (int64 $shutdown)) }}
 {{- toYaml (mergeOverwrite $defaults (deepCopy .Values.config)) }}
 {{- end }}
 

@@ -740,3 +740,45 @@ func TestSchemaAcceptsGlobal(t *testing.T) {
 		t.Errorf("the subchart rendered no Deployment:\n%s", out)
 	}
 }
+
+// Regression: terminationGracePeriodSeconds and relay.shutdown_timeout_ms were set apart, so a
+// longer shutdown timeout (or a shorter grace period) let the kubelet SIGKILL the relay while
+// it still waited for Kafka, losing the marks of what was acknowledged. The chart derives the
+// timeout from the grace period (15 s less) and refuses a config that leaves less than 15 s.
+func TestShutdownTimeoutStaysInsideTheGracePeriod(t *testing.T) {
+	shutdownMs := func(r rendered) (int64, int64) {
+		cm := one(t, r, func(c *corev1.ConfigMap) bool { return !isHook(c.ObjectMeta) })
+		var cfg struct {
+			Relay struct {
+				ShutdownTimeoutMs *int64 `json:"shutdown_timeout_ms"`
+			} `json:"relay"`
+		}
+		if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Relay.ShutdownTimeoutMs == nil {
+			t.Fatalf("the relay's config has no relay.shutdown_timeout_ms:\n%s", cm.Data["config.yaml"])
+		}
+		d := one(t, r, any_[*appsv1.Deployment])
+		return *cfg.Relay.ShutdownTimeoutMs, *d.Spec.Template.Spec.TerminationGracePeriodSeconds
+	}
+	for _, c := range []struct {
+		set         []string
+		timeout, gp int64
+	}{
+		{nil, 30000, 45},
+		{[]string{"--set", "terminationGracePeriodSeconds=120"}, 105000, 120},
+		{[]string{"--set", "config.relay.shutdown_timeout_ms=20000"}, 20000, 45},
+		{[]string{"--set", "config.relay.shutdown_timeout_ms=60000", "--set", "terminationGracePeriodSeconds=75"}, 60000, 75},
+	} {
+		timeout, gp := shutdownMs(render(t, c.set...))
+		if timeout != c.timeout || gp != c.gp {
+			t.Errorf("%v: shutdown_timeout_ms %d, terminationGracePeriodSeconds %d; want %d, %d", c.set, timeout, gp, c.timeout, c.gp)
+		}
+	}
+	out, err := helm(t, "template", "rel", chartDir, "--set", "config.relay.shutdown_timeout_ms=60000")
+	if err == nil || !strings.Contains(out, "config.relay.shutdown_timeout_ms (60000) must leave 15 s of terminationGracePeriodSeconds (45)") ||
+		!strings.Contains(out, "at least 75") {
+		t.Errorf("a shutdown timeout of 60 s in a 45 s grace period: want a refusal, got err=%v\n%s", err, out)
+	}
+}
