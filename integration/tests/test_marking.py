@@ -154,3 +154,24 @@ def test_a_mark_that_keeps_failing_sends_nothing_twice(ctx):
     assert_no_loss(rep, relay, allow_duplicates=False)
     relay.assert_running()
     ctx.note(f"{failures()} failed marks, {rep.records} records for {total} rows")
+
+
+def test_without_schema_0008_a_gone_row_is_logged_and_counted_and_the_relay_goes_on(ctx, crash_build):
+    """A relay upgraded before `migrate` added outbox.vanished: it says so, and a gone row is
+    still only logged and counted, never a failed mark."""
+    with ctx.connect() as c:
+        c.execute("DROP TABLE outbox.vanished")
+    topic = ctx.topic(partitions=1)
+    relay, row_id, event_id = _frozen_after_first_ack(ctx, topic)
+    assert "outbox.vanished is missing or not writable" in relay.log_text(), relay.log_tail()
+    with ctx.connect() as c:
+        c.execute("DELETE FROM outbox.events WHERE id = %s", (row_id,))
+    relay.signal(signal.SIGCONT)
+    with ctx.connect() as c:
+        enqueue(c, topic, "k", b"later")
+    ctx.wait_all_published(1, 60, relay)
+    log = relay.log_text()
+    assert f"row {row_id} (event {event_id}, topic {topic}) vanished" in log, relay.log_tail()
+    assert "not recorded for `audit` (no table outbox.vanished" in log, relay.log_tail()
+    assert _metric(relay, "outbox_relay_rows_vanished_total") == 1
+    relay.assert_running()

@@ -119,8 +119,9 @@ std::vector<std::int64_t> unmatched(const std::vector<std::int64_t>& given,
 
 std::string bool_array(const std::vector<bool>& values) {
   std::string out = "{";
-  for (std::size_t i = 0; i < values.size(); ++i)
+  for (std::size_t i = 0; i < values.size(); ++i) {
     out += (i ? "," : "") + std::string(values[i] ? "t" : "f");
+  }
   return out + "}";
 }
 
@@ -249,6 +250,7 @@ void PgOutboxStore::connect() {
       throw core::StandbyError("standing by: another outbox-relay is publishing");
     }
     receiver_ = std::make_unique<HintReceiver>(*conn_);
+    look_for_vanished_table();
     role_ = SessionRole::leader;
     if (standby_since_) {
       auto waited =
@@ -282,6 +284,7 @@ void PgOutboxStore::connect_sharded() {
     }
     standby_since_.reset();
     receiver_ = std::make_unique<HintReceiver>(*conn_);
+    look_for_vanished_table();
     next_rebalance_ = {};  // look at once
     logged_set_.clear();
     log->info("connected to PostgreSQL ({}) as one of the relays sharing {} shards", redacted_,
@@ -348,6 +351,19 @@ core::BatchOutcome PgOutboxStore::held_part(const core::BatchOutcome& outcome) {
   return part;
 }
 
+void PgOutboxStore::look_for_vanished_table() {
+  {
+    pqxx::nontransaction n(*conn_);
+    vanished_table_ = n.exec1(kVanishedTableSql)[0].as<bool>();
+  }
+  if (!vanished_table_ && !vanished_table_warned_) {
+    vanished_table_warned_ = true;
+    logging::get("pg")->warn(
+        "outbox.vanished is missing or not writable by this role: rows found gone when marked "
+        "are logged and counted, not listed for `audit` (run outbox-relay migrate)");
+  }
+}
+
 bool PgOutboxStore::wait_for_leader_lock() {
   // In a transaction only so that lock_timeout is SET LOCAL: the session-level lock outlives
   // it. Should the timeout and the grant coincide, the lock is held anyway and the next call
@@ -388,16 +404,6 @@ void PgOutboxStore::ensure_prepared() {
   conn_->prepare(kMarkPublished, kMarkPublishedSql);
   conn_->prepare(kRecordRetry, kRecordRetrySql);
   conn_->prepare(kDeadLetter, kDeadLetterSql);
-  {
-    pqxx::nontransaction n(*conn_);
-    vanished_table_ = n.exec1(kVanishedTableSql)[0].as<bool>();
-  }
-  if (!vanished_table_ && !vanished_table_warned_) {
-    vanished_table_warned_ = true;
-    logging::get("pg")->warn(
-        "outbox.vanished is missing or not writable by this role: rows found gone when marked "
-        "are logged and counted, not listed for `audit` (run outbox-relay migrate)");
-  }
   prepared_ = true;
 }
 

@@ -115,6 +115,8 @@ class PgOutboxStore : public core::OutboxStore {
   //! The outcome restricted to rows of shards held now (sharded).
   core::BatchOutcome held_part(const core::BatchOutcome& outcome);
   bool wait_for_leader_lock();
+  //! Sets vanished_table_ for this session; warns once per process when it is false.
+  void look_for_vanished_table();
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
   //! Writes `outcome` in `txn`; appends the rows it found gone to `gone`.
