@@ -300,3 +300,27 @@ TEST_CASE("the report as JSON and as text", "[audit]") {
   CHECK_THAT(text, Catch::Contains("FAILED"));
   CHECK_THAT(format_text(published_rows(1, 0).report()), Catch::Contains("OK"));
 }
+
+TEST_CASE("rows found gone when marked are reported, and their messages are not unknown",
+          "[audit]") {
+  AuditLedger ledger;
+  ledger.add_row(1, true, false);
+  ledger.add_row(3, true, false);
+  ledger.add_vanished({2, "e-2", "orders", true, "", "2026-01-01 00:00:00+00"});
+  ledger.add_message("orders", 0, "k", 1);
+  ledger.add_message("orders", 0, "k", 2);  // its row is gone: the relay found it so
+  ledger.add_message("orders", 0, "k", 3);
+  ledger.add_message("orders", 0, "k", 4);  // of no row, not a vanished one either
+  AuditReport r = ledger.report();
+  CHECK(r.vanished == 1);
+  CHECK(r.vanished_messages == 1);
+  CHECK(r.unknown == 1);
+  CHECK(r.ok());  // not lost by the relay: the database let the row go
+  std::string text = format_text(r);
+  CHECK_THAT(text, Catch::Contains("vanished"));
+  CHECK_THAT(text, Catch::Contains("row 2 (event e-2, topic orders) acknowledged by Kafka"));
+  auto j = nlohmann::json::parse(format_json(r));
+  CHECK(j["vanished"] == 1);
+  CHECK(j["vanished_examples"][0]["event_id"] == "e-2");
+  CHECK_THROWS_AS(ledger.add_vanished({5, "", "", false, "", ""}), std::invalid_argument);
+}

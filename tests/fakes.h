@@ -121,17 +121,60 @@ class FakeStore : public core::OutboxStore {
     groups.push_back(outcome.published);
   }
 
+  //! As PgOutboxStore: a row matches by id and, where the outcome names its event, by event
+  //! id; a row gone (no row, or another event has the id) is kept for take_vanished().
   void apply(const core::BatchOutcome& outcome) {
-    for (auto id : outcome.published) rows_.at(id).published = true;
+    std::vector<core::VanishedRow> gone;
+    auto present = [&](std::int64_t id, bool acknowledged) -> Row* {
+      auto it = rows_.find(id);
+      auto known = outcome.rows.find(id);
+      core::VanishedRow v;
+      v.id = id;
+      v.acknowledged = acknowledged;
+      v.recorded = true;
+      if (known != outcome.rows.end()) {
+        v.event_id = known->second.event_id;
+        v.topic = known->second.topic;
+      }
+      if (it != rows_.end() && (v.event_id.empty() || it->second.event.event_id == v.event_id)) {
+        return &it->second;
+      }
+      if (it != rows_.end()) v.reused_by = it->second.event.event_id;
+      gone.push_back(std::move(v));
+      return nullptr;
+    };
+    for (auto id : outcome.published) {
+      if (Row* r = present(id, true)) r->published = true;
+    }
     for (const auto& f : outcome.retry) {
-      rows_.at(f.id).event.attempts++;
-      rows_.at(f.id).last_error = f.error;
+      if (Row* r = present(f.id, false)) {
+        r->event.attempts++;
+        r->last_error = f.error;
+      }
     }
     for (const auto& f : outcome.dead_letter) {
-      rows_.at(f.id).event.attempts++;
-      rows_.at(f.id).last_error = f.error;
-      rows_.at(f.id).dead = true;
+      if (Row* r = present(f.id, false)) {
+        r->event.attempts++;
+        r->last_error = f.error;
+        r->dead = true;
+      }
     }
+    for (auto& v : gone) vanished_.push_back(std::move(v));
+  }
+
+  std::vector<core::VanishedRow> take_vanished() override {
+    std::vector<core::VanishedRow> out;
+    out.swap(vanished_);
+    return out;
+  }
+
+  //! The row is gone (deleted, or the database went back in time).
+  void erase(std::int64_t id) { rows_.erase(id); }
+  //! Another event takes the id (the id sequence rewound); it is pending.
+  void reuse(std::int64_t id, std::string topic, std::string key) {
+    erase(id);
+    add_late(id, std::move(topic), std::move(key));
+    rows_.at(id).event.event_id = "evt-" + std::to_string(id) + "-again";
   }
 
   void abort_batch() noexcept override {
@@ -183,6 +226,7 @@ class FakeStore : public core::OutboxStore {
     if (!open_) throw std::logic_error("finish_batch without begin_batch");
   }
   std::map<std::int64_t, Row> rows_;
+  std::vector<core::VanishedRow> vanished_;
   std::int64_t next_id_ = 1;
   bool open_ = false;
 };

@@ -131,7 +131,10 @@ TEST_CASE("the observer counts what the loop reports", "[metrics][observer]") {
   m.on_topic_blocked("x", true);
   m.on_topic_blocked("y", true);
   m.on_topic_blocked("x", false);
+  CHECK(sample(m.expose(), "outbox_relay_rows_vanished_total") == 0);  // exposed from the start
+  m.on_vanished(2);
   std::string text = m.expose();
+  CHECK(sample(text, "outbox_relay_rows_vanished_total") == 2);
   CHECK(sample(text, "outbox_relay_events_published_total") == 1);
   CHECK(sample(text, "outbox_relay_events_retried_total") == 1);
   CHECK(sample(text, "outbox_relay_events_failed_total{reason=\"transient\"}") == 1);

@@ -456,4 +456,69 @@ TEST_CASE("asking the cluster about unseen topics ticks health and is bounded pe
   CHECK(r.kafka.asked.size() == 20);  // each topic asked once, none skipped unasked
   CHECK(r.store.pending() == 0);      // every row sent, in the end, none dead-lettered
   for (std::int64_t id = 1; id <= 20; ++id) CHECK_FALSE(r.store.row(id).dead);
+namespace {
+struct VanishedSeen : RelayObserver {
+  std::size_t vanished = 0, recorded = 0;
+  void on_vanished(std::size_t n) noexcept override { vanished += n; }
+  void on_recorded(std::size_t p, std::size_t, std::size_t,
+                   std::chrono::nanoseconds) noexcept override {
+    recorded += p;
+  }
+};
+}  // namespace
+
+// Regression: a row deleted between Kafka's acknowledgement and its mark wedged the relay (the
+// mark matched fewer rows than given, was retried forever, nothing else was read).
+TEST_CASE("a row gone before its mark is reported and the relay goes on",
+          "[pipeline][regression]") {
+  Rig r;
+  for (int i = 0; i < 6; ++i) r.store.add("orders", "k" + std::to_string(i % 2));
+  bool deleted = false;
+  r.kafka.on_publish = [&] {  // Kafka acknowledged row 2; it is deleted before its mark
+    if (deleted) return;
+    deleted = true;
+    r.store.erase(2);
+    r.store.add("orders", "k0");  // written meanwhile: it must not wait on the gone row
+  };
+  VanishedSeen seen;
+  BatchRelay relay(r.store, r.kafka, r.clock, window(3, 100));
+  relay.set_observer(&seen);
+
+  relay.run(r.stop);
+
+  CHECK(r.store.pending() == 0);
+  CHECK(r.kafka.sent.size() == 7);  // each message once, the gone row's included
+  CHECK(relay.counters().vanished == 1);
+  CHECK(seen.vanished == 1);
+  CHECK(seen.recorded == 6);      // the gone row is not counted as marked
+  CHECK(r.clock.sleeps.empty());  // no failed mark, no backoff
+  auto gone = r.store.take_vanished();
+  CHECK(gone.empty());  // the relay took and reported it
+}
+
+// Regression: after the id sequence rewound (a restore), a mark by id alone marked another
+// event's row as published although Kafka acknowledged a different one.
+TEST_CASE("an id that names another event when marked is gone for the acknowledged one",
+          "[pipeline][regression]") {
+  Rig r;
+  for (int i = 0; i < 3; ++i) r.store.add("orders", "k");
+  bool reused = false;
+  r.kafka.on_publish = [&] {  // row 2 is gone and a new event took its id: it is pending
+    if (!reused) r.store.reuse(2, "orders", "k");
+    reused = true;
+  };
+  VanishedSeen seen;
+  BatchRelay relay(r.store, r.kafka, r.clock, window(3, 100));
+  relay.set_observer(&seen);
+
+  relay.run(r.stop);
+
+  CHECK(r.store.pending() == 0);
+  REQUIRE(r.kafka.sent.size() == 4);  // the new event with id 2 is sent in its own right
+  CHECK(id_of(r.kafka.sent[3]) == 2);
+  CHECK(r.kafka.sent[3].headers.at(0).second == "evt-2-again");
+  CHECK(r.kafka.sent[1].headers.at(0).second == "evt-2");
+  CHECK(r.store.row(2).published);
+  CHECK(seen.vanished == 1);
+  CHECK(relay.counters().vanished == 1);
 }

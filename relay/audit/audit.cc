@@ -35,6 +35,27 @@ constexpr const char* kPageSql =
     "created_at >= $3::timestamptz FROM outbox.events "
     "WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $4";
 
+// Rows the relay found gone when marking (schema 0008), noticed at or after the cutoff.
+constexpr const char* kVanishedSql =
+    "SELECT id, coalesce(event_id::text, ''), coalesce(topic, ''), acknowledged, "
+    "coalesce(reused_by::text, ''), noticed_at::text FROM outbox.vanished "
+    "WHERE noticed_at >= $1::timestamptz ORDER BY noticed_at, id";
+
+// Before schema 0008 there is no such table: nothing was recorded.
+void scan_vanished(pqxx::nontransaction& n, const std::string& cutoff, AuditLedger& ledger) {
+  if (n.exec1("SELECT to_regclass('outbox.vanished') IS NULL")[0].as<bool>()) return;
+  for (const auto& row : n.exec_params(kVanishedSql, cutoff)) {
+    VanishedExample v;
+    v.id = row[0].as<std::int64_t>();
+    v.event_id = row[1].as<std::string>();
+    v.topic = row[2].as<std::string>();
+    v.acknowledged = row[3].as<bool>();
+    v.reused_by = row[4].as<std::string>();
+    v.noticed_at = row[5].as<std::string>();
+    ledger.add_vanished(std::move(v));
+  }
+}
+
 struct TableScan {
   std::set<std::string> topics;  //!< Kafka topics (after topic_map) of the audited rows
   std::optional<std::int64_t> first_id;
@@ -414,6 +435,11 @@ std::string format_text(const AuditReport& r) {
   write_count(out, "unknown", r.unknown, r.unknown ? "outbox-id of no audited row" : "");
   write_count(out, "foreign", r.foreign, r.foreign ? "no outbox-id header" : "");
   if (r.ignored) write_count(out, "ignored", r.ignored, "rows outside the audit");
+  if (r.vanished) {
+    write_count(out, "vanished", r.vanished,
+                "row(s) gone before their mark (outbox.vanished); " +
+                    std::to_string(r.vanished_messages) + " of their messages in Kafka");
+  }
   if (!r.lost_examples.empty()) {
     out << "lost ids:";
     for (std::size_t i = 0; i < r.lost_examples.size(); ++i) {
@@ -431,6 +457,17 @@ std::string format_text(const AuditReport& r) {
   if (r.order_violations > r.order_violation_examples.size()) {
     out << "(" << r.order_violations - r.order_violation_examples.size()
         << " more order violations)\n";
+  }
+  for (const auto& v : r.vanished_examples) {
+    out << "vanished: row " << v.id << " (event " << (v.event_id.empty() ? "unknown" : v.event_id)
+        << ", topic " << (v.topic.empty() ? "unknown" : v.topic) << ") "
+        << (v.acknowledged ? "acknowledged by Kafka" : "not delivered") << ", gone at "
+        << v.noticed_at;
+    if (!v.reused_by.empty()) out << "; its id is now event " << v.reused_by;
+    out << '\n';
+  }
+  if (r.vanished > r.vanished_examples.size()) {
+    out << "(" << r.vanished - r.vanished_examples.size() << " more vanished rows)\n";
   }
   if (r.ok()) {
     out << "OK: nothing lost, per-key order kept\n";
@@ -469,6 +506,18 @@ std::string format_json(const AuditReport& r) {
                           {"after_outbox_id", v.after_outbox_id}});
   }
   j["order_violation_examples"] = violations;
+  j["vanished"] = r.vanished;
+  j["vanished_messages"] = r.vanished_messages;
+  nlohmann::json vanished = nlohmann::json::array();
+  for (const auto& v : r.vanished_examples) {
+    vanished.push_back({{"id", v.id},
+                        {"event_id", v.event_id},
+                        {"topic", v.topic},
+                        {"acknowledged", v.acknowledged},
+                        {"reused_by", v.reused_by},
+                        {"noticed_at", v.noticed_at}});
+  }
+  j["vanished_examples"] = vanished;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
@@ -508,6 +557,7 @@ int run_audit(const config::Config& config, const AuditOptions& opts) {
       return kUsage;
     }
     scan = scan_rows(n, cutoff, config, std::max<std::size_t>(opts.page_size, 1), ledger);
+    scan_vanished(n, cutoff, ledger);
     if (since && scan.first_id) ledger.ignore_below(*scan.first_id);
     log->debug("read the rows{}: {} topics", since ? " since " + cutoff : std::string(),
                scan.topics.size());

@@ -99,6 +99,17 @@ void AuditLedger::ignore_below(std::int64_t id) { ignore_below_ = id; }
 
 void AuditLedger::ignore_above_up_to(std::int64_t id) { ignore_above_up_to_ = id; }
 
+void AuditLedger::add_vanished(VanishedExample row) {
+  if (counts_.messages > 0) {
+    throw std::invalid_argument("audit vanished rows must come before messages");
+  }
+  ++counts_.vanished;
+  vanished_ids_.insert(row.id);
+  if (counts_.vanished_examples.size() < max_examples_) {
+    counts_.vanished_examples.push_back(std::move(row));
+  }
+}
+
 void AuditLedger::add_message(std::string_view topic, std::int32_t partition,
                               std::optional<std::string_view> key,
                               std::optional<std::int64_t> outbox_id, std::int64_t offset) {
@@ -109,6 +120,10 @@ void AuditLedger::add_message(std::string_view topic, std::int32_t partition,
   }
   std::int64_t id = *outbox_id;
   if (!in_range(id) || !audited_.test(index(id))) {
+    if (vanished_ids_.count(id) > 0) {
+      ++counts_.vanished_messages;
+      return;
+    }
     bool left_out =
         (ignore_below_ && id < *ignore_below_) || (in_range(id) && skipped_.test(index(id))) ||
         (ignore_above_up_to_ && (!first_id_ || id > last_id_) && id <= *ignore_above_up_to_);
@@ -163,7 +178,8 @@ std::size_t AuditLedger::memory_bytes() const {
   }
   // a node (next pointer, hash, key, value) plus a bucket pointer per entry
   return bytes + last_first_delivered_.size() * (4 * sizeof(void*) + sizeof(void*)) +
-         last_first_delivered_.bucket_count() * sizeof(void*);
+         last_first_delivered_.bucket_count() * sizeof(void*) +
+         vanished_ids_.size() * (3 * sizeof(void*) + sizeof(void*));
 }
 
 }  // namespace outbox::audit

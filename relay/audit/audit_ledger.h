@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace outbox::audit {
@@ -45,6 +46,16 @@ struct OrderViolation {
   std::int64_t after_outbox_id = 0;  //!< the highest id first delivered before it
 };
 
+//! A row the relay found gone when it recorded its outcome (outbox.vanished, schema 0008).
+struct VanishedExample {
+  std::int64_t id = 0;
+  std::string event_id;       //!< empty if unknown
+  std::string topic;          //!< row topic; empty if unknown
+  bool acknowledged = false;  //!< Kafka had acknowledged its message
+  std::string reused_by;      //!< the event that has the id now, if any
+  std::string noticed_at;     //!< when the relay found it gone
+};
+
 struct AuditReport {
   std::uint64_t rows = 0;              //!< rows audited
   std::uint64_t messages = 0;          //!< messages read (all of them, foreign ones too)
@@ -58,8 +69,14 @@ struct AuditReport {
   std::uint64_t unknown = 0;           //!< outbox-id of no row in the audited range
   std::uint64_t foreign = 0;           //!< messages without a (decimal) outbox-id header
   std::uint64_t ignored = 0;           //!< outbox-id of a row left out of the audit
-  std::optional<std::int64_t> first_id, last_id;         //!< audited id range
-  std::vector<std::int64_t> lost_examples;               //!< the lowest lost ids
+  //! Rows the relay found gone when it recorded their outcome (deleted, or the database went
+  //! back in time), from outbox.vanished: not lost by the relay; their messages are in Kafka
+  //! without a row, counted here and not as unknown.
+  std::uint64_t vanished = 0;
+  std::uint64_t vanished_messages = 0;             //!< messages whose outbox-id is a vanished row's
+  std::vector<VanishedExample> vanished_examples;  //!< the first ones found
+  std::optional<std::int64_t> first_id, last_id;   //!< audited id range
+  std::vector<std::int64_t> lost_examples;         //!< the lowest lost ids
   std::vector<OrderViolation> order_violation_examples;  //!< the first ones met
 
   //! Nothing lost and per-key order kept (duplicates are allowed: at-least-once).
@@ -94,6 +111,10 @@ class AuditLedger {
   //! are ignored: their rows were written after the audit had read the table.
   void ignore_above_up_to(std::int64_t id);
 
+  //! A row the relay found gone (outbox.vanished); any order, before any message. A message
+  //! whose outbox-id is its id and names no audited row counts as vanished_messages.
+  void add_vanished(VanishedExample row);
+
   //! One Kafka message in the order read (per partition: offset order). `key` nullopt: a
   //! message without key, not part of any per-key order. `outbox_id` nullopt: foreign.
   void add_message(std::string_view topic, std::int32_t partition,
@@ -117,6 +138,7 @@ class AuditLedger {
   std::optional<std::int64_t> ignore_below_;
   std::optional<std::int64_t> ignore_above_up_to_;
   std::unordered_map<std::uint64_t, std::int64_t> last_first_delivered_;
+  std::unordered_set<std::int64_t> vanished_ids_;
   AuditReport counts_;  //!< the counters kept while adding; report() adds the rest
 };
 

@@ -116,7 +116,7 @@ class Report {
 struct Privileges {
   std::string role;
   bool schema_exists = false, usage = false, events_exist = false, select = false, mark = false,
-       wakeup = false, migrations_readable = false;
+       wakeup = false, migrations_readable = false, vanished_writable = false;
 
   explicit Privileges(pqxx::nontransaction& n) {
     auto row = n.exec1(
@@ -128,12 +128,14 @@ struct Privileges {
         "AND has_column_privilege(e.oid, 'last_error', 'UPDATE') "
         "AND has_column_privilege(e.oid, 'dead_lettered_at', 'UPDATE'), false), "
         "coalesce(has_sequence_privilege(s.oid, 'UPDATE'), false), "
-        "coalesce(has_table_privilege(m.oid, 'SELECT'), m.oid IS NULL) "
+        "coalesce(has_table_privilege(m.oid, 'SELECT'), m.oid IS NULL), "
+        "coalesce(has_table_privilege(v.oid, 'INSERT'), v.oid IS NULL) "
         "FROM (SELECT 1) AS one "
         "LEFT JOIN pg_namespace n ON n.nspname = 'outbox' "
         "LEFT JOIN pg_class e ON e.relnamespace = n.oid AND e.relname = 'events' "
         "LEFT JOIN pg_class s ON s.relnamespace = n.oid AND s.relname = 'relay_wakeup_seq' "
-        "LEFT JOIN pg_class m ON m.relnamespace = n.oid AND m.relname = 'schema_migrations'");
+        "LEFT JOIN pg_class m ON m.relnamespace = n.oid AND m.relname = 'schema_migrations' "
+        "LEFT JOIN pg_class v ON v.relnamespace = n.oid AND v.relname = 'vanished'");
     role = row[0].as<std::string>();
     schema_exists = row[1].as<bool>();
     usage = row[2].as<bool>();
@@ -142,6 +144,7 @@ struct Privileges {
     mark = row[5].as<bool>();
     wakeup = row[6].as<bool>();
     migrations_readable = row[7].as<bool>();
+    vanished_writable = row[8].as<bool>();
   }
 
   // What is missing, in GRANT's words; empty when nothing is.
@@ -157,6 +160,7 @@ struct Privileges {
     }
     add(wakeup, "UPDATE on sequence outbox.relay_wakeup_seq");
     add(migrations_readable, "SELECT on outbox.schema_migrations");
+    add(vanished_writable, "INSERT on outbox.vanished");
     return out;
   }
 };

@@ -124,6 +124,7 @@ void BatchRelay::read(bool by_state) {
       continue;
     }
     std::int64_t id = event.id;
+    std::string event_id = event.event_id;
     std::string row_topic = event.topic;
     std::size_t row_bytes = event_bytes(event);
     // The payload moves into the message: one copy of it in the relay, which librdkafka
@@ -132,11 +133,13 @@ void BatchRelay::read(bool by_state) {
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
       observer_->on_dead_lettered(row_topic, 1);
       answered_.dead_letter.push_back({id, poison->text});
+      answered_.rows[id] = RowIdentity{std::move(event_id), std::move(row_topic)};
       continue;
     }
     std::uint64_t tag = front_tag_ + window_.size();
     InFlight& entry = window_.emplace_back();
     entry.id = id;
+    entry.event_id = std::move(event_id);
     entry.row_topic = std::move(row_topic);
     entry.message = std::move(std::get<Message>(mapped));
     entry.bytes = row_bytes;
@@ -193,6 +196,7 @@ void BatchRelay::answer(InFlight& entry, std::uint64_t tag, const DeliveryResult
     any_ok_ = true;
     answered_.published.push_back(entry.id);
     topics_.delivered(entry.row_topic);
+    answered_.rows[entry.id] = RowIdentity{std::move(entry.event_id), entry.row_topic};
     return;
   }
   // Any failure: no read-ahead until everything in flight is answered (invariant 3); then
@@ -204,12 +208,14 @@ void BatchRelay::answer(InFlight& entry, std::uint64_t tag, const DeliveryResult
       --cycle_.left_pending;
       observer_->on_dead_lettered(entry.row_topic, 1);
       answered_.dead_letter.push_back({entry.id, result.error});
+      answered_.rows[entry.id] = RowIdentity{std::move(entry.event_id), entry.row_topic};
       break;
     case FailureKind::suspect:
       if (alone_ == tag) {  // alone: proven its own
         --cycle_.left_pending;
         observer_->on_dead_lettered(entry.row_topic, 1);
         answered_.dead_letter.push_back({entry.id, result.error + " (sent alone)"});
+        answered_.rows[entry.id] = RowIdentity{std::move(entry.event_id), entry.row_topic};
       } else {
         if (cycle_.suspects == 0) {
           logging::get("core")->warn(
@@ -254,7 +260,9 @@ void BatchRelay::record(bool force) {
         store_.abort_batch();
         throw;
       }
-      observer_->on_recorded(answered_.published.size(), answered_.retry.size(),
+      VanishedCount gone = report_vanished(store_, *observer_);
+      counters_.vanished += gone.total;
+      observer_->on_recorded(answered_.published.size() - gone.acknowledged, answered_.retry.size(),
                              answered_.dead_letter.size(), clock_.now() - mark_start);
       count(answered_);
       answered_ = BatchOutcome{};
@@ -290,7 +298,9 @@ void BatchRelay::record(bool force) {
     }
     throw;
   }
-  observer_->on_recorded(answered_.published.size(), answered_.retry.size(),
+  VanishedCount gone = report_vanished(store_, *observer_);
+  counters_.vanished += gone.total;
+  observer_->on_recorded(answered_.published.size() - gone.acknowledged, answered_.retry.size(),
                          answered_.dead_letter.size(), clock_.now() - mark_start);
   if (record_failed_) {
     logging::get("core")->info("recorded the outcome of {} messages after the earlier failure",

@@ -36,7 +36,11 @@
 // trigger, a revoked grant, statement_timeout) is kept and its recording retried with
 // backoff before anything else is read; its messages are never sent again by this process
 // for that reason, so a mark that fails every time costs no duplicates. Answers that arrive
-// meanwhile join it.
+// meanwhile join it. A row that is gone when it is marked (deleted, or the database went back
+// in time: core::VanishedRow) is no failure: the store records the rest, the gone rows are
+// reported (warn log with event id and topic, RelayObserver::on_vanished, outbox.vanished)
+// and the relay goes on. A mark matches (id, event_id), so an id that now names another
+// event is gone for the acknowledged one and the other row stays pending.
 // Invariant 5: a row is dead-lettered only for a reason proven its own: checked on the row
 // alone (topic name, headers, librdkafka's own size check), or an error Kafka may answer for
 // a whole produce request (too large, invalid record) repeated with the row sent alone
@@ -100,6 +104,7 @@ struct RelayCounters {
   std::atomic<std::uint64_t> dead_lettered{0};
   std::atomic<std::uint64_t> failed_attempts{0};
   std::atomic<std::uint64_t> batches{0};
+  std::atomic<std::uint64_t> vanished{0};  //!< rows found gone when recorded (invariant 4)
 };
 
 //! Lifecycle: construct, run() on one thread until `stop` is set, destroy.
@@ -137,6 +142,7 @@ class BatchRelay {
   //! report arrived and every row before it was answered too.
   struct InFlight {
     std::int64_t id = 0;
+    std::string event_id;  //!< the event read with this id: the mark matches both
     std::string row_topic;
     Message message;  //!< librdkafka points into it until the report; emptied after
     std::size_t bytes = 0;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -66,12 +67,40 @@ struct RowFailure {
   std::string error;
 };
 
+//! Which event a row id stood for when it was read: a mark matches (id, event_id), so an id
+//! that now names another row (the id sequence rewound by a restore) is not marked for it.
+struct RowIdentity {
+  std::string event_id;  //!< uuid text, as read
+  std::string topic;     //!< row topic (before kafka.topic_map)
+};
+
 //! What one batch came to; the store records it in one transaction.
 struct BatchOutcome {
   std::vector<std::int64_t> published;  //!< acknowledged by Kafka
   std::vector<RowFailure> retry;        //!< attempts + 1, stays pending
   std::vector<RowFailure> dead_letter;  //!< attempts + 1, dead_lettered_at set
   std::size_t left_pending = 0;         //!< not attempted (shutdown, transient failure)
+  //! The event each id above stood for, where known; an id without one is matched by id
+  //! alone (and reported without event id and topic if it is gone).
+  std::unordered_map<std::int64_t, RowIdentity> rows;
+};
+
+//! A row the recording of an outcome found gone: no row has its id any more, or the row with
+//! its id is another event (deleted by hand, or the database rewound: a failover to an
+//! asynchronous replica that lacked the last commits, a point-in-time restore,
+//! synchronous_commit = off and a crash). Nothing more can come of it: the rest of the outcome
+//! is recorded and the relay goes on (README promise 6).
+struct VanishedRow {
+  std::int64_t id = 0;
+  std::string event_id;  //!< the event Kafka was answered for (empty if not known)
+  std::string topic;     //!< its row topic (empty if not known)
+  //! Kafka acknowledged its message (it was to be marked published): the message is in
+  //! Kafka without a row. False: its failure or dead-letter was to be recorded.
+  bool acknowledged = false;
+  //! A different event (this one) now has the id; it stays pending. Empty: no row has it.
+  std::string reused_by;
+  //! Written down where `outbox-relay audit` reports it (outbox.vanished).
+  bool recorded = false;
 };
 
 }  // namespace outbox::core

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "common/logging.h"
 #include "core/backoff.h"
@@ -37,6 +39,47 @@ inline void pause_ticking(Clock& clock, RelayObserver& observer, std::chrono::mi
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - clock.now());
     clock.sleep_for(std::min(left, std::chrono::milliseconds(500)), [&] { return stop.load(); });
   }
+}
+
+//! After an outcome was recorded: the rows its recording found gone (VanishedRow), each
+//! logged at warn with its event id and topic, and counted.
+struct VanishedCount {
+  std::size_t total = 0;
+  std::size_t acknowledged = 0;  //!< of which Kafka acknowledged (not marked published)
+};
+inline VanishedCount report_vanished(OutboxStore& store, RelayObserver& observer) {
+  VanishedCount count;
+  std::vector<VanishedRow> gone = store.take_vanished();
+  if (gone.empty()) return count;
+  auto log = logging::get("core");
+  for (const VanishedRow& v : gone) {
+    std::string event = v.event_id.empty() ? "unknown" : v.event_id;
+    std::string topic = v.topic.empty() ? "unknown" : v.topic;
+    std::string where = v.recorded ? "recorded in outbox.vanished for `audit`"
+                                   : "not recorded for `audit` (no table outbox.vanished: "
+                                     "run outbox-relay migrate)";
+    std::string now = v.reused_by.empty() ? "no row has this id any more"
+                                          : "the row with this id is now event " + v.reused_by +
+                                                " (the id was used again), which stays pending";
+    if (v.acknowledged) {
+      log->warn(
+          "row {} (event {}, topic {}) vanished: Kafka acknowledged its message, and when it "
+          "was to be marked published {} (deleted, or the database went back in time: a "
+          "failover to a replica that lacked the last commits, a restore); its message stays in "
+          "Kafka; {}; the relay goes on",
+          v.id, event, topic, now, where);
+    } else {
+      log->warn(
+          "row {} (event {}, topic {}) vanished: its failed delivery was to be recorded, and {}; "
+          "{}; the relay goes on",
+          v.id, event, topic, now, where);
+    }
+  }
+  observer.on_vanished(gone.size());
+  count.total = gone.size();
+  count.acknowledged = static_cast<std::size_t>(
+      std::count_if(gone.begin(), gone.end(), [](const VanishedRow& v) { return v.acknowledged; }));
+  return count;
 }
 
 //! One turn of run(): `step`; a standby calls again at once (the store already waited on

@@ -36,6 +36,8 @@ class RelayObserver {
   virtual void on_dead_lettered(const std::string& topic, std::size_t n) noexcept {
     (void)topic, (void)n;
   }
+  //! Recording an outcome found `n` of its rows gone (core::VanishedRow), each logged.
+  virtual void on_vanished(std::size_t n) noexcept { (void)n; }
   //! Row topic `topic` started (true) or stopped (false) waiting for its Kafka topic.
   virtual void on_topic_blocked(const std::string& topic, bool blocked) noexcept {
     (void)topic, (void)blocked;

@@ -81,7 +81,14 @@ class OutboxStore {
   //! Records an outcome whose finish_batch failed, in a transaction of its own, with no batch
   //! open. Idempotent: recording it again changes nothing more. Throws UnavailableError; then
   //! nothing was recorded.
+  //! A row of the outcome that is gone (VanishedRow: no row has its id, or the row with its id
+  //! is another event, as outcome.rows says) is no failure: the rest is recorded, and the
+  //! gone rows are kept for take_vanished(). Anything else that matches fewer rows than given
+  //! (a row dead-lettered by someone else, a row changed meanwhile) is an UnavailableError.
   virtual void record_outcome(const BatchOutcome& outcome) = 0;
+  //! The rows that the finish_batch and record_outcome calls which succeeded since the last
+  //! call found gone, and forgets them. Never throws.
+  virtual std::vector<VanishedRow> take_vanished() { return {}; }
   //! Blocks until new rows may be pending (true: a hint came) or `timeout` passed (false).
   virtual bool wait_for_rows(std::chrono::milliseconds timeout) = 0;
   //! Called often (about every 100 ms) while a batch waits for Kafka, so a source can keep

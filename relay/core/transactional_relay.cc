@@ -158,8 +158,10 @@ void TransactionalRelay::record(BatchOutcome outcome) {
     throw UnavailableError("cannot record the outcome of " + std::to_string(n) + " messages (" +
                            e.what() + "); they are not sent again, their recording is retried");
   }
-  observer_->on_recorded(outcome.published.size(), outcome.retry.size(), outcome.dead_letter.size(),
-                         clock_.now() - mark_start);
+  VanishedCount gone = report_vanished(store_, *observer_);
+  counters_.vanished += gone.total;
+  observer_->on_recorded(outcome.published.size() - gone.acknowledged, outcome.retry.size(),
+                         outcome.dead_letter.size(), clock_.now() - mark_start);
   if (unrecorded_) {
     logging::get("core")->info("recorded the outcome of {} messages after the earlier failure",
                                records(outcome));
@@ -333,6 +335,8 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
     std::int64_t id = event.id;
     std::string event_id = event.event_id;
     std::string row_topic = event.topic;
+    // The event each id stands for: the mark matches both (a reused id is not marked).
+    outcome.rows[id] = RowIdentity{event.event_id, row_topic};
     auto mapped = to_message(std::move(event), options_.topic_map);
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
       observer_->on_dead_lettered(row_topic, 1);

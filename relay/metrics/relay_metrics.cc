@@ -46,6 +46,10 @@ RelayMetrics::RelayMetrics(Registry& registry, RelayMetricsOptions options)
       retried_(registry.counter(
           "outbox_relay_events_retried_total",
           "Failed deliveries recorded on their row (attempts and last_error) to be retried.")),
+      vanished_(registry.counter(
+          "outbox_relay_rows_vanished_total",
+          "Rows gone when their outcome was recorded (deleted, or the database went back in "
+          "time): logged with event id and topic, listed in outbox.vanished and by `audit`.")),
       failed_transient_(registry.counter("outbox_relay_events_failed_total", kFailedHelp,
                                          kind_label("transient"))),
       failed_topic_(registry.counter("outbox_relay_events_failed_total", kFailedHelp,
@@ -185,6 +189,8 @@ std::string RelayMetrics::topic_label(const std::string& topic) {
   topic_labels_.insert(topic);
   return topic;
 }
+
+void RelayMetrics::on_vanished(std::size_t n) noexcept { vanished_.inc(n); }
 
 void RelayMetrics::on_dead_lettered(const std::string& topic, std::size_t n) noexcept {
   try {

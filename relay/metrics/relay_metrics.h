@@ -44,6 +44,7 @@ class RelayMetrics : public core::RelayObserver {
   void on_recorded(std::size_t published, std::size_t retried, std::size_t dead_lettered,
                    std::chrono::nanoseconds took) noexcept override;
   void on_dead_lettered(const std::string& topic, std::size_t n) noexcept override;
+  void on_vanished(std::size_t n) noexcept override;
   void on_topic_blocked(const std::string& topic, bool blocked) noexcept override;
   void on_failure(const std::string& what) noexcept override;
   void on_kafka_ok() noexcept override;
@@ -79,6 +80,7 @@ class RelayMetrics : public core::RelayObserver {
 
   Counter& published_;
   Counter& retried_;
+  Counter& vanished_;
   Counter& failed_transient_;
   Counter& failed_topic_;
   Counter& failed_suspect_;

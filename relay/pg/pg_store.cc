@@ -50,21 +50,53 @@ WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0)
       octet_length(headers_text) < $2
 ORDER BY id)sql";
 
-// Idempotent (recording an outcome again keeps the first time), and every id must match a
-// row: a mark that updates fewer rows than it was given is an error (see check_count).
+// Idempotent (recording an outcome again keeps the first time). A row matches by id and,
+// when the relay knows it ($2 not empty), by event_id: an id that now names another event
+// (the id sequence rewound by a restore) is not marked for the acknowledged one. The ids
+// returned are those matched; the others are classified by kClassifySql (write_outcome).
 constexpr const char* kMarkPublishedSql = R"sql(
-UPDATE outbox.events SET published_at = coalesce(published_at, now()), last_error = NULL
-WHERE id = ANY($1::bigint[]) AND dead_lettered_at IS NULL)sql";
+UPDATE outbox.events e SET published_at = coalesce(e.published_at, now()), last_error = NULL
+FROM unnest($1::bigint[], $2::text[]) AS g(id, event_id)
+WHERE e.id = ANY($1::bigint[]) AND e.id = g.id
+  AND (g.event_id = '' OR e.event_id::text = g.event_id) AND e.dead_lettered_at IS NULL
+RETURNING e.id)sql";
 
 constexpr const char* kRecordRetrySql = R"sql(
 UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err
-FROM unnest($1::bigint[], $2::text[]) AS f(id, err)
-WHERE e.id = f.id)sql";
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(id, err, event_id)
+WHERE e.id = ANY($1::bigint[]) AND e.id = f.id
+  AND (f.event_id = '' OR e.event_id::text = f.event_id)
+RETURNING e.id)sql";
 
 constexpr const char* kDeadLetterSql = R"sql(
 UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err, dead_lettered_at = now()
-FROM unnest($1::bigint[], $2::text[]) AS f(id, err)
-WHERE e.id = f.id)sql";
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(id, err, event_id)
+WHERE e.id = ANY($1::bigint[]) AND e.id = f.id
+  AND (f.event_id = '' OR e.event_id::text = f.event_id)
+RETURNING e.id)sql";
+
+// What became of rows a statement above did not match. A statement of its own in the mark's
+// (READ COMMITTED) transaction: a fresh snapshot, which shows the commit of whoever changed a
+// row while the UPDATE waited for its lock (a delete then shows as no row).
+constexpr const char* kClassifySql = R"sql(
+SELECT g.id, e.id IS NOT NULL, coalesce(e.event_id::text, ''), e.dead_lettered_at IS NOT NULL
+FROM unnest($1::bigint[]) AS g(id)
+LEFT JOIN outbox.events e ON e.id = g.id)sql";
+
+// The rows found gone, for `outbox-relay audit` (schema 0008); a mark recorded again after a
+// lost commit acknowledgement writes nothing twice.
+constexpr const char* kRecordVanishedSql = R"sql(
+INSERT INTO outbox.vanished (id, event_id, topic, acknowledged, reused_by)
+SELECT v.id, nullif(v.event_id, '')::uuid, nullif(v.topic, ''), v.acknowledged,
+       nullif(v.reused_by, '')::uuid
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::boolean[], $5::text[])
+     AS v(id, event_id, topic, acknowledged, reused_by)
+ON CONFLICT DO NOTHING)sql";
+
+// Whether this session may write outbox.vanished (a relay may run before `migrate` added it).
+constexpr const char* kVanishedTableSql = R"sql(
+SELECT coalesce(has_table_privilege(t.oid, 'INSERT'), false)
+FROM (SELECT to_regclass('outbox.vanished') AS oid) AS t)sql";
 
 // Every statement of the hot path is prepared once per session (ensure_prepared).
 constexpr const char* kFetch = "outbox_fetch";
@@ -72,22 +104,41 @@ constexpr const char* kMarkPublished = "outbox_mark_published";
 constexpr const char* kRecordRetry = "outbox_record_retry";
 constexpr const char* kDeadLetter = "outbox_dead_letter";
 
-// A mark that matched fewer rows than it was given: a row not visible to this session yet,
-// or deleted, or dead-lettered by someone else. Never a success: the transaction is rolled
-// back and the outcome recorded again later.
-void check_count(const pqxx::result& r, std::size_t expected, const char* what) {
-  if (static_cast<std::size_t>(r.affected_rows()) != expected) {
-    throw std::runtime_error(std::string("marking ") + what + " matched " +
-                             std::to_string(r.affected_rows()) + " of " + std::to_string(expected) +
-                             " rows");
+// The ids of `given` a statement did not match (`matched`: its RETURNING ids).
+std::vector<std::int64_t> unmatched(const std::vector<std::int64_t>& given,
+                                    const pqxx::result& matched) {
+  if (static_cast<std::size_t>(matched.size()) == given.size()) return {};
+  std::set<std::int64_t> hit;
+  for (const auto& row : matched) hit.insert(row[0].as<std::int64_t>());
+  std::vector<std::int64_t> out;
+  for (auto id : given) {
+    if (hit.count(id) == 0) out.push_back(id);
   }
+  return out;
 }
 
-void split(const std::vector<core::RowFailure>& failures, std::vector<std::int64_t>& ids,
-           std::vector<std::string>& errors) {
+std::string bool_array(const std::vector<bool>& values) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    out += (i ? "," : "") + std::string(values[i] ? "t" : "f");
+  }
+  return out + "}";
+}
+
+// The event an id stood for when read ('' if the caller did not say: matched by id only).
+const std::string& event_of(const core::BatchOutcome& outcome, std::int64_t id) {
+  static const std::string kNone;
+  auto it = outcome.rows.find(id);
+  return it == outcome.rows.end() ? kNone : it->second.event_id;
+}
+
+void split(const core::BatchOutcome& outcome, const std::vector<core::RowFailure>& failures,
+           std::vector<std::int64_t>& ids, std::vector<std::string>& errors,
+           std::vector<std::string>& events) {
   for (const auto& f : failures) {
     ids.push_back(f.id);
     errors.push_back(f.error);
+    events.push_back(event_of(outcome, f.id));
   }
 }
 
@@ -220,6 +271,7 @@ void PgOutboxStore::connect() {
       throw core::StandbyError("standing by: another outbox-relay is publishing");
     }
     receiver_ = std::make_unique<HintReceiver>(*conn_);
+    look_for_vanished_table();
     role_ = SessionRole::leader;
     if (standby_since_) {
       auto waited =
@@ -253,6 +305,7 @@ void PgOutboxStore::connect_sharded() {
     }
     standby_since_.reset();
     receiver_ = std::make_unique<HintReceiver>(*conn_);
+    look_for_vanished_table();
     next_rebalance_ = {};  // look at once
     logged_set_.clear();
     log->info("connected to PostgreSQL ({}) as one of the relays sharing {} shards", redacted_,
@@ -300,6 +353,7 @@ core::BatchOutcome PgOutboxStore::held_part(const core::BatchOutcome& outcome) {
     return keep;
   };
   core::BatchOutcome part;
+  part.rows = outcome.rows;
   for (auto id : outcome.published) {
     if (mine(id)) part.published.push_back(id);
   }
@@ -316,6 +370,19 @@ core::BatchOutcome PgOutboxStore::held_part(const core::BatchOutcome& outcome) {
         dropped);
   }
   return part;
+}
+
+void PgOutboxStore::look_for_vanished_table() {
+  {
+    pqxx::nontransaction n(*conn_);
+    vanished_table_ = n.exec1(kVanishedTableSql)[0].as<bool>();
+  }
+  if (!vanished_table_ && !vanished_table_warned_) {
+    vanished_table_warned_ = true;
+    logging::get("pg")->warn(
+        "outbox.vanished is missing or not writable by this role: rows found gone when marked "
+        "are logged and counted, not listed for `audit` (run outbox-relay migrate)");
+  }
 }
 
 bool PgOutboxStore::wait_for_leader_lock() {
@@ -419,25 +486,81 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
   return events;
 }
 
-void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome) {
+void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome,
+                                  std::vector<core::VanishedRow>& gone) {
+  // Rows a statement did not match: gone (no row with the id, or another event has it) is
+  // no failure; anything else is (README promise 6), and the whole outcome rolls back.
+  auto classify = [&](const std::vector<std::int64_t>& missed, bool acknowledged,
+                      const char* what) {
+    if (missed.empty()) return;
+    for (const auto& row : txn.exec_params(kClassifySql, bigint_array(missed))) {
+      std::int64_t id = row[0].as<std::int64_t>();
+      bool present = row[1].as<bool>();
+      std::string now_event = row[2].as<std::string>();
+      bool dead = row[3].as<bool>();
+      core::VanishedRow v;
+      v.id = id;
+      v.acknowledged = acknowledged;
+      auto it = outcome.rows.find(id);
+      if (it != outcome.rows.end()) {
+        v.event_id = it->second.event_id;
+        v.topic = it->second.topic;
+      }
+      if (!present || (!v.event_id.empty() && now_event != v.event_id)) {
+        if (present) v.reused_by = now_event;
+        gone.push_back(std::move(v));
+        continue;
+      }
+      if (dead) {
+        throw std::runtime_error(
+            std::string("marking ") + what + ": row " + std::to_string(id) +
+            " is dead-lettered by someone else (another relay publishing the same rows? see "
+            "`outbox-relay status` for the leader lock's holder); nothing of this outcome is "
+            "recorded, it is tried again");
+      }
+      throw std::runtime_error(std::string("marking ") + what + ": row " + std::to_string(id) +
+                               " changed while it was being marked; tried again");
+    }
+  };
   if (!outcome.published.empty()) {
-    check_count(txn.exec_prepared(kMarkPublished, bigint_array(outcome.published)),
-                outcome.published.size(), "published");
+    std::vector<std::string> events;
+    events.reserve(outcome.published.size());
+    for (auto id : outcome.published) events.push_back(event_of(outcome, id));
+    pqxx::result r =
+        txn.exec_prepared(kMarkPublished, bigint_array(outcome.published), text_array(events));
+    classify(unmatched(outcome.published, r), true, "published");
   }
   std::vector<std::int64_t> ids;
-  std::vector<std::string> errors;
+  std::vector<std::string> errors, events;
   if (!outcome.retry.empty()) {
-    split(outcome.retry, ids, errors);
-    check_count(txn.exec_prepared(kRecordRetry, bigint_array(ids), text_array(errors)), ids.size(),
-                "retried");
+    split(outcome, outcome.retry, ids, errors, events);
+    pqxx::result r =
+        txn.exec_prepared(kRecordRetry, bigint_array(ids), text_array(errors), text_array(events));
+    classify(unmatched(ids, r), false, "retried");
   }
   if (!outcome.dead_letter.empty()) {
     ids.clear();
     errors.clear();
-    split(outcome.dead_letter, ids, errors);
-    check_count(txn.exec_prepared(kDeadLetter, bigint_array(ids), text_array(errors)), ids.size(),
-                "dead-lettered");
+    events.clear();
+    split(outcome, outcome.dead_letter, ids, errors, events);
+    pqxx::result r =
+        txn.exec_prepared(kDeadLetter, bigint_array(ids), text_array(errors), text_array(events));
+    classify(unmatched(ids, r), false, "dead-lettered");
   }
+  if (gone.empty() || !vanished_table_) return;
+  std::vector<std::int64_t> gone_ids;
+  std::vector<std::string> gone_events, gone_topics, reused;
+  std::vector<bool> acknowledged;
+  for (const auto& v : gone) {
+    gone_ids.push_back(v.id);
+    gone_events.push_back(v.event_id);
+    gone_topics.push_back(v.topic);
+    acknowledged.push_back(v.acknowledged);
+    reused.push_back(v.reused_by);
+  }
+  txn.exec_params0(kRecordVanishedSql, bigint_array(gone_ids), text_array(gone_events),
+                   text_array(gone_topics), bool_array(acknowledged), text_array(reused));
+  for (auto& v : gone) v.recorded = true;
 }
 
 void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) { record_outcome(outcome); }
@@ -450,24 +573,34 @@ void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
       // After a new session: take the shards back first where they are free (held_before_).
       if (!read_set_valid_) update_claims(false, false);
       core::BatchOutcome part = held_part(outcome);
+      std::vector<core::VanishedRow> gone;
       pqxx::work txn(*conn_);
-      write_outcome(txn, part);
+      write_outcome(txn, part, gone);
       common::crash_point("inside_mark");
       txn.commit();
+      for (auto& v : gone) vanished_.push_back(std::move(v));
       for (auto id : outcome.published) row_shard_.erase(id);
       for (const auto& f : outcome.retry) row_shard_.erase(f.id);
       for (const auto& f : outcome.dead_letter) row_shard_.erase(f.id);
       return;
     }
+    std::vector<core::VanishedRow> gone;
     pqxx::work txn(*conn_);
-    write_outcome(txn, outcome);
+    write_outcome(txn, outcome, gone);
     common::crash_point("inside_mark");
     txn.commit();
+    for (auto& v : gone) vanished_.push_back(std::move(v));
   } catch (const core::UnavailableError&) {
     throw;
   } catch (const std::exception& e) {
     fail(e);
   }
+}
+
+std::vector<core::VanishedRow> PgOutboxStore::take_vanished() {
+  std::vector<core::VanishedRow> out;
+  out.swap(vanished_);
+  return out;
 }
 
 void PgOutboxStore::with_connection(const std::function<void(pqxx::connection&)>& body) {

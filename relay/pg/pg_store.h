@@ -87,7 +87,12 @@ class PgOutboxStore : public core::OutboxStore {
                                             const std::vector<std::string>& skip_topics) override;
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
 
+  //! Marks by (id, event_id) where outcome.rows gives the event (see core::OutboxStore);
+  //! the rows not matched are looked at again in the same transaction: a row gone
+  //! (core::VanishedRow) is written to outbox.vanished (when the schema has it) and kept for
+  //! take_vanished(), anything else rolls the whole outcome back (UnavailableError).
   void record_outcome(const core::BatchOutcome& outcome) override;
+  std::vector<core::VanishedRow> take_vanished() override;
   //! Runs `body` on this store's session (connecting and taking the leader lock first), for
   //! the queries of replication mode (pg/replication_table.h). A failure disconnects and
   //! throws core::UnavailableError, as the other calls do.
@@ -120,9 +125,13 @@ class PgOutboxStore : public core::OutboxStore {
   //! The outcome restricted to rows of shards held now (sharded).
   core::BatchOutcome held_part(const core::BatchOutcome& outcome);
   bool wait_for_leader_lock();
+  //! Sets vanished_table_ for this session; warns once per process when it is false.
+  void look_for_vanished_table();
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
-  void write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome);
+  //! Writes `outcome` in `txn`; appends the rows it found gone to `gone`.
+  void write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome,
+                     std::vector<core::VanishedRow>& gone);
   void ensure_prepared();
   std::vector<core::OutboxEvent> fetch(std::int64_t after_id, long long pending_upto,
                                        std::size_t limit, std::size_t max_bytes,
@@ -134,6 +143,10 @@ class PgOutboxStore : public core::OutboxStore {
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;
   bool prepared_ = false;  //!< the statements of the hot path are prepared on conn_
+  //! This session may write outbox.vanished (schema 0008 applied, INSERT granted).
+  bool vanished_table_ = false;
+  bool vanished_table_warned_ = false;
+  std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
   std::optional<std::chrono::steady_clock::time_point> standby_since_;
   std::atomic<SessionRole> role_{SessionRole::disconnected};
 

@@ -36,6 +36,10 @@ class PgReplicationStore : public core::OutboxStore {
   void finish_batch(const core::BatchOutcome& outcome) override;
   void abort_batch() noexcept override;
   void record_outcome(const core::BatchOutcome& outcome) override;
+  //! Marks go through the table's session (PgOutboxStore), which finds gone rows. The source
+  //! resolves them with the rest of the outcome (nothing more can come of them), so they do
+  //! not hold the slot's confirmed position back.
+  std::vector<core::VanishedRow> take_vanished() override { return store_.take_vanished(); }
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   void keep_alive() noexcept override;
   //! The leader-lock session's state (see PgOutboxStore::role).
