@@ -36,6 +36,7 @@ PKGS+=(libcpp-httplib-dev libcli11-dev prometheus)
 # about 15 s to install on this machine).
 PKGS+=(clang libclang-rt-14-dev)
 PKGS+=(debootstrap) # the image test's Debian 12 root filesystem (integration/deploy/rootfs.sh)
+command -v npm >/dev/null || PKGS+=(nodejs npm) # examples/node (integration/tests/test_examples.py)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
 else
@@ -44,7 +45,7 @@ fi
 
 # Only the tests, the fuzzers, the format check and the image test use these: the demo
 # profile leaves them out (a package added to PKGS above goes into both profiles).
-TEST_ONLY_PKGS=(clang-format kcat nftables prometheus clang libclang-rt-14-dev debootstrap)
+TEST_ONLY_PKGS=(clang-format kcat nftables prometheus clang libclang-rt-14-dev debootstrap nodejs npm)
 if [ "$PROFILE" = demo ]; then
   keep=()
   for p in "${PKGS[@]}"; do

@@ -70,7 +70,7 @@ def test_migrate_uses_admin_dsn_and_never_prints_its_password(ctx, relay_login, 
                               "AND tablename = 'events'").fetchone()[0]
             assert owner == "postgres"  # made by the admin role, not the relay's
             versions = [v for (v,) in c.execute("SELECT version FROM outbox.schema_migrations ORDER BY 1")]
-            assert versions == [1, 2, 3, 4, 5, 6, 7, 8]
+            assert versions == [1, 2, 3, 4, 5, 6, 7, 8, 9]
             valid = c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
                               "'outbox.events_published_at_idx'::regclass").fetchone()[0]
             assert valid

@@ -99,6 +99,8 @@ def test_writer_role_can_only_enqueue(ctx, roles):
     with _as(ctx, writer) as c:
         enqueue(c, "t", "k", b"from a service")
         c.execute("SELECT outbox.enqueue('t'::text, 'k'::text, '{\"a\":1}'::jsonb, '{}'::jsonb)")
+        c.execute("SELECT outbox.enqueue('t'::text, 'k'::text, '\\x00'::bytea, '{}'::jsonb, 'op-1'::text)")
+        c.execute("SELECT outbox.enqueue('t'::text, 'k'::text, '{}'::jsonb, '{}'::jsonb, 'op-1'::text)")
         for stmt in [
             "SELECT * FROM outbox.events",
             "SELECT count(*) FROM outbox.events",
@@ -111,7 +113,7 @@ def test_writer_role_can_only_enqueue(ctx, roles):
             "CREATE TABLE outbox.mine (x int)",
         ]:
             _refused(c, stmt)
-    assert ctx.counts() == (2, 0)
+    assert ctx.counts() == (3, 0)
 
 
 def test_replication_mode_needs_replication_and_a_publication_only(ctx, roles):
