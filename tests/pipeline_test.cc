@@ -456,6 +456,8 @@ TEST_CASE("asking the cluster about unseen topics ticks health and is bounded pe
   CHECK(r.kafka.asked.size() == 20);  // each topic asked once, none skipped unasked
   CHECK(r.store.pending() == 0);      // every row sent, in the end, none dead-lettered
   for (std::int64_t id = 1; id <= 20; ++id) CHECK_FALSE(r.store.row(id).dead);
+}
+
 namespace {
 struct VanishedSeen : RelayObserver {
   std::size_t vanished = 0, recorded = 0;

@@ -505,6 +505,7 @@ TEST_CASE("a largest record too small for one row's checkpoint stops the relay",
   REQUIRE_THROWS_AS(rig.relay->step(stop), core::FatalError);
   REQUIRE(rig.publisher.sent.empty());
 }
+
 // Regression: a row gone between the Kafka transaction's commit and its mark wedged the loop
 // (the mark matched fewer rows than given and was retried forever).
 TEST_CASE("exactly_once: a row gone before its mark is reported and the loop goes on",
