@@ -37,6 +37,9 @@ PKGS+=(libcpp-httplib-dev libcli11-dev prometheus)
 PKGS+=(clang libclang-rt-14-dev)
 PKGS+=(debootstrap) # the image test's Debian 12 root filesystem (integration/deploy/rootfs.sh)
 command -v npm >/dev/null || PKGS+=(nodejs npm) # examples/node (integration/tests/test_examples.py)
+# Debian's PgBouncer for tests/test_pgbouncer.py (the harness starts its own on a free port;
+# the package's system service is stopped and disabled below).
+PKGS+=(pgbouncer)
 if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
   :
 else
@@ -45,7 +48,7 @@ fi
 
 # Only the tests, the fuzzers, the format check and the image test use these: the demo
 # profile leaves them out (a package added to PKGS above goes into both profiles).
-TEST_ONLY_PKGS=(clang-format kcat nftables prometheus clang libclang-rt-14-dev debootstrap nodejs npm)
+TEST_ONLY_PKGS=(clang-format kcat nftables prometheus clang libclang-rt-14-dev debootstrap nodejs npm pgbouncer)
 if [ "$PROFILE" = demo ]; then
   keep=()
   for p in "${PKGS[@]}"; do
@@ -69,6 +72,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo 'create_main_cluster = false' | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
   fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # pgbouncer's package enables a system pgbouncer on port 6432 and starts it where services
+  # may start: only the binary is wanted (as postgresql's main cluster is never created).
+  # Only when installed here, so that a pgbouncer someone runs on purpose is left alone.
+  if [[ " ${missing[*]} " == *" pgbouncer "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      $SUDO systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
+    else
+      $SUDO /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+      $SUDO deb-systemd-helper disable pgbouncer.service >/dev/null 2>&1 || true
+    fi
+    $SUDO update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+    log "apt: pgbouncer's system service stopped and disabled"
+  fi
   log "apt: done"
 else
   log "apt: all ${#PKGS[@]} packages ($PROFILE profile) present"

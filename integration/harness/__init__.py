@@ -5,7 +5,7 @@ Used by the pytest suite, demo.sh and the benchmarks."""
 from .audit import AuditReport, OutboxRow, audit, fetch_rows
 from .replication import Recvlogical, SlotState, drop_database_slots, lsn_int, lsn_text, slot_state
 from .relay import Relay, RelayError, deep_merge, relay_binary, to_yaml
-from .servers import Kafka, KafkaReader, Postgres, Record, ServerError, read_env_file, start_all
+from .servers import Kafka, KafkaReader, PgBouncer, Postgres, Record, ServerError, read_env_file, start_all
 from .wait import WaitTimeout, hold, wait_until
 from .workload import Writers, enqueue, setup_keys
 
@@ -14,6 +14,7 @@ __all__ = [
     "Kafka",
     "KafkaReader",
     "OutboxRow",
+    "PgBouncer",
     "Postgres",
     "Record",
     "Relay",

@@ -359,3 +359,137 @@ def start_all(servers: Iterable[_ScriptServer]) -> None:
     with cf.ThreadPoolExecutor() as ex:
         for f in [ex.submit(s.start) for s in servers]:
             f.result()
+
+
+class PgBouncer:
+    """Debian's pgbouncer in front of a `Postgres`, in one pool mode, on a free 127.0.0.1 port.
+
+    Every database is forwarded to the server (`* = host=127.0.0.1 port=PGPORT`); auth is
+    `trust` with an auth_file naming `users` (the server trusts loopback too); no Unix socket.
+    `ignore_startup_parameters = extra_float_digits, options` as most deployments have it (the
+    relay sends `options`), unless `ignore_options` is false. Started in the foreground by the
+    harness (as user postgres when run as root: pgbouncer refuses root), stopped by its pid;
+    its log (stderr) is DIR/pgbouncer.log. DIR must be reachable by user postgres (the
+    session's it_root is)."""
+
+    def __init__(self, directory: os.PathLike | str, pg: Postgres, pool_mode: str,
+                 users: Sequence[str] = ("postgres",), ignore_options: bool = True,
+                 binary: str = "/usr/sbin/pgbouncer"):
+        if pool_mode not in ("session", "transaction", "statement"):
+            raise ValueError(f"unknown pool_mode {pool_mode!r}")
+        self.dir = Path(directory).resolve()
+        self.pg = pg
+        self.pool_mode = pool_mode
+        self.users = list(users)
+        self.ignore_options = ignore_options
+        self.binary = binary
+        self.port: Optional[int] = None
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "pgbouncer.log"
+
+    def _write_config(self, port: int) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        auth = self.dir / "userlist.txt"
+        auth.write_text("".join(f'"{u}" ""\n' for u in self.users))
+        ini = self.dir / "pgbouncer.ini"
+        ignore = "extra_float_digits, options" if self.ignore_options else "extra_float_digits"
+        ini.write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={self.pg.port}\n"
+            "\n[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {auth}\n"
+            f"pool_mode = {self.pool_mode}\n"
+            f"ignore_startup_parameters = {ignore}\n"
+            "max_client_conn = 200\n"
+            "default_pool_size = 20\n"
+        )
+        for f in (auth, ini):
+            f.chmod(0o644)
+        return ini
+
+    @staticmethod
+    def _free_port() -> int:
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def _accepting(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def start(self, timeout_s: float = 30.0) -> "PgBouncer":
+        """Starts it; a port taken between picking and binding is picked again."""
+        if not Path(self.binary).exists():
+            raise ServerError(f"{self.binary} missing: install Debian's pgbouncer (integration/env/install-deps.sh)")
+        for _ in range(5):
+            self.port = self._free_port()
+            ini = self._write_config(self.port)
+            cmd = [self.binary]
+            if os.geteuid() == 0:
+                cmd += ["-u", "postgres"]
+            cmd.append(str(ini))
+            with open(self.log_path, "a") as log:
+                log.write(f"===== [harness] {' '.join(cmd)}\n")
+                log.flush()
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+            deadline = time.monotonic() + timeout_s
+            while self.proc.poll() is None and not self._accepting():
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServerError(f"pgbouncer did not listen on {self.port} within {timeout_s}s:\n{self.log_text()}")
+                time.sleep(0.05)
+            if self.proc.poll() is None:
+                return self
+            if "Address already in use" not in self.log_text():
+                raise ServerError(f"pgbouncer exited ({self.proc.returncode}):\n{self.log_text()}")
+        raise ServerError(f"pgbouncer found no free port:\n{self.log_text()}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (immediate shutdown: its client connections close), then SIGKILL if needed."""
+        import signal
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def dsn_for(self, dbname: str, user: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
+
+    def connect(self, dbname: str, autocommit: bool = True, **kw):
+        """psycopg through the pool; no prepared statements (a transaction pool hands each
+        transaction to any server session, where a statement prepared in another is unknown)."""
+        import psycopg
+
+        return psycopg.connect(self.dsn_for(dbname), autocommit=autocommit, connect_timeout=10,
+                               prepare_threshold=None, **kw)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""

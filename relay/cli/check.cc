@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/check_session.h"
 #include "cli/commands.h"
 #include "cli/managed_pg.h"
 #include "cli/server_version.h"
@@ -173,12 +174,15 @@ void check_postgres(const config::Config& config, Report& line) {
     conn.emplace(conninfo);
   } catch (const std::exception& e) {
     line(false, "postgres reachable", redacted + ": " + e.what(),
-         "check postgres.dsn (host, port, dbname, user), the password, and that the server "
-         "accepts this client (listen_addresses, pg_hba.conf)");
+         connect_fix(e.what(),
+                     "check postgres.dsn (host, port, dbname, user), the password, and that the "
+                     "server accepts this client (listen_addresses, pg_hba.conf)"));
     return;
   }
-  pqxx::nontransaction n(*conn);
   line(true, "postgres reachable", redacted);
+  CheckLine session = check_own_session(*conn, conninfo);
+  line(session.ok, "postgres session", session.detail, session.fix);
+  pqxx::nontransaction n(*conn);
   try {
     auto row = n.exec1(
         "SELECT current_setting('server_version_num')::int, "

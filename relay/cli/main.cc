@@ -20,7 +20,8 @@ namespace {
 constexpr const char* kFooter = R"(Exit codes:
   0  success (run: stopped by a signal after finishing its batch)
   1  a check failed, a migration failed, or run stopped on an error it cannot retry
-     (replication slot invalidated or used by another process, undecodable stream);
+     (replication slot invalidated or used by another process, undecodable stream, a
+     connection pooler in transaction or statement mode, a pooler in replication mode);
      audit found lost rows or order violations (duplicates alone pass), or could not
      read PostgreSQL or Kafka; status could not read PostgreSQL
   2  bad command line or invalid configuration (every error is printed with key and line)
@@ -44,8 +45,9 @@ constexpr const char* kMigrateHelp =
     "from two processes at once. Connects with --dsn, else postgres.admin_dsn, else "
     "postgres.dsn.";
 constexpr const char* kCheckHelp =
-    "Check the config, that PostgreSQL answers, its version is supported in the configured "
-    "mode (13 to 18; the line also says whether CI tests it) and it "
+    "Check the config, that PostgreSQL answers, that the relay's session is its own (no "
+    "connection pooler in transaction or statement mode between), its version is supported in "
+    "the configured mode (13 to 18; the line also says whether CI tests it) and it "
     "takes writes (not a hot standby, sessions not read-only), that "
     "Kafka answers, that the schema is present and that the relay's role may read and mark "
     "rows; in replication mode also wal_level, the REPLICATION privilege (on RDS and Aurora "

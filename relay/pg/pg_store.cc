@@ -9,14 +9,21 @@
 #include "common/crash_point.h"
 #include "common/logging.h"
 #include "pg/pg_array.h"
+#include "pg/session_probe.h"
 
 namespace outbox::pg {
 
 namespace {
 
 // One key for every relay of a database: whoever holds it publishes. A session lock: it is
-// freed only when the holder's session ends (the relay never unlocks it).
-constexpr const char* kLeaderLockSql = "SELECT pg_advisory_lock(hashtext('outbox-relay'))";
+// freed only when the holder's session ends (the relay unlocks it only where it took it in a
+// session not its own, below).
+// The process id and session marker come with it (invariant "own session", session_probe.h):
+// the lock is the relay's only if this statement ran in the session probed at connect.
+constexpr const char* kLeaderLockSql =
+    "SELECT pg_advisory_lock(hashtext('outbox-relay')), pg_backend_pid(), "
+    "coalesce(current_setting('outbox.session_probe', true), '')";
+constexpr const char* kLeaderUnlockSql = "SELECT pg_advisory_unlock(hashtext('outbox-relay'))";
 // How long one connect() waits on the lock before telling the loop it stands by. PostgreSQL
 // grants a waited-for lock the moment it is freed, so this bounds only how long the loop goes
 // without a tick (observer: at least every second), not the take-over.
@@ -251,7 +258,23 @@ void PgOutboxStore::disconnect() noexcept {
 
 void PgOutboxStore::fail(const std::exception& e) {
   disconnect();
-  throw core::UnavailableError(std::string("PostgreSQL: ") + e.what());
+  std::string message = std::string("PostgreSQL: ") + e.what();
+  if (auto hint = pooler_startup_hint(e.what())) message += " (" + *hint + ")";
+  throw core::UnavailableError(message);
+}
+
+void PgOutboxStore::open_session() {
+  conn_ = std::make_unique<pqxx::connection>(conninfo_);
+  session_marker_ = new_session_marker();
+  SessionFinding found = probe_session(*conn_, conninfo_, session_marker_, &session_pid_);
+  if (!found.own_session()) {
+    disconnect();
+    throw core::FatalError(found.refusal() + "; " + pooler_fix());
+  }
+  if (found.mode == SessionMode::session && !pooler_logged_) {
+    pooler_logged_ = true;
+    logging::get("pg")->info("postgres session: {}", found.describe());
+  }
 }
 
 void PgOutboxStore::connect() {
@@ -261,7 +284,7 @@ void PgOutboxStore::connect() {
   try {
     // A standby keeps its session between calls and waits on the lock again: no reconnect,
     // no backoff pause between the leader's session ending and this one taking over.
-    if (!conn_) conn_ = std::make_unique<pqxx::connection>(conninfo_);
+    if (!conn_) open_session();
     if (!wait_for_leader_lock()) {
       role_ = SessionRole::standby;
       if (!standby_since_) {
@@ -284,6 +307,9 @@ void PgOutboxStore::connect() {
     }
   } catch (const core::UnavailableError&) {
     throw;
+  } catch (const core::FatalError&) {
+    disconnect();
+    throw;
   } catch (const std::exception& e) {
     fail(e);
   }
@@ -293,7 +319,7 @@ void PgOutboxStore::connect_sharded() {
   if (conn_ && claims_.joined()) return;
   auto log = logging::get("pg");
   try {
-    if (!conn_) conn_ = std::make_unique<pqxx::connection>(conninfo_);
+    if (!conn_) open_session();
     std::string why;
     if (!claims_.join(*conn_, why)) {
       role_ = SessionRole::standby;
@@ -311,6 +337,9 @@ void PgOutboxStore::connect_sharded() {
     log->info("connected to PostgreSQL ({}) as one of the relays sharing {} shards", redacted_,
               shard_settings_.shards);
   } catch (const core::UnavailableError&) {
+    throw;
+  } catch (const core::FatalError&) {
+    disconnect();
     throw;
   } catch (const std::exception& e) {
     fail(e);
@@ -392,11 +421,20 @@ bool PgOutboxStore::wait_for_leader_lock() {
   // frees them all).
   pqxx::work txn(*conn_);
   txn.exec0(kStandbyWaitSql);
+  pqxx::row row;
   try {
-    txn.exec1(kLeaderLockSql);
+    row = txn.exec1(kLeaderLockSql);
   } catch (const pqxx::sql_error& e) {
     if (e.sqlstate() == kLockNotAvailable) return false;  // txn rolls back as it goes
     throw;
+  }
+  if (auto moved = session_moved(session_pid_, session_marker_, row[1].as<int>(),
+                                 row[2].as<std::string>())) {
+    // Taken in a session that is not this relay's: give it back there (the transaction keeps
+    // the pooler on that session) rather than leave it to whoever gets the session next.
+    txn.exec1(kLeaderUnlockSql);
+    txn.commit();
+    throw core::FatalError("taking the leader lock, " + *moved + "; " + pooler_fix());
   }
   txn.commit();
   return true;

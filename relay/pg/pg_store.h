@@ -16,6 +16,11 @@
 // leader's process dies (its socket closes), within the keepalive bound (conninfo.h, about
 // 10 s) when the network to it is cut.
 //
+// Own session (pg/session_probe.h): each new connection is probed before anything else; a
+// connection pooler in transaction or statement mode is refused with core::FatalError (the
+// lock would be left in a server session other clients get), and the leader lock's statement
+// checks it ran in the probed session.
+//
 // Sharded (ShardSettings.shards > 1, pg/shards.h): instead of the leader lock, the relay
 // claims shards and reads only their rows (the fetch, its order guard count and the idle
 // check all filter on the shard expression). What keeps per-key order:
@@ -119,6 +124,9 @@ class PgOutboxStore : public core::OutboxStore {
   class HintReceiver;
   void connect();
   void connect_sharded();
+  //! A new connection, refused (core::FatalError) unless its server session is its own
+  //! (invariant "own session", session_probe.h).
+  void open_session();
   //! Sharded: rebalances when due (gives back extras only `at_rest`), waits as a standby
   //! while it holds nothing (`wait`); publishes the held set. Throws StandbyError.
   void update_claims(bool at_rest, bool wait);
@@ -147,6 +155,9 @@ class PgOutboxStore : public core::OutboxStore {
   bool vanished_table_ = false;
   bool vanished_table_warned_ = false;
   std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
+  int session_pid_ = 0;         //!< conn_'s server process, as probed
+  std::string session_marker_;  //!< the marker the probe set in conn_'s session
+  bool pooler_logged_ = false;  //!< a session-mode pooler was logged once
   std::optional<std::chrono::steady_clock::time_point> standby_since_;
   std::atomic<SessionRole> role_{SessionRole::disconnected};
 

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "core/ports.h"
+#include "pg/session_probe.h"
 
 namespace outbox::pg {
 
@@ -36,6 +37,10 @@ ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
     std::string message = trimmed(PQerrorMessage(conn_));
     PQfinish(conn_);
     conn_ = nullptr;
+    // A pooler never passes a walsender connection on: no retry cures that.
+    if (auto hint = pooler_startup_hint(message)) {
+      throw core::FatalError("PostgreSQL replication connection: " + message + " (" + *hint + ")");
+    }
     throw core::UnavailableError("PostgreSQL replication connection: " + message);
   }
   // pgoutput sends values as text under this session's settings: pin the ones the decoder
