@@ -155,9 +155,9 @@ class PgOutboxStore : public core::OutboxStore {
   bool vanished_table_ = false;
   bool vanished_table_warned_ = false;
   std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
-  int session_pid_ = 0;         //!< conn_'s server process, as probed
-  std::string session_marker_;  //!< the marker the probe set in conn_'s session
-  bool pooler_logged_ = false;  //!< a session-mode pooler was logged once
+  int session_pid_ = 0;                      //!< conn_'s server process, as probed
+  std::string session_marker_;               //!< the marker the probe set in conn_'s session
+  bool pooler_logged_ = false;               //!< a session-mode pooler was logged once
   std::optional<std::chrono::steady_clock::time_point> standby_since_;
   std::atomic<SessionRole> role_{SessionRole::disconnected};
 
