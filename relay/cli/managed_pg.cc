@@ -155,23 +155,21 @@ ReplicationPrivilege replication_privilege(ManagedService service, const ServerF
       p.fix = "as the master user (a member of rds_superuser): GRANT rds_replication TO " + id;
       break;
     case ManagedService::cloud_sql:
-      p.detail = "role " + role + " lacks REPLICATION";
-      p.fix =
-          "as user postgres (or another member of cloudsqlsuperuser; Cloud SQL lets it "
-          "grant REPLICATION): ALTER ROLE " +
-          id + " REPLICATION";
-      break;
     case ManagedService::azure:
+    case ManagedService::none: {
+      // Who may grant the attribute: the service's admin role, or a superuser.
+      const char* who =
+          service == ManagedService::cloud_sql
+              ? "as user postgres (or another member of cloudsqlsuperuser; Cloud SQL lets it "
+                "grant REPLICATION)"
+          : service == ManagedService::azure
+              ? "as the server's admin user (a member of azure_pg_admin; Azure lets it grant "
+                "REPLICATION)"
+              : "as a superuser";
       p.detail = "role " + role + " lacks REPLICATION";
-      p.fix =
-          "as the server's admin user (a member of azure_pg_admin; Azure lets it grant "
-          "REPLICATION): ALTER ROLE " +
-          id + " REPLICATION";
+      p.fix = std::string(who) + ": ALTER ROLE " + id + " REPLICATION";
       break;
-    case ManagedService::none:
-      p.detail = "role " + role + " lacks REPLICATION";
-      p.fix = "as a superuser: ALTER ROLE " + id + " REPLICATION";
-      break;
+    }
   }
   return p;
 }
