@@ -51,8 +51,9 @@ TEST_CASE("a refused transaction block is statement pooling", "[session_probe]")
   CHECK(found.refusal().find("two relays could both believe they lead") != std::string::npos);
 }
 
-TEST_CASE("another client in this session, or this client in another, is transaction pooling",
-          "[session_probe]") {
+TEST_CASE(
+    "another client in the same session, or the same client in another, is transaction pooling",
+    "[session_probe]") {
   auto shared = pooled();
   shared.second_saw_marker = true;
   CHECK(classify_session(shared).mode == SessionMode::transaction);

@@ -100,7 +100,8 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::boolean[], $5::text[])
      AS v(id, event_id, topic, acknowledged, reused_by)
 ON CONFLICT DO NOTHING)sql";
 
-// Whether this session may write outbox.vanished (a relay may run before `migrate` added it).
+// Whether this PostgreSQL session may write outbox.vanished (a relay may run before `migrate` added
+// it).
 constexpr const char* kVanishedTableSql = R"sql(
 SELECT coalesce(has_table_privilege(t.oid, 'INSERT'), false)
 FROM (SELECT to_regclass('outbox.vanished') AS oid) AS t)sql";

@@ -133,7 +133,8 @@ class PgOutboxStore : public core::OutboxStore {
   //! The outcome restricted to rows of shards held now (sharded).
   core::BatchOutcome held_part(const core::BatchOutcome& outcome);
   bool wait_for_leader_lock();
-  //! Sets vanished_table_ for this session; warns once per process when it is false.
+  //! Sets vanished_table_ for the current PostgreSQL session; warns once per process when it is
+  //! false.
   void look_for_vanished_table();
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
@@ -151,7 +152,7 @@ class PgOutboxStore : public core::OutboxStore {
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;
   bool prepared_ = false;  //!< the statements of the hot path are prepared on conn_
-  //! This session may write outbox.vanished (schema 0008 applied, INSERT granted).
+  //! The PostgreSQL session may write outbox.vanished (schema 0008 applied, INSERT granted).
   bool vanished_table_ = false;
   bool vanished_table_warned_ = false;
   std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
@@ -168,7 +169,7 @@ class PgOutboxStore : public core::OutboxStore {
   std::string fetch_sql_;
   std::string pending_sql_;
   std::set<int> read_set_;       //!< the shards of the last begin_batch
-  bool read_set_valid_ = false;  //!< ... on this session
+  bool read_set_valid_ = false;  //!< ... on the same PostgreSQL session
   std::set<int> held_before_;    //!< held when the last session ended (taken back first)
   std::set<int> logged_set_;     //!< the held set last logged
   int logged_members_ = 0;

@@ -43,7 +43,7 @@ ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
     }
     throw core::UnavailableError("PostgreSQL replication connection: " + message);
   }
-  // pgoutput sends values as text under this session's settings: pin the ones the decoder
+  // pgoutput sends values as text under the walsender session's settings: pin the ones the decoder
   // reads (bytea as \x hex) whatever the server's or role's defaults.
   query("SET bytea_output = 'hex'");
   // Nobody takes this lock exclusively: it never waits.

@@ -227,7 +227,7 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
       if (waited && options_.visibility_waiting) options_.visibility_waiting({});
       break;
     }
-    // Committed (the stream sent its Commit) but not visible to this session yet: it will
+    // Committed (the stream sent its Commit) but not visible to the relay's session yet: it will
     // be. Ask again, keeping the walsender content with status updates meanwhile.
     if (stopping_()) {
       throw core::UnavailableError("stopping while streamed rows were not visible yet");

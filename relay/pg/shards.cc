@@ -150,7 +150,7 @@ bool ShardClaims::rebalance(pqxx::connection& conn, bool may_release, const std:
                      shard_locks + " AND l.pid = pg_backend_pid())::text");
   members_ = std::max(1, row[0].as<int>());
   std::set<int> others = int_set(row[1].as<std::string>());
-  // What this session holds, as PostgreSQL says: a wait whose lock_timeout expired as the
+  // What the relay's session holds, as PostgreSQL says: a wait whose lock_timeout expired as the
   // lock was granted holds it too. Never locking a shard twice keeps one unlock enough.
   std::set<int> mine = int_set(row[2].as<std::string>());
   bool changed = mine != held_;
