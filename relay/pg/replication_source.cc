@@ -12,6 +12,10 @@ namespace outbox::pg {
 namespace {
 // Rows read again by id were counted against the byte limit at decoding.
 constexpr std::size_t kNoByteLimit = std::numeric_limits<std::int64_t>::max();
+
+bool listed(const std::vector<std::string>& topics, const std::string& topic) {
+  return std::find(topics.begin(), topics.end(), topic) != topics.end();
+}
 }  // namespace
 
 // --- DrainSource -----------------------------------------------------------------------------
@@ -85,14 +89,18 @@ std::vector<core::OutboxEvent> StreamSource::begin(std::size_t limit, std::size_
   return events;
 }
 
-std::vector<core::OutboxEvent> StreamSource::read_deferred(
-    std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
+std::vector<std::string> StreamSource::ready_deferred(
+    const std::vector<std::string>& skip_topics) const {
   std::vector<std::string> ready;
   for (const auto& topic : deferred_) {
-    if (std::find(skip_topics.begin(), skip_topics.end(), topic) == skip_topics.end()) {
-      ready.push_back(topic);
-    }
+    if (!listed(skip_topics, topic)) ready.push_back(topic);
   }
+  return ready;
+}
+
+std::vector<core::OutboxEvent> StreamSource::read_deferred(
+    std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
+  std::vector<std::string> ready = ready_deferred(skip_topics);
   if (ready.empty()) return {};
   std::vector<core::OutboxEvent> events = table_.pending_of_topics(ready, limit, max_bytes);
   std::size_t bytes = 0;
@@ -124,17 +132,14 @@ std::vector<core::OutboxEvent> StreamSource::after(std::size_t pending_upto, std
   // overtaken by a later row of its topic: the next by-state read sends it first.
   if (out_ + table_out_.size() != pending_upto) return {};
   // A deferred topic no longer skipped is read from the table at a by-state read (7).
-  for (const auto& topic : deferred_) {
-    if (std::find(skip_topics.begin(), skip_topics.end(), topic) == skip_topics.end()) return {};
-  }
+  if (!ready_deferred(skip_topics).empty()) return {};
   return read(std::max<std::size_t>(limit, 1), max_bytes, skip_topics);
 }
 
 std::vector<core::OutboxEvent> StreamSource::read(std::size_t limit, std::size_t max_bytes,
                                                   const std::vector<std::string>& skip_topics) {
   auto deferring = [&](const std::string& topic) {
-    return deferred_.count(topic) > 0 ||
-           std::find(skip_topics.begin(), skip_topics.end(), topic) != skip_topics.end();
+    return deferred_.count(topic) > 0 || listed(skip_topics, topic);
   };
   std::vector<core::OutboxEvent> events;
   // Rows found already marked, deleted or deferred are dropped; the read goes on until some
@@ -254,8 +259,7 @@ std::vector<core::OutboxEvent> StreamSource::hand_out(const std::vector<std::uin
     auto it = held_.find(order);
     auto state = check.pending.find(it->second.event.id);
     const std::string& topic = it->second.event.topic;
-    if (deferred_.count(topic) ||
-        std::find(skip_topics.begin(), skip_topics.end(), topic) != skip_topics.end()) {
+    if (deferred_.count(topic) > 0 || listed(skip_topics, topic)) {
       // Deferred (7): its transaction is visible, so the table brings the row, if still
       // pending, to the topic's next table read; nothing of it is kept here.
       if (deferred_.insert(topic).second) {

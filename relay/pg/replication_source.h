@@ -267,6 +267,8 @@ class StreamSource {
   //! in decoded order, handed out.
   std::vector<core::OutboxEvent> hand_out(const std::vector<std::uint64_t>& picked,
                                           const std::vector<std::string>& skip_topics);
+  //! The deferred topics not in `skip_topics`: their rows are read from the table next.
+  std::vector<std::string> ready_deferred(const std::vector<std::string>& skip_topics) const;
   //! Pending rows of the deferred topics not skipped, from the table; a topic none of
   //! whose rows is pending stops being deferred.
   std::vector<core::OutboxEvent> read_deferred(std::size_t limit, std::size_t max_bytes,
