@@ -589,7 +589,7 @@ def test_invalidated_slot_exits_1_and_is_not_recreated(ctx):
 # ----------------------------------------------------------------------------
 def test_first_start_with_an_open_transaction_sigterm_is_prompt(ctx):
     """Creating the slot waits for every transaction open at that moment. The relay
-    must still honour SIGTERM promptly (README: SIGTERM waits at most
+    must still honour SIGTERM promptly (docs/reference/cli.md: SIGTERM waits at most
     relay.shutdown_timeout_ms, for deliveries in flight; here none are), and nothing
     is lost once the transaction commits."""
     topic = ctx.topic()
