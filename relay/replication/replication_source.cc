@@ -1,4 +1,4 @@
-#include "pg/replication_source.h"
+#include "replication/replication_source.h"
 
 #include <algorithm>
 #include <limits>
@@ -7,7 +7,7 @@
 
 #include "common/logging.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 namespace {
 // Rows read again by id were counted against the byte limit at decoding.
@@ -564,4 +564,4 @@ void ReplicationSource::keep_alive() noexcept {
   if (phase_ == Phase::streaming) stream_source_.keep_alive();
 }
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

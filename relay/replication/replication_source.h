@@ -1,7 +1,7 @@
 // Replication mode's state machine, behind core::OutboxStore so that the same BatchRelay
 // drives both modes: which pending rows are published from the table (the drain), when the
 // stream takes over, and which stream position may be confirmed. It sees PostgreSQL only
-// through pg/replication_ports.h and time only through core::Clock, so its rules are
+// through replication/replication_ports.h and time only through core::Clock, so its rules are
 // unit-tested against fakes (tests/replication_source_test.cc).
 //
 // It is pipelined like polling (core::OutboxStore::read_ahead() is true): begin_batch reads
@@ -86,7 +86,7 @@
 //     that matches fewer rows is an error in the table, never a success).
 //  5. Invariant 5: the slot's confirmed position moves past a transaction only once each
 //     of its events was acknowledged by Kafka (or dead-lettered) and marked
-//     (core::ConfirmTracker: an event is resolved only after record_outcome's mark
+//     (ConfirmTracker: an event is resolved only after record_outcome's mark
 //     committed, and the position is the end of the longest prefix of committed
 //     transactions with every event resolved, so groups recorded in any order never move
 //     it past an event still in flight or retried). A keepalive's position is confirmed
@@ -150,11 +150,11 @@
 #include <unordered_set>
 #include <vector>
 
-#include "core/confirm_tracker.h"
 #include "core/ports.h"
-#include "pg/replication_ports.h"
+#include "replication/confirm_tracker.h"
+#include "replication/replication_ports.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 struct ReplicationSourceOptions {
   std::string slot_name = "outbox_relay";  //!< for the logs
@@ -247,7 +247,7 @@ class StreamSource {
   //! A decoded row, from the moment a read looks at it until it is resolved.
   struct Held {
     core::OutboxEvent event;  //!< its payload, key and headers move out when handed out
-    core::ConfirmTracker::TxnSeq txn = 0;
+    ConfirmTracker::TxnSeq txn = 0;
     std::uint32_t xid = 0;
     std::size_t bytes = 0;  //!< core::event_bytes at decoding
     enum class State { unsent, out } state = State::unsent;
@@ -255,7 +255,7 @@ class StreamSource {
   };
   struct Queued {
     core::OutboxEvent event;
-    core::ConfirmTracker::TxnSeq txn;
+    ConfirmTracker::TxnSeq txn;
     std::uint32_t xid;
   };
   std::vector<core::OutboxEvent> read(std::size_t limit, std::size_t max_bytes,
@@ -284,7 +284,7 @@ class StreamSource {
   std::function<bool()> stopping_;
   bool started_ = false;
 
-  core::ConfirmTracker tracker_;
+  ConfirmTracker tracker_;
   std::uint32_t open_xid_ = 0;                          // of the transaction being decoded
   std::deque<Queued> queued_;                           // decoded, not looked at by a read yet
   std::map<std::uint64_t, Held> held_;                  // by decoded order
@@ -362,4 +362,4 @@ class ReplicationSource : public core::OutboxStore {
   StreamSource stream_source_;
 };
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication
