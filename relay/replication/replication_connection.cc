@@ -1,4 +1,4 @@
-#include "pg/replication_connection.h"
+#include "replication/replication_connection.h"
 
 #include <sys/select.h>
 
@@ -7,7 +7,7 @@
 #include "core/ports.h"
 #include "pg/session_probe.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 namespace {
 
@@ -38,7 +38,7 @@ ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
     PQfinish(conn_);
     conn_ = nullptr;
     // A pooler never passes a walsender connection on: no retry cures that.
-    if (auto hint = pooler_startup_hint(message)) {
+    if (auto hint = pg::pooler_startup_hint(message)) {
       throw core::FatalError("PostgreSQL replication connection: " + message + " (" + *hint + ")");
     }
     throw core::UnavailableError("PostgreSQL replication connection: " + message);
@@ -182,4 +182,4 @@ void ReplicationConnection::send_status(Lsn received, Lsn flushed, bool reply) {
   }
 }
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

@@ -1,9 +1,9 @@
-// The two sides of replication mode as its state machine (pg/replication_source.h) sees them:
+// The two sides of replication mode as its state machine (replication_source.h) sees them:
 // the outbox table, read and marked through the relay's normal session (the one that holds
 // the leader lock), and the replication stream, a walsender session on the slot. Every
 // PostgreSQL round trip of replication mode goes through one of these two interfaces:
-// pg/replication_table.h and pg/replication_stream.h implement them on a server, the unit
-// tests with fakes.
+// replication_table.h and replication_stream.h implement them on a server, the unit tests
+// with fakes.
 //
 // Both are used from the relay's one worker thread. Connection failures throw
 // core::UnavailableError; conditions no retry cures (slot invalidated or used by another
@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "core/event.h"
-#include "pg/pgoutput.h"
+#include "replication/pgoutput.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 //! What the stream brings, decoded: one CopyData message of START_REPLICATION.
 struct StreamMessage {
@@ -115,7 +115,7 @@ class ReplicationTable {
       std::int64_t after_id, std::int64_t upto, std::optional<std::size_t> pending_upto,
       std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) = 0;
   //! The pending rows of `topics` only, in id order, within `limit` and `max_bytes` (the
-  //! rows of deferred topics, read from the table; see pg/replication_source.h, 7).
+  //! rows of deferred topics, read from the table; see replication/replication_source.h, 7).
   virtual std::vector<core::OutboxEvent> pending_of_topics(const std::vector<std::string>& topics,
                                                            std::size_t limit,
                                                            std::size_t max_bytes) = 0;
@@ -130,4 +130,4 @@ class ReplicationTable {
   virtual void record_outcome(const core::BatchOutcome& outcome) = 0;
 };
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

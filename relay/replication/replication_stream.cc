@@ -1,4 +1,4 @@
-#include "pg/replication_stream.h"
+#include "replication/replication_stream.h"
 
 #include <pqxx/pqxx>
 
@@ -7,7 +7,7 @@
 #include "common/logging.h"
 #include "core/ports.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 namespace {
 
@@ -234,4 +234,4 @@ void PgReplicationStream::close() noexcept {
   relations_.clear();
 }
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

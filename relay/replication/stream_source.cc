@@ -1,4 +1,4 @@
-#include "pg/replication_source.h"
+#include "replication/stream_source.h"
 
 #include <algorithm>
 #include <limits>
@@ -7,7 +7,7 @@
 
 #include "common/logging.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 namespace {
 // Rows read again by id were counted against the byte limit at decoding.
@@ -17,26 +17,6 @@ bool listed(const std::vector<std::string>& topics, const std::string& topic) {
   return std::find(topics.begin(), topics.end(), topic) != topics.end();
 }
 }  // namespace
-
-// --- DrainSource -----------------------------------------------------------------------------
-
-std::vector<core::OutboxEvent> DrainSource::begin(std::size_t limit, std::size_t max_bytes,
-                                                  const std::vector<std::string>& skip_topics) {
-  auto events = table_.pending_range(std::numeric_limits<std::int64_t>::min(), upto_, std::nullopt,
-                                     limit, max_bytes, skip_topics);
-  // By state, so a row not read is resolved, or of a skipped topic: deferred at the hand-over.
-  if (events.empty()) done_ = true;
-  return events;
-}
-
-std::vector<core::OutboxEvent> DrainSource::after(std::int64_t after_id, std::size_t pending_upto,
-                                                  std::size_t limit, std::size_t max_bytes,
-                                                  const std::vector<std::string>& skip_topics) {
-  if (after_id >= upto_) return {};
-  return table_.pending_range(after_id, upto_, pending_upto, limit, max_bytes, skip_topics);
-}
-
-// --- StreamSource ----------------------------------------------------------------------------
 
 StreamSource::StreamSource(ReplicationTable& table, ReplicationStream& stream, core::Clock& clock,
                            const ReplicationSourceOptions& options, std::function<bool()> stopping)
@@ -72,7 +52,8 @@ void StreamSource::reset() noexcept {
 std::vector<core::OutboxEvent> StreamSource::begin(std::size_t limit, std::size_t max_bytes,
                                                    const std::vector<std::string>& skip_topics) {
   // By state: nothing is in flight, so a row handed out and not resolved was not delivered
-  // (or its answer not recorded): it is sent again, first, in its order (6 in the header).
+  // (or its answer not recorded): it is sent again, first, in its order (6 in
+  // replication_source.h).
   for (auto& [order, held] : held_) {
     if (held.state == Held::State::out) held.state = Held::State::unsent;
   }
@@ -410,158 +391,4 @@ void StreamSource::report_if_due() {
   }
 }
 
-// --- ReplicationSource -----------------------------------------------------------------------
-
-ReplicationSource::ReplicationSource(ReplicationTable& table, ReplicationStream& stream,
-                                     core::Clock& clock, ReplicationSourceOptions options,
-                                     std::function<bool()> stopping)
-    : table_(table),
-      stream_(stream),
-      clock_(clock),
-      options_(std::move(options)),
-      stopping_(stopping ? std::move(stopping) : [] { return false; }),
-      stream_source_(table, stream, clock, options_, stopping_) {}
-
-ReplicationSource::~ReplicationSource() {
-  // A clean stop reports how far it got, so the next start re-reads as little as possible.
-  if (phase_ == Phase::streaming) stream_source_.final_report();
-}
-
-template <typename F>
-auto ReplicationSource::guarded(F&& body) -> decltype(body()) {
-  try {
-    return body();
-  } catch (const core::UnavailableError&) {
-    reset();
-    throw;
-  } catch (const core::FatalError&) {
-    reset();
-    throw;
-  }
-}
-
-void ReplicationSource::reset() noexcept {
-  // Back to stopped: the next by-state read takes the lock, makes a new drain list (3 in
-  // the header) and then streams again from the slot's confirmed position.
-  drain_.reset();
-  stream_source_.reset();
-  stream_.close();
-  phase_ = Phase::stopped;
-}
-
-void ReplicationSource::start() {
-  auto log = logging::get("pg");
-  table_.connect();  // the leader lock first: only the leader touches the slot
-  bool slot_exists = stream_.prepare();
-  std::int64_t upto = 0;
-  if (!slot_exists) {
-    log->info(
-        "creating replication slot {}: PostgreSQL first waits for the transactions open "
-        "now to end",
-        options_.slot_name);
-    ReplicationStream::Created created = stream_.create_slot();
-    log->info("created replication slot {} at {}", options_.slot_name,
-              created.consistent_point.to_string());
-    // Exactly what committed before the consistent point (2 in the header), read while the
-    // replication connection is idle, then released.
-    ReplicationTable::Bound bound = table_.pending_bound_in_snapshot(created.snapshot);
-    stream_.release_snapshot();
-    wait_visible(table_.not_yet_visible(bound.snapshot));
-    upto = bound.upto;
-  } else {
-    wait_visible(table_.committed_not_visible());  // 3 in the header
-    upto = table_.pending_bound();
-  }
-  log->info(
-      "publishing the rows pending in outbox.events with ids up to {} before streaming from "
-      "slot {}",
-      upto, options_.slot_name);
-  drain_.emplace(table_, upto);
-  phase_ = Phase::draining;
-}
-
-void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
-  auto since = clock_.now();
-  auto next_log = since + options_.visibility_log_every;
-  auto pause = options_.visibility_retry;
-  bool waited = false;
-  while (!xids.empty() && !table_.visible(xids)) {
-    if (stopping_()) {
-      throw core::UnavailableError("stopping while committed transactions were not visible yet");
-    }
-    auto now = clock_.now();
-    if (now >= next_log) {
-      logging::get("pg")->warn(
-          "{} transactions committed but not visible to other sessions for {} s (a "
-          "synchronous standby's wait?): the relay reads the pending rows once they are",
-          xids.size(), std::chrono::duration_cast<std::chrono::seconds>(now - since).count());
-      next_log = now + options_.visibility_log_every;
-    }
-    if (options_.waiting) options_.waiting();
-    if (options_.visibility_waiting) options_.visibility_waiting(now - since);
-    waited = true;
-    clock_.sleep_for(pause, stopping_);
-    pause = std::min(pause * 2, std::max(options_.visibility_retry, options_.visibility_retry_max));
-  }
-  if (waited && options_.visibility_waiting) options_.visibility_waiting({});
-}
-
-void ReplicationSource::advance() {
-  if (phase_ == Phase::stopped) start();
-}
-
-std::vector<core::OutboxEvent> ReplicationSource::begin_batch(
-    std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
-  return guarded([&] {
-    advance();
-    if (phase_ == Phase::draining) {
-      auto events = drain_->begin(limit, max_bytes, skip_topics);
-      if (!drain_->done()) return events;
-      // No row up to the bound is pending but those of skipped topics, and nothing is in
-      // flight (a by-state read): the stream may begin (6 in the header); the skipped
-      // topics' rows are deferred to the table (7).
-      drain_.reset();
-      stream_source_.start(skip_topics);
-      phase_ = Phase::streaming;
-    }
-    return stream_source_.begin(limit, max_bytes, skip_topics);
-  });
-}
-
-std::vector<core::OutboxEvent> ReplicationSource::read_after(
-    std::int64_t after_id, std::size_t pending_upto, std::size_t limit, std::size_t max_bytes,
-    const std::vector<std::string>& skip_topics) {
-  return guarded([&]() -> std::vector<core::OutboxEvent> {
-    switch (phase_) {
-      case Phase::draining:
-        return drain_->after(after_id, pending_upto, limit, max_bytes, skip_topics);
-      case Phase::streaming:
-        return stream_source_.after(pending_upto, limit, max_bytes, skip_topics);
-      case Phase::stopped:
-        break;  // only a by-state read starts again, with nothing in flight (3)
-    }
-    return {};
-  });
-}
-
-void ReplicationSource::record_outcome(const core::BatchOutcome& outcome) {
-  guarded([&] {
-    table_.record_outcome(outcome);
-    // Marked: now the rows are resolved (the confirmed position; the drain reads by state).
-    if (phase_ == Phase::streaming) stream_source_.resolved(outcome);
-  });
-}
-
-bool ReplicationSource::wait_for_rows(std::chrono::milliseconds timeout) {
-  return guarded([&] {
-    advance();
-    if (phase_ == Phase::draining) return true;  // the drain reads by state
-    return stream_source_.wait(timeout);
-  });
-}
-
-void ReplicationSource::keep_alive() noexcept {
-  if (phase_ == Phase::streaming) stream_source_.keep_alive();
-}
-
-}  // namespace outbox::pg
+}  // namespace outbox::replication

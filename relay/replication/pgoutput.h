@@ -23,7 +23,7 @@
 #include <variant>
 #include <vector>
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 //! Malformed, truncated or unsupported replication protocol bytes.
 class PgOutputError : public std::runtime_error {
@@ -242,4 +242,4 @@ std::optional<std::string_view> column_text(const Relation& relation, const Inse
 //! format, which a replication connection avoids by setting bytea_output=hex.
 std::string decode_bytea_hex(std::string_view text);
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "pg/pgoutput.h"
+#include "replication/pgoutput.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 //! The CREATE_REPLICATION_SLOT command that makes a pgoutput slot with an exported snapshot on
 //! a server of `server_version` (PQserverVersion, e.g. 140011): PostgreSQL 15 and later take
@@ -85,4 +85,4 @@ class ReplicationConnection {
   PGconn* conn_ = nullptr;
 };
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

@@ -2,9 +2,9 @@
 // (pgoutput), behind core::OutboxStore, so the same BatchRelay drives both modes.
 //
 // This is the wiring only: the relay's normal session (PgOutboxStore: leader lock,
-// marking) seen as a ReplicationTable (pg/replication_table.h), the walsender session as a
-// ReplicationStream (pg/replication_stream.h), and the state machine between them,
-// ReplicationSource (pg/replication_source.h), where the hand-over from the pending rows to
+// marking) seen as a ReplicationTable (replication_table.h), the walsender session as a
+// ReplicationStream (replication_stream.h), and the state machine between them,
+// ReplicationSource (replication_source.h), where the hand-over from the pending rows to
 // the stream and the confirmed position are argued and kept.
 //
 // Lifecycle and thread: as core::OutboxStore, one worker thread; `clock` outlives this.
@@ -15,11 +15,11 @@
 
 #include "core/ports.h"
 #include "pg/pg_store.h"
-#include "pg/replication_source.h"
-#include "pg/replication_stream.h"
-#include "pg/replication_table.h"
+#include "replication/replication_source.h"
+#include "replication/replication_stream.h"
+#include "replication/replication_table.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 class PgReplicationStore : public core::OutboxStore {
  public:
@@ -43,13 +43,13 @@ class PgReplicationStore : public core::OutboxStore {
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   void keep_alive() noexcept override;
   //! The leader-lock session's state (see PgOutboxStore::role).
-  SessionRole role() const { return store_.role(); }
+  pg::SessionRole role() const { return store_.role(); }
 
  private:
-  PgOutboxStore store_;
+  pg::PgOutboxStore store_;
   PgReplicationTable table_;
   PgReplicationStream stream_;
   ReplicationSource source_;  // last: destroyed first (it reports the position at a stop)
 };
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

@@ -12,7 +12,7 @@
 #include <deque>
 #include <stdexcept>
 
-namespace outbox::core {
+namespace outbox::replication {
 
 class ConfirmTracker {
  public:
@@ -79,4 +79,4 @@ class ConfirmTracker {
   bool open_ = false;
 };
 
-}  // namespace outbox::core
+}  // namespace outbox::replication

@@ -1,6 +1,6 @@
-#include "pg/replication_store.h"
+#include "replication/replication_store.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 namespace {
 
@@ -51,4 +51,4 @@ bool PgReplicationStore::wait_for_rows(std::chrono::milliseconds timeout) {
 
 void PgReplicationStore::keep_alive() noexcept { source_.keep_alive(); }
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

@@ -1,7 +1,7 @@
 // Replication mode's state machine, behind core::OutboxStore so that the same BatchRelay
 // drives both modes: which pending rows are published from the table (the drain), when the
 // stream takes over, and which stream position may be confirmed. It sees PostgreSQL only
-// through pg/replication_ports.h and time only through core::Clock, so its rules are
+// through replication/replication_ports.h and time only through core::Clock, so its rules are
 // unit-tested against fakes (tests/replication_source_test.cc).
 //
 // It is pipelined like polling (core::OutboxStore::read_ahead() is true): begin_batch reads
@@ -86,7 +86,7 @@
 //     that matches fewer rows is an error in the table, never a success).
 //  5. Invariant 5: the slot's confirmed position moves past a transaction only once each
 //     of its events was acknowledged by Kafka (or dead-lettered) and marked
-//     (core::ConfirmTracker: an event is resolved only after record_outcome's mark
+//     (ConfirmTracker: an event is resolved only after record_outcome's mark
 //     committed, and the position is the end of the longest prefix of committed
 //     transactions with every event resolved, so groups recorded in any order never move
 //     it past an event still in flight or retried). A keepalive's position is confirmed
@@ -140,165 +140,18 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <map>
 #include <optional>
 #include <set>
 #include <string>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
-#include "core/confirm_tracker.h"
 #include "core/ports.h"
-#include "pg/replication_ports.h"
+#include "replication/drain_source.h"
+#include "replication/replication_ports.h"
+#include "replication/stream_source.h"
 
-namespace outbox::pg {
-
-struct ReplicationSourceOptions {
-  std::string slot_name = "outbox_relay";  //!< for the logs
-  //! How often the confirmed position is reported at the least (also while Kafka keeps
-  //! rows waiting: the walsender's wal_sender_timeout counts from the last report).
-  std::chrono::milliseconds status_interval{10'000};
-  //! When idle, how often to ask the server for its position so that the slot advances.
-  std::chrono::milliseconds heartbeat_interval{10'000};
-  //! How soon to look again for a committed transaction that is not visible yet: at first,
-  //! doubling up to visibility_retry_max while it stays so (a synchronous standby's wait can
-  //! last as long as the standby is away).
-  std::chrono::milliseconds visibility_retry{2};
-  std::chrono::milliseconds visibility_retry_max{100};
-  //! Called in every pause of a wait on the server (visibility), so the relay's health
-  //! shows the loop alive while it waits; may be empty.
-  std::function<void()> waiting;
-  //! In every pause of a wait for visibility, how long it has waited; 0 when it ends.
-  std::function<void(std::chrono::nanoseconds)> visibility_waiting;
-  //! How often a wait for visibility is logged.
-  std::chrono::milliseconds visibility_log_every{10'000};
-};
-
-//! The rows pending at the start that the stream may not bring: every row pending, of a
-//! topic not skipped, with an id up to a bound fixed at the start (2, 3 in the header). Read
-//! by state from the table, as polling reads; nothing of it is held here.
-class DrainSource {
- public:
-  DrainSource(ReplicationTable& table, std::int64_t upto) : table_(table), upto_(upto) {}
-  //! By state: the first pending rows up to the bound, in id order, leaving out
-  //! `skip_topics`. Empty only when none is left of the topics not skipped: done() then.
-  std::vector<core::OutboxEvent> begin(std::size_t limit, std::size_t max_bytes,
-                                       const std::vector<std::string>& skip_topics);
-  //! The next pending rows above `after_id` up to the bound, if exactly `pending_upto`
-  //! pending rows of topics not skipped have ids up to `after_id` (6 in the header);
-  //! otherwise none.
-  std::vector<core::OutboxEvent> after(std::int64_t after_id, std::size_t pending_upto,
-                                       std::size_t limit, std::size_t max_bytes,
-                                       const std::vector<std::string>& skip_topics);
-  bool done() const { return done_; }
-  std::int64_t upto() const { return upto_; }
-
- private:
-  ReplicationTable& table_;
-  std::int64_t upto_;
-  bool done_ = false;
-};
-
-//! The replication stream: decoded transactions, the rows checked against the table, and
-//! the confirmed position (invariant 5).
-class StreamSource {
- public:
-  StreamSource(ReplicationTable& table, ReplicationStream& stream, core::Clock& clock,
-               const ReplicationSourceOptions& options, std::function<bool()> stopping);
-
-  //! START_REPLICATION (the previous session's decoded state is forgotten). The rows of
-  //! `deferred` (topics skipped when the drain ended) are read from the table (7).
-  void start(const std::vector<std::string>& deferred);
-  //! The stream is gone: everything after the confirmed position comes again.
-  void reset() noexcept;
-
-  //! By state: first the pending rows of deferred topics no longer skipped, from the table
-  //! in id order (7); then every streamed row handed out before and not resolved, unsent
-  //! again, in decoded order; then the next decoded rows. Rows of `skip_topics` and of
-  //! deferred topics are deferred (7), never held.
-  std::vector<core::OutboxEvent> begin(std::size_t limit, std::size_t max_bytes,
-                                       const std::vector<std::string>& skip_topics);
-  //! The next rows in decoded order, if exactly `pending_upto` rows handed out since the
-  //! by-state read are unresolved (all in the core's window) and no deferred topic waits
-  //! for its table read; otherwise none.
-  std::vector<core::OutboxEvent> after(std::size_t pending_upto, std::size_t limit,
-                                       std::size_t max_bytes,
-                                       const std::vector<std::string>& skip_topics);
-  //! A recorded (marked) outcome: published and dead-lettered rows are resolved.
-  void resolved(const core::BatchOutcome& outcome);
-  //! As core::OutboxStore::wait_for_rows: reads the stream up to `timeout`.
-  bool wait(std::chrono::milliseconds timeout);
-  //! Reports the unchanged position every status_interval, reading nothing.
-  void keep_alive() noexcept;
-  //! A clean stop reports how far it got. Never throws.
-  void final_report() noexcept;
-
-  Lsn confirmed() const { return confirmed_; }
-  Lsn reported() const { return reported_; }
-  //! Rows decoded and not resolved (handed out, or to be sent again).
-  std::size_t unresolved() const { return held_.size(); }
-  //! Topics whose rows are read from the table rather than the stream (7).
-  const std::set<std::string>& deferred() const { return deferred_; }
-
- private:
-  //! A decoded row, from the moment a read looks at it until it is resolved.
-  struct Held {
-    core::OutboxEvent event;  //!< its payload, key and headers move out when handed out
-    core::ConfirmTracker::TxnSeq txn = 0;
-    std::uint32_t xid = 0;
-    std::size_t bytes = 0;  //!< core::event_bytes at decoding
-    enum class State { unsent, out } state = State::unsent;
-    bool has_payload = true;
-  };
-  struct Queued {
-    core::OutboxEvent event;
-    core::ConfirmTracker::TxnSeq txn;
-    std::uint32_t xid;
-  };
-  std::vector<core::OutboxEvent> read(std::size_t limit, std::size_t max_bytes,
-                                      const std::vector<std::string>& skip_topics);
-  void handle(StreamMessage message);
-  //! Checks `picked` (4 in the header): resolves the rows already marked or deleted,
-  //! waits while a row's transaction is not visible, defers the rows of deferred topics
-  //! (7), reads from the table the payload of rows sent before. Returns the rows to send,
-  //! in decoded order, handed out.
-  std::vector<core::OutboxEvent> hand_out(const std::vector<std::uint64_t>& picked,
-                                          const std::vector<std::string>& skip_topics);
-  //! The deferred topics not in `skip_topics`: their rows are read from the table next.
-  std::vector<std::string> ready_deferred(const std::vector<std::string>& skip_topics) const;
-  //! Pending rows of the deferred topics not skipped, from the table; a topic none of
-  //! whose rows is pending stops being deferred.
-  std::vector<core::OutboxEvent> read_deferred(std::size_t limit, std::size_t max_bytes,
-                                               const std::vector<std::string>& skip_topics);
-  void resolve(std::map<std::uint64_t, Held>::iterator it);
-  void report(bool reply);
-  void report_if_due();
-
-  ReplicationTable& table_;
-  ReplicationStream& stream_;
-  core::Clock& clock_;
-  const ReplicationSourceOptions& options_;
-  std::function<bool()> stopping_;
-  bool started_ = false;
-
-  core::ConfirmTracker tracker_;
-  std::uint32_t open_xid_ = 0;                          // of the transaction being decoded
-  std::deque<Queued> queued_;                           // decoded, not looked at by a read yet
-  std::map<std::uint64_t, Held> held_;                  // by decoded order
-  std::unordered_map<std::int64_t, std::uint64_t> at_;  // id -> key in held_
-  std::uint64_t next_order_ = 1;
-  std::size_t out_ = 0;             // rows of held_ handed out since the last by-state read
-  std::set<std::string> deferred_;  // row topics read from the table (7)
-  std::unordered_set<std::int64_t> table_out_;  // their rows handed out since the by-state read
-
-  Lsn received_;
-  Lsn confirmed_;
-  Lsn reported_;
-  std::chrono::steady_clock::time_point last_report_{};
-};
+namespace outbox::replication {
 
 class ReplicationSource : public core::OutboxStore {
  public:
@@ -362,4 +215,4 @@ class ReplicationSource : public core::OutboxStore {
   StreamSource stream_source_;
 };
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

@@ -1,4 +1,4 @@
-#include "pg/pgoutput.h"
+#include "replication/pgoutput.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -6,7 +6,7 @@
 #include <string>
 #include <utility>
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 namespace {
 
@@ -536,4 +536,4 @@ std::string decode_bytea_hex(std::string_view text) {
   return out;
 }
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

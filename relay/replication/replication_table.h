@@ -1,4 +1,4 @@
-// outbox.events as replication mode's state machine sees it (pg/replication_ports.h), on the
+// outbox.events as replication mode's state machine sees it (replication_ports.h), on the
 // relay's normal session: PgOutboxStore's connection, which holds the leader lock, so that
 // only the leader reads, publishes and marks.
 //
@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "pg/pg_store.h"
-#include "pg/replication_ports.h"
+#include "replication/replication_ports.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 //! A pg_snapshot as pg_current_snapshot()::text prints it: "xmin:xmax:xip,xip,...".
 struct PgSnapshot {
@@ -36,7 +36,7 @@ struct PgSnapshot {
 
 class PgReplicationTable : public ReplicationTable {
  public:
-  explicit PgReplicationTable(PgOutboxStore& store) : store_(store) {}
+  explicit PgReplicationTable(pg::PgOutboxStore& store) : store_(store) {}
 
   void connect() override;
   Bound pending_bound_in_snapshot(const std::string& name) override;
@@ -62,7 +62,7 @@ class PgReplicationTable : public ReplicationTable {
   //! backend at or above its xmax (the xip stops there).
   std::vector<std::uint64_t> in_progress_now(pqxx::connection& conn);
 
-  PgOutboxStore& store_;
+  pg::PgOutboxStore& store_;
 };
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

@@ -1,4 +1,4 @@
-// The replication side of replication mode on PostgreSQL (pg/replication_ports.h): the
+// The replication side of replication mode on PostgreSQL (replication/replication_ports.h): the
 // publication and slot administration on a normal connection, and the walsender session
 // (ReplicationConnection) whose pgoutput messages are decoded here into StreamMessages.
 //
@@ -11,14 +11,14 @@
 #include <memory>
 #include <string>
 
-#include "pg/pgoutput.h"
-#include "pg/replication_connection.h"
-#include "pg/replication_ports.h"
+#include "replication/pgoutput.h"
+#include "replication/replication_connection.h"
+#include "replication/replication_ports.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 //! source.replication of the configuration (config::ReplicationConfig; cli/ copies it here,
-//! so that pg/ depends on core/ only).
+//! so that replication/ depends on core/ and pg/ only).
 struct ReplicationSettings {
   std::string slot_name = "outbox_relay";
   std::string publication_name = "outbox_relay";
@@ -61,4 +61,4 @@ class PgReplicationStream : public ReplicationStream {
   RelationCache relations_;
 };
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication

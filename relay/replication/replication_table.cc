@@ -1,4 +1,4 @@
-#include "pg/replication_table.h"
+#include "replication/replication_table.h"
 
 #include <pqxx/pqxx>
 
@@ -8,7 +8,7 @@
 
 #include "pg/pg_array.h"
 
-namespace outbox::pg {
+namespace outbox::replication {
 
 namespace {
 
@@ -166,7 +166,7 @@ std::vector<std::uint64_t> PgReplicationTable::committed_not_visible() {
     for (auto x : in_progress_now(conn)) candidates.push_back(std::to_string(x));
     if (candidates.empty()) return;
     pqxx::nontransaction n(conn);
-    for (const auto& row : n.exec_params(kCommittedSql, text_array(candidates))) {
+    for (const auto& row : n.exec_params(kCommittedSql, pg::text_array(candidates))) {
       std::uint64_t x = 0;
       if (!parse_u64(row[0].as<std::string>(), x)) {
         throw std::runtime_error("unexpected transaction id " + row[0].as<std::string>());
@@ -183,7 +183,7 @@ bool PgReplicationTable::visible(const std::vector<std::uint64_t>& xids) {
   long not_visible = 0;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    not_visible = n.exec_params1(kNotVisibleCountSql, text_array(texts))[0].as<long>();
+    not_visible = n.exec_params1(kNotVisibleCountSql, pg::text_array(texts))[0].as<long>();
   });
   return not_visible == 0;
 }
@@ -200,26 +200,27 @@ std::int64_t PgReplicationTable::pending_bound() {
 std::vector<core::OutboxEvent> PgReplicationTable::pending_range(
     std::int64_t after_id, std::int64_t upto, std::optional<std::size_t> pending_upto,
     std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
-  static const std::string sql = fetch_sql(FetchScope::upto);
+  static const std::string sql = pg::fetch_sql(pg::FetchScope::upto);
   std::vector<core::OutboxEvent> events;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
     long long guard = pending_upto ? static_cast<long long>(*pending_upto) : -1;
-    events = events_of(n.exec_params(
-        sql, static_cast<long>(limit), static_cast<long long>(max_bytes), text_array(skip_topics),
-        static_cast<long long>(after_id), guard, static_cast<long long>(upto)));
+    events = pg::events_of(
+        n.exec_params(sql, static_cast<long>(limit), static_cast<long long>(max_bytes),
+                      pg::text_array(skip_topics), static_cast<long long>(after_id), guard,
+                      static_cast<long long>(upto)));
   });
   return events;
 }
 
 std::vector<core::OutboxEvent> PgReplicationTable::pending_of_topics(
     const std::vector<std::string>& topics, std::size_t limit, std::size_t max_bytes) {
-  static const std::string sql = fetch_sql(FetchScope::topics);
+  static const std::string sql = pg::fetch_sql(pg::FetchScope::topics);
   std::vector<core::OutboxEvent> events;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    events = events_of(n.exec_params(
-        sql, static_cast<long>(limit), static_cast<long long>(max_bytes), text_array(topics),
+    events = pg::events_of(n.exec_params(
+        sql, static_cast<long>(limit), static_cast<long long>(max_bytes), pg::text_array(topics),
         static_cast<long long>(std::numeric_limits<std::int64_t>::min()), -1LL));
   });
   return events;
@@ -231,8 +232,8 @@ std::vector<core::OutboxEvent> PgReplicationTable::pending_rows(
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
     pqxx::result rows = n.exec_params(kFetchAmongSql, static_cast<long>(limit),
-                                      static_cast<long long>(max_bytes), bigint_array(ids));
-    events = events_of(rows);
+                                      static_cast<long long>(max_bytes), pg::bigint_array(ids));
+    events = pg::events_of(rows);
   });
   return events;
 }
@@ -242,7 +243,7 @@ RowCheck PgReplicationTable::check(const std::vector<std::int64_t>& ids,
   RowCheck result;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    pqxx::result rows = n.exec_params(kCheckSql, bigint_array(ids));
+    pqxx::result rows = n.exec_params(kCheckSql, pg::bigint_array(ids));
     if (rows.empty()) throw std::runtime_error("row check returned no snapshot");
     auto snapshot = PgSnapshot::parse(rows[0][0].as<std::string>());
     if (!snapshot) throw std::runtime_error("unexpected snapshot " + rows[0][0].as<std::string>());
@@ -260,4 +261,4 @@ void PgReplicationTable::record_outcome(const core::BatchOutcome& outcome) {
   store_.record_outcome(outcome);
 }
 
-}  // namespace outbox::pg
+}  // namespace outbox::replication
