@@ -100,6 +100,10 @@ class Reader:
     def all_marked(self) -> bool:
         return True
 
+    def metrics_text(self) -> Optional[str]:
+        """The reader's Prometheus exposition, None when it has none."""
+        return None
+
     def cleanup(self) -> None:
         """Stop, drop its slots and its database (the bench's topics go with the broker)."""
         try:
@@ -173,6 +177,17 @@ class RelayReader(Reader):
         with self.connect() as c:
             return c.execute("SELECT NOT EXISTS (SELECT 1 FROM outbox.events WHERE published_at IS NULL"
                              " AND dead_lettered_at IS NULL)").fetchone()[0]
+
+    def metrics_text(self) -> Optional[str]:
+        """GET /metrics of the running relay (its port from its log); None without one."""
+        if self.pid is None:
+            return None
+        try:
+            port = self.relay.http_port(timeout_s=5)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except Exception:  # noqa: BLE001 - an older binary without /metrics: no breakdown
+            return None
 
     def audit(self) -> dict:
         r = self.relay.command("audit", "--json", timeout_s=600)
