@@ -43,6 +43,9 @@ def free_port() -> int:
 
 
 def _set_dotted(d: dict, dotted: str, value) -> None:
+    if dotted.startswith("kafka.properties."):  # librdkafka names have dots: linger.ms
+        d.setdefault("kafka", {}).setdefault("properties", {})[dotted[len("kafka.properties."):]] = str(value)
+        return
     keys = dotted.split(".")
     for k in keys[:-1]:
         d = d.setdefault(k, {})
