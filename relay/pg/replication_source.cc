@@ -46,10 +46,18 @@ StreamSource::StreamSource(ReplicationTable& table, ReplicationStream& stream, c
       options_(options),
       stopping_(std::move(stopping)) {}
 
-void StreamSource::start(const std::vector<std::string>& deferred) {
+void StreamSource::start(const std::vector<std::string>& deferred, Lsn skip_to) {
   reset();
   deferred_.insert(deferred.begin(), deferred.end());
-  stream_.start();
+  if (skip_to.value != 0) {
+    // 3a in the header: what commits before skip_to is resolved by the drain (or was
+    // before); the server decodes it without sending it.
+    logging::get("pg")->info("starting the stream at {}: the drain resolved what committed before",
+                             skip_to.to_string());
+    stream_.start_from(skip_to);
+  } else {
+    stream_.start();
+  }
   started_ = true;
   last_report_ = clock_.now();
   logging::get("pg")->info("streaming from replication slot {}", options_.slot_name);
@@ -469,8 +477,12 @@ void ReplicationSource::start() {
     wait_visible(table_.not_yet_visible(bound.snapshot));
     upto = bound.upto;
   } else {
+    // 3a in the header: the flush position first, then the transactions open after it.
+    std::optional<ReplicationTable::FlushPoint> point = table_.flush_point();
     wait_visible(table_.committed_not_visible());  // 3 in the header
+    if (point && !ended_soon(point->open)) point.reset();
     upto = table_.pending_bound();
+    skip_to_ = point ? point->flushed : Lsn{};
   }
   log->info(
       "publishing the rows pending in outbox.events with ids up to {} before streaming from "
@@ -506,6 +518,19 @@ void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
   if (waited && options_.visibility_waiting) options_.visibility_waiting({});
 }
 
+bool ReplicationSource::ended_soon(const std::vector<std::uint64_t>& xids) {
+  // A short wait only: a long transaction open somewhere in the database (any table) only
+  // costs the old start, from the slot's confirmed position, never a correctness.
+  auto pause = options_.visibility_retry;
+  for (int round = 0; round < 6; ++round) {
+    if (xids.empty() || table_.visible(xids)) return true;
+    if (stopping_()) return false;
+    clock_.sleep_for(pause, stopping_);
+    pause = std::min(pause * 2, std::max(options_.visibility_retry, options_.visibility_retry_max));
+  }
+  return false;
+}
+
 void ReplicationSource::advance() {
   if (phase_ == Phase::stopped) start();
 }
@@ -521,7 +546,7 @@ std::vector<core::OutboxEvent> ReplicationSource::begin_batch(
       // flight (a by-state read): the stream may begin (6 in the header); the skipped
       // topics' rows are deferred to the table (7).
       drain_.reset();
-      stream_source_.start(skip_topics);
+      stream_source_.start(skip_topics, skip_to_);
       phase_ = Phase::streaming;
     }
     return stream_source_.begin(limit, max_bytes, skip_topics);

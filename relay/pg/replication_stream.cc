@@ -179,6 +179,11 @@ void PgReplicationStream::start() {
   relations_.clear();  // pgoutput sends every Relation again in a new stream
 }
 
+void PgReplicationStream::start_from(Lsn from) {
+  connection().start(options_.slot_name, options_.publication_name, from.to_string());
+  relations_.clear();
+}
+
 std::optional<StreamMessage> PgReplicationStream::read(std::chrono::milliseconds wait) {
   if (!conn_) throw core::UnavailableError("replication stream: not connected");
   auto frame = conn_->read(wait);
