@@ -279,8 +279,9 @@ class DebeziumReader(Reader):
             "listeners": f"http://127.0.0.1:{self.rest_port}",
             "plugin.discovery": "only_scan",
             # the same producer guarantees as outbox-relay (which forces these), and the
-            # same linger; 5 requests in flight is what idempotence allows (Connect's own
-            # default for source tasks is 1)
+            # Kafka 4 producer's default linger (Debezium at its defaults; outbox-relay's own
+            # default is 1 ms); 5 requests in flight is what idempotence allows (Connect's
+            # own default for source tasks is 1)
             "producer.enable.idempotence": "true",
             "producer.acks": "all",
             "producer.linger.ms": "5",
