@@ -46,15 +46,40 @@ StreamSource::StreamSource(ReplicationTable& table, ReplicationStream& stream, c
       options_(options),
       stopping_(std::move(stopping)) {}
 
+void StreamSource::open_early(Lsn skip_to) {
+  // 3a in the header: START_REPLICATION at skip_to while the drain runs; the server decodes
+  // the drained transactions (without sending them) meanwhile, instead of after the drain
+  // with a new row waiting behind them. Nothing is read until start(); keep_alive() reports
+  // the old confirmed position meanwhile, so the server keeps the connection.
+  reset();
+  logging::get("pg")->info(
+      "opening the stream at {} while the drain runs: what commits before is the drain's",
+      skip_to.to_string());
+  stream_.start_from(skip_to);
+  opened_at_ = skip_to;
+  started_ = true;
+  last_report_ = clock_.now();
+}
+
 void StreamSource::start(const std::vector<std::string>& deferred, Lsn skip_to) {
+  if (opened_at_.value != 0 && opened_at_ == skip_to) {
+    // Opened at the drain's start (open_early) and nothing read since: the drain is done,
+    // so everything before skip_to is resolved and marked and may be confirmed (invariant
+    // 5); the server takes a report of an older position (before PostgreSQL 17), so none
+    // is sent any more.
+    opened_at_ = {};
+    deferred_.insert(deferred.begin(), deferred.end());
+    confirmed_ = std::max(confirmed_, skip_to);
+    received_ = std::max(received_, skip_to);
+    logging::get("pg")->info("streaming from replication slot {}", options_.slot_name);
+    return;
+  }
   reset();
   deferred_.insert(deferred.begin(), deferred.end());
   if (skip_to.value != 0) {
-    // 3a in the header: what commits before skip_to is resolved by the drain (or was
-    // before); the server decodes it without sending it.
-    logging::get("pg")->info("starting the stream at {}: the drain resolved what committed before",
-                             skip_to.to_string());
     stream_.start_from(skip_to);
+    confirmed_ = std::max(confirmed_, skip_to);
+    received_ = std::max(received_, skip_to);
   } else {
     stream_.start();
   }
@@ -67,6 +92,7 @@ void StreamSource::reset() noexcept {
   // The positions are kept: confirmed_ only ever covers resolved and marked events, and
   // the next stream resumes at or before it.
   started_ = false;
+  opened_at_ = {};
   tracker_.reset();
   open_xid_ = 0;
   queued_.clear();
@@ -460,6 +486,7 @@ void ReplicationSource::reset() noexcept {
 void ReplicationSource::start() {
   auto log = logging::get("pg");
   table_.connect();  // the leader lock first: only the leader touches the slot
+  skip_to_ = {};
   bool slot_exists = stream_.prepare();
   std::int64_t upto = 0;
   if (!slot_exists) {
@@ -490,6 +517,7 @@ void ReplicationSource::start() {
       upto, options_.slot_name);
   drain_.emplace(table_, upto);
   phase_ = Phase::draining;
+  if (skip_to_.value != 0) stream_source_.open_early(skip_to_);
 }
 
 void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
@@ -586,7 +614,8 @@ bool ReplicationSource::wait_for_rows(std::chrono::milliseconds timeout) {
 }
 
 void ReplicationSource::keep_alive() noexcept {
-  if (phase_ == Phase::streaming) stream_source_.keep_alive();
+  // While draining only a stream opened early (3a) is there to keep.
+  if (phase_ != Phase::stopped) stream_source_.keep_alive();
 }
 
 }  // namespace outbox::pg

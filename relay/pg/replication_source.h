@@ -86,7 +86,14 @@
 //     highest pending id). So everything committed before F is resolved once the drain is
 //     done (rows of skipped topics: read from the table, 7), and the stream may start at F:
 //     START_REPLICATION at F sends only transactions whose commit starts at or after F.
-//     The slot's confirmed position moves only as the stream confirms (invariant 5).
+//     The server still reads and decodes the WAL from the slot's restart point to F (it
+//     only does not send it): that is why the stream is opened at F when the drain starts,
+//     not when it ends. Nothing is read from it during the drain, and only the old confirmed
+//     position is reported (keep_alive, so that the server keeps the connection); once the
+//     drain is done F is confirmed with the rest (invariant 5: everything before F is then
+//     marked), and a new row comes as soon as the server has read to it, not a drain's WAL
+//     later. A failure of the stream during the drain is seen at its first read, after the
+//     drain: the next by-state read starts again (a new drain, nothing pending left).
 //  4. Before a row is sent, drained or streamed, its state is read: a drained row is read
 //     from the table by id (pending_rows: pending and visible in that statement's
 //     snapshot). A streamed row's state and whether its transaction (the Begin's xid) is
@@ -225,8 +232,12 @@ class StreamSource {
 
   //! START_REPLICATION (the previous session's decoded state is forgotten). The rows of
   //! `deferred` (topics skipped when the drain ended) are read from the table (7).
-  //! With `skip_to` (3a), the transactions that commit before it are not sent.
+  //! With `skip_to` (3a), the transactions that commit before it are not sent; a stream
+  //! opened early at the same position is taken over as it is.
   void start(const std::vector<std::string>& deferred, Lsn skip_to = {});
+  //! START_REPLICATION at `skip_to` while the drain runs (3a): nothing is read, and only the
+  //! old confirmed position is reported, until start().
+  void open_early(Lsn skip_to);
   //! The stream is gone: everything after the confirmed position comes again.
   void reset() noexcept;
 
@@ -310,6 +321,8 @@ class StreamSource {
   std::unordered_set<std::int64_t> table_out_;  // their rows handed out since the by-state read
 
   Lsn received_;
+  //! Where a stream opened during the drain starts (open_early); 0: none.
+  Lsn opened_at_;
   Lsn confirmed_;
   Lsn reported_;
   std::chrono::steady_clock::time_point last_report_{};
