@@ -20,7 +20,7 @@
 #include <string>
 
 #include "config/config.h"
-#include "core/transactional_relay.h"
+#include "core/ports.h"
 #include "kafka/kafka_publisher.h"
 
 namespace outbox::kafka {
