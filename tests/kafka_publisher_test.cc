@@ -168,3 +168,56 @@ TEST_CASE("a librdkafka older than 2.6.1 is refused with the reason", "[kafka]")
   // The library the tests run on is one users get.
   CHECK_FALSE(kafka::librdkafka_version_problem());
 }
+
+TEST_CASE("the producer's states refuse a transition their table does not allow",
+          "[kafka][states]") {
+  using kafka::ProducerState;
+  core::StateMachine<kafka::ProducerStateTraits> state(ProducerState::none, "kafka");
+  // a producer that does not exist cannot fail
+  CHECK_THROWS_AS(state.set(ProducerState::fatal, "test"), std::logic_error);
+  state.set(ProducerState::ready, "created");
+  // a working producer is never destroyed under the loop's messages
+  CHECK_THROWS_AS(state.set(ProducerState::none, "test"), std::logic_error);
+  state.set(ProducerState::fatal, "fatal error");
+  // a failed producer sends nothing more: it is re-created, never revived
+  CHECK_THROWS_AS(state.set(ProducerState::ready, "test"), std::logic_error);
+  state.set(ProducerState::fatal_purged, "drain's deadline");
+  state.set(ProducerState::none, "every message answered");
+  CHECK(state.is(ProducerState::none));
+}
+
+// Regression: a fatal error first seen by send() (librdkafka answering its produce call with
+// __FATAL) left the fatal drain's start unset, so the next poll purged at once the messages
+// already sent: the broker had written them, and the next producer (a new producer id, no
+// deduplication) wrote them again.
+TEST_CASE("a fatal error seen by send keeps the messages already sent until their reports",
+          "[kafka][regression]") {
+  MockCluster cluster;
+  kafka::KafkaPublisher publisher(kafka_config(cluster));
+  auto warm = messages(1);
+  REQUIRE(publisher.publish(warm, never)[0].ok);  // producer id and metadata in place
+  // Kafka now answers each request 1.5 s after it came.
+  rd_kafka_mock_broker_set_rtt(cluster.get(), 1, 1500);
+  auto ms = messages(2);
+  publisher.send(ms[0], 1);
+  std::vector<core::Completion> done;
+  for (int i = 0; i < 3; ++i) {  // on its way to the broker: in flight, not queued
+    auto got = publisher.poll(std::chrono::milliseconds(100));
+    done.insert(done.end(), got.begin(), got.end());
+  }
+  REQUIRE(done.empty());
+  REQUIRE(rd_kafka_test_fatal_error(publisher.handle(),
+                                    RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                    "injected by the test") == RD_KAFKA_RESP_ERR_NO_ERROR);
+  publisher.send(ms[1], 2);  // refused at once: the producer failed
+  for (int i = 0; i < 100 && done.size() < 2; ++i) {
+    auto got = publisher.poll(std::chrono::milliseconds(100));
+    done.insert(done.end(), got.begin(), got.end());
+  }
+  REQUIRE(done.size() == 2);
+  for (const auto& c : done) {
+    INFO("tag " << c.tag << ": " << c.result.error);
+    if (c.tag == 1) CHECK(c.result.error.find("urged") == std::string::npos);  // its real report
+  }
+  CHECK(publisher.state() == kafka::ProducerState::none);  // re-created by the next send
+}

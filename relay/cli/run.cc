@@ -89,16 +89,16 @@ int run_relay(const config::Config& config) {
   bool eos = config.delivery.guarantee == config::DeliveryGuarantee::exactly_once;
   // at_least_once: the idempotent producer, created now so that a refused kafka.properties
   // stops the relay at once (exactly_once: the transactional producer, below).
+  core::SteadyClock clock;
   std::unique_ptr<kafka::KafkaPublisher> publisher;
   if (!eos) {
     try {
-      publisher = std::make_unique<kafka::KafkaPublisher>(config.kafka);
+      publisher = std::make_unique<kafka::KafkaPublisher>(config.kafka, &clock);
     } catch (const std::exception& e) {
       log->error("{}", e.what());
       return kUsage;
     }
   }
-  core::SteadyClock clock;
   // The store, seen by the loop as core::OutboxStore and by metrics and retention as
   // core::Leadership (sharded polling: its shards too).
   std::unique_ptr<core::OutboxStore> store;
@@ -173,7 +173,7 @@ int run_relay(const config::Config& config) {
     if (g_stop.load()) return kOk;
     log->info("delivery: exactly_once, transactional.id {}, checkpoint topic {}",
               ts.transactional_id, ts.checkpoint_topic);
-    txn_publisher = std::make_unique<kafka::TransactionalKafkaPublisher>(config.kafka, ts);
+    txn_publisher = std::make_unique<kafka::TransactionalKafkaPublisher>(config.kafka, ts, &clock);
     marker = std::make_unique<pg::PgRecoveryMarker>(conninfo, redacted);
     relay = std::make_unique<core::BatchRelay>(*store, *txn_publisher, *marker, clock, options);
   } else {

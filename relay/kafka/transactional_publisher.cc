@@ -9,6 +9,7 @@
 
 #include "common/crash_point.h"
 #include "common/logging.h"
+#include "core/steady_clock.h"
 
 namespace outbox::kafka {
 
@@ -67,9 +68,19 @@ config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
   return out;
 }
 
+namespace {
+core::Clock& steady() {
+  static core::SteadyClock clock;
+  return clock;
+}
+}  // namespace
+
 TransactionalKafkaPublisher::TransactionalKafkaPublisher(config::KafkaConfig kafka,
-                                                         TransactionalSettings settings)
-    : kafka_(transactional_kafka_config(kafka, settings)),
+                                                         TransactionalSettings settings,
+                                                         core::Clock* clock)
+    : clock_(clock),
+      now_(clock != nullptr ? *clock : steady()),
+      kafka_(transactional_kafka_config(kafka, settings)),
       plain_(std::move(kafka)),
       settings_(std::move(settings)) {}
 
@@ -77,12 +88,11 @@ TransactionalKafkaPublisher::~TransactionalKafkaPublisher() = default;
 
 rd_kafka_error_t* TransactionalKafkaPublisher::sliced(
     const std::function<rd_kafka_error_t*(int timeout_ms)>& call) {
-  auto deadline = std::chrono::steady_clock::now() + settings_.transaction_timeout;
+  auto deadline = now_.now() + settings_.transaction_timeout;
   for (;;) {
     rd_kafka_error_t* error = call(kSliceMs);
     if (error == nullptr || !rd_kafka_error_is_retriable(error) ||
-        rd_kafka_error_code(error) != RD_KAFKA_RESP_ERR__TIMED_OUT ||
-        std::chrono::steady_clock::now() >= deadline) {
+        rd_kafka_error_code(error) != RD_KAFKA_RESP_ERR__TIMED_OUT || now_.now() >= deadline) {
       return error;
     }
     rd_kafka_error_destroy(error);
@@ -284,7 +294,7 @@ void TransactionalKafkaPublisher::init() {
   // purges and waits for what it had in flight (the relay let every message be answered).
   producer_.reset();
   try {
-    producer_ = std::make_unique<KafkaPublisher>(kafka_);
+    producer_ = std::make_unique<KafkaPublisher>(kafka_, clock_);
   } catch (const std::exception& e) {
     throw core::UnavailableError(e.what());
   }
@@ -378,10 +388,10 @@ core::CheckpointRead TransactionalKafkaPublisher::last_checkpoint() {
       throw core::UnavailableError("checkpoint topic " + topic + ": " + rd_kafka_err2str(code));
     }
     std::optional<std::string> found;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    auto deadline = now_.now() + std::chrono::seconds(30);
     bool at_end = start >= end;
     while (!at_end) {
-      if (std::chrono::steady_clock::now() > deadline) {
+      if (now_.now() > deadline) {
         throw core::UnavailableError("checkpoint topic " + topic +
                                      ": could not read it to offset " + std::to_string(end) +
                                      " within 30 s, read_committed");
