@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "kafka/client_conf.h"
 #include "kafka/kafka_publisher.h"
 
 using namespace outbox;
@@ -218,6 +219,33 @@ TEST_CASE("a fatal error seen by send keeps the messages already sent until thei
   for (const auto& c : done) {
     INFO("tag " << c.tag << ": " << c.result.error);
     if (c.tag == 1) CHECK(c.result.error.find("urged") == std::string::npos);  // its real report
+    if (c.tag == 2) CHECK_THAT(c.result.error, Catch::Contains("atal"));       // seen first by send
   }
   CHECK(publisher.state() == kafka::ProducerState::none);  // re-created by the next send
+}
+
+TEST_CASE("one rule for every librdkafka client: defaults, kafka.properties, then its own",
+          "[kafka][conf]") {
+  config::KafkaConfig k;
+  k.properties = {{"linger.ms", "77"},
+                  {"client.id", "mine"},
+                  {"isolation.level", "read_uncommitted"},
+                  {"socket.timeout.ms", "12345"}};
+  auto get = [](const kafka::Conf& conf, const char* name) {
+    char value[256];
+    std::size_t size = sizeof value;
+    REQUIRE(rd_kafka_conf_get(conf.get(), name, value, &size) == RD_KAFKA_CONF_OK);
+    return std::string(value);
+  };
+  auto consumer = kafka::client_conf(kafka::ClientKind::consumer, k, {{"client.id", "relay"}},
+                                     {{"isolation.level", "read_committed"}});
+  CHECK(get(consumer, "client.id") == "mine");                  // kafka.properties over defaults
+  CHECK(get(consumer, "isolation.level") == "read_committed");  // the client's own over both
+  CHECK(get(consumer, "socket.timeout.ms") == "12345");         // reaches the cluster as set
+  CHECK(get(consumer, "linger.ms") != "77");                    // producer-only: not taken
+  auto producer = kafka::client_conf(kafka::ClientKind::producer, k, {}, {});
+  CHECK(get(producer, "linger.ms") == "77");
+  k.properties = {{"no.such.property", "x"}};
+  CHECK_THROWS_WITH(kafka::client_conf(kafka::ClientKind::consumer, k, {}, {}),
+                    Catch::Contains("kafka.properties.no.such.property"));
 }

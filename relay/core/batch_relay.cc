@@ -280,6 +280,10 @@ void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
   // rather than read the same rows again at once.
   if (by_state && blocked_rows == events.size()) cycle_.full = false;
   if (window_.empty()) return;  // nothing in flight: the phase stays empty
+  if (exactly_once() && txn_.is(TransactionState::open) && !full) {
+    // The end of the pending rows: commit what came rather than wait for more (latency).
+    to(TransactionState::closed, "a read reached the end of the pending rows");
+  }
   if (solo && sent > 0) {
     to(LoopPhase::draining, "a suspect is sent alone: nothing joins it until it is answered");
   } else if (!phase_.is(LoopPhase::draining)) {

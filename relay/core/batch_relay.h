@@ -12,9 +12,10 @@
 // included, so a stuck partition stops the read-ahead once the window is full, and a crash
 // sends at most that many rows again), and the bytes of the unanswered ones (at most
 // max_in_flight_bytes; a payload is dropped as soon as its report arrived). In exactly_once
-// a transaction also takes no more reads once it holds max_rows() rows (its checkpoint must
-// fit one record) or once it is kTransactionWindow old (a steady flow would otherwise keep
-// the window from ever draining, and its rows from ever committing).
+// a transaction takes reads ahead only while they come back full (a backlog: a short read
+// means the rows that came are committed at once, as one read per transaction did), and no
+// more once it holds max_rows() rows (its checkpoint must fit one record) or once it is
+// kTransactionWindow old (a steady flow would otherwise keep the window from ever draining).
 //
 // The loop's state is named (LoopPhase below, TransactionState for exactly_once), each
 // transition made by one function that logs it and refuses one the table does not allow

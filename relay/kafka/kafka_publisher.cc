@@ -8,6 +8,7 @@
 #include "common/crash_point.h"
 #include "common/logging.h"
 #include "core/steady_clock.h"
+#include "kafka/client_conf.h"
 #include "kafka/error_class.h"
 #include "kafka/tls_diagnostics.h"
 
@@ -55,11 +56,6 @@ void on_error(rd_kafka_t*, int err, const char* reason, void*) {
   logging::get("kafka")->warn("{} ({})", reason,
                               rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)));
 }
-
-struct ConfDeleter {
-  void operator()(rd_kafka_conf_t* c) const { rd_kafka_conf_destroy(c); }
-};
-using Conf = std::unique_ptr<rd_kafka_conf_t, ConfDeleter>;
 
 }  // namespace
 
@@ -156,16 +152,8 @@ KafkaPublisher::~KafkaPublisher() = default;
 
 void KafkaPublisher::ensure_producer() {
   if (producer_) return;
-  Conf conf(rd_kafka_conf_new());
+  Conf conf = client_conf(ClientKind::producer, config_, default_properties(config_), {});
   char err[512];
-  auto set = [&](const std::string& name, const std::string& value) {
-    if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), err, sizeof err) !=
-        RD_KAFKA_CONF_OK) {
-      throw std::runtime_error("kafka property " + name + ": " + err);
-    }
-  };
-  for (const auto& [name, value] : default_properties(config_)) set(name, value);
-  for (const auto& [name, value] : config_.properties) set(name, value);
   rd_kafka_conf_set_dr_msg_cb(conf.get(), on_delivery);
   rd_kafka_conf_set_log_cb(conf.get(), on_log);
   rd_kafka_conf_set_error_cb(conf.get(), on_error);

@@ -10,6 +10,7 @@
 #include "common/crash_point.h"
 #include "common/logging.h"
 #include "core/steady_clock.h"
+#include "kafka/client_conf.h"
 
 namespace outbox::kafka {
 
@@ -24,16 +25,6 @@ bool overridden(const std::string& name) {
   return name == "message.timeout.ms" || name == "delivery.timeout.ms" ||
          name == "enable.gapless.guarantee" || name == "transactional.id" ||
          name == "transaction.timeout.ms";
-}
-
-// Properties the checkpoint consumer takes from kafka.properties: how to reach and
-// authenticate to the cluster, nothing producer-only.
-bool connection_property(const std::string& name) {
-  for (std::string_view prefix : {"security.", "sasl.", "ssl.", "ssl_", "enable.ssl.", "socket.",
-                                  "broker.address.", "client.dns.", "client.rack", "debug"}) {
-    if (name.rfind(prefix, 0) == 0) return true;
-  }
-  return false;
 }
 
 std::string text_of(rd_kafka_error_t* error) {
@@ -316,30 +307,25 @@ void TransactionalKafkaPublisher::init() {
 
 std::unique_ptr<rd_kafka_t, TransactionalKafkaPublisher::ConsumerDeleter>
 TransactionalKafkaPublisher::checkpoint_consumer(bool read_committed) const {
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  Conf conf;
+  try {
+    conf = client_conf(ClientKind::consumer, plain_,
+                       {{"bootstrap.servers", plain_.bootstrap_servers},
+                        {"client.id", "outbox-relay-checkpoint"},
+                        // assign() only, nothing committed: never joined, but librdkafka
+                        // wants one
+                        {"group.id", "outbox-relay-checkpoint-reader"},
+                        {"log.connection.close", "false"}},
+                       {{"isolation.level", read_committed ? "read_committed" : "read_uncommitted"},
+                        {"enable.partition.eof", "true"},
+                        {"enable.auto.commit", "false"}});
+  } catch (const std::runtime_error& e) {
+    throw core::UnavailableError(std::string("checkpoint consumer: ") + e.what());
+  }
   char err[512];
-  auto set = [&](const std::string& name, const std::string& value) {
-    if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      throw core::UnavailableError("checkpoint consumer: " + name + ": " + err);
-    }
-  };
-  set("bootstrap.servers", plain_.bootstrap_servers);
-  set("client.id", "outbox-relay-checkpoint");
-  // assign() only, nothing committed: the group is never joined, but librdkafka wants one
-  set("group.id", "outbox-relay-checkpoint-reader");
-  set("isolation.level", read_committed ? "read_committed" : "read_uncommitted");
-  set("enable.partition.eof", "true");
-  set("enable.auto.commit", "false");
-  set("log.connection.close", "false");
-  for (const auto& [name, value] : plain_.properties) {
-    if (connection_property(name)) set(name, value);
-  }
-  rd_kafka_t* raw = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
-  if (raw == nullptr) {
-    rd_kafka_conf_destroy(conf);
-    throw core::UnavailableError(std::string("checkpoint consumer: ") + err);
-  }
+  rd_kafka_t* raw = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof err);
+  if (raw == nullptr) throw core::UnavailableError(std::string("checkpoint consumer: ") + err);
+  conf.release();  // rd_kafka_new took it
   return std::unique_ptr<rd_kafka_t, ConsumerDeleter>(raw);
 }
 
