@@ -19,8 +19,8 @@
 #include "pg/conninfo.h"
 #include "pg/eos_support.h"
 #include "pg/pg_store.h"
-#include "pg/replication_store.h"
 #include "pg/retention.h"
+#include "replication/replication_store.h"
 
 namespace outbox::cli {
 
@@ -107,7 +107,7 @@ int run_relay(const config::Config& config) {
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
     const config::ReplicationConfig& rc = config.source.replication;
-    pg::ReplicationSettings settings;
+    replication::ReplicationSettings settings;
     settings.slot_name = rc.slot_name;
     settings.publication_name = rc.publication_name;
     settings.create_slot = rc.create_slot;
@@ -120,7 +120,7 @@ int run_relay(const config::Config& config) {
     settings.visibility_waiting = [](std::chrono::nanoseconds waited) {
       if (core::RelayObserver* o = g_tick_target.load()) o->on_visibility_wait(waited);
     };
-    auto replication_store = std::make_unique<pg::PgReplicationStore>(
+    auto replication_store = std::make_unique<replication::PgReplicationStore>(
         conninfo, redacted, settings, clock, [] { return g_stop.load(); });
     leadership = replication_store.get();
     store = std::move(replication_store);
