@@ -602,8 +602,6 @@ void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& out
   for (auto& v : gone) v.recorded = true;
 }
 
-void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) { record_outcome(outcome); }
-
 void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   connect();
   try {
@@ -653,8 +651,6 @@ void PgOutboxStore::with_connection(const std::function<void(pqxx::connection&)>
     fail(e);
   }
 }
-
-void PgOutboxStore::abort_batch() noexcept {}  // begin_batch holds nothing
 
 bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
   connect();

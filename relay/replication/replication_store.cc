@@ -35,12 +35,6 @@ std::vector<core::OutboxEvent> PgReplicationStore::read_after(
   return source_.read_after(after_id, pending_upto, limit, max_bytes, skip_topics);
 }
 
-void PgReplicationStore::finish_batch(const core::BatchOutcome& outcome) {
-  source_.finish_batch(outcome);
-}
-
-void PgReplicationStore::abort_batch() noexcept { source_.abort_batch(); }
-
 void PgReplicationStore::record_outcome(const core::BatchOutcome& outcome) {
   source_.record_outcome(outcome);
 }
