@@ -128,7 +128,7 @@ int run_relay(const config::Config& config) {
     pg::ShardSettings shards;
     shards.shards = config.source.polling.shards;
     shards.rebalance_interval = config.source.polling.shards_rebalance_interval;
-    auto outbox_store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted, shards);
+    auto outbox_store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted, clock, shards);
     polling_store = outbox_store.get();
     leadership = outbox_store.get();
     store = std::move(outbox_store);
@@ -240,8 +240,8 @@ int run_relay(const config::Config& config) {
     rs.dead_lettered_after = config.retention.dead_lettered_after;
     rs.interval = config.retention.interval;
     rs.batch_size = config.retention.batch_size;
-    retention = std::make_unique<pg::Retention>(conninfo, redacted, rs, std::move(leads),
-                                                [] { return g_stop.load(); });
+    retention = std::make_unique<pg::Retention>(
+        conninfo, redacted, rs, std::move(leads), [] { return g_stop.load(); }, clock);
     retention->start();
   }
 

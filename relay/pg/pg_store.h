@@ -63,6 +63,7 @@ std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
 enum class FetchScope {
   upto,    //!< rows of topics not in $3, ids up to $6 only (the replication drain)
   topics,  //!< rows of the topics in $3 only (deferred topics; $4 and $5 as a by-state read)
+  among,   //!< rows whose ids are in $3 (bigint[]) only; no $4, $5 (rows sent again)
 };
 std::string fetch_sql(FetchScope scope);
 
@@ -75,7 +76,9 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
  public:
   //! `conninfo` as made by build_conninfo; `redacted` is what logs may show of it.
   //! `shards`: scale-out (see above); the default is one relay publishing everything.
-  PgOutboxStore(std::string conninfo, std::string redacted, ShardSettings shards = {});
+  //! `clock` (which outlives this) times the shards' rebalancing and the standby's wait.
+  PgOutboxStore(std::string conninfo, std::string redacted, const core::Clock& clock,
+                ShardSettings shards = {});
   ~PgOutboxStore() override;
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
@@ -142,6 +145,7 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
 
   std::string conninfo_;
   std::string redacted_;
+  const core::Clock& clock_;
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;

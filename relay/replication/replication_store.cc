@@ -19,9 +19,9 @@ ReplicationSourceOptions source_options(const ReplicationSettings& c) {
 PgReplicationStore::PgReplicationStore(std::string conninfo, std::string redacted,
                                        ReplicationSettings options, core::Clock& clock,
                                        std::function<bool()> stopping)
-    : store_(conninfo, std::move(redacted)),
+    : store_(conninfo, std::move(redacted), clock),
       table_(store_),
-      stream_(std::move(conninfo), options, stopping),
+      stream_(std::move(conninfo), options, stopping, clock),
       source_(table_, stream_, clock, source_options(options), stopping) {}
 
 std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(
