@@ -8,16 +8,21 @@
 
 namespace outbox::cli {
 
-std::string conninfo_or_exit(const config::Config& config) {
+pg::Conninfo pg_conninfo_or_exit(const config::Config& config) {
   std::string error;
-  auto conninfo =
-      pg::build_conninfo(config.postgres.dsn, config.postgres.password,
-                         config.postgres.connect_timeout_s, &error, config.postgres.allow_weak_tls);
+  pg::ConninfoParts parts{config.postgres.dsn, config.postgres.password,
+                          config.postgres.password_file, config.postgres.connect_timeout_s,
+                          config.postgres.allow_weak_tls};
+  auto conninfo = pg::Conninfo::make(parts, &error);
   if (!conninfo) {
     std::fprintf(stderr, "postgres.dsn: %s\n", error.c_str());
     std::exit(kUsage);
   }
   return *conninfo;
+}
+
+std::string conninfo_or_exit(const config::Config& config) {
+  return pg_conninfo_or_exit(config).current();
 }
 
 int run_migrate(const config::Config& config) {

@@ -365,6 +365,7 @@ void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
     }
     if (auto secret = read_secret(r, file, "postgres.password_file", line_of(n["password_file"]))) {
       c.postgres.password = *secret;
+      c.postgres.password_file = file;
     }
   }
   r.read_int(n, "postgres", "connect_timeout_s", c.postgres.connect_timeout_s, 1, 3600);
@@ -463,6 +464,7 @@ void read_kafka(Reader& r, const YAML::Node& root, Config& c) {
     } else if (auto secret = read_secret(r, path, key, line)) {
       check_kafka_property(r, c, key, name, *secret, line);
       c.kafka.properties.emplace_back(name, *secret);
+      c.kafka.secret_files[name] = path;
     }
   }
   for (auto& [from, to] : r.read_string_map(n, "kafka", "topic_map")) {

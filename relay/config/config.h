@@ -23,6 +23,8 @@ struct PostgresConfig {
   std::string dsn;
   //! Password from postgres.password or the file named by postgres.password_file.
   std::string password;
+  //! postgres.password_file as given: read again at each new connection (pg::Conninfo).
+  std::string password_file;
   //! Seconds libpq may take to connect.
   int connect_timeout_s = 10;
   //! libpq connection string of a privileged role, used only by `migrate` (which falls back
@@ -40,6 +42,9 @@ struct KafkaConfig {
   std::vector<std::pair<std::string, std::string>> properties;
   //! Row topic -> Kafka topic; a row topic not listed goes to the topic of the same name.
   std::map<std::string, std::string> topic_map;
+  //! kafka.secret_files as given (property -> file): their values, read at start, are in
+  //! `properties`; sasl.username/sasl.password are read again when authentication fails.
+  std::map<std::string, std::string> secret_files;
   //! kafka.allow_no_hostname_verification: accept ssl.endpoint.identification.algorithm=none.
   bool allow_no_hostname_verification = false;
   //! kafka.allow_unverified_certificates: accept enable.ssl.certificate.verification=false.

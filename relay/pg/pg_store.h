@@ -49,6 +49,7 @@
 #include <unordered_map>
 
 #include "core/ports.h"
+#include "pg/conninfo.h"
 #include "pg/shards.h"
 
 namespace outbox::pg {
@@ -76,9 +77,10 @@ const char* to_string(SessionRole role);
 
 class PgOutboxStore : public core::OutboxStore {
  public:
-  //! `conninfo` as made by build_conninfo; `redacted` is what logs may show of it.
+  //! `conninfo` (built again at each new session: a rotated password file is read then);
+  //! `redacted` is what logs may show of it.
   //! `shards`: scale-out (see above); the default is one relay publishing everything.
-  PgOutboxStore(std::string conninfo, std::string redacted, ShardSettings shards = {});
+  PgOutboxStore(Conninfo conninfo, std::string redacted, ShardSettings shards = {});
   ~PgOutboxStore() override;
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
@@ -146,7 +148,7 @@ class PgOutboxStore : public core::OutboxStore {
                                        std::size_t limit, std::size_t max_bytes,
                                        const std::vector<std::string>& skip_topics);
 
-  std::string conninfo_;
+  Conninfo conninfo_;
   std::string redacted_;
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<HintReceiver> receiver_;

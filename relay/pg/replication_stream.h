@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "pg/conninfo.h"
 #include "pg/pgoutput.h"
 #include "pg/replication_connection.h"
 #include "pg/replication_ports.h"
@@ -37,7 +38,7 @@ struct ReplicationSettings {
 class PgReplicationStream : public ReplicationStream {
  public:
   //! `stopping` cancels a slot creation that waits for open transactions.
-  PgReplicationStream(std::string conninfo, ReplicationSettings options,
+  PgReplicationStream(Conninfo conninfo, ReplicationSettings options,
                       std::function<bool()> stopping);
 
   //! The leader lock must be held: a relay's walsender on the slot (it holds the walsender
@@ -54,7 +55,7 @@ class PgReplicationStream : public ReplicationStream {
   ReplicationConnection& connection();
   StreamMessage decode(const std::string& frame);
 
-  std::string conninfo_;
+  Conninfo conninfo_;
   ReplicationSettings options_;
   std::function<bool()> stopping_;
   std::unique_ptr<ReplicationConnection> conn_;

@@ -36,6 +36,8 @@
 #include <string>
 #include <thread>
 
+#include "pg/conninfo.h"
+
 namespace outbox::pg {
 
 struct RetentionSettings {
@@ -49,7 +51,7 @@ class Retention {
  public:
   //! `conninfo` as made by build_conninfo; `redacted` for logs. `is_leader` and `stopping`
   //! are called from the retention thread.
-  Retention(std::string conninfo, std::string redacted, RetentionSettings settings,
+  Retention(Conninfo conninfo, std::string redacted, RetentionSettings settings,
             std::function<bool()> is_leader, std::function<bool()> stopping);
   ~Retention();
   Retention(const Retention&) = delete;
@@ -70,7 +72,7 @@ class Retention {
   //! Calls `function` until a call deletes fewer than batch_size rows; returns the rows.
   std::uint64_t delete_all(pqxx::connection& conn, const char* function, std::chrono::seconds age);
 
-  std::string conninfo_;
+  Conninfo conninfo_;
   std::string redacted_;
   RetentionSettings settings_;
   std::function<bool()> is_leader_;
