@@ -45,7 +45,9 @@ int run_migrate(const config::Config& config) {
                 pg::redact_dsn(config.postgres.admin_dsn).c_str());
   }
   try {
-    pg::MigrationReport report = pg::migrate(conninfo);
+    pg::RoleNames roles{config.postgres.relay_role, config.postgres.writer_role};
+    pg::MigrationReport report = pg::migrate(conninfo, roles);
+    for (const auto& role : report.roles) std::printf("role     %s\n", role.c_str());
     for (const auto& name : report.applied) std::printf("applied  %s\n", name.c_str());
     for (const auto& name : report.skipped) std::printf("present  %s\n", name.c_str());
     for (const auto& w : report.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());

@@ -341,6 +341,8 @@ std::optional<std::string> read_secret(Reader& r, const std::string& path, const
   return secret;
 }
 
+bool is_identifier(const std::string& name);
+
 void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
   YAML::Node n = root["postgres"];
   if (!Reader::has(root, "postgres")) {
@@ -349,7 +351,7 @@ void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
   }
   if (!r.section(n, "postgres",
                  {"dsn", "password", "password_file", "connect_timeout_s", "allow_weak_tls",
-                  "admin_dsn"})) {
+                  "admin_dsn", "relay_role", "writer_role"})) {
     return;
   }
   r.read_string(n, "postgres", "dsn", c.postgres.dsn, /*required=*/true);
@@ -370,6 +372,20 @@ void read_postgres(Reader& r, const YAML::Node& root, Config& c) {
   }
   r.read_int(n, "postgres", "connect_timeout_s", c.postgres.connect_timeout_s, 1, 3600);
   r.read_bool(n, "postgres", "allow_weak_tls", c.postgres.allow_weak_tls);
+  for (auto [name, out] :
+       {std::pair<const char*, std::string*>{"relay_role", &c.postgres.relay_role},
+        {"writer_role", &c.postgres.writer_role}}) {
+    r.read_string(n, "postgres", name, *out);
+    if (!is_identifier(*out)) {
+      r.error(std::string("postgres.") + name, line_of(n[name]),
+              "must be 1-63 characters of a-z, 0-9 and _, not starting with a digit");
+    }
+  }
+  if (c.postgres.relay_role == c.postgres.writer_role) {
+    r.error("postgres.writer_role", line_of(n["writer_role"]),
+            "must differ from postgres.relay_role: the relay and the services need different "
+            "privileges");
+  }
 }
 
 // Properties the relay's promise depends on: refusing them beats a silent downgrade.

@@ -33,6 +33,11 @@ struct PostgresConfig {
   //! postgres.allow_weak_tls: accept a dsn whose sslmode is weaker than verify-full to a
   //! host that is not a Unix socket or loopback (see pg::weak_tls_problem).
   bool allow_weak_tls = false;
+  //! postgres.relay_role / postgres.writer_role: the group roles `migrate` makes when missing
+  //! and grants this database's schema to (pg::RoleNames). The defaults are shared by every
+  //! database of the cluster that keeps them; names of a database's own keep its outbox apart.
+  std::string relay_role = "outbox_relay";
+  std::string writer_role = "outbox_writer";
 };
 
 struct KafkaConfig {
