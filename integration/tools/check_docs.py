@@ -3,6 +3,7 @@
 step):
   - README.md is at most 10 KB (10,240 bytes): what the relay is, its promises, the two
     commands, links; the rest lives under docs/;
+  - README.md gives the demo and the test command (the one .ci/run runs) as they are;
   - every page under docs/ is reachable from README.md by relative links between Markdown
     files;
   - every relative link of every Markdown file in the repository resolves: the file exists,
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 README_MAX_BYTES = 10 * 1024
+COMMANDS = ("./integration/demo.sh --events 5000", "./integration/test-all.sh")
 SKIP_DIRS = {".git", "build", "node_modules", ".venv", "venv", "__pycache__"}
 
 LINK = re.compile(r"(?<!\!)\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -97,6 +99,10 @@ def check(repo: Path) -> list[str]:
     if size > README_MAX_BYTES:
         problems.append(f"README.md: {size} bytes, more than {README_MAX_BYTES}: move sections "
                         "to docs/ and link them")
+    text = readme.read_text(encoding="utf-8")
+    for command in COMMANDS:
+        if not re.search(r"^" + re.escape(command) + r"(\s|$)", text, re.M):
+            problems.append(f"README.md: no line starting with the command `{command}`")
 
     cache: dict[Path, set[str]] = {}
     graph: dict[Path, set[Path]] = {}

@@ -128,6 +128,14 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def section(title: str, entries: list[Entry], how: list[str], code_names: bool) -> list[str]:
+    """One suite's table: the file, the test (a pytest or Go name in code), the defect."""
+    rows = [f"| `{e.file}` | {f'`{e.name}`' if code_names else cell(e.name)} | {cell(e.defect)} |"
+            for e in entries]
+    return [f"## {title}: {len(entries)}", "", *how, "", "| file | test | defect |",
+            "|---|---|---|", *rows, ""]
+
+
 def render(unit: list[Entry], py: list[Entry], go: list[Entry]) -> str:
     out = ["# Regression tests",
            "",
@@ -138,31 +146,16 @@ def render(unit: list[Entry], py: list[Entry], go: list[Entry]) -> str:
            "this page is current (`integration/tools/check_docs.py`, in `integration/test-all.sh`'s",
            "format step). Do not edit it by hand: run `integration/tools/regressions.py`.",
            ""]
-    out += [f"## Unit tests (Catch2): {len(unit)}",
-            "",
-            "All of them: `./build/tests/unit_tests \"[regression]\"`; one: `./build/tests/unit_tests \"NAME\"`.",
-            "",
-            "| file | test | defect |",
-            "|---|---|---|"]
-    out += [f"| `{e.file}` | {cell(e.name)} | {cell(e.defect)} |" for e in unit]
-    out += ["",
-            f"## Integration tests (pytest, real servers): {len(py)}",
-            "",
-            "One: `~/.cache/outbox-relay/venv/bin/python -m pytest FILE -k NAME`",
-            "(with `OUTBOX_IT_REQUIRE_BINARY=1 OUTBOX_RELAY_BIN=build/outbox-relay`).",
-            "",
-            "| file | test | defect |",
-            "|---|---|---|"]
-    out += [f"| `{e.file}` | `{e.name}` | {cell(e.defect)} |" for e in py]
-    out += ["",
-            f"## Chart tests (Go): {len(go)}",
-            "",
-            "Run by `integration/deploy/chart.sh`.",
-            "",
-            "| file | test | defect |",
-            "|---|---|---|"]
-    out += [f"| `{e.file}` | `{e.name}` | {cell(e.defect)} |" for e in go]
-    return "\n".join(out) + "\n"
+    out += section("Unit tests (Catch2)", unit,
+                   ['All of them: `./build/tests/unit_tests "[regression]"`; one: '
+                    '`./build/tests/unit_tests "NAME"`.'], code_names=False)
+    out += section("Integration tests (pytest, real servers)", py,
+                   ["One: `~/.cache/outbox-relay/venv/bin/python -m pytest FILE -k NAME`",
+                    "(with `OUTBOX_IT_REQUIRE_BINARY=1 OUTBOX_RELAY_BIN=build/outbox-relay`)."],
+                   code_names=True)
+    out += section("Chart tests (Go)", go, ["Run by `integration/deploy/chart.sh`."],
+                   code_names=True)
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def main(argv: list[str]) -> int:
