@@ -24,14 +24,21 @@ COPY CMakeLists.txt /src/
 COPY cmake /src/cmake
 COPY schema /src/schema
 COPY relay /src/relay
+# VERSION (build-image.sh passes integration/deploy/version.sh's): the binary must say the same.
+ARG VERSION=""
 RUN cmake -S /src -B /build -DCMAKE_BUILD_TYPE=Release -DOUTBOX_BUILD_TESTS=OFF \
  && cmake --build /build -j"$(nproc)" \
  && strip /build/outbox-relay \
- && /build/outbox-relay --version
+ && /build/outbox-relay --version \
+ && { [ -z "$VERSION" ] || [ "$(/build/outbox-relay --version)" = "outbox-relay $VERSION" ]; }
 
 # ----------------------------------------------------------------------------------- runtime
 FROM debian:12-slim AS runtime
 ARG DEBIAN_FRONTEND=noninteractive
+ARG VERSION=""
+LABEL org.opencontainers.image.title="outbox-relay" \
+      org.opencontainers.image.version="$VERSION" \
+      org.opencontainers.image.licenses="Apache-2.0"
 # The shared libraries the binary loads, nothing else. integration/deploy/rootfs.sh reads this
 # list (one package per line, between the quotes) to build the test root filesystem, and
 # integration/tests/test_image.py fails when a library the binary needs is missing from it.

@@ -128,7 +128,15 @@ asan_then_fuzz() {
   return $rc
 }
 
-step format cmake --build build --target format-check
+# clang-format, then the documentation's shape (README.md at most 10 KB, every docs/ page
+# reachable from it, every relative link resolving, docs/results/regressions.md current).
+format_and_docs() {
+  local rc=0
+  cmake --build build --target format-check || rc=1
+  python3 "$HERE/tools/check_docs.py" "$OUTBOX_REPO" || rc=1
+  return $rc
+}
+step format format_and_docs
 
 # Background: ASan then fuzz (one core), and Helm's one-time build then the chart checks
 # (helm lint + template, manifests decoded strictly: integration/deploy/chart.sh).

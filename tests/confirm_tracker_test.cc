@@ -1,8 +1,8 @@
 #include <catch2/catch.hpp>
 
-#include "core/confirm_tracker.h"
+#include "replication/confirm_tracker.h"
 
-using outbox::core::ConfirmTracker;
+using outbox::replication::ConfirmTracker;
 
 TEST_CASE("a transaction is confirmable only once all its events are resolved", "[replication]") {
   ConfirmTracker t;

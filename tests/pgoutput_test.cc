@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "pg/pgoutput.h"
+#include "replication/pgoutput.h"
 
-using namespace outbox::pg;
+using namespace outbox::replication;
 namespace fs = std::filesystem;
 
 namespace {

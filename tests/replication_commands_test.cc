@@ -1,10 +1,10 @@
 // The replication commands the relay sends, per PostgreSQL version: pure text, no server.
 #include <catch2/catch.hpp>
 
-#include "pg/replication_connection.h"
+#include "replication/replication_connection.h"
 
-using outbox::pg::create_slot_command;
-using outbox::pg::start_replication_command;
+using outbox::replication::create_slot_command;
+using outbox::replication::start_replication_command;
 
 // Regression: PostgreSQL 13 and 14 refused the slot creation (they know no parenthesised
 // options) and START_REPLICATION (13 knows no `messages` option): replication never started.

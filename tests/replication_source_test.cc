@@ -1,4 +1,4 @@
-// The replication hand-over and confirmation rules (pg/replication_source.h) against a fake
+// The replication hand-over and confirmation rules (replication_source.h) against a fake
 // PostgreSQL: one FakeServer holds the table, the transactions in commit order, the slot
 // and the stream, seen through the two ports the state machine uses.
 #include <catch2/catch.hpp>
@@ -13,12 +13,12 @@
 
 #include "core/batch_relay.h"
 #include "fakes.h"
-#include "pg/replication_source.h"
+#include "replication/replication_source.h"
 
 using namespace outbox;
-using outbox::pg::Lsn;
-using outbox::pg::ReplicationSource;
-using outbox::pg::StreamMessage;
+using outbox::replication::Lsn;
+using outbox::replication::ReplicationSource;
+using outbox::replication::StreamMessage;
 using outbox::testing::FakeClock;
 using outbox::testing::FakePublisher;
 using std::chrono::milliseconds;
@@ -141,7 +141,7 @@ struct FakeServer {
   }
 };
 
-class FakeStream : public pg::ReplicationStream {
+class FakeStream : public replication::ReplicationStream {
  public:
   explicit FakeStream(FakeServer& s) : s_(s) {}
   bool prepare() override {
@@ -202,7 +202,7 @@ class FakeStream : public pg::ReplicationStream {
   FakeServer& s_;
 };
 
-class FakeTable : public pg::ReplicationTable {
+class FakeTable : public replication::ReplicationTable {
  public:
   explicit FakeTable(FakeServer& s) : s_(s) {}
   void connect() override {}
@@ -300,11 +300,11 @@ class FakeTable : public pg::ReplicationTable {
     }
     return out;
   }
-  pg::RowCheck check(const std::vector<std::int64_t>& ids,
-                     const std::vector<std::uint32_t>& xids) override {
+  replication::RowCheck check(const std::vector<std::int64_t>& ids,
+                              const std::vector<std::uint32_t>& xids) override {
     ++s_.checks;
     if (s_.on_check) s_.on_check(s_.checks);
-    pg::RowCheck c;
+    replication::RowCheck c;
     for (auto id : ids) {
       auto it = s_.rows.find(id);
       if (it != s_.rows.end() && s_.visible(it->second)) {
@@ -346,7 +346,7 @@ struct Rig {
   FakeStream stream{server};
   FakeClock clock;
   bool stop = false;
-  pg::ReplicationSourceOptions options;
+  replication::ReplicationSourceOptions options;
   std::unique_ptr<ReplicationSource> source;
 
   Rig() {

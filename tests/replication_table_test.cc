@@ -1,12 +1,12 @@
-// pg/replication_table.h: what is pure in it.
+// replication/replication_table.h: what is pure in it.
 #include <catch2/catch.hpp>
 
-#include "pg/replication_table.h"
+#include "replication/replication_table.h"
 
 using namespace outbox;
 
 TEST_CASE("a pg_snapshot tells which committed transactions it shows", "[replication]") {
-  auto s = pg::PgSnapshot::parse("4294967400:4294967410:4294967403,4294967405");
+  auto s = replication::PgSnapshot::parse("4294967400:4294967410:4294967403,4294967405");
   REQUIRE(s);
   CHECK(s->xmin == 4294967400ULL);
   CHECK(s->xip == std::vector<std::uint64_t>{4294967403ULL, 4294967405ULL});
@@ -16,19 +16,19 @@ TEST_CASE("a pg_snapshot tells which committed transactions it shows", "[replica
   CHECK_FALSE(s->shows_committed(low(4294967403ULL)));  // in progress
   CHECK_FALSE(s->shows_committed(low(4294967410ULL)));  // xmax: not ended then
   CHECK_FALSE(s->shows_committed(low(4294967420ULL)));
-  auto empty = pg::PgSnapshot::parse("745:745:");
+  auto empty = replication::PgSnapshot::parse("745:745:");
   REQUIRE(empty);
   CHECK(empty->xip.empty());
   CHECK(empty->shows_committed(744));
   CHECK_FALSE(empty->shows_committed(745));
-  CHECK_FALSE(pg::PgSnapshot::parse("745:"));
-  CHECK_FALSE(pg::PgSnapshot::parse("746:745:"));
-  CHECK_FALSE(pg::PgSnapshot::parse("1:2:x"));
+  CHECK_FALSE(replication::PgSnapshot::parse("745:"));
+  CHECK_FALSE(replication::PgSnapshot::parse("746:745:"));
+  CHECK_FALSE(replication::PgSnapshot::parse("1:2:x"));
 }
 
 TEST_CASE("a pg_snapshot widens 32-bit xids and says which transactions it counts as ended",
           "[replication]") {
-  auto s = pg::PgSnapshot::parse("4294967290:4294967300:4294967292,4294967295");
+  auto s = replication::PgSnapshot::parse("4294967290:4294967300:4294967292,4294967295");
   REQUIRE(s);
   CHECK(s->full_xid(4) == 4294967300ULL);  // across the 2^32 boundary
   CHECK(s->full_xid(4294967291U) == 4294967291ULL);

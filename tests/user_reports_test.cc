@@ -21,8 +21,10 @@ std::size_t occurrences(const std::string& text, const std::string& what) {
 
 }  // namespace
 
+// Regression: the sessions used the dsn's client_encoding, PGCLIENTENCODING or the database's,
+// so keys and headers reached Kafka in that encoding, or every read failed.
 TEST_CASE("the relay's sessions always use UTF-8, whatever the dsn or PGCLIENTENCODING say",
-          "[pg][user-report]") {
+          "[pg][user-report][regression]") {
   std::string error;
   auto plain = pg::build_conninfo("host=localhost dbname=app", "", 10, &error);
   REQUIRE(plain);
@@ -41,8 +43,10 @@ TEST_CASE("the relay's sessions always use UTF-8, whatever the dsn or PGCLIENTEN
   CHECK_THAT(*uri, Catch::Contains("client_encoding='UTF8'") && !Catch::Contains("SQL_ASCII"));
 }
 
+// Regression: kafka.properties accepted `partitioner: random`, which ignores the key and
+// spreads one key's events over partitions, out of order.
 TEST_CASE("a partitioner that ignores the key is refused: it would break per-key order",
-          "[config][user-report]") {
+          "[config][user-report][regression]") {
   auto parse = [](const std::string& value) {
     config::ParseOptions o;
     o.env = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };

@@ -5,7 +5,7 @@ publishing to its own topic of the same Kafka broker:
   polling-eos, replication-eos
                          the same with delivery.guarantee: exactly_once (Kafka transactions)
   polling-x2             two outbox-relays in polling mode sharing source.polling.shards: 8
-                         (README "Scaling out"), run as one process tree (CPU and RSS of both)
+                         (docs/operations/sizing.md), run as one process tree (CPU and RSS of both)
   debezium               Kafka Connect standalone running Debezium's PostgreSQL connector
                          (pgoutput, own slot and publication) with its outbox EventRouter
 

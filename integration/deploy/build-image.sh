@@ -4,16 +4,18 @@
 # minbase root filesystem that integration/deploy/rootfs.sh builds with debootstrap (what the
 # official images are made of), and the build never pulls.
 #
-#   integration/deploy/build-image.sh [TAG]     (default outbox-relay:dev; needs root)
+#   integration/deploy/build-image.sh [TAG]     (default outbox-relay:VERSION, VERSION from
+#                                               version.sh, the chart's appVersion; needs root)
 #
 # Then run it, e.g.: podman run --rm --network host -v $PWD/relay.yaml:/etc/outbox-relay/config.yaml:ro \
-#   --read-only outbox-relay:dev check --config /etc/outbox-relay/config.yaml
+#   --read-only outbox-relay:0.1.0 check --config /etc/outbox-relay/config.yaml
 # The build compiles librdkafka and the relay: about 10 minutes on 2 cores the first time.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../env/common.sh
 . "$HERE/../env/common.sh"
-TAG="${1:-outbox-relay:dev}"
+VERSION=$("$HERE/version.sh")
+TAG="${1:-outbox-relay:$VERSION}"
 
 command -v buildah >/dev/null || die "buildah missing: apt-get install buildah"
 base=$("$HERE/rootfs.sh" base)
@@ -36,6 +38,6 @@ log "image: buildah bud -t $TAG $OUTBOX_REPO"
 t0=$SECONDS
 # --isolation chroot: RUN steps without an OCI runtime; crun refuses this machine's cgroup layout
 # ("cgroups in hybrid mode not supported, drop all controllers from cgroupv2").
-buildah bud --isolation chroot --pull-never --network host --layers -t "$TAG" -f "$OUTBOX_REPO/Dockerfile" "$OUTBOX_REPO"
+buildah bud --isolation chroot --pull-never --network host --layers --build-arg VERSION="$VERSION" -t "$TAG" -f "$OUTBOX_REPO/Dockerfile" "$OUTBOX_REPO"
 log "image: $TAG built in $((SECONDS - t0))s"
 buildah images "$TAG"

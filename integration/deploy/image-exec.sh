@@ -6,9 +6,10 @@
 # mounted read-only at /etc/outbox-relay/config.yaml; OUTBOX_* and PG* variables are passed.
 # SIGTERM/SIGINT are forwarded to the relay; the working container is removed at exit.
 #
-#   OUTBOX_IMAGE=localhost/outbox-relay:dev integration/deploy/image-exec.sh check --config relay.yaml
+#   integration/deploy/image-exec.sh check --config relay.yaml   (OUTBOX_IMAGE: default
+#   localhost/outbox-relay:VERSION, what build-image.sh tags)
 set -euo pipefail
-IMAGE="${OUTBOX_IMAGE:-localhost/outbox-relay:dev}"
+IMAGE="${OUTBOX_IMAGE:-localhost/outbox-relay:$("$(dirname "${BASH_SOURCE[0]}")/version.sh")}"
 args=() opts=()
 while [ $# -gt 0 ]; do
   if [ "$1" = "--config" ] && [ $# -ge 2 ]; then

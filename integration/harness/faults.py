@@ -328,8 +328,8 @@ class FaultRun:
         audit and the Python one, record the row, then assert:
         lost = 0, order violations = 0, every row marked, both audits agree, and duplicates:
         "none" (every restart was clean: SIGTERM), "per_crash" (at most one batch per abrupt
-        relay death, README promise 5 (a)) or "any" (server or network faults: 5 (b), (c);
-        counted, not bounded). expect_duplicates: at least one (the relay died between
+        relay death, promise crash-loses-nothing (a) in docs/design/how-it-works.md) or "any"
+        (server or network faults: its (b); counted, not bounded). expect_duplicates: at least one (the relay died between
         Kafka's acknowledgement and the mark). fail=False: return the row with its problems
         instead of failing the test (the caller fails it once every row is recorded)."""
         assert duplicates in ("none", "per_crash", "any"), duplicates
@@ -401,7 +401,7 @@ class FaultRun:
         if duplicates == "per_crash" and dups > self.crashes * self.batch_size:
             problems.append(
                 f"{dups} duplicates: more than one window ({self.batch_size}) per abrupt relay death "
-                f"({self.crashes}), which README promise 5 (a) states"
+                f"({self.crashes}), which promise crash-loses-nothing (a) states"
             )
         if expect_duplicates and dups == 0:
             problems.append("no duplicate although the relay died between Kafka's acknowledgement and the mark")

@@ -50,6 +50,8 @@ def _state(ctx, db):
 
 
 def test_non_ascii_keys_and_headers_in_a_latin1_database_reach_kafka_as_utf8(ctx, latin1_db):
+    """Regression: in a LATIN1 database every row with a non-ASCII header value was
+    dead-lettered and non-ASCII keys reached Kafka as Latin-1 bytes."""
     db, dsn = latin1_db
     topic = ctx.topic()
     rows = [("clé-ü", {"who": "Zoë"}), ("plain", {"who": "ascii"}), ("Grüße", {})]
@@ -70,8 +72,8 @@ def test_non_ascii_keys_and_headers_in_a_latin1_database_reach_kafka_as_utf8(ctx
 
 
 def test_a_dsn_client_encoding_never_stalls_the_outbox(ctx):
-    """One key LATIN1 cannot hold, with client_encoding=LATIN1 in the dsn: the rows around
-    it (and it) are published; before, every read failed and nothing was published."""
+    """Regression: one key LATIN1 cannot hold, with client_encoding=LATIN1 in the dsn, made
+    every read fail and nothing was published; now the rows around it (and it) are."""
     topic = ctx.topic()
     keys = ["a", "日本", "b"]
     with ctx.connect() as c:

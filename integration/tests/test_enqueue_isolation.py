@@ -24,6 +24,9 @@ def mode(request):
 
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
 def test_enqueue_in_an_old_snapshot_after_another_writer_enqueued(ctx, level):
+    """Regression: at REPEATABLE READ and SERIALIZABLE, `enqueue` in a transaction whose
+    snapshot predates another writer's committed `enqueue` failed with a serialization
+    failure (40001)."""
     topic = ctx.topic()
     first = ctx.connect(autocommit=False)
     second = ctx.connect()

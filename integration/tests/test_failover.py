@@ -25,7 +25,7 @@ from harness.faults import LEADS, FaultRun, leader_and_standby, profile
 P = profile()
 pytestmark = pytest.mark.timeout(300)
 
-BOUND_S = 10.0  # README, "Failover"
+BOUND_S = 10.0  # docs/operations/failover.md
 # The kill comes this long after the relays started: with the old backoff the standby's
 # next try would then be at 25.4 s, more than BOUND_S after the kill.
 KILL_AFTER_S = 14.0

@@ -130,6 +130,9 @@ def test_an_id_used_again_before_the_mark_is_not_marked_for_the_old_event(ctx, c
 
 
 def test_a_mark_that_keeps_failing_sends_nothing_twice(ctx):
+    """Regression: a mark that failed the same way every time (a trigger, a revoked grant,
+    statement_timeout) made the relay publish, fail and publish again, a full batch of
+    duplicates each loop."""
     topic = ctx.topic()
     total = 60
     with ctx.connect() as c:

@@ -13,7 +13,7 @@ from harness import audit, enqueue
 from harness.checks import assert_no_loss, explain
 
 ROWS, SIZE = 200, 900_000  # 180 MB of payload pending at start
-BOUND_MB = 150  # README: about 5 x batch_max_bytes (16 MiB) + the relay's own ~20 MB
+BOUND_MB = 150  # docs/design/how-it-works.md, memory-bounded: about 5 x batch_max_bytes (16 MiB) + the relay's own ~20 MB
 
 
 @pytest.fixture(params=["polling", "replication"])

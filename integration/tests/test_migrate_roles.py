@@ -30,6 +30,8 @@ def _dsn(ctx, db: str, user: str) -> str:
 
 
 def test_relay_role_finds_a_migrated_schema_up_to_date(ctx, relay_login, tmp_path):
+    """Regression: the relay's role failed `migrate` even on a database where nothing was left
+    to do (its bootstrap ran CREATE SCHEMA IF NOT EXISTS, which needs CREATE on the database)."""
     relay = Relay(ctx.config({"postgres": {"dsn": _dsn(ctx, ctx.db, relay_login)}}), tmp_path,
                   binary=ctx.relay_bin, name="least-privilege")
     r = relay.command("migrate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_allow_weak_tls_also_covers_the_admin_dsn_of_migrate(ctx):
-    """postgres.allow_weak_tls: true let `run` use a non-verify-full dsn to a remote host, but
+    """Regression: postgres.allow_weak_tls: true let `run` use a non-verify-full dsn to a remote host, but
     `migrate` refused the same kind of postgres.admin_dsn (exit 2) with "set
     postgres.allow_weak_tls: true to accept this": the chart's migration Job (pre-install and
     pre-upgrade hook) failed whatever the operator set. 0.0.0.0 reaches the test server over
@@ -25,7 +25,7 @@ def test_allow_weak_tls_also_covers_the_admin_dsn_of_migrate(ctx):
 
 
 def test_check_fails_on_a_read_only_session_instead_of_passing(ctx):
-    """A dsn whose sessions are read-only (default_transaction_read_only = on for the role or
+    """Regression: a dsn whose sessions are read-only (default_transaction_read_only = on for the role or
     database, or a hot standby by mistake): `run` publishes the first rows and can never mark
     them (each restart sends them again), yet `check` said "all checks passed"."""
     ro = ctx.relay({"postgres": {"dsn": ctx.dsn + " options='-c default_transaction_read_only=on'"}},

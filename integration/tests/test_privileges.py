@@ -117,7 +117,7 @@ def test_writer_role_can_only_enqueue(ctx, roles):
 
 
 def test_replication_mode_needs_replication_and_a_publication_only(ctx, roles):
-    """README: the REPLICATION attribute, and the publication created once by the table's
+    """docs/guide/replication-mode.md: the REPLICATION attribute, and the publication created once by the table's
     owner when the relay's role does not own outbox.events. The slot the relay makes itself."""
     topic = ctx.topic("priv", partitions=1)
     with ctx.connect() as c:

@@ -411,8 +411,8 @@ def test_alter_table_add_column_while_streaming(ctx):
 
 # ----------------------------------------------------------------------------
 def test_a_previous_relay_walsender_on_the_slot_is_ended_and_the_new_leader_streams(ctx):
-    """A standby that became leader while the old leader's walsender still held the slot
-    used to exit 1 after 15 s (and crash-loop); it now ends that walsender and streams."""
+    """Regression: a standby that became leader while the old leader's walsender still held
+    the slot exited 1 after 15 s (and crash-looped); it now ends that walsender and streams."""
     with ctx.connect() as c:
         c.execute(f"CREATE PUBLICATION {ctx.publication} FOR TABLE outbox.events WITH (publish = 'insert')")
         c.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (ctx.slot_name,))
@@ -589,7 +589,7 @@ def test_invalidated_slot_exits_1_and_is_not_recreated(ctx):
 # ----------------------------------------------------------------------------
 def test_first_start_with_an_open_transaction_sigterm_is_prompt(ctx):
     """Creating the slot waits for every transaction open at that moment. The relay
-    must still honour SIGTERM promptly (README: SIGTERM waits at most
+    must still honour SIGTERM promptly (docs/reference/cli.md: SIGTERM waits at most
     relay.shutdown_timeout_ms, for deliveries in flight; here none are), and nothing
     is lost once the transaction commits."""
     topic = ctx.topic()
@@ -672,7 +672,10 @@ def test_kafka_outage_longer_than_wal_sender_timeout_keeps_the_stream(ctx):
 # ----------------------------------------------------------------------------
 @pytest.mark.chaos
 def test_rows_pending_at_first_start_kafka_down_all_published_before_newer_rows(ctx):
-    """Rows pending at the first start are published by the drain, and the drain
+    """Regression: a Kafka outage during the first-start drain ended it with rows left
+    pending, which the stream never brings.
+
+    Rows pending at the first start are published by the drain, and the drain
     ends only once each of them is resolved: a Kafka outage during the drain must not
     end it with rows left pending (the unit tests of ReplicationSource cover a drain
     batch that fails transiently; here deliveries wait, message.timeout.ms being 0). Before the fix the drain ended after a short batch however it went;

@@ -1,4 +1,4 @@
-"""Scale-out in polling mode (README "Scaling out", relay/pg/shards.h): relays with
+"""Scale-out in polling mode (docs/operations/sizing.md "Scaling out", relay/pg/shards.h): relays with
 `source.polling.shards: S` share the rows by a hash of their key, claiming shards through
 session advisory locks, under service-like writers (per-key sequence numbers).
 

@@ -20,8 +20,8 @@
 #include "pg/conninfo.h"
 #include "pg/eos_support.h"
 #include "pg/pg_store.h"
-#include "pg/replication_store.h"
 #include "pg/retention.h"
+#include "replication/replication_store.h"
 
 namespace outbox::cli {
 
@@ -99,7 +99,7 @@ int run_relay(const config::Config& config) {
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
     const config::ReplicationConfig& rc = config.source.replication;
-    pg::ReplicationSettings settings;
+    replication::ReplicationSettings settings;
     settings.slot_name = rc.slot_name;
     settings.publication_name = rc.publication_name;
     settings.create_slot = rc.create_slot;
@@ -112,8 +112,8 @@ int run_relay(const config::Config& config) {
     settings.visibility_waiting = [](std::chrono::nanoseconds waited) {
       if (core::RelayObserver* o = g_tick_target.load()) o->on_visibility_wait(waited);
     };
-    store = std::make_unique<pg::PgReplicationStore>(conninfo, redacted, settings, clock,
-                                                     [] { return g_stop.load(); });
+    store = std::make_unique<replication::PgReplicationStore>(conninfo, redacted, settings, clock,
+                                                              [] { return g_stop.load(); });
   } else {
     pg::ShardSettings shards;
     shards.shards = config.source.polling.shards;
@@ -176,8 +176,9 @@ int run_relay(const config::Config& config) {
   metrics_options.mode = replication ? "replication" : "polling";
   metrics::RelayMetrics relay_metrics(registry, metrics_options);
   relay_metrics.set_role_source([&store, replication] {
-    pg::SessionRole role = replication ? static_cast<pg::PgReplicationStore&>(*store).role()
-                                       : static_cast<pg::PgOutboxStore&>(*store).role();
+    pg::SessionRole role = replication
+                               ? static_cast<replication::PgReplicationStore&>(*store).role()
+                               : static_cast<pg::PgOutboxStore&>(*store).role();
     return static_cast<metrics::Role>(static_cast<int>(role));
   });
   relay.set_observer(&relay_metrics);
@@ -225,7 +226,7 @@ int run_relay(const config::Config& config) {
   std::unique_ptr<pg::Retention> retention;
   if (config.retention.enabled) {
     std::function<bool()> leads;
-    if (auto* r = dynamic_cast<pg::PgReplicationStore*>(store.get())) {
+    if (auto* r = dynamic_cast<replication::PgReplicationStore*>(store.get())) {
       leads = [r] { return r->role() == pg::SessionRole::leader; };
     } else {
       auto* p = dynamic_cast<pg::PgOutboxStore*>(store.get());

@@ -21,7 +21,7 @@ inline constexpr ModeSupport kPollingSupport{
     "polling", 13, 18, "the schema needs gen_random_uuid() in core, from PostgreSQL 13"};
 //! Replication: 13 added pg_replication_slots.wal_status and the xid8 snapshot functions
 //! (pg_current_snapshot, pg_visible_in_snapshot, pg_xact_status) the drain reads. Below 15
-//! the relay creates its slot in the older syntax (pg/replication_connection.h).
+//! the relay creates its slot in the older syntax (replication/replication_connection.h).
 inline constexpr ModeSupport kReplicationSupport{
     "replication", 13, 18,
     "replication mode needs pg_replication_slots.wal_status and the xid8 snapshot functions, "

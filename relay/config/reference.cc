@@ -46,11 +46,16 @@ Node key_tree() {
   return root;
 }
 
-std::string section_description(const std::string& path) {
+const Section* find_section(const std::string& path) {
   for (const Section& s : sections()) {
-    if (s.path == path) return s.description;
+    if (s.path == path) return &s;
   }
-  return "";
+  return nullptr;
+}
+
+std::string section_description(const std::string& path) {
+  const Section* s = find_section(path);
+  return s ? s->description : "";
 }
 
 // `text` as comment lines starting with `prefix`, words wrapped at kWidth.
@@ -118,7 +123,9 @@ void render_reference(const Node& node, const Config& defaults, std::string& out
   }
   if (!direct.empty()) {
     out += "\n## `" + node.path + "`\n\n";
-    if (auto d = section_description(node.path); !d.empty()) out += d + "\n\n";
+    if (const Section* s = find_section(node.path)) {
+      out += s->description + (s->see.empty() ? "" : " See " + s->see + ".") + "\n\n";
+    }
     out += "| key | type | default | accepted | description |\n|---|---|---|---|---|\n";
     for (const Node* child : direct) {
       const Key& key = *child->key;
@@ -210,6 +217,21 @@ with: `_ms` milliseconds, `_s` seconds.
     for (const auto& n : rule.names) names += (names.empty() ? "" : ", ") + code(n);
     out += "| " + names + " | " + cell(rule.allowed) + " | " + cell(rule.message) + " |\n";
   }
+  out += R"(
+## What the relay adds to the dsn
+
+A network cut (a peer that vanished, not a closed socket) is noticed within about ten seconds
+on both ends: the relay adds `keepalives=1 keepalives_idle=5 keepalives_interval=2
+keepalives_count=3 tcp_user_timeout=10000` to the dsn, and appends `-c tcp_keepalives_idle=5
+-c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=10000` to its
+`options` (to `PGOPTIONS` when the dsn has none), so that the server ends a vanished relay's
+session, with its leader lock and replication slot. Each is added only when the dsn (for a
+server setting: `options`) does not set it already; the dsn's values win.
+
+The relay's sessions always use `client_encoding=UTF8` (a dsn's `client_encoding` or
+`PGCLIENTENCODING` is overridden): keys and headers reach Kafka as UTF-8 whatever the
+database's encoding (a LATIN1 database included), and no row's characters can make a read fail.
+)";
   return out;
 }
 

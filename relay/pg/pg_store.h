@@ -57,7 +57,7 @@ namespace outbox::pg {
 std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
 
 //! The polling read (with its byte budget and its read-ahead guard), written once, in the
-//! variants replication mode reads the table with (pg/replication_table.cc). Parameters as
+//! variants replication mode reads the table with (replication/replication_table.cc). Parameters as
 //! the polling read: $1 limit, $2 max bytes, $3 topics, $4 after id, $5 pending up to
 //! after id (-1: a by-state read), and:
 enum class FetchScope {
@@ -99,7 +99,7 @@ class PgOutboxStore : public core::OutboxStore {
   void record_outcome(const core::BatchOutcome& outcome) override;
   std::vector<core::VanishedRow> take_vanished() override;
   //! Runs `body` on this store's session (connecting and taking the leader lock first), for
-  //! the queries of replication mode (pg/replication_table.h). A failure disconnects and
+  //! the queries of replication mode (replication/replication_table.h). A failure disconnects and
   //! throws core::UnavailableError, as the other calls do.
   void with_connection(const std::function<void(pqxx::connection&)>& body);
 

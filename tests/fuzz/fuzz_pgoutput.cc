@@ -1,4 +1,4 @@
-// libFuzzer target: arbitrary bytes -> the pgoutput decoder (relay/pg/pgoutput.h).
+// libFuzzer target: arbitrary bytes -> the pgoutput decoder (relay/replication/pgoutput.h).
 // The decoder's documented failure is PgOutputError; anything else thrown, a crash or a
 // sanitizer report is a finding.
 //
@@ -11,11 +11,11 @@
 #include <string_view>
 #include <variant>
 
-#include "pg/pgoutput.h"
+#include "replication/pgoutput.h"
 
 namespace {
 
-using namespace outbox::pg;
+using namespace outbox::replication;
 
 void one(std::string_view bytes) {
   try {

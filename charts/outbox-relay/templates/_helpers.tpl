@@ -133,13 +133,24 @@ refused. */}}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the pods run under OpenShift's restricted-v2 SecurityContextConstraints: it
+assigns each namespace its own uid range and refuses a pod that names a uid outside it, so
+runAsUser and runAsGroup are left out there (the image runs as any uid: it writes only to the
+/tmp emptyDir). auto: when the cluster serves security.openshift.io/v1. */}}
+{{- define "outbox-relay.openshift" -}}
+{{- $mode := .Values.openshift.adaptSecurityContext }}
+{{- if or (eq $mode "force") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "security.openshift.io/v1")) }}true{{ end }}
+{{- end }}
+
 {{/* Security settings of every container (not configurable: the tests assert them). */}}
 {{- define "outbox-relay.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 runAsNonRoot: true
+{{- if not (include "outbox-relay.openshift" .) }}
 runAsUser: 10001
 runAsGroup: 10001
+{{- end }}
 capabilities:
   drop: ["ALL"]
 seccompProfile:
@@ -148,8 +159,10 @@ seccompProfile:
 
 {{- define "outbox-relay.podSecurityContext" -}}
 runAsNonRoot: true
+{{- if not (include "outbox-relay.openshift" .) }}
 runAsUser: 10001
 runAsGroup: 10001
+{{- end }}
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
@@ -164,5 +177,24 @@ seccompProfile:
 {{- if $root.Values.kafka.sasl.enabled }}
 {{ $root.Values.secretKeys.kafkaUsername }}: {{ $root.Values.kafka.sasl.username | b64enc | quote }}
 {{ $root.Values.secretKeys.kafkaPassword }}: {{ $root.Values.kafka.sasl.password | b64enc | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The relay's affinity: .Values.affinity when set, else from podAntiAffinity: soft (default)
+prefers, hard requires, the replicas on different nodes, so that the node that carries the
+leader does not take its standby down with it. */}}
+{{- define "outbox-relay.affinity" -}}
+{{- if .Values.affinity }}
+{{- toYaml .Values.affinity }}
+{{- else if .Values.podAntiAffinity }}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "outbox-relay.selectorLabels" . | fromYaml)) }}
+podAntiAffinity:
+{{- if eq .Values.podAntiAffinity "hard" }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    {{- toYaml (list $term) | nindent 4 }}
+{{- else }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    {{- toYaml (list (dict "weight" 100 "podAffinityTerm" $term)) | nindent 4 }}
+{{- end }}
 {{- end }}
 {{- end }}

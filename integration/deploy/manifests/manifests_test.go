@@ -72,6 +72,8 @@ func newObject(apiVersion, kind string) (any, error) {
 		return &networkingv1.NetworkPolicy{}, nil
 	case "monitoring.coreos.com/v1/ServiceMonitor":
 		return &serviceMonitor{}, nil
+	case "monitoring.coreos.com/v1/PrometheusRule":
+		return &prometheusRule{}, nil
 	}
 	return nil, fmt.Errorf("no type known for %s %s (add it to newObject)", apiVersion, kind)
 }
@@ -277,7 +279,7 @@ func TestChartRendersStrictly(t *testing.T) {
 		{
 			name: "all options (values-all.yaml)",
 			args: []string{"-f", valuesAll},
-			kinds: []string{"*manifests.serviceMonitor x1", "*v1.ConfigMap x2", "*v1.Deployment x1", "*v1.Job x1",
+			kinds: []string{"*manifests.prometheusRule x1", "*manifests.serviceMonitor x1", "*v1.ConfigMap x3", "*v1.Deployment x1", "*v1.Job x1",
 				"*v1.NetworkPolicy x2", "*v1.PodDisruptionBudget x1", "*v1.Service x1", "*v1.ServiceAccount x1"},
 			secret: "orders-outbox-relay-credentials", hookSecret: "orders-outbox-relay-credentials", port: 9090, replicas: 3,
 			extraConfig: [][2]string{{"source.mode", "replication"}, {"kafka.properties.compression.type", "lz4"},
@@ -323,7 +325,7 @@ func TestChartRendersStrictly(t *testing.T) {
 			}
 			checkSecretEnv(t, "Deployment", env, tc.secret, tc.sasl)
 
-			cm := one(t, r, func(cm *corev1.ConfigMap) bool { return !isHook(cm.ObjectMeta) })
+			cm := one(t, r, func(cm *corev1.ConfigMap) bool { return !isHook(cm.ObjectMeta) && cm.Data["config.yaml"] != "" })
 			cfg := relayConfig(t, cm)
 			if got := dig(cfg, "postgres", "dsn"); got != "${OUTBOX_PG_DSN}" {
 				t.Errorf("relay config postgres.dsn = %v, want ${OUTBOX_PG_DSN}", got)
@@ -504,7 +506,7 @@ func TestReadmeListsEveryValue(t *testing.T) {
 	walk = func(prefix string, m map[string]any) {
 		for k, v := range m {
 			key := prefix + k
-			if sub, ok := v.(map[string]any); ok && len(sub) > 0 && key != "resources" && key != "migration.resources" {
+			if sub, ok := v.(map[string]any); ok && len(sub) > 0 && key != "resources" && key != "migration.resources" && key != "grafanaDashboard.labels" {
 				walk(key+".", sub)
 				continue
 			}
@@ -780,5 +782,227 @@ func TestShutdownTimeoutStaysInsideTheGracePeriod(t *testing.T) {
 	if err == nil || !strings.Contains(out, "config.relay.shutdown_timeout_ms (60000) must leave 15 s of terminationGracePeriodSeconds (45)") ||
 		!strings.Contains(out, "at least 75") {
 		t.Errorf("a shutdown timeout of 60 s in a 45 s grace period: want a refusal, got err=%v\n%s", err, out)
+	}
+}
+
+func containerNames(cs []corev1.Container) string {
+	var names []string
+	for _, c := range cs {
+		names = append(names, c.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+// initContainers go to the relay's pods and to the migration Job's (a secrets agent or a
+// native-sidecar proxy is needed by both); extraContainers to the relay's pods only (a plain
+// sidecar would keep the Job from completing). checkPodSecurity, run on values-all.yaml, holds
+// them to the same settings as the chart's own.
+func TestExtraAndInitContainers(t *testing.T) {
+	for _, tc := range []struct {
+		name                               string
+		args                               []string
+		relayInit, relay, jobInit, jobMain string
+	}{
+		{"default values", nil, "", "relay", "", "migrate"},
+		{"values-all.yaml", []string{"-f", valuesAll}, "cloud-sql-proxy", "relay,log-shipper", "cloud-sql-proxy", "migrate"},
+	} {
+		r := render(t, tc.args...)
+		dep := one(t, r, any_[*appsv1.Deployment]).Spec.Template.Spec
+		job := one(t, r, any_[*batchv1.Job]).Spec.Template.Spec
+		for _, c := range []struct{ what, got, want string }{
+			{"Deployment initContainers", containerNames(dep.InitContainers), tc.relayInit},
+			{"Deployment containers", containerNames(dep.Containers), tc.relay},
+			{"Job initContainers", containerNames(job.InitContainers), tc.jobInit},
+			{"Job containers", containerNames(job.Containers), tc.jobMain},
+		} {
+			if c.got != c.want {
+				t.Errorf("%s: %s = [%s], want [%s]", tc.name, c.what, c.got, c.want)
+			}
+		}
+		if tc.relayInit != "" {
+			if p := dep.InitContainers[0].RestartPolicy; p == nil || *p != corev1.ContainerRestartPolicyAlways {
+				t.Errorf("%s: the native sidecar's restartPolicy was lost: %v", tc.name, p)
+			}
+		}
+	}
+}
+
+// checkOpenShiftRestricted: what OpenShift's restricted-v2 SecurityContextConstraints admit
+// (MustRunAsRange uid and fsGroup assigned per namespace, so none named; MustRunAs SELinux;
+// no host namespaces or ports; capabilities dropped to ALL with at most NET_BIND_SERVICE
+// added; no privilege escalation; seccomp RuntimeDefault; the volume types it allows).
+func checkOpenShiftRestricted(t *testing.T, what string, spec corev1.PodSpec) {
+	t.Helper()
+	if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+		t.Errorf("%s: host namespaces", what)
+	}
+	if psc := spec.SecurityContext; psc != nil {
+		if psc.RunAsUser != nil || psc.RunAsGroup != nil || psc.FSGroup != nil || len(psc.SupplementalGroups) > 0 {
+			t.Errorf("%s: the pod names a uid or gid (%+v): restricted-v2 assigns them from the namespace's range", what, psc)
+		}
+		if psc.SELinuxOptions != nil {
+			t.Errorf("%s: seLinuxOptions set", what)
+		}
+		if psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+			t.Errorf("%s: runAsNonRoot must stay true", what)
+		}
+	}
+	allowed := map[string]bool{"configMap": true, "downwardAPI": true, "emptyDir": true, "ephemeral": true,
+		"persistentVolumeClaim": true, "projected": true, "secret": true, "csi": true}
+	for _, v := range spec.Volumes {
+		js, _ := json.Marshal(v.VolumeSource)
+		var src map[string]any
+		_ = json.Unmarshal(js, &src)
+		for k := range src {
+			if !allowed[k] {
+				t.Errorf("%s: volume %s of type %s", what, v.Name, k)
+			}
+		}
+	}
+	for _, c := range append(spec.InitContainers, spec.Containers...) {
+		w := what + " container " + c.Name
+		sc := c.SecurityContext
+		if sc == nil {
+			t.Errorf("%s: no securityContext", w)
+			continue
+		}
+		if sc.RunAsUser != nil || sc.RunAsGroup != nil {
+			t.Errorf("%s: names uid %v gid %v", w, sc.RunAsUser, sc.RunAsGroup)
+		}
+		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || (sc.Privileged != nil && *sc.Privileged) {
+			t.Errorf("%s: privilege escalation or privileged", w)
+		}
+		if sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+			t.Errorf("%s: capabilities must drop ALL", w)
+		}
+		for _, a := range sc.Capabilities.Add {
+			if a != "NET_BIND_SERVICE" {
+				t.Errorf("%s: adds capability %s", w, a)
+			}
+		}
+		if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("%s: seccompProfile must be RuntimeDefault", w)
+		}
+		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			t.Errorf("%s: readOnlyRootFilesystem must stay true", w)
+		}
+		for _, p := range c.Ports {
+			if p.HostPort != 0 {
+				t.Errorf("%s: hostPort %d", w, p.HostPort)
+			}
+		}
+	}
+}
+
+// On OpenShift (detected, or forced) the pods pass restricted-v2; elsewhere, or disabled, they
+// keep the image's uid 10001.
+func TestOpenShiftRestrictedSecurityContext(t *testing.T) {
+	openshiftAPI := "--api-versions=security.openshift.io/v1"
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		openshift bool
+	}{
+		{"default values, not OpenShift", nil, false},
+		{"auto on OpenShift", []string{openshiftAPI}, true},
+		{"force", []string{"--set", "openshift.adaptSecurityContext=force"}, true},
+		{"disabled on OpenShift", []string{openshiftAPI, "--set", "openshift.adaptSecurityContext=disabled"}, false},
+		{"auto on OpenShift, networkPolicy and values-all's options", []string{openshiftAPI, "-f", valuesAll,
+			"--set", "openshift.adaptSecurityContext=auto,initContainers=null,extraContainers=null"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := render(t, tc.args...)
+			specs := map[string]corev1.PodSpec{
+				"Deployment":    one(t, r, any_[*appsv1.Deployment]).Spec.Template.Spec,
+				"migration Job": one(t, r, any_[*batchv1.Job]).Spec.Template.Spec,
+			}
+			for what, spec := range specs {
+				if tc.openshift {
+					checkOpenShiftRestricted(t, what, spec)
+				} else {
+					checkPodSecurity(t, what, spec)
+					if u := spec.SecurityContext.RunAsUser; u == nil || *u != 10001 {
+						t.Errorf("%s: runAsUser %v, want the image's 10001", what, u)
+					}
+				}
+			}
+		})
+	}
+	out, err := helm(t, "template", "rel", chartDir, "--set", "openshift.adaptSecurityContext=yes")
+	if err == nil || !strings.Contains(out, "schema") {
+		t.Errorf("a misspelled openshift.adaptSecurityContext was accepted:\n%s", out)
+	}
+}
+
+// The standby is spread from the leader across nodes by default (a node's loss must not take
+// both); the term selects exactly the release's relay pods; affinity, when set, replaces it.
+func TestStandbyAntiAffinity(t *testing.T) {
+	for _, tc := range []struct {
+		name, set string
+		want      string // preferred, required, none, custom
+	}{
+		{"default values", "", "preferred"},
+		{"hard", "podAntiAffinity=hard", "required"},
+		{"off", "podAntiAffinity=", "none"},
+		{"affinity set", "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=zone," +
+			"affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists", "custom"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var args []string
+			if tc.set != "" {
+				args = []string{"--set", tc.set}
+			}
+			r := render(t, args...)
+			aff := one(t, r, any_[*appsv1.Deployment]).Spec.Template.Spec.Affinity
+			var terms []corev1.PodAffinityTerm
+			switch {
+			case tc.want == "none":
+				if aff != nil {
+					t.Fatalf("affinity %+v, want none", aff)
+				}
+				return
+			case tc.want == "custom":
+				if aff == nil || aff.NodeAffinity == nil || aff.PodAntiAffinity != nil {
+					t.Fatalf("affinity %+v, want the values' nodeAffinity only", aff)
+				}
+				return
+			case aff == nil || aff.PodAntiAffinity == nil:
+				t.Fatalf("no podAntiAffinity: %+v", aff)
+			case tc.want == "preferred":
+				for _, w := range aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution {
+					terms = append(terms, w.PodAffinityTerm)
+				}
+				if len(aff.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) > 0 {
+					t.Error("soft anti-affinity must not require")
+				}
+			case tc.want == "required":
+				terms = aff.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution
+				if len(aff.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) > 0 {
+					t.Error("hard anti-affinity: preferred terms too")
+				}
+			}
+			if len(terms) != 1 || terms[0].TopologyKey != "kubernetes.io/hostname" {
+				t.Fatalf("terms %+v, want one on kubernetes.io/hostname", terms)
+			}
+			sel, err := metav1.LabelSelectorAsSelector(terms[0].LabelSelector)
+			if err != nil {
+				t.Fatal(err)
+			}
+			relay, jobs := podTemplates("rel", r)
+			otherRelay, otherJobs := podTemplates("other", renderRelease(t, "other", args...))
+			var matched []podTemplate
+			for _, p := range append(append(append(relay, jobs...), otherRelay...), otherJobs...) {
+				if sel.Matches(p.labels) {
+					matched = append(matched, p)
+				}
+			}
+			if got, want := owners(matched), owners(relay); strings.Join(got, ", ") != strings.Join(want, ", ") {
+				t.Errorf("anti-affinity selector %s matches %v, want exactly %v", sel, got, want)
+			}
+		})
+	}
+	out, err := helm(t, "template", "rel", chartDir, "--set", "podAntiAffinity=soft-ish")
+	if err == nil || !strings.Contains(out, "schema") {
+		t.Errorf("a misspelled podAntiAffinity was accepted:\n%s", out)
 	}
 }
