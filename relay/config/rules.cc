@@ -58,7 +58,8 @@ void shards_polling_only(ParseContext& ctx) {
   const Config& c = ctx.config;
   if (c.source.mode == SourceMode::replication && c.source.polling.shards > 1) {
     ctx.error("source.polling.shards", ctx.line("source.polling.shards"),
-              "must be 1 in replication mode (one slot, one relay; see README \"Scaling out\")");
+              "must be 1 in replication mode (one slot, one relay; see docs/operations/sizing.md, "
+              "\"Scaling out\")");
   }
 }
 
