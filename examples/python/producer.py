@@ -18,7 +18,7 @@ def pay(conn: psycopg.Connection, order_id: int, status: str) -> str:
             "INSERT INTO orders (id, status) VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status",
             (order_id, status),
         )
-        # psycopg sends typed parameters, but enqueue has a bytea and a jsonb overload: cast.
+        # psycopg sends a str untyped (unknown), and enqueue has a bytea and a jsonb overload: cast.
         return conn.execute(
             "SELECT outbox.enqueue(%s::text, %s::text, %s::jsonb, %s::jsonb, %s::text)::text",
             (os.environ.get("OUTBOX_TOPIC", "orders"), str(order_id), json.dumps({"order": order_id, "status": status}),

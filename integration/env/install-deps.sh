@@ -45,10 +45,15 @@ if java -version 2>&1 | grep -q 'version "17' && command -v mvn >/dev/null; then
 else
   PKGS+=(openjdk-17-jre-headless maven)
 fi
+# examples/java (integration/tests/test_examples.py) compiles with Maven: javac, not only the JRE.
+# Its jars, and examples/go's modules, are fetched by the test's build step into this cache
+# (m2/, go/); Go itself is the one the Helm build uses (helm.sh).
+command -v javac >/dev/null || PKGS+=(openjdk-17-jdk-headless)
 
 # Only the tests, the fuzzers, the format check and the image test use these: the demo
 # profile leaves them out (a package added to PKGS above goes into both profiles).
-TEST_ONLY_PKGS=(clang-format kcat nftables prometheus clang libclang-rt-14-dev debootstrap nodejs npm pgbouncer)
+TEST_ONLY_PKGS=(clang-format kcat nftables prometheus clang libclang-rt-14-dev debootstrap nodejs npm pgbouncer
+  openjdk-17-jdk-headless)
 if [ "$PROFILE" = demo ]; then
   keep=()
   for p in "${PKGS[@]}"; do

@@ -1,7 +1,7 @@
-"""The service examples under examples/<lang>/ (Python, Node.js) run against the real servers: each writes
-business rows and their events in one transaction (a retried call enqueues nothing new), the
-relay publishes them, and the example consumer applies each event once through the inbox, a
-second consumer group reading the whole topic again included."""
+"""The service examples under examples/<lang>/ (Python, Node.js, Go, Java) run against the real
+servers: each writes business rows and their events in one transaction (a retried call enqueues
+nothing new), the relay publishes them, and the example consumer applies each event once through
+the inbox, a second consumer group reading the whole topic again included."""
 
 from __future__ import annotations
 
@@ -9,18 +9,58 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 INBOX_SQL = REPO / "schema" / "inbox" / "0001_inbox.sql"
+EXAMPLE_SQL = REPO / "examples" / "schema.sql"
 CACHE = Path.home() / ".cache" / "outbox-relay"
-# language: (its folder, how to run a script, the setup step, with its modules cached)
+# Go's module and build caches: the ones integration/env/helm.sh uses.
+GO_ENV = {"GOMODCACHE": str(CACHE / "go" / "mod"), "GOCACHE": str(CACHE / "go" / "build"),
+          "GOPATH": str(CACHE / "go" / "path"), "GOFLAGS": "-buildvcs=false"}
+
+
+def _url(dsn: str) -> str:  # node-postgres reads no key=value strings; pgx reads both
+    p = conninfo_to_dict(dsn)
+    return f"postgresql://{p['user']}@{p['host']}:{p['port']}/{p['dbname']}"
+
+
+def _jdbc(dsn: str) -> str:  # PgJDBC takes the user as a parameter, not in the URL
+    p = conninfo_to_dict(dsn)
+    return f"jdbc:postgresql://{p['host']}:{p['port']}/{p['dbname']}?user={p['user']}"
+
+
+def _go() -> str | None:
+    if shutil.which("go"):
+        return "go"
+    return "/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None
+
+
+@dataclass(frozen=True)
+class Example:
+    tools: tuple[str | None, ...]  # what must be installed: None when not found
+    command: Callable[[str], list[str]]  # how to run "producer" or "consumer"
+    dsn: Callable[[str], str] = _url
+    setup: list[str] | None = None  # build or install, dependencies cached under CACHE
+    env: dict[str, str] | None = None
+
+
+GO = _go()
 LANGUAGES = {
-    "python": ("python", [sys.executable], "{}.py", None),
-    "node": ("node", ["node"], "{}.js", ["npm", "ci", "--cache", str(CACHE / "npm"), "--no-audit", "--no-fund"]),
+    "python": Example((sys.executable,), lambda name: [sys.executable, f"{name}.py"]),
+    "node": Example(("node", "npm"), lambda name: ["node", f"{name}.js"],
+                    setup=["npm", "ci", "--cache", str(CACHE / "npm"), "--no-audit", "--no-fund"]),
+    "go": Example((GO,), lambda name: [f"./bin/{name}"],
+                  setup=[str(GO), "build", "-o", "bin/", "./producer", "./consumer"], env=GO_ENV),
+    "java": Example(("mvn", "javac", "java"),
+                    lambda name: ["java", "-cp", "target/classes:target/lib/*", f"outbox.example.{name.capitalize()}"],
+                    dsn=_jdbc,
+                    setup=["mvn", "-q", "-B", "-Dstyle.color=never", f"-Dmaven.repo.local={CACHE / 'm2'}", "package"]),
 }
 
 
@@ -32,23 +72,25 @@ def _psql(dsn: str, path: Path) -> None:
 
 @pytest.mark.parametrize("language", list(LANGUAGES))
 def test_example(ctx, language):
-    folder, runner, script, setup = LANGUAGES[language]
-    example = REPO / "examples" / folder
-    if shutil.which(runner[0]) is None:
-        pytest.fail(f"{runner[0]} is not installed (integration/env/install-deps.sh)")
-    if setup:
-        r = subprocess.run(setup, cwd=example, capture_output=True, text=True, timeout=300)
+    example = LANGUAGES[language]
+    folder = REPO / "examples" / language
+    missing = [tool or language for tool in example.tools if tool is None or shutil.which(tool) is None]
+    if missing:
+        # Go is the machine's own (install-deps.sh does not install it), as for the Helm build.
+        where = "Go 1.21 or newer on PATH, or /usr/local/go" if language == "go" else "integration/env/install-deps.sh"
+        pytest.fail(f"{', '.join(missing)}: not installed ({where})")
+    env = dict(os.environ, **(example.env or {}))
+    if example.setup:
+        r = subprocess.run(example.setup, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
     topic = ctx.topic(partitions=2)
-    for path in (INBOX_SQL, example / "schema.sql"):
+    for path in (INBOX_SQL, EXAMPLE_SQL):
         _psql(ctx.dsn, path)
-    parts = conninfo_to_dict(ctx.dsn)  # a URL: node-postgres reads no key=value strings
-    url = f"postgresql://{parts['user']}@{parts['host']}:{parts['port']}/{parts['dbname']}"
-    env = dict(os.environ, OUTBOX_DSN=url, CONSUMER_DSN=url, OUTBOX_TOPIC=topic,
-               KAFKA_BOOTSTRAP=ctx.kafka.bootstrap)
+    dsn = example.dsn(ctx.dsn)
+    env.update(OUTBOX_DSN=dsn, CONSUMER_DSN=dsn, OUTBOX_TOPIC=topic, KAFKA_BOOTSTRAP=ctx.kafka.bootstrap)
 
     def run(name: str, *args: str) -> list[str]:
-        r = subprocess.run([*runner, script.format(name), *args], cwd=example, env=env, capture_output=True, text=True,
+        r = subprocess.run([*example.command(name), *args], cwd=folder, env=env, capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
         return r.stdout.split()
@@ -56,6 +98,7 @@ def test_example(ctx, language):
     calls = [("1", "paid"), ("2", "paid"), ("1", "shipped"), ("1", "paid")]  # the last: a retry
     ids = [run("producer", *call)[0] for call in calls]
     assert ids[3] == ids[0] and len(set(ids)) == 3
+    assert ctx._query("SELECT count(*) FROM outbox.events")[0][0] == 3  # the retry added no row
     relay = ctx.relay().start()
     ctx.wait_all_published(3, 60, relay)
     records = ctx.kafka.consume_all(topic, 3, timeout_s=60)

@@ -1,4 +1,5 @@
--- The example services' own tables (the outbox and the inbox come from schema/).
+-- The example services' own tables, one set for every language (the outbox and the inbox come
+-- from schema/).
 CREATE TABLE IF NOT EXISTS orders (
     id     bigint PRIMARY KEY,
     status text NOT NULL
