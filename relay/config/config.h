@@ -151,7 +151,7 @@ struct HttpConfig {
 
 enum class DeliveryGuarantee { at_least_once, exactly_once };
 
-//! delivery: how rows reach Kafka (README "Guarantees"; relay/core/transactional_relay.h).
+//! delivery: how rows reach Kafka (docs/guide/exactly-once.md; relay/core/README-eos.md).
 struct DeliveryConfig {
   DeliveryGuarantee guarantee = DeliveryGuarantee::at_least_once;
   //! exactly_once: the producer's transactional.id; empty = derived at start from the

@@ -18,7 +18,7 @@ namespace {
 // One key for every relay of a database: whoever holds it publishes. A session lock: it is
 // freed only when the holder's session ends (the relay unlocks it only where it took it in a
 // session not its own, below).
-// The process id and session marker come with it (invariant "own session", session_probe.h):
+// The process id and session marker come with it (invariant own-session, session_probe.h):
 // the lock is the relay's only if this statement ran in the session probed at connect.
 constexpr const char* kLeaderLockSql =
     "SELECT pg_advisory_lock(hashtext('outbox-relay')), pg_backend_pid(), "
@@ -153,7 +153,7 @@ void split(const core::BatchOutcome& outcome, const std::vector<core::RowFailure
 // Sharded: kFetchSql restricted to the shards in $6 (both the rows and the order guard's
 // count), with each row's shard as an eighth column. An index scan of events_pending_idx
 // as before, the shard a filter on each row it visits: a relay also visits the pending rows
-// of the other relays' shards between its own (README "Scaling out": the cost).
+// of the other relays' shards between its own (docs/operations/sizing.md, "Scaling out": the cost).
 std::string sharded_fetch_sql(int shards) {
   const std::string shard = shard_sql(shards);
   std::string sql = kFetchSql;
@@ -542,7 +542,7 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
 void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome,
                                   std::vector<core::VanishedRow>& gone) {
   // Rows a statement did not match: gone (no row with the id, or another event has it) is
-  // no failure; anything else is (README promise 6), and the whole outcome rolls back.
+  // no failure; anything else is (invariant gone-row-reported), and the whole outcome rolls back.
   auto classify = [&](const std::vector<std::int64_t>& missed, bool acknowledged,
                       const char* what) {
     if (missed.empty()) return;

@@ -124,7 +124,7 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
   void connect();
   void connect_sharded();
   //! A new connection, refused (core::FatalError) unless its server session is its own
-  //! (invariant "own session", session_probe.h).
+  //! (invariant own-session, session_probe.h).
   void open_session();
   //! Sharded: rebalances when due (gives back extras only `at_rest`), waits as a standby
   //! while it holds nothing (`wait`); publishes the held set. Throws StandbyError.
