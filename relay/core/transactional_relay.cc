@@ -122,7 +122,8 @@ TransactionalRelay::TransactionalRelay(OutboxStore& store, TransactionalPublishe
       backoff_(options_.backoff_initial, options_.backoff_max),
       max_rows_(options_.batch_size),
       topics_([&publisher](const std::string& t) { return publisher.topic_problem(t); }, clock,
-              options_.topic_map, options_.backoff_initial, options_.backoff_max) {
+              options_.topic_map, options_.format.topic_template, options_.backoff_initial,
+              options_.backoff_max) {
   publisher_.set_tick([this] {
     observer_->on_tick();
     store_.keep_alive();
@@ -337,7 +338,7 @@ void TransactionalRelay::step(const std::atomic<bool>& stop) {
     std::string row_topic = event.topic;
     // The event each id stands for: the mark matches both (a reused id is not marked).
     outcome.rows[id] = RowIdentity{event.event_id, row_topic};
-    auto mapped = to_message(std::move(event), options_.topic_map);
+    auto mapped = to_message(std::move(event), options_.topic_map, options_.format);
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
       observer_->on_dead_lettered(row_topic, 1);
       outcome.dead_letter.push_back({id, poison->text});

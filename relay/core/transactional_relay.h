@@ -144,7 +144,7 @@ inline constexpr std::size_t kCheckpointRowBytes = 20 + 37;
 class TransactionalRelay {
  public:
   //! Uses of BatchRelayOptions: batch_size, batch_max_bytes, interval, backoff_*,
-  //! shutdown_timeout, topic_map (the window is one read).
+  //! shutdown_timeout, topic_map, format (the window is one read).
   TransactionalRelay(OutboxStore& store, TransactionalPublisher& publisher, RecoveryMarker& marker,
                      Clock& clock, BatchRelayOptions options);
   ~TransactionalRelay();

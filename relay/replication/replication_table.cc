@@ -20,8 +20,9 @@ constexpr const char* kPendingBoundSql =
 // As PgOutboxStore's batch query (rows while the bytes before them stay below $2), among
 // the ids of $3 only.
 constexpr const char* kFetchAmongSql = R"sql(
-SELECT id, event_id::text, topic, key, payload, headers_text, attempts
-FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, attempts,
+SELECT id, event_id::text, topic, key, payload, headers_text, attempts,
+       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_text
+FROM (SELECT id, event_id, topic, key, payload, created_at, headers::text AS headers_text, attempts,
              sum(coalesce(octet_length(payload), 0) + coalesce(octet_length(key), 0) +
                  octet_length(headers::text)) OVER (ORDER BY id) AS upto
       FROM outbox.events
