@@ -30,6 +30,7 @@ PKGS=(build-essential ccache cmake pkg-config libpqxx-dev libpq-dev
   libyaml-cpp-dev libspdlog-dev libfmt-dev catch2 nlohmann-json3-dev
   clang-format kcat postgresql-15 postgresql-contrib python3-venv nftables)
 # The HTTP endpoint (cpp-httplib), the command line (CLI11), and promtool for the metrics test
+# and the chart check's alert rules (integration/deploy/chart.sh)
 # (Debian's prometheus package: about 22 MB, 16 s to install; its service is not started here).
 PKGS+=(libcpp-httplib-dev libcli11-dev prometheus)
 # clang with libFuzzer and the sanitizer runtimes, for the fuzz step (integration/env/fuzz.sh;

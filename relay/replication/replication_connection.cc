@@ -26,9 +26,10 @@ std::string create_slot_command(const std::string& slot, int server_version) {
   return "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput EXPORT_SNAPSHOT";
 }
 
-std::string start_replication_command(const std::string& slot, const std::string& publication) {
-  return "START_REPLICATION SLOT " + slot +
-         " LOGICAL 0/0 (proto_version '1', publication_names '\"" + publication + "\"')";
+std::string start_replication_command(const std::string& slot, const std::string& publication,
+                                      const std::string& from) {
+  return "START_REPLICATION SLOT " + slot + " LOGICAL " + from +
+         " (proto_version '1', publication_names '\"" + publication + "\"')";
 }
 
 ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
@@ -130,8 +131,9 @@ ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
   return {*lsn, snapshot};
 }
 
-void ReplicationConnection::start(const std::string& slot, const std::string& publication) {
-  std::string sql = start_replication_command(slot, publication);
+void ReplicationConnection::start(const std::string& slot, const std::string& publication,
+                                  const std::string& from) {
+  std::string sql = start_replication_command(slot, publication, from);
   PGresult* result = PQexec(conn_, sql.c_str());
   if (PQresultStatus(result) != PGRES_COPY_BOTH) fail_from_result(result, "START_REPLICATION");
   PQclear(result);

@@ -181,6 +181,15 @@ void PgReplicationStream::start() {
   relations_.clear();  // pgoutput sends every Relation again in a new stream
 }
 
+void PgReplicationStream::start_from(Lsn from) {
+  // Not pg_replication_slot_advance first: the stream is opened while the drain runs
+  // (replication_source.h, 3a), when the slot may not pass the drained rows yet (invariant
+  // 5); and an advance moves restart_lsn only as far as the first running-transactions
+  // record after the confirmed position, so the walsender would read the same WAL anyway.
+  connection().start(options_.slot_name, options_.publication_name, from.to_string());
+  relations_.clear();
+}
+
 std::optional<StreamMessage> PgReplicationStream::read(std::chrono::milliseconds wait) {
   if (!conn_) throw core::UnavailableError("replication stream: not connected");
   auto frame = conn_->read(wait);

@@ -46,6 +46,7 @@ class PgReplicationStream : public ReplicationStream {
   Created create_slot() override;
   void release_snapshot() override;
   void start() override;
+  void start_from(Lsn from) override;
   std::optional<StreamMessage> read(std::chrono::milliseconds wait) override;
   void send_status(Lsn written, Lsn flushed, bool reply) override;
   void close() noexcept override;

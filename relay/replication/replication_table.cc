@@ -178,6 +178,21 @@ std::vector<std::uint64_t> PgReplicationTable::committed_not_visible() {
   return committed;
 }
 
+std::optional<ReplicationTable::FlushPoint> PgReplicationTable::flush_point() {
+  std::optional<FlushPoint> point;
+  store_.with_connection([&](pqxx::connection& conn) {
+    std::optional<Lsn> flushed;
+    {
+      // Its own statement, before the snapshot of in_progress_now: a statement's snapshot is
+      // taken when it starts, and the position must be read before it (3a).
+      pqxx::nontransaction n(conn);
+      flushed = Lsn::parse(n.exec1("SELECT pg_current_wal_flush_lsn()::text")[0].as<std::string>());
+    }
+    if (flushed) point = FlushPoint{*flushed, in_progress_now(conn)};
+  });
+  return point;
+}
+
 bool PgReplicationTable::visible(const std::vector<std::uint64_t>& xids) {
   std::vector<std::string> texts;
   for (auto x : xids) texts.push_back(std::to_string(x));
