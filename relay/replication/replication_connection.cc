@@ -91,12 +91,12 @@ std::vector<ReplicationConnection::Row> ReplicationConnection::query(const std::
 
 ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
     const std::string& slot, const std::function<bool()>& cancelled,
-    const std::function<void()>& on_wait) {
+    const std::function<void()>& on_wait, const core::Clock& clock) {
   std::string sql = create_slot_command(slot, PQserverVersion(conn_));
   if (PQsendQuery(conn_, sql.c_str()) != 1) {
     throw core::UnavailableError("CREATE_REPLICATION_SLOT: " + trimmed(PQerrorMessage(conn_)));
   }
-  auto last_note = std::chrono::steady_clock::now();
+  auto last_note = clock.now();
   while (PQisBusy(conn_)) {
     if (cancelled()) {
       char err[256];
@@ -107,9 +107,9 @@ ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
       throw core::UnavailableError("CREATE_REPLICATION_SLOT cancelled (stopping)");
     }
     wait_for_input(std::chrono::milliseconds(200), "CREATE_REPLICATION_SLOT");
-    if (std::chrono::steady_clock::now() - last_note >= std::chrono::seconds(1)) {
+    if (clock.now() - last_note >= std::chrono::seconds(1)) {
       on_wait();
-      last_note = std::chrono::steady_clock::now();
+      last_note = clock.now();
     }
   }
   PGresult* result = PQgetResult(conn_);

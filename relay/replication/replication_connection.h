@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/ports.h"
 #include "replication/pgoutput.h"
 
 namespace outbox::replication {
@@ -61,10 +62,11 @@ class ReplicationConnection {
   //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput with an exported snapshot, in the server's
   //! syntax (create_slot_command): the slot's consistent point and a snapshot that shows exactly
   //! the transactions committed before it. PostgreSQL answers only once every transaction open at
-  //! that moment has ended, so this waits in short slices, calling `on_wait` about once a second,
-  //! and cancels the command (throwing core::UnavailableError) as soon as `cancelled` returns true.
+  //! that moment has ended, so this waits in short slices, calling `on_wait` about once a second
+  //! of `clock`, and cancels the command (throwing core::UnavailableError) as soon as
+  //! `cancelled` returns true.
   CreatedSlot create_slot(const std::string& slot, const std::function<bool()>& cancelled,
-                          const std::function<void()>& on_wait);
+                          const std::function<void()>& on_wait, const core::Clock& clock);
 
   //! START_REPLICATION SLOT ... LOGICAL from the slot's confirmed position, inserts of
   //! `publication` (start_replication_command). With `from` above the confirmed position the

@@ -4,7 +4,7 @@
 // through replication/replication_ports.h and time only through core::Clock, so its rules are
 // unit-tested against fakes (tests/replication_source_test.cc).
 //
-// It is pipelined like polling (core::OutboxStore::read_ahead() is true): begin_batch reads
+// It is pipelined like polling (several reads in flight): begin_batch reads
 // "by state", when nothing is in flight; read_after reads the next rows while earlier ones
 // wait for Kafka; record_outcome records answered rows in groups, in any order.
 //
@@ -187,7 +187,6 @@ class ReplicationSource : public core::OutboxStore {
   //! taken as not delivered and sent again). Starts, and hands over to the stream, as due.
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
                                              const std::vector<std::string>& skip_topics) override;
-  bool read_ahead() const override { return true; }
   std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
                                             std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip_topics) override;
@@ -195,11 +194,12 @@ class ReplicationSource : public core::OutboxStore {
   //! stopped (a connection failed), marks only: the rows come again (through the drain or
   //! the stream) and are dropped once seen marked.
   void record_outcome(const core::BatchOutcome& outcome) override;
-  //! Not used by the pipelined core; kept for the one-batch lifecycle of ports.h:
-  //! finish_batch is record_outcome, abort_batch records nothing (the rows not recorded
-  //! are sent again by the next by-state read).
-  void finish_batch(const core::BatchOutcome& outcome) override { record_outcome(outcome); }
-  void abort_batch() noexcept override {}
+  bool read_ahead() const { return true; }
+  //! For the tests of a one-batch-at-a-time use: finish_batch is record_outcome,
+  //! abort_batch records nothing (the rows not recorded are sent again by the next by-state
+  //! read). The core does not call them.
+  void finish_batch(const core::BatchOutcome& outcome) { record_outcome(outcome); }
+  void abort_batch() noexcept {}
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   void keep_alive() noexcept override;
 

@@ -49,10 +49,11 @@ core::OutboxEvent outbox_event(const Relation& relation, const Insert& insert) {
 }  // namespace
 
 PgReplicationStream::PgReplicationStream(std::string conninfo, ReplicationSettings options,
-                                         std::function<bool()> stopping)
+                                         std::function<bool()> stopping, const core::Clock& clock)
     : conninfo_(std::move(conninfo)),
       options_(std::move(options)),
-      stopping_(std::move(stopping)) {}
+      stopping_(std::move(stopping)),
+      clock_(clock) {}
 
 bool PgReplicationStream::prepare() {
   auto log = logging::get("pg");
@@ -159,15 +160,18 @@ ReplicationConnection& PgReplicationStream::connection() {
 ReplicationStream::Created PgReplicationStream::create_slot() {
   auto log = logging::get("pg");
   int waited = 0;
-  auto created = connection().create_slot(options_.slot_name, stopping_, [&] {
-    if (options_.waiting) options_.waiting();
-    if (++waited % 10 == 0) {
-      log->warn(
-          "still creating replication slot {} after {} s: a transaction open since "
-          "before the relay started has not ended (see pg_stat_activity)",
-          options_.slot_name, waited);
-    }
-  });
+  auto created = connection().create_slot(
+      options_.slot_name, stopping_,
+      [&] {
+        if (options_.waiting) options_.waiting();
+        if (++waited % 10 == 0) {
+          log->warn(
+              "still creating replication slot {} after {} s: a transaction open since "
+              "before the relay started has not ended (see pg_stat_activity)",
+              options_.slot_name, waited);
+        }
+      },
+      clock_);
   return {created.consistent_point, created.snapshot};
 }
 

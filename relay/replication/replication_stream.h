@@ -36,9 +36,10 @@ struct ReplicationSettings {
 
 class PgReplicationStream : public ReplicationStream {
  public:
-  //! `stopping` cancels a slot creation that waits for open transactions.
+  //! `stopping` cancels a slot creation that waits for open transactions; `clock` (which
+  //! outlives this) times that wait's notes.
   PgReplicationStream(std::string conninfo, ReplicationSettings options,
-                      std::function<bool()> stopping);
+                      std::function<bool()> stopping, const core::Clock& clock);
 
   //! The leader lock must be held: a relay's walsender on the slot (it holds the walsender
   //! mark, or has our application_name) is then a previous session's, and is ended.
@@ -58,6 +59,7 @@ class PgReplicationStream : public ReplicationStream {
   std::string conninfo_;
   ReplicationSettings options_;
   std::function<bool()> stopping_;
+  const core::Clock& clock_;
   std::unique_ptr<ReplicationConnection> conn_;
   RelationCache relations_;
 };

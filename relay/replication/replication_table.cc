@@ -17,22 +17,6 @@ constexpr const char* kPendingBoundSql =
     "SELECT coalesce(max(id), 0) FROM outbox.events "
     "WHERE published_at IS NULL AND dead_lettered_at IS NULL";
 
-// As PgOutboxStore's batch query (rows while the bytes before them stay below $2), among
-// the ids of $3 only.
-constexpr const char* kFetchAmongSql = R"sql(
-SELECT id, event_id::text, topic, key, payload, headers_text, attempts,
-       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_text
-FROM (SELECT id, event_id, topic, key, payload, created_at, headers::text AS headers_text, attempts,
-             sum(coalesce(octet_length(payload), 0) + coalesce(octet_length(key), 0) +
-                 octet_length(headers::text)) OVER (ORDER BY id) AS upto
-      FROM outbox.events
-      WHERE published_at IS NULL AND dead_lettered_at IS NULL AND id = ANY($3::bigint[])
-      ORDER BY id
-      LIMIT $1) AS candidates
-WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0) -
-      octet_length(headers_text) < $2
-ORDER BY id)sql";
-
 // One statement, so one snapshot: pg_current_snapshot() is the snapshot the rows are read
 // with, which tells a row not visible yet from a row that is gone.
 constexpr const char* kCheckSql = R"sql(
@@ -247,7 +231,8 @@ std::vector<core::OutboxEvent> PgReplicationTable::pending_rows(
   std::vector<core::OutboxEvent> events;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    pqxx::result rows = n.exec_params(kFetchAmongSql, static_cast<long>(limit),
+    static const std::string sql = pg::fetch_sql(pg::FetchScope::among);
+    pqxx::result rows = n.exec_params(sql, static_cast<long>(limit),
                                       static_cast<long long>(max_bytes), pg::bigint_array(ids));
     events = pg::events_of(rows);
   });

@@ -386,6 +386,20 @@ void StreamSource::final_report() noexcept {
 }
 
 void StreamSource::handle(StreamMessage message) {
+  const Lsn at = message.wal;
+  try {
+    track(std::move(message));
+  } catch (const StreamOrderError& e) {
+    // Input no retry cures (the same bytes come again from the slot): the relay stops, the
+    // slot still confirmed only up to what was resolved before (invariant 5).
+    throw core::FatalError("replication slot " + options_.slot_name +
+                           ": the stream came out of order at " + at.to_string() + " (" + e.what() +
+                           "); stopping without confirming past " + confirmed_.to_string() +
+                           ", where the next start streams again");
+  }
+}
+
+void StreamSource::track(StreamMessage message) {
   switch (message.kind) {
     case StreamMessage::Kind::keepalive:
       received_ = std::max(received_, message.wal);

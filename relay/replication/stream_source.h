@@ -107,7 +107,9 @@ class StreamSource {
   };
   std::vector<core::OutboxEvent> read(std::size_t limit, std::size_t max_bytes,
                                       const std::vector<std::string>& skip_topics);
+  //! One decoded message; a message out of order is core::FatalError.
   void handle(StreamMessage message);
+  void track(StreamMessage message);
   //! Checks `picked` (4 in replication_source.h): resolves the rows already marked or deleted,
   //! waits while a row's transaction is not visible, defers the rows of deferred topics
   //! (7), reads from the table the payload of rows sent before. Returns the rows to send,
