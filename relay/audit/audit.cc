@@ -100,8 +100,8 @@ TableScan scan_rows(pqxx::nontransaction& n, const std::string& cutoff,
     if (page.size() < page_size) break;
   }
   for (const auto& topic : row_topics) {
-    auto mapped = config.kafka.topic_map.find(topic);
-    std::string kafka_topic = mapped == config.kafka.topic_map.end() ? topic : mapped->second;
+    std::string kafka_topic =
+        core::kafka_topic(topic, config.kafka.topic_map, config.message.topic_template);
     // A row with an invalid topic name is dead-lettered, never written anywhere.
     if (core::is_valid_topic_name(kafka_topic)) scan.topics.insert(kafka_topic);
   }

@@ -141,6 +141,15 @@ int run_relay(const config::Config& config) {
   options.backoff_max = config.relay.backoff_max;
   options.shutdown_timeout = config.relay.shutdown_timeout;
   options.topic_map = config.kafka.topic_map;
+  options.format.topic_template = config.message.topic_template;
+  options.format.id_header = config.message.id_header;
+  options.format.json_string_key = config.message.json_string_key;
+  options.format.json_string_value = config.message.json_string_value;
+  if (config.message.cloudevents.enabled) {
+    options.format.cloudevents = core::CloudEventsFormat{config.message.cloudevents.source,
+                                                         config.message.cloudevents.type_header,
+                                                         config.message.cloudevents.content_type};
+  }
   options.max_in_flight_rows = static_cast<std::size_t>(config.source.pipeline.max_in_flight_rows);
   options.max_in_flight_bytes =
       static_cast<std::size_t>(config.source.pipeline.max_in_flight_bytes);

@@ -163,9 +163,34 @@ struct DeliveryConfig {
   milliseconds transaction_timeout{60'000};
 };
 
+//! CloudEvents 1.0, Kafka binding, binary mode (core::CloudEventsFormat).
+struct CloudEventsConfig {
+  //! message.cloudevents.enabled: add the ce_* and content-type headers.
+  bool enabled = false;
+  //! ce_source of every event (required when enabled).
+  std::string source;
+  //! The row header whose value is ce_type (else the row topic).
+  std::string type_header = "type";
+  //! content-type of a payload that is not JSON.
+  std::string content_type = "application/octet-stream";
+};
+
+//! How rows become messages beyond the relay's defaults (core::MessageFormat).
+struct MessageConfig {
+  //! The Kafka topic of a row topic not in kafka.topic_map; {topic} is the row topic.
+  std::string topic_template = "{topic}";
+  //! Also the event id in header `id` (Debezium's outbox EventRouter).
+  bool id_header = false;
+  //! The key / the payload as a JSON string of its text (Kafka Connect's JsonConverter).
+  bool json_string_key = false;
+  bool json_string_value = false;
+  CloudEventsConfig cloudevents;
+};
+
 struct Config {
   PostgresConfig postgres;
   KafkaConfig kafka;
+  MessageConfig message;
   SourceConfig source;
   RelayConfig relay;
   LogConfig log;

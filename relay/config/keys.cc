@@ -97,6 +97,42 @@ std::vector<Key> declare_keys() {
               {.description = "true: accept enable.ssl.certificate.verification: false (any "
                               "certificate is accepted)."}),
 
+      // message
+      text("message.topic_template", FIELD(message.topic_template),
+           {.description =
+                "The Kafka topic of a row topic not in kafka.topic_map: {topic} stands for the "
+                "row topic, e.g. outbox.event.{topic} (Debezium's default route). Written "
+                "{topic}, not ${topic}: ${...} is an environment variable in this file."},
+           topic_template, "literal topic characters around {topic}"),
+      boolean("message.id_header", FIELD(message.id_header),
+              {.description = "true: the event id also in header id, as Debezium's outbox "
+                              "EventRouter sends it (beside outbox-event-id)."}),
+      boolean("message.json_string_key", FIELD(message.json_string_key),
+              {.description = "true: the key sent as a JSON string of its text (\"order-7\" "
+                              "with the quotes), as Kafka Connect's JsonConverter writes it; "
+                              "the partition follows these bytes."}),
+      boolean("message.json_string_value", FIELD(message.json_string_value),
+              {.description = "true: the payload sent as a JSON string of its text, as "
+                              "Debezium's EventRouter with the JsonConverter (schemas "
+                              "disabled) sends a jsonb or text payload column."}),
+      boolean("message.cloudevents.enabled", FIELD(message.cloudevents.enabled),
+              {.description = "true: CloudEvents 1.0 Kafka binding, binary mode: headers "
+                              "ce_specversion, ce_id (the event id), ce_source, ce_type, "
+                              "ce_time (created_at) and content-type; the payload unchanged."}),
+      text("message.cloudevents.source", FIELD(message.cloudevents.source),
+           {.description = "ce_source of every event (a URI-reference naming the service); "
+                           "required when message.cloudevents.enabled.",
+            .example = "\"/orders-service\"",
+            .commented = true}),
+      text("message.cloudevents.type_header", FIELD(message.cloudevents.type_header),
+           {.description = "The row header whose value is ce_type; a row without it has its "
+                           "row topic as ce_type."},
+           not_empty),
+      text("message.cloudevents.content_type", FIELD(message.cloudevents.content_type),
+           {.description = "content-type of a payload that is not JSON (a JSON payload is "
+                           "application/json; a row's own content-type header wins)."},
+           not_empty),
+
       // source
       choice("source.mode", FIELD(source.mode),
              {{"polling", SourceMode::polling}, {"replication", SourceMode::replication}},
@@ -240,6 +276,8 @@ std::vector<Section> declare_sections() {
        "[Security: PostgreSQL TLS](../operations/security.md#postgresql-tls)"},
       {"kafka", "The Kafka cluster rows are published to.",
        "[Security: Kafka TLS and SASL](../operations/security.md#kafka-tls-and-sasl)"},
+      {"message", "How rows become Kafka messages (topic, headers, key and value bytes)."},
+      {"message.cloudevents", "CloudEvents' Kafka binding, binary mode."},
       {"source", "Where rows come from."},
       {"source.polling", "Reading rows (the batch keys apply to both modes).",
        "[Scaling out](../operations/sizing.md#scaling-out)"},

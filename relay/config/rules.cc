@@ -63,6 +63,15 @@ void shards_polling_only(ParseContext& ctx) {
   }
 }
 
+void cloudevents_source(ParseContext& ctx) {
+  const CloudEventsConfig& ce = ctx.config.message.cloudevents;
+  if (ce.enabled && ce.source.empty()) {
+    ctx.error("message.cloudevents.enabled", ctx.line("message.cloudevents.enabled"),
+              "needs message.cloudevents.source (ce_source: a URI-reference naming the "
+              "service, e.g. /orders-service)");
+  }
+}
+
 void backoff_order(ParseContext& ctx) {
   if (ctx.config.relay.backoff_max < ctx.config.relay.backoff_initial) {
     ctx.error("relay.backoff_max_ms", ctx.line("relay.backoff_max_ms"),
@@ -119,6 +128,9 @@ std::vector<Rule> declare_rules() {
       {{"source.polling.shards", "source.mode"},
        "source.polling.shards must be 1 in replication mode (one slot, one relay).",
        shards_polling_only},
+      {{"message.cloudevents.enabled", "message.cloudevents.source"},
+       "message.cloudevents.enabled needs message.cloudevents.source.",
+       cloudevents_source},
       {{"relay.backoff_max_ms", "relay.backoff_initial_ms"},
        "relay.backoff_max_ms is not smaller than relay.backoff_initial_ms.",
        backoff_order},

@@ -32,6 +32,21 @@ std::optional<std::string> kafka_topic_name(const std::string& value) {
          shown + "\"";
 }
 
+std::optional<std::string> topic_template(const std::string& value) {
+  // {topic} stands for a row topic, itself a valid topic name (else the row is dead-lettered):
+  // any one character shows whether the rest makes a valid name.
+  std::string rest = value;
+  for (std::size_t at; (at = rest.find("{topic}")) != std::string::npos;) rest.replace(at, 7, "t");
+  if (rest.find_first_of("{}") != std::string::npos) {
+    return "the only variable is {topic} (the row's topic), got \"" + value + "\"";
+  }
+  if (!is_kafka_topic_name(rest)) {
+    return "must give a Kafka topic name (a-z, A-Z, 0-9, '.', '_', '-' around {topic}), got \"" +
+           value + "\"";
+  }
+  return std::nullopt;
+}
+
 std::optional<std::string> identifier(const std::string& value) {
   if (is_identifier(value)) return std::nullopt;
   return "must be 1-63 characters of a-z, 0-9 and _, not starting with a digit";

@@ -17,5 +17,7 @@ bool is_identifier(const std::string& name);
 std::optional<std::string> not_empty(const std::string& value);
 std::optional<std::string> kafka_topic_name(const std::string& value);
 std::optional<std::string> identifier(const std::string& value);
+//! A message.topic_template: literal topic characters and the variable {topic} only.
+std::optional<std::string> topic_template(const std::string& value);
 
 }  // namespace outbox::config

@@ -107,7 +107,8 @@ BatchRelay::BatchRelay(OutboxStore& store, Publisher& publisher, Clock& clock,
       backoff_(options_.backoff_initial, options_.backoff_max),
       max_rows_(std::max(options_.batch_size, options_.max_in_flight_rows)),
       topics_([&publisher](const std::string& t) { return publisher.topic_problem(t); }, clock,
-              options_.topic_map, options_.backoff_initial, options_.backoff_max) {
+              options_.topic_map, options_.format.topic_template, options_.backoff_initial,
+              options_.backoff_max) {
   options_.max_in_flight_rows = std::max<std::size_t>(options_.max_in_flight_rows, 1);
   options_.max_in_flight_bytes = std::max<std::size_t>(options_.max_in_flight_bytes, 1);
 }
@@ -237,7 +238,7 @@ void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
     std::size_t row_bytes = event_bytes(event);
     // The payload moves into the message: one copy of it in the relay, which librdkafka
     // points into until the report.
-    auto mapped = to_message(std::move(event), options_.topic_map);
+    auto mapped = to_message(std::move(event), options_.topic_map, options_.format);
     if (auto* poison = std::get_if<PoisonReason>(&mapped)) {
       observer_->on_dead_lettered(row_topic, 1);
       answered_.dead_letter.push_back({id, poison->text});

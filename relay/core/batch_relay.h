@@ -103,6 +103,7 @@ struct BatchRelayOptions {
   std::size_t max_in_flight_rows = 5'000;
   std::size_t max_in_flight_bytes = 32 << 20;
   std::map<std::string, std::string> topic_map;
+  MessageFormat format;  //!< topic template, headers, key and value bytes (message_mapping.h)
 };
 
 //! What happened since the last by-state read (a cycle: it ends when the window is empty).

@@ -21,6 +21,8 @@ struct OutboxEvent {
   std::optional<std::string> payload;
   std::string headers_json;  //!< the row's jsonb headers as text
   int attempts = 0;          //!< failed attempts so far
+  //! created_at as text (RFC 3339, or PostgreSQL's ISO output); empty when not read.
+  std::string created_at;
 };
 
 //! What a row weighs in a batch's byte budget: payload, key and headers text.

@@ -17,6 +17,7 @@
 
 #include "common/logging.h"
 #include "core/backoff.h"
+#include "core/message_mapping.h"
 #include "core/observer.h"
 #include "core/ports.h"
 
@@ -26,11 +27,14 @@ class TopicGate {
  public:
   //! `ask` is the publisher's topic_problem (Publisher, TransactionalPublisher).
   using Ask = std::function<std::optional<std::string>(const std::string& kafka_topic)>;
+  //! `topic_map` and `topic_template` (not owned) route a row topic (core::kafka_topic).
   TopicGate(Ask ask, Clock& clock, const std::map<std::string, std::string>& topic_map,
-            std::chrono::milliseconds backoff_initial, std::chrono::milliseconds backoff_max)
+            const std::string& topic_template, std::chrono::milliseconds backoff_initial,
+            std::chrono::milliseconds backoff_max)
       : ask_(std::move(ask)),
         clock_(clock),
         topic_map_(topic_map),
+        topic_template_(topic_template),
         backoff_initial_(backoff_initial),
         backoff_max_(backoff_max) {}
 
@@ -65,8 +69,7 @@ class TopicGate {
         return false;  // asked about in a later read
       }
       asked.insert(row_topic);
-      auto mapped = topic_map_.find(row_topic);
-      auto problem = ask_(mapped != topic_map_.end() ? mapped->second : row_topic);
+      auto problem = ask_(kafka_topic(row_topic, topic_map_, topic_template_));
       observer_->on_tick();
       if (problem) {
         block(row_topic, *problem);
@@ -109,6 +112,7 @@ class TopicGate {
   Ask ask_;
   Clock& clock_;
   const std::map<std::string, std::string>& topic_map_;
+  const std::string& topic_template_;
   std::chrono::milliseconds backoff_initial_, backoff_max_;
   RelayObserver no_observer_;
   RelayObserver* observer_ = &no_observer_;

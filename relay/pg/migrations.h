@@ -63,7 +63,8 @@ struct MigrationReport {
 //! used as it is) and, once the migrations ran, granted the schema's privileges again
 //! (role_grants), so that renamed roles get them on a database migrated before.
 //! The pauses (waiting for another runner's lock, and after a lock_timeout) are on `clock`.
-MigrationReport migrate(const std::string& conninfo, core::Clock& clock, const RoleNames& roles = {});
+MigrationReport migrate(const std::string& conninfo, core::Clock& clock,
+                        const RoleNames& roles = {});
 
 //! Versions recorded in outbox.schema_migrations; empty when the table does not exist.
 std::vector<int> applied_versions(const std::string& conninfo);

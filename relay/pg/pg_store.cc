@@ -5,6 +5,7 @@
 #include <limits>
 #include <set>
 #include <stdexcept>
+#include <string_view>
 
 #include "common/crash_point.h"
 #include "common/logging.h"
@@ -41,8 +42,9 @@ constexpr const char* kLockNotAvailable = "55P03";  // lock_timeout expired
 // (core::event_bytes, computed from lengths: payloads beyond the budget are never fetched, let
 // alone detoasted).
 constexpr const char* kFetchSql = R"sql(
-SELECT id, event_id::text, topic, key, payload, headers_text, attempts
-FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, attempts,
+SELECT id, event_id::text, topic, key, payload, headers_text, attempts,
+       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_text
+FROM (SELECT id, event_id, topic, key, payload, created_at, headers::text AS headers_text, attempts,
              sum(coalesce(octet_length(payload), 0) + coalesce(octet_length(key), 0) +
                  octet_length(headers::text)) OVER (ORDER BY id) AS upto
       FROM outbox.events
@@ -162,7 +164,7 @@ std::string sharded_fetch_sql(int shards) {
     if (at == std::string::npos) throw std::logic_error("kFetchSql changed: " + from);
     sql.replace(at, from.size(), to);
   };
-  replace("attempts\nFROM (SELECT", "attempts, shard\nFROM (SELECT");
+  replace("AS created_text\nFROM (SELECT", "AS created_text, shard\nFROM (SELECT");
   replace("headers::text AS headers_text, attempts,",
           "headers::text AS headers_text, attempts, " + shard + " AS shard,");
   replace("AND id > $4", "AND id > $4 AND " + shard + " = ANY($6::int[])");
@@ -458,6 +460,11 @@ bool PgOutboxStore::wait_for_leader_lock() {
 std::vector<core::OutboxEvent> events_of(const pqxx::result& rows) {
   std::vector<core::OutboxEvent> events;
   events.reserve(rows.size());
+  // By name: a query that does not select it leaves OutboxEvent::created_at empty.
+  std::optional<pqxx::row::size_type> created;
+  for (pqxx::row::size_type c = 0; c < rows.columns(); ++c) {
+    if (std::string_view(rows.column_name(c)) == "created_text") created = c;
+  }
   for (const auto& row : rows) {
     core::OutboxEvent e;
     e.id = row[0].as<std::int64_t>();
@@ -467,6 +474,7 @@ std::vector<core::OutboxEvent> events_of(const pqxx::result& rows) {
     if (!row[4].is_null()) e.payload = pqxx::binarystring(row[4]).str();
     e.headers_json = row[5].is_null() ? "" : row[5].as<std::string>();
     e.attempts = row[6].as<int>();
+    if (created && !row[*created].is_null()) e.created_at = row[*created].as<std::string>();
     events.push_back(std::move(e));
   }
   return events;
@@ -531,7 +539,7 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
                               pending_upto);
     events = events_of(rows);
     if (sharded()) {
-      for (const auto& row : rows) row_shard_[row[0].as<std::int64_t>()] = row[7].as<int>();
+      for (const auto& row : rows) row_shard_[row[0].as<std::int64_t>()] = row[8].as<int>();
     }
   } catch (const std::exception& e) {
     fail(e);

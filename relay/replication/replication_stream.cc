@@ -38,6 +38,8 @@ core::OutboxEvent outbox_event(const Relation& relation, const Insert& insert) {
     e.payload = decode_bytea_hex(*payload);
   }
   if (auto headers = column_text(relation, insert, "headers")) e.headers_json = *headers;
+  // PostgreSQL's text of a timestamptz (ISO DateStyle); core::rfc3339 makes it RFC 3339.
+  if (auto created = column_text(relation, insert, "created_at")) e.created_at = *created;
   if (auto attempts = column_text(relation, insert, "attempts")) {
     e.attempts = parse_number<int>(*attempts, "attempts");
   }
