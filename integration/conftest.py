@@ -46,7 +46,8 @@ from harness import (
     wait_until,
 )
 
-from harness.faults import FAULTS_KEY, profile as fault_profile, table_lines as fault_table_lines
+from harness.faults import FAULTS_KEY, crash_points_compiled, profile as fault_profile, table_lines as fault_table_lines
+from harness.relay import missing_build, require_executable
 from harness.tls_fixtures import tls_certs, tls_db, tls_kafka, tls_pg  # noqa: F401 (fixtures)
 
 _counter = itertools.count(1)
@@ -86,12 +87,15 @@ def _say(config, text: str) -> None:
 @pytest.fixture(scope="session")
 def relay_bin() -> Path:
     b = relay_binary()
-    if not (b.is_file() and os.access(b, os.X_OK)):
-        msg = f"relay binary {b} is not built (set OUTBOX_RELAY_BIN or build it)"
-        if os.environ.get("OUTBOX_IT_REQUIRE_BINARY"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return b
+    return require_executable(b, f"relay binary {b} is not built (set OUTBOX_RELAY_BIN or build it)")
+
+
+@pytest.fixture(scope="module")
+def crash_build(relay_bin):
+    """relay_bin, built with the crash points (test_faults.py, test_exactly_once.py)."""
+    if not crash_points_compiled(relay_bin):
+        missing_build(f"{relay_bin} was built without -DOUTBOX_CRASH_POINTS=ON (integration/test-all.sh turns it on)")
+    return relay_bin
 
 
 @pytest.fixture(scope="session")

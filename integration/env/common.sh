@@ -9,6 +9,17 @@ OUTBOX_VENV="$OUTBOX_CACHE/venv"
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# The arguments of a server script (pg.sh, kafka.sh): start|stop|restart DIR.
+usage() { echo "usage: $0 start|stop|restart DIR" >&2; exit 2; }
+# Sets CMD and DIR (created, made absolute). Usage: server_args "$@"
+server_args() {
+  [ $# -eq 2 ] || usage
+  CMD=$1
+  DIR=$2
+  mkdir -p "$DIR"
+  DIR="$(cd "$DIR" && pwd)"
+}
+
 # Python used for small helpers (port picking). Debian's first: it is what
 # install-deps.sh provides; any python3 will do.
 outbox_python() {

@@ -17,12 +17,7 @@ set -euo pipefail
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-60}"
 
-usage() { echo "usage: $0 start|stop|restart DIR" >&2; exit 2; }
-[ $# -eq 2 ] || usage
-CMD=$1
-DIR=$2
-mkdir -p "$DIR"
-DIR="$(cd "$DIR" && pwd)"
+server_args "$@"
 KD="$DIR/kafka"
 PROPS="$KD/server.properties"
 PIDF="$KD/kafka.pid"

@@ -19,12 +19,7 @@ PGBIN="${PGBIN:-${OUTBOX_PG_BINDIR:-/usr/lib/postgresql/15/bin}}"
 START_TIMEOUT="${PG_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${PG_STOP_TIMEOUT:-60}"
 
-usage() { echo "usage: $0 start|stop|restart DIR" >&2; exit 2; }
-[ $# -eq 2 ] || usage
-CMD=$1
-DIR=$2
-mkdir -p "$DIR"
-DIR="$(cd "$DIR" && pwd)"
+server_args "$@"
 PGD="$DIR/pg"        # owned by the server user: data, log, socket
 DATA="$PGD/data"
 LOGF="$PGD/postgres.log"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .audit import AuditReport
+from .audit import AuditReport, audit
 from .replication import lsn_text
 from .workload import setup_keys
 
@@ -42,6 +42,18 @@ def assert_no_loss(rep: AuditReport, relay, allow_duplicates: bool) -> None:
     else:
         assert not rep.duplicates, "duplicates: " + explain(rep, relay)
         assert not rep.order_violations, "per-key order: " + explain(rep, relay)
+
+
+def assert_delivered(ctx, topic: str, total: int, relay, allow_duplicates: bool, timeout_s: float = 90.0) -> AuditReport:
+    """Reads the `total` records of `topic` and audits them against outbox.events: `total`
+    rows, nothing lost (assert_no_loss); without duplicates allowed, exactly `total` records."""
+    records = ctx.kafka.consume_all(topic, total, timeout_s=timeout_s)
+    rep = audit(ctx.rows(), records)
+    assert rep.rows == total
+    if not allow_duplicates:
+        assert rep.records == total, explain(rep, relay)
+    assert_no_loss(rep, relay, allow_duplicates=allow_duplicates)
+    return rep
 
 
 def marked_event_ids(ctx) -> set[str]:

@@ -37,7 +37,19 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from .netcut import HOST, NetCutUnavailable, TcpForwarder, _nft, _Pair, check_nft
+from .netcut import (
+    HOST,
+    Forwarder,
+    TcpForwarder,
+    _listener_rules,
+    _nft,
+    _nft_argv,
+    _Pair,
+    _run,
+    _table,
+    _upstream_rules,
+    check_nft,
+)
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -132,15 +144,13 @@ def _delay_pump(delay: _Delay, pair: _Pair, src: socket.socket, dst: socket.sock
             cond.notify_all()
 
 
-# ------------------------------------------------------------- PostgreSQL side
-class SlowForwarder(TcpForwarder):
-    """netcut.TcpForwarder (cut/restore with nftables) that can also add latency."""
+class _Slowed:
+    """A forwarder whose pumps are delay lines (slow()/unslow()); `delay` is set before the
+    forwarder starts accepting."""
 
-    def __init__(self, target_port: int, seed: int = 1, **kw):
-        self.delay = _Delay(seed)  # before the base starts accepting
-        super().__init__(target_port, **kw)
+    delay: _Delay
 
-    def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
+    def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
         _delay_pump(self.delay, pair, src, dst)
 
     def slow(self, lo_ms: float, hi_ms: Optional[float] = None) -> None:
@@ -151,14 +161,16 @@ class SlowForwarder(TcpForwarder):
         self.delay.set(None)
 
 
+# ------------------------------------------------------------- PostgreSQL side
+class SlowForwarder(_Slowed, TcpForwarder):
+    """netcut.TcpForwarder (cut/restore with nftables) that can also add latency."""
+
+    def __init__(self, target_port: int, seed: int = 1, **kw):
+        self.delay = _Delay(seed)  # before the base starts accepting
+        super().__init__(target_port, **kw)
+
+
 # ------------------------------------------------------------------- netns side
-def _run(argv: list[str], input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0:
-        raise NetCutUnavailable(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}\n{input or ''}")
-    return r
-
-
 class Netns:
     """A private network namespace with only a loopback, for the relay process."""
 
@@ -178,10 +190,7 @@ class Netns:
         return _run(["ip", "netns", "exec", self.name, *argv], input=input, check=check)
 
     def nft(self, script: Optional[str] = None, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        argv = ["nft", "-f", "-"] if script is None else ["nft", "-f", "-"]
-        if script is None:
-            argv = ["nft", *args]
-        return self.exec(argv, input=script, check=check)
+        return self.exec(_nft_argv(script, args), input=script, check=check)
 
     def call(self, fn: Callable[[], T]) -> T:
         """fn() on a thread that entered the namespace (setns applies to one thread only):
@@ -224,13 +233,12 @@ class Netns:
         _run(["ip", "netns", "del", self.name], check=False)
 
 
-class NetnsLink:
+class NetnsLink(_Slowed, Forwarder):
     """Listens on 127.0.0.1:listen_port inside `netns`, forwards each connection to
     127.0.0.1:target_port in the host namespace; slow() and cut() as the module says."""
 
     def __init__(self, netns: Netns, target_port: int, listen_port: Optional[int] = None, seed: int = 1):
         self.netns = netns
-        self.target = (HOST, target_port)
         self.delay = _Delay(seed)
 
         def listen() -> socket.socket:
@@ -241,69 +249,12 @@ class NetnsLink:
             s.settimeout(0.2)
             return s
 
-        self._listener = netns.call(listen)
-        self.port: int = self._listener.getsockname()[1]
+        listener = netns.call(listen)
         n = next(_counter)
-        self.table_ns = f"outbox_faultnet_{self.port}"
+        self.table_ns = f"outbox_faultnet_{listener.getsockname()[1]}"
         self.table_host = f"outbox_faultnet_up_{os.getpid()}_{n}"
-        self._cond = threading.Condition()
-        self._pairs: list[_Pair] = []
-        self._cutting = False
-        self._closed = False
-        self.cut_at: Optional[float] = None
-        self.restored_at: Optional[float] = None
-        self.accepted = 0
-        self.errors: list[str] = []
-        self._acceptor = threading.Thread(target=self._accept_loop, name=f"netnslink-{self.port}", daemon=True)
-        self._acceptor.start()
-
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                down, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._closed:
-                    return
-                continue
-            down.settimeout(None)
-            with self._cond:
-                # as in netcut: an upstream opened during a cut would escape the rules
-                self._cond.wait_for(lambda: not self._cutting or self._closed)
-                if self._closed:
-                    down.close()
-                    return
-                try:
-                    up = socket.create_connection(self.target, timeout=10)  # host namespace
-                    up.settimeout(None)
-                except OSError as e:
-                    self.errors.append(f"upstream connect: {e}")
-                    down.close()
-                    continue
-                for s in (down, up):
-                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                pair = _Pair(down, up)
-                self._pairs.append(pair)
-                self.accepted += 1
-            for src, dst in ((down, up), (up, down)):
-                t = threading.Thread(target=_delay_pump, args=(self.delay, pair, src, dst), daemon=True)
-                pair.threads.append(t)
-                t.start()
-
-    def slow(self, lo_ms: float, hi_ms: Optional[float] = None) -> None:
-        self.delay.set(lo_ms, hi_ms)
-
-    def unslow(self) -> None:
-        self.delay.set(None)
-
-    @staticmethod
-    def _table(name: str, rules: list[str]) -> str:
-        body = "\n".join("    " + r for r in rules)
-        return (
-            f"table inet {name} {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n"
-            f"{body}\n  }}\n}}\n"
-        )
+        # upstream connections open in the host namespace (the acceptor thread's)
+        super().__init__(listener, (HOST, target_port), 10, "netnslink")
 
     def cut(self) -> list[int]:
         """Drop every packet between the relay and the link (inside the namespace) and
@@ -314,24 +265,9 @@ class NetnsLink:
             self._cutting = True
             ports = sorted({p.up_local_port for p in self._pairs if not p.closed})
             try:
-                self.netns.nft(
-                    self._table(
-                        self.table_ns,
-                        [f'iifname "lo" tcp dport {self.port} drop', f'iifname "lo" tcp sport {self.port} drop'],
-                    )
-                )
+                self.netns.nft(_table(self.table_ns, _listener_rules(self.port)))
                 if ports:
-                    plist = ", ".join(map(str, ports))
-                    t = self.target[1]
-                    _nft(
-                        self._table(
-                            self.table_host,
-                            [
-                                f'iifname "lo" tcp sport {{ {plist} }} tcp dport {t} drop',
-                                f'iifname "lo" tcp sport {t} tcp dport {{ {plist} }} drop',
-                            ],
-                        )
-                    )
+                    _nft(_table(self.table_host, _upstream_rules(ports, self.target[1])))
             except BaseException:
                 self.netns.nft(None, "delete", "table", "inet", self.table_ns, check=False)
                 self._cutting = False
@@ -349,27 +285,3 @@ class NetnsLink:
             self._cutting = False
             self.restored_at = time.monotonic()
             self._cond.notify_all()
-
-    @property
-    def is_cut(self) -> bool:
-        return self._cutting
-
-    def close(self) -> None:
-        try:
-            self.restore()
-        finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
-                pairs = list(self._pairs)
-            try:
-                self._listener.close()
-            except OSError:
-                pass
-            for p in pairs:
-                p.wake()
-            self._acceptor.join(5)
-            for p in pairs:
-                for t in list(p.threads):
-                    t.join(5)
-                p.abort()

@@ -22,13 +22,14 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytest
 
 from .audit import audit
 from .checks import KEYS_100, start_load
 from .relay import Relay
+from .wait import hold, wait_until
 
 FAULTS_KEY = pytest.StashKey[list]()
 
@@ -297,10 +298,58 @@ class FaultRun:
         self.wait_progress(relay)
         return relay
 
+    def start_leader_and_standby(self, hold_s: Callable[[], float], what: str) -> tuple[Relay, Relay]:
+        """Two relays (relay-a, relay-b) started together; once one leads and the other stands
+        by, the leader streaming (replication mode) and publishing under the writers, both must
+        stay up hold_s() more seconds (`what` names that moment in a failure), and the standby
+        must not have taken the leader lock. Returns (leader, standby)."""
+        a, b = self.relay(name="relay-a"), self.relay(name="relay-b")
+        a.start()
+        b.start()  # together: whichever takes the leader lock first publishes
+        leader, standby = leader_and_standby(a, b)
+
+        def both_alive():
+            a.assert_running(what)
+            b.assert_running(what)
+
+        if self.ctx.mode == "replication":
+            self.ctx.wait_streaming(leader, timeout_s=60)
+        self.writers.start()
+        self.wait_progress(leader)
+        hold(hold_s(), check=both_alive)
+        assert LEADS not in standby.log_text(), "both relays took the leader lock"
+        return leader, standby
+
+    def run_to_crash_point(self, spec: str) -> Relay:
+        """A relay with OUTBOX_RELAY_CRASH_AT=spec started (streaming first in replication
+        mode), then the writers; returns it once it has died (the test checks how)."""
+        relay = self.relay(env={"OUTBOX_RELAY_CRASH_AT": spec})
+        relay.start()
+        if self.ctx.mode == "replication":
+            self.ctx.wait_streaming(relay, timeout_s=60)
+        self.writers.start()
+        wait_until(lambda: not relay.running, 120, 0.05, f"the relay dying at crash point {spec}")
+        return relay
+
     def wait_progress(self, relay: Optional[Relay] = None, rows: int = 50, timeout_s: float = 60.0) -> int:
         """Until `rows` more rows are marked than now (the relay is publishing)."""
         base = self.ctx.marked()
         return self.ctx.wait_marked_at_least(base + rows, timeout_s, relay)
+
+    def sigkill_loop(self, relay: Relay) -> int:
+        """For the profile's kill_loop_s: wait kill_interval_s (drawn from the run's rng; the
+        relay must stay up meanwhile), SIGKILL the relay and start it again at once. Each kill
+        counts in crashes; ends with fault_over(). Returns the number of kills."""
+        kills = 0
+        t_end = time.monotonic() + self.profile.kill_loop_s
+        while time.monotonic() < t_end:
+            hold(self.rng.uniform(*self.profile.kill_interval_s), check=lambda: relay.assert_running("between kills"))
+            relay.kill()
+            self.crashes += 1
+            kills += 1
+            relay.start()
+        self.fault_over()
+        return kills
 
     def fault_over(self) -> None:
         """The fault has ended now; the writers stop here so that the drain has an end."""

@@ -18,6 +18,10 @@ output-hook drop would instead fail the sender's transmit locally).
 `restore()` deletes the rules (one nftables table of our own, named after the
 port); `close()` restores and closes every socket. Needs nft (package nftables)
 and CAP_NET_ADMIN.
+
+`Forwarder` is the forwarding itself (accept, one upstream per connection, a pump
+per direction, close), shared with faultnet.py's SlowForwarder and NetnsLink;
+`_table`, `_listener_rules` and `_upstream_rules` are the nftables rules all cuts use.
 """
 
 from __future__ import annotations
@@ -36,12 +40,47 @@ class NetCutUnavailable(RuntimeError):
     """nft is missing or may not change the ruleset here."""
 
 
-def _nft(script: Optional[str] = None, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = ["nft", *args] if script is None else ["nft", "-f", "-"]
-    r = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=30)
+def _run(argv: list[str], input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=30)
     if check and r.returncode != 0:
-        raise NetCutUnavailable(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}\n{script or ''}")
+        raise NetCutUnavailable(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}\n{input or ''}")
     return r
+
+
+def _nft_argv(script: Optional[str], args: tuple) -> list[str]:
+    """`nft -f -` (the script on stdin: one transaction) or `nft ARGS...`."""
+    return ["nft", *args] if script is None else ["nft", "-f", "-"]
+
+
+def _nft(script: Optional[str] = None, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run(_nft_argv(script, args), input=script, check=check)
+
+
+def _table(name: str, rules: list[str]) -> str:
+    """An nftables table `name` whose input chain (loopback traffic included) runs `rules`."""
+    body = "\n".join("    " + r for r in rules)
+    return (
+        f"table inet {name} {{\n"
+        "  chain input {\n"
+        "    type filter hook input priority -10; policy accept;\n"
+        f"{body}\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _listener_rules(port: int) -> list[str]:
+    """Drop every packet to and from the listening `port` (new and accepted connections)."""
+    return [f'iifname "lo" tcp dport {port} drop', f'iifname "lo" tcp sport {port} drop']
+
+
+def _upstream_rules(ports: list[int], target_port: int) -> list[str]:
+    """Drop every packet between the local `ports` and `target_port`, both directions."""
+    plist = ", ".join(str(p) for p in sorted(set(ports)))
+    return [
+        f'iifname "lo" tcp sport {{ {plist} }} tcp dport {target_port} drop',
+        f'iifname "lo" tcp sport {target_port} tcp dport {{ {plist} }} drop',
+    ]
 
 
 def check_nft() -> None:
@@ -108,33 +147,30 @@ class _Pair:
                 pass
 
 
-class TcpForwarder:
-    """See the module doc. Use as a context manager or call close()."""
+class Forwarder:
+    """Accepts on `listener`, opens one upstream connection to `target` per connection and
+    copies bytes both ways (`_pump`, one thread per direction). While `_cutting`, new
+    connections wait before their upstream is opened (an upstream opened during a cut would
+    escape the rules). Subclasses own the cut: they set `_cutting` under `_cond` in cut()
+    and clear it, notifying, in restore(). Use as a context manager or call close()."""
 
-    def __init__(self, target_port: int, target_host: str = HOST, connect_timeout_s: float = 10.0):
-        check_nft()
-        self.target = (target_host, target_port)
+    def __init__(self, listener: socket.socket, target: tuple[str, int], connect_timeout_s: float, name: str):
+        self._listener = listener
+        self.port: int = listener.getsockname()[1]
+        self.target = target
         self.connect_timeout_s = connect_timeout_s
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind((HOST, 0))  # a free port, chosen by the kernel
-        self._listener.listen(64)
-        self._listener.settimeout(0.2)
-        self.port: int = self._listener.getsockname()[1]
-        self.table = f"outbox_netcut_{self.port}"
         self._cond = threading.Condition()
         self._pairs: list[_Pair] = []
         self._cutting = False
         self._closed = False
         self.cut_at: Optional[float] = None
         self.restored_at: Optional[float] = None
-        self.cut_upstream_ports: list[int] = []
         self.accepted = 0
         self.errors: list[str] = []
-        _nft(None, "delete", "table", "inet", self.table, check=False)  # a leftover of a crashed run
-        self._acceptor = threading.Thread(target=self._accept_loop, name=f"netcut-{self.port}", daemon=True)
+        self._acceptor = threading.Thread(target=self._accept_loop, name=f"{name}-{self.port}", daemon=True)
         self._acceptor.start()
 
-    def __enter__(self) -> "TcpForwarder":
+    def __enter__(self) -> "Forwarder":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -176,8 +212,7 @@ class TcpForwarder:
                 pair.threads.append(t)
                 t.start()
 
-    @staticmethod
-    def _pump(pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
@@ -195,28 +230,55 @@ class TcpForwarder:
         with self._cond:
             return [p.up_local_port for p in self._pairs if not p.closed]
 
+    @property
+    def is_cut(self) -> bool:
+        return self._cutting
+
+    def restore(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Restore the network, stop accepting, close every connection."""
+        try:
+            self.restore()
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+                pairs = list(self._pairs)
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+            for p in pairs:
+                p.wake()
+            self._acceptor.join(5)
+            for p in pairs:
+                for t in list(p.threads):
+                    t.join(5)
+                p.abort()
+
+
+class TcpForwarder(Forwarder):
+    """See the module doc. Use as a context manager or call close()."""
+
+    def __init__(self, target_port: int, target_host: str = HOST, connect_timeout_s: float = 10.0):
+        check_nft()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind((HOST, 0))  # a free port, chosen by the kernel
+        listener.listen(64)
+        listener.settimeout(0.2)
+        self.table = f"outbox_netcut_{listener.getsockname()[1]}"
+        self.cut_upstream_ports: list[int] = []
+        _nft(None, "delete", "table", "inet", self.table, check=False)  # a leftover of a crashed run
+        super().__init__(listener, (target_host, target_port), connect_timeout_s, "netcut")
+
     # -------------------------------------------------------------- the cut
     def _ruleset(self, upstream_ports: list[int]) -> str:
-        rules = [
-            f'iifname "lo" tcp dport {self.port} drop',
-            f'iifname "lo" tcp sport {self.port} drop',
-        ]
+        rules = _listener_rules(self.port)
         if upstream_ports:
-            ports = ", ".join(str(p) for p in sorted(set(upstream_ports)))
-            tport = self.target[1]
-            rules += [
-                f'iifname "lo" tcp sport {{ {ports} }} tcp dport {tport} drop',
-                f'iifname "lo" tcp sport {tport} tcp dport {{ {ports} }} drop',
-            ]
-        body = "\n".join("    " + r for r in rules)
-        return (
-            f"table inet {self.table} {{\n"
-            "  chain input {\n"
-            "    type filter hook input priority -10; policy accept;\n"
-            f"{body}\n"
-            "  }\n"
-            "}\n"
-        )
+            rules += _upstream_rules(upstream_ports, self.target[1])
+        return _table(self.table, rules)
 
     def cut(self) -> list[int]:
         """Drop every packet of the forwarder's connections, old and new; returns the
@@ -246,32 +308,7 @@ class TcpForwarder:
             self.restored_at = time.monotonic()
             self._cond.notify_all()
 
-    @property
-    def is_cut(self) -> bool:
-        return self._cutting
-
     def rules(self) -> str:
         """The installed rules (for failure messages)."""
         r = _nft(None, "list", "table", "inet", self.table, check=False)
         return r.stdout if r.returncode == 0 else f"(no table {self.table})"
-
-    def close(self) -> None:
-        """Restore the network, stop accepting, close every connection."""
-        try:
-            self.restore()
-        finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
-                pairs = list(self._pairs)
-            try:
-                self._listener.close()
-            except OSError:
-                pass
-            for p in pairs:
-                p.wake()
-            self._acceptor.join(5)
-            for p in pairs:
-                for t in p.threads:
-                    t.join(5)
-                p.abort()

@@ -10,7 +10,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
+
+import pytest
 
 from .servers import REPO_DIR
 from .wait import wait_until
@@ -23,6 +25,21 @@ class RelayError(RuntimeError):
 def relay_binary() -> Path:
     """OUTBOX_RELAY_BIN, else <repo>/build/outbox-relay."""
     return Path(os.environ.get("OUTBOX_RELAY_BIN") or REPO_DIR / "build" / "outbox-relay")
+
+
+def missing_build(msg: str) -> NoReturn:
+    """A build the tests need is missing: a failure under OUTBOX_IT_REQUIRE_BINARY (what
+    test-all.sh sets), a skip otherwise."""
+    if os.environ.get("OUTBOX_IT_REQUIRE_BINARY"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def require_executable(path: Path, msg: str) -> Path:
+    """`path` if it is an executable file, else missing_build(msg)."""
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        missing_build(msg)
+    return path
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from harness import audit, enqueue, hold, setup_keys, wait_until
-from harness.checks import KEYS_100, assert_no_loss, check_confirm_invariant, explain, start_load
+from harness.checks import KEYS_100, assert_delivered, assert_no_loss, check_confirm_invariant, explain, start_load
 
 
 @pytest.fixture(params=["polling", "replication"])
@@ -107,6 +107,16 @@ def test_late_commit_is_published(ctx):
     assert relay.terminate(60) == 0, relay.log_tail()
 
 
+def _recovered(ctx, relay, topic: str, writers, total: int, publish_timeout_s: float):
+    """After a fault: every row published in time, none lost (duplicates allowed), the slot
+    caught up with the writers (replication mode), the relay stops cleanly. The audit."""
+    ctx.wait_all_published(total, publish_timeout_s, relay)
+    rep = assert_delivered(ctx, topic, total, relay, allow_duplicates=True)
+    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
+    assert relay.terminate(60) == 0, relay.log_tail()
+    return rep
+
+
 # ----------------------------------------------------------------------------
 def test_sigkill_mid_stream_then_restart_loses_nothing(ctx):
     total = 5_000
@@ -122,13 +132,7 @@ def test_sigkill_mid_stream_then_restart_loses_nothing(ctx):
     )
     writers.join(120)
     relay.start()  # same config, same log file
-    ctx.wait_all_published(total, 120, relay)
-    records = ctx.kafka.consume_all(topic, total, timeout_s=90)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == total
-    assert_no_loss(rep, relay, allow_duplicates=True)
-    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
-    assert relay.terminate(60) == 0, relay.log_tail()
+    rep = _recovered(ctx, relay, topic, writers, total, 120)
     ctx.note(
         f"SIGKILL at {marked_at_kill}/{rows_at_kill} rows marked ({total} in all): "
         f"after restart 0 lost, {rep.duplicate_count} duplicates"
@@ -152,13 +156,7 @@ def test_postgres_restart_under_load(ctx):
     writers.resume()
     writers.join(180)
     relay.assert_running("after PostgreSQL came back")
-    ctx.wait_all_published(total, 120, relay)
-    records = ctx.kafka.consume_all(topic, total, timeout_s=90)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == total
-    assert_no_loss(rep, relay, allow_duplicates=True)
-    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
-    assert relay.terminate(60) == 0, relay.log_tail()
+    rep = _recovered(ctx, relay, topic, writers, total, 120)
     ctx.note(f"PostgreSQL down {down_s:.1f}s under load: 0 lost, {rep.duplicate_count} duplicates")
 
 
@@ -183,13 +181,7 @@ def test_kafka_restart_under_load(ctx):
         f"rows marked published while Kafka was down: {marked_early} -> {marked_late}\n" + relay.log_tail()
     )
     writers.join(180)
-    ctx.wait_all_published(total, 180, relay)
-    records = ctx.kafka.consume_all(topic, total, timeout_s=90)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == total
-    assert_no_loss(rep, relay, allow_duplicates=True)
-    ctx.check_slot_caught_up(writers.max_pre_commit_lsn, relay)
-    assert relay.terminate(60) == 0, relay.log_tail()
+    rep = _recovered(ctx, relay, topic, writers, total, 180)
     ctx.note(
         f"Kafka down {down_s:.1f}s under load ({writers.committed} events written meanwhile): "
         f"0 lost, {rep.duplicate_count} duplicates"

@@ -30,16 +30,14 @@ faults.read_topic and `outbox-relay audit`); every test asserts lost = 0 and dup
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from harness import hold, wait_until
-from harness.faults import LEADS, FaultRun, crash_points_compiled, leader_and_standby, profile, read_topic
+from harness.faults import LEADS, FaultRun, leader_and_standby, profile, read_topic
 
 P = profile()
 pytestmark = pytest.mark.timeout(P.test_timeout_s)
@@ -52,16 +50,6 @@ FENCED = "this producer was fenced"
 @pytest.fixture(params=["polling", "replication"])
 def mode(request) -> str:
     return request.param
-
-
-@pytest.fixture(scope="module")
-def crash_build(relay_bin):
-    if not crash_points_compiled(relay_bin):
-        msg = f"{relay_bin} was built without -DOUTBOX_CRASH_POINTS=ON (integration/test-all.sh turns it on)"
-        if os.environ.get("OUTBOX_IT_REQUIRE_BINARY"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return relay_bin
 
 
 def _eos_run(ctx, scenario: str, overrides: dict | None = None) -> FaultRun:
@@ -99,25 +87,14 @@ def test_eos_end_to_end(ctx):
 def test_eos_sigkill_loop(ctx):
     run = _eos_run(ctx, "eos_sigkill_loop")
     relay = run.start(run.relay())
-    t_end = time.monotonic() + P.kill_loop_s
-    while time.monotonic() < t_end:
-        hold(run.rng.uniform(*P.kill_interval_s), check=_alive(relay, "between kills"))
-        relay.kill()
-        run.crashes += 1
-        relay.start()
-    run.fault_over()
+    run.sigkill_loop(relay)
     run.finish(relay, f"{run.crashes} SIGKILLs in {P.kill_loop_s:.0f} s (exactly_once)", duplicates="none")
 
 
 def test_eos_crash_after_commit(ctx, crash_build):
     run = _eos_run(ctx, "eos_crash_after_commit")
     spec = "after_commit:3"
-    relay = run.relay(env={"OUTBOX_RELAY_CRASH_AT": spec})
-    relay.start()
-    if ctx.mode == "replication":
-        ctx.wait_streaming(relay, timeout_s=60)
-    run.writers.start()
-    wait_until(lambda: not relay.running, 120, 0.05, f"the relay dying at crash point {spec}")
+    relay = run.run_to_crash_point(spec)
     assert relay.wait(5) == -9, relay.log_tail()
     assert "crash point after_commit reached" in relay.log_text(), relay.log_tail()
     run.crashes += 1

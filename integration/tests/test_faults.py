@@ -31,14 +31,13 @@ polling observable state with deadlines (wait_until); `hold` only makes a fault 
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
 import pytest
 
 from harness import hold, wait_until
-from harness.faults import LEADS, FaultRun, crash_points_compiled, leader_and_standby, profile
+from harness.faults import LEADS, FaultRun, profile
 from harness.netcut import NetCutUnavailable
 
 P = profile()
@@ -74,13 +73,7 @@ def _need_net_admin():
 def test_relay_sigkill_loop(ctx):
     run = FaultRun(ctx, "relay_sigkill_loop", P)
     relay = run.start(run.relay())
-    t_end = time.monotonic() + P.kill_loop_s
-    while time.monotonic() < t_end:
-        hold(run.rng.uniform(*P.kill_interval_s), check=_alive(relay, "between kills"))
-        relay.kill()
-        run.crashes += 1
-        relay.start()
-    run.fault_over()
+    run.sigkill_loop(relay)
     run.finish(relay, f"{run.crashes} SIGKILLs in {P.kill_loop_s:.0f} s, restarted at once", duplicates="per_crash")
 
 
@@ -279,22 +272,7 @@ def test_net_kafka(ctx):
 # ------------------------------------------------------------ 5. two relays
 def test_two_relays_leader_killed(ctx):
     run = FaultRun(ctx, "two_relays", P)
-    a, b = run.relay(name="relay-a"), run.relay(name="relay-b")
-    a.start()
-    b.start()  # together: whichever takes the leader lock first publishes
-
-    leader, standby = leader_and_standby(a, b)
-
-    def both_alive():
-        a.assert_running("at start")
-        b.assert_running("at start")
-
-    if ctx.mode == "replication":
-        ctx.wait_streaming(leader, timeout_s=60)
-    run.writers.start()
-    run.wait_progress(leader)
-    hold(P.leader_load_s, check=both_alive)
-    assert LEADS not in standby.log_text(), "both relays took the leader lock"
+    leader, standby = run.start_leader_and_standby(lambda: P.leader_load_s, "at start")
     leader.kill()
     run.crashes += 1
     t_kill = time.monotonic()
@@ -353,16 +331,6 @@ def test_big_tx_relay_killed_halfway(ctx):
 
 
 # ------------------------------------------------------------ 7. crash points
-@pytest.fixture(scope="module")
-def crash_build(relay_bin):
-    if not crash_points_compiled(relay_bin):
-        msg = f"{relay_bin} was built without -DOUTBOX_CRASH_POINTS=ON (integration/test-all.sh turns it on)"
-        if os.environ.get("OUTBOX_IT_REQUIRE_BINARY"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return relay_bin
-
-
 @pytest.mark.parametrize("point", ["after_produce", "after_delivery", "inside_mark"])
 def test_crash_point(ctx, crash_build, point, delivery):
     if delivery == "exactly_once" and point == "after_delivery":
@@ -370,12 +338,7 @@ def test_crash_point(ctx, crash_build, point, delivery):
         point = "before_commit"
     run = FaultRun(ctx, f"crash_{point}", P)
     spec = f"{point}:{P.crash_hit}"
-    relay = run.relay(env={"OUTBOX_RELAY_CRASH_AT": spec})
-    relay.start()
-    if ctx.mode == "replication":
-        ctx.wait_streaming(relay, timeout_s=60)
-    run.writers.start()
-    wait_until(lambda: not relay.running, 120, 0.05, f"the relay dying at crash point {spec}")
+    relay = run.run_to_crash_point(spec)
     rc = relay.wait(5)
     assert rc == -9, f"the relay exited {rc}, not by SIGKILL, at crash point {spec}:\n{relay.log_tail()}"
     assert f"crash point {point} reached" in relay.log_text(), relay.log_tail()

@@ -23,6 +23,7 @@ import pytest
 from psycopg import IsolationLevel, errors
 
 from harness import enqueue, relay_binary, wait_until
+from harness.relay import require_executable
 
 REPO = Path(__file__).resolve().parents[2]
 INBOX_SQL = REPO / "schema" / "inbox" / "0001_inbox.sql"
@@ -42,12 +43,9 @@ def consumer_binary() -> Path:
 @pytest.fixture(scope="session")
 def consumer_bin() -> Path:
     b = consumer_binary()
-    if not (b.is_file() and os.access(b, os.X_OK)):
-        msg = f"example consumer {b} is not built (set OUTBOX_INBOX_CONSUMER_BIN or build the inbox-consumer target)"
-        if os.environ.get("OUTBOX_IT_REQUIRE_BINARY"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return b
+    return require_executable(
+        b, f"example consumer {b} is not built (set OUTBOX_INBOX_CONSUMER_BIN or build the inbox-consumer target)"
+    )
 
 
 def psql_file(dsn: str, path: Path) -> subprocess.CompletedProcess:

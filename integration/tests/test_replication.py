@@ -23,7 +23,7 @@ import time
 import pytest
 
 from harness import audit, enqueue, hold, lsn_int, lsn_text, wait_until
-from harness.checks import KEYS_100, assert_no_loss, check_confirm_invariant, explain, start_load
+from harness.checks import KEYS_100, assert_delivered, assert_no_loss, check_confirm_invariant, explain, start_load
 
 
 @pytest.fixture
@@ -85,10 +85,7 @@ def test_sigkill_restart_resumes_from_confirmed_lsn(ctx):
         f"confirmed_flush_lsn went back below {lsn_text(before)} after the restart: "
         f"{[lsn_text(x) for x in back[:5]]}\n{relay.log_tail()}"
     )
-    records = ctx.kafka.consume_all(topic, total, timeout_s=90)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == total
-    assert_no_loss(rep, relay, allow_duplicates=True)
+    rep = assert_delivered(ctx, topic, total, relay, allow_duplicates=True)
     duplicates_only_in_flight(rep, unmarked_at_kill, window, relay)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
@@ -136,10 +133,7 @@ def test_kafka_down_30s_slot_never_passes_unacknowledged_events(ctx):
     ctx.wait_all_published(total, 240, relay)
     s_end = ctx.wait_slot_confirmed(writers.max_pre_commit_lsn, 30, relay)
     check_confirm_invariant(ctx, writers, "after Kafka came back")
-    records = ctx.kafka.consume_all(topic, total, timeout_s=90)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == total
-    assert_no_loss(rep, relay, allow_duplicates=True)
+    rep = assert_delivered(ctx, topic, total, relay, allow_duplicates=True)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
         f"Kafka down {down_s:.1f}s, {written_down} events written meanwhile, (rows, marked) = {pending_down}; "
@@ -238,11 +232,7 @@ def test_one_transaction_of_100k_rows_exactly_once_bounded_memory(ctx):
     t_marked = time.monotonic() - t0
     peak = max(peak, relay.proc_status_kb("VmHWM") or 0)
     ctx.wait_slot_confirmed(pre, 30, relay)
-    records = ctx.kafka.consume_all(topic, n, timeout_s=180)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == n
-    assert rep.records == n, explain(rep, relay)
-    assert_no_loss(rep, relay, allow_duplicates=False)
+    rep = assert_delivered(ctx, topic, n, relay, allow_duplicates=False, timeout_s=180)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
         f"one transaction of {n} rows (~{n * 480 / 1e6:.0f} MB payload) inserted in {t_insert:.1f}s, all marked after "
@@ -269,11 +259,7 @@ def test_pending_before_first_start_and_writes_during_hand_over_exactly_once(ctx
     total = writers.committed
     ctx.wait_all_published(total, 120, relay)
     ctx.wait_slot_confirmed(writers.max_pre_commit_lsn, 30, relay)
-    records = ctx.kafka.consume_all(topic, total, timeout_s=90)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == total
-    assert rep.records == total, explain(rep, relay)
-    assert_no_loss(rep, relay, allow_duplicates=False)
+    rep = assert_delivered(ctx, topic, total, relay, allow_duplicates=False)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(
         f"{committed_at_start} rows pending at the first start, {committed_at_stream - committed_at_start} committed "
@@ -400,11 +386,7 @@ def test_alter_table_add_column_while_streaming(ctx):
     assert after > 0, "inconclusive: no row inserted after the ALTER TABLE"
     ctx.wait_all_published(total, 120, relay)
     ctx.wait_slot_confirmed(writers.max_pre_commit_lsn, 30, relay)
-    records = ctx.kafka.consume_all(topic, total, timeout_s=90)
-    rep = audit(ctx.rows(), records)
-    assert rep.rows == total
-    assert rep.records == total, explain(rep, relay)
-    assert_no_loss(rep, relay, allow_duplicates=False)
+    rep = assert_delivered(ctx, topic, total, relay, allow_duplicates=False)
     assert relay.terminate(60) == 0, relay.log_tail()
     ctx.note(f"ALTER TABLE ADD COLUMN after row {max_id_at_alter}; {after} rows after it; {total} exactly once")
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "common/logging.h"
+#include "common/one_line.h"
 #include "kafka/kafka_probe.h"
 #include "pg/stats.h"
 
@@ -43,14 +44,6 @@ namespace {
 constexpr const char* kMonitorTimeoutSql =
     "SELECT set_config('statement_timeout', CASE WHEN setting::bigint BETWEEN 1 AND 4999 "
     "THEN setting ELSE '5000' END, false) FROM pg_settings WHERE name = 'statement_timeout'";
-
-std::string one_line(std::string text) {
-  for (char& c : text) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  while (!text.empty() && text.back() == ' ') text.pop_back();
-  return text;
-}
 
 bool is_statement_timeout(const std::exception& e) {
   const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
@@ -107,7 +100,7 @@ void Monitor::postgres_loop() {
         log->warn(
             "monitor: a gauge query ran past statement_timeout ({}); the gauges keep their last "
             "values until it answers in time (PostgreSQL answers: not a readiness failure)",
-            one_line(slow_reason));
+            common::one_line(slow_reason));
       } else if (!slow && timed_out) {
         log->info("monitor: the gauge queries answer in time again");
       }

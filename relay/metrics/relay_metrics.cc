@@ -2,6 +2,8 @@
 
 #include <ctime>
 
+#include "common/one_line.h"
+
 namespace outbox::metrics {
 
 namespace {
@@ -10,14 +12,6 @@ double seconds(std::chrono::nanoseconds d) { return std::chrono::duration<double
 
 // 1 ms .. about 33 s, doubling: Kafka's acknowledgements and PostgreSQL's marks.
 std::vector<double> latency_buckets() { return exponential_buckets(0.001, 2, 16); }
-
-std::string one_line(std::string text) {
-  for (char& c : text) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  while (!text.empty() && text.back() == ' ') text.pop_back();
-  return text;
-}
 
 Labels role_label(const char* role) { return {{"role", role}}; }
 Labels kind_label(const char* kind) { return {{"reason", kind}}; }
@@ -218,7 +212,7 @@ void RelayMetrics::on_topic_blocked(const std::string& topic, bool blocked) noex
 void RelayMetrics::on_failure(const std::string& what) noexcept {
   try {
     std::lock_guard lock(mutex_);
-    failing_ = one_line(what);
+    failing_ = common::one_line(what);
   } catch (...) {
   }
 }
@@ -252,14 +246,14 @@ void RelayMetrics::set_postgres(bool up, const std::string& error) {
   postgres_up_.set(up ? 1 : 0);
   std::lock_guard lock(mutex_);
   postgres_ok_ = up;
-  postgres_error_ = one_line(error);
+  postgres_error_ = common::one_line(error);
 }
 
 void RelayMetrics::set_kafka(bool up, const std::string& error) {
   kafka_up_.set(up ? 1 : 0);
   std::lock_guard lock(mutex_);
   kafka_ok_ = up;
-  kafka_error_ = one_line(error);
+  kafka_error_ = common::one_line(error);
 }
 
 void RelayMetrics::set_outbox(double pending, double oldest_pending_age_s, double dead_lettered) {

@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "common/logging.h"
+#include "common/one_line.h"
 
 namespace outbox::pg {
 
@@ -14,14 +15,6 @@ constexpr const char* kDeleteDeadLettered = "outbox.delete_dead_lettered";
 constexpr std::chrono::milliseconds kLeaderCheck{1000};
 // Rounds that deleted something are summed up in one log line this often.
 constexpr std::chrono::seconds kReportEvery{60};
-
-std::string one_line(std::string text) {
-  for (char& c : text) {
-    if (c == '\n' || c == '\r') c = ' ';
-  }
-  while (!text.empty() && text.back() == ' ') text.pop_back();
-  return text;
-}
 
 }  // namespace
 
@@ -114,7 +107,7 @@ void Retention::loop() {
                  dead);
     } catch (const std::exception& e) {
       conn.reset();
-      std::string what = one_line(e.what());
+      std::string what = common::one_line(e.what());
       if (what != last_error) {  // once per distinct error, not every round
         std::string hint;
         if (dynamic_cast<const pqxx::undefined_function*>(&e) ||
