@@ -64,12 +64,13 @@ TEST_CASE("reset forgets everything not yet confirmed", "[replication]") {
   CHECK(t.confirmable() == 20);
 }
 
-TEST_CASE("protocol misuse is a logic error, not silent corruption", "[replication]") {
+TEST_CASE("messages out of order are a stream error; resolving twice a logic error",
+          "[replication]") {
   ConfirmTracker t;
-  CHECK_THROWS_AS(t.add_event(), std::logic_error);
-  CHECK_THROWS_AS(t.commit(1), std::logic_error);
+  CHECK_THROWS_AS(t.add_event(), outbox::replication::StreamOrderError);
+  CHECK_THROWS_AS(t.commit(1), outbox::replication::StreamOrderError);
   t.begin();
-  CHECK_THROWS_AS(t.begin(), std::logic_error);
+  CHECK_THROWS_AS(t.begin(), outbox::replication::StreamOrderError);
   auto e = t.add_event();
   t.resolve(e);
   CHECK_THROWS_AS(t.resolve(e), std::logic_error);

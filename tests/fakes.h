@@ -10,11 +10,12 @@
 #include <optional>
 #include <set>
 
+#include "core/batch_relay.h"
 #include "core/ports.h"
 
 namespace outbox::testing {
 
-//! Rows in memory; begin/finish/abort behave like the PostgreSQL store's transaction.
+//! Rows in memory, read and recorded as the PostgreSQL stores do (reads hold nothing).
 class FakeStore : public core::OutboxStore {
  public:
   struct Row {
@@ -55,12 +56,9 @@ class FakeStore : public core::OutboxStore {
     return read(std::numeric_limits<std::int64_t>::min(), limit, max_bytes, skip);
   }
 
-  bool read_ahead() const override { return pipelined; }
-
   std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
                                             std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip) override {
-    if (!pipelined) throw std::logic_error("read_after on a store that does not read ahead");
     ++reads_after;
     std::size_t pending = 0;
     for (const auto& [id, r] : rows_) {
@@ -85,7 +83,6 @@ class FakeStore : public core::OutboxStore {
       --fail_begin;
       throw core::UnavailableError("PostgreSQL: connection refused");
     }
-    open_ = !pipelined;
     std::vector<core::OutboxEvent> out;
     std::size_t bytes = 0;
     for (auto& [id, r] : rows_) {
@@ -97,17 +94,6 @@ class FakeStore : public core::OutboxStore {
       out.push_back(r.event);
     }
     return out;
-  }
-
-  void finish_batch(const core::BatchOutcome& outcome) override {
-    REQUIRE_OPEN();
-    if (fail_finish > 0) {
-      --fail_finish;
-      throw core::UnavailableError("PostgreSQL: server closed the connection");
-    }
-    apply(outcome);
-    open_ = false;
-    ++finishes;
   }
 
   void record_outcome(const core::BatchOutcome& outcome) override {
@@ -177,11 +163,6 @@ class FakeStore : public core::OutboxStore {
     rows_.at(id).event.event_id = "evt-" + std::to_string(id) + "-again";
   }
 
-  void abort_batch() noexcept override {
-    open_ = false;
-    ++aborts;
-  }
-
   bool wait_for_rows(std::chrono::milliseconds) override {
     ++waits;
     if (on_wait) on_wait();
@@ -204,7 +185,6 @@ class FakeStore : public core::OutboxStore {
                          [](const auto& kv) { return !kv.second.published && !kv.second.dead; });
   }
 
-  bool pipelined = false;                         //!< read_ahead(): the polling store's lifecycle
   std::vector<std::vector<std::int64_t>> groups;  //!< published ids of each record_outcome
   int reads_after = 0;
   int late_refusals = 0;  //!< read_after found a row committed late below its id
@@ -213,22 +193,17 @@ class FakeStore : public core::OutboxStore {
   std::vector<std::size_t> reads_at_record;  //!< read_log.size() at each record_outcome
   std::function<void()> on_wait;             //!< in wait_for_rows (the relay is idle)
   int fail_begin = 0;
-  int fail_finish = 0;
   int fail_record = 0;
   std::vector<std::string> last_skip;
-  int begins = 0, finishes = 0, aborts = 0;
+  int begins = 0;
   std::atomic<int> records{0};
   std::atomic<int> waits{0};
   int keep_alives = 0;
 
  private:
-  void REQUIRE_OPEN() const {
-    if (!open_) throw std::logic_error("finish_batch without begin_batch");
-  }
   std::map<std::int64_t, Row> rows_;
   std::vector<core::VanishedRow> vanished_;
   std::int64_t next_id_ = 1;
-  bool open_ = false;
 };
 
 //! Time moves only when someone sleeps.
@@ -351,5 +326,17 @@ class FakePublisher : public core::Publisher {
   std::size_t in_request_ = 0;
   bool purged_ = false;
 };
+
+//! One cycle of the loop, seen from outside: the step that ends the previous cycle (its idle
+//! wait or pause: give the options an interval of 0, or a store whose wait lets time pass),
+//! then the by-state read and the steps until nothing is in flight, unrecorded, or in an open
+//! transaction. Returns what the cycle came to; throws what step() throws.
+inline core::BatchReport run_cycle(core::BatchRelay& relay) {
+  std::atomic<bool> stop{false};
+  if (relay.settled() && relay.cycle_open()) relay.step(stop);  // ends the previous cycle
+  relay.step(stop);
+  for (int i = 0; i < 10'000 && !relay.settled(); ++i) relay.step(stop);
+  return relay.cycle();
+}
 
 }  // namespace outbox::testing

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "kafka/client_conf.h"
 #include "kafka/kafka_publisher.h"
 
 using namespace outbox;
@@ -167,4 +168,84 @@ TEST_CASE("a librdkafka older than 2.6.1 is refused with the reason", "[kafka]")
   CHECK_FALSE(kafka::librdkafka_version_problem(0x020800ff));
   // The library the tests run on is one users get.
   CHECK_FALSE(kafka::librdkafka_version_problem());
+}
+
+TEST_CASE("the producer's states refuse a transition their table does not allow",
+          "[kafka][states]") {
+  using kafka::ProducerState;
+  core::StateMachine<kafka::ProducerStateTraits> state(ProducerState::none, "kafka");
+  // a producer that does not exist cannot fail
+  CHECK_THROWS_AS(state.set(ProducerState::fatal, "test"), std::logic_error);
+  state.set(ProducerState::ready, "created");
+  // a working producer is never destroyed under the loop's messages
+  CHECK_THROWS_AS(state.set(ProducerState::none, "test"), std::logic_error);
+  state.set(ProducerState::fatal, "fatal error");
+  // a failed producer sends nothing more: it is re-created, never revived
+  CHECK_THROWS_AS(state.set(ProducerState::ready, "test"), std::logic_error);
+  state.set(ProducerState::fatal_purged, "drain's deadline");
+  state.set(ProducerState::none, "every message answered");
+  CHECK(state.is(ProducerState::none));
+}
+
+// Regression: a fatal error first seen by send() (librdkafka answering its produce call with
+// __FATAL) left the fatal drain's start unset, so the next poll purged at once the messages
+// already sent: the broker had written them, and the next producer (a new producer id, no
+// deduplication) wrote them again.
+TEST_CASE("a fatal error seen by send keeps the messages already sent until their reports",
+          "[kafka][regression]") {
+  MockCluster cluster;
+  kafka::KafkaPublisher publisher(kafka_config(cluster));
+  auto warm = messages(1);
+  REQUIRE(publisher.publish(warm, never)[0].ok);  // producer id and metadata in place
+  // Kafka now answers each request 1.5 s after it came.
+  rd_kafka_mock_broker_set_rtt(cluster.get(), 1, 1500);
+  auto ms = messages(2);
+  publisher.send(ms[0], 1);
+  std::vector<core::Completion> done;
+  for (int i = 0; i < 3; ++i) {  // on its way to the broker: in flight, not queued
+    auto got = publisher.poll(std::chrono::milliseconds(100));
+    done.insert(done.end(), got.begin(), got.end());
+  }
+  REQUIRE(done.empty());
+  REQUIRE(rd_kafka_test_fatal_error(publisher.handle(),
+                                    RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                    "injected by the test") == RD_KAFKA_RESP_ERR_NO_ERROR);
+  publisher.send(ms[1], 2);  // refused at once: the producer failed
+  for (int i = 0; i < 100 && done.size() < 2; ++i) {
+    auto got = publisher.poll(std::chrono::milliseconds(100));
+    done.insert(done.end(), got.begin(), got.end());
+  }
+  REQUIRE(done.size() == 2);
+  for (const auto& c : done) {
+    INFO("tag " << c.tag << ": " << c.result.error);
+    if (c.tag == 1) CHECK(c.result.error.find("urged") == std::string::npos);  // its real report
+    if (c.tag == 2) CHECK_THAT(c.result.error, Catch::Contains("atal"));       // seen first by send
+  }
+  CHECK(publisher.state() == kafka::ProducerState::none);  // re-created by the next send
+}
+
+TEST_CASE("one rule for every librdkafka client: defaults, kafka.properties, then its own",
+          "[kafka][conf]") {
+  config::KafkaConfig k;
+  k.properties = {{"linger.ms", "77"},
+                  {"client.id", "mine"},
+                  {"isolation.level", "read_uncommitted"},
+                  {"socket.timeout.ms", "12345"}};
+  auto get = [](const kafka::Conf& conf, const char* name) {
+    char value[256];
+    std::size_t size = sizeof value;
+    REQUIRE(rd_kafka_conf_get(conf.get(), name, value, &size) == RD_KAFKA_CONF_OK);
+    return std::string(value);
+  };
+  auto consumer = kafka::client_conf(kafka::ClientKind::consumer, k, {{"client.id", "relay"}},
+                                     {{"isolation.level", "read_committed"}});
+  CHECK(get(consumer, "client.id") == "mine");                  // kafka.properties over defaults
+  CHECK(get(consumer, "isolation.level") == "read_committed");  // the client's own over both
+  CHECK(get(consumer, "socket.timeout.ms") == "12345");         // reaches the cluster as set
+  CHECK(get(consumer, "linger.ms") != "77");                    // producer-only: not taken
+  auto producer = kafka::client_conf(kafka::ClientKind::producer, k, {}, {});
+  CHECK(get(producer, "linger.ms") == "77");
+  k.properties = {{"no.such.property", "x"}};
+  CHECK_THROWS_WITH(kafka::client_conf(kafka::ClientKind::consumer, k, {}, {}),
+                    Catch::Contains("kafka.properties.no.such.property"));
 }

@@ -1,5 +1,5 @@
-// The in-flight window of the pipelined relay (core/batch_relay.h), against the fakes: a
-// store that reads ahead (polling mode's lifecycle) and a publisher that answers only when
+// The in-flight window of the relay loop (core/batch_relay.h), at_least_once, against the
+// fakes: a store that reads ahead and a publisher that answers only when
 // polled, holding back whatever its `stuck` predicate names (a partition without a leader).
 #include <catch2/catch.hpp>
 
@@ -45,7 +45,6 @@ struct Rig {
   FakeClock clock;
   std::atomic<bool> stop{false};
   Rig() {
-    store.pipelined = true;
     kafka.clock = &clock;                     // an unanswered poll lets time pass
     store.on_wait = [this] { stop = true; };  // idle: everything read was handled
   }

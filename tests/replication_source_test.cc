@@ -714,19 +714,19 @@ TEST_CASE("with the relay: rows pending at the first start go out first, whateve
   for (auto id : old) kafka.script[id] = {false, core::FailureKind::transient, "timed out"};
   core::BatchRelayOptions o;
   o.batch_size = 5;
+  o.interval = std::chrono::milliseconds(0);  // no idle wait between the cycles
   core::BatchRelay relay(source, kafka, rig.clock, o);
-  auto never = [] { return false; };
 
   // Kafka down: every batch of the drain fails, for a while.
   for (int i = 0; i < 6; ++i) {
-    auto report = relay.run_batch(never);
+    auto report = outbox::testing::run_cycle(relay);
     CHECK(report.left_pending == report.read);
     if (i == 2) rig.server.commit({"k0", "k1"});  // newer rows of the same keys
   }
   CHECK(source.phase() == Phase::draining);
   CHECK(rig.server.pending_count() == 14);
   kafka.script.clear();  // Kafka is back
-  for (int i = 0; i < 10 && rig.server.pending_count() > 0; ++i) relay.run_batch(never);
+  for (int i = 0; i < 10 && rig.server.pending_count() > 0; ++i) outbox::testing::run_cycle(relay);
 
   CHECK(rig.server.pending_count() == 0);
   std::map<std::string, std::vector<std::int64_t>> per_key;
@@ -1147,4 +1147,47 @@ TEST_CASE("a long wait for visibility backs off and ticks the relay's health",
   CHECK(*std::max_element(rig.clock.sleeps.begin(), rig.clock.sleeps.end()) == milliseconds(100));
   CHECK(std::is_sorted(rig.clock.sleeps.begin(), rig.clock.sleeps.end()));
   CHECK(rig.clock.sleeps.size() < 250);  // about 20 s of waiting in 199 polls, not 10,000
+}
+
+// Regression: a stream whose messages come out of order (a row or a Commit without its Begin,
+// a Begin inside a transaction) threw std::logic_error from ConfirmTracker, which no caller
+// handled: it is input, and must stop the relay with a clear error, confirming nothing past it.
+TEST_CASE("a stream out of order stops the relay with a clear error, confirming nothing past it",
+          "[replication][confirm][regression]") {
+  enum class Fault { row_without_begin, commit_without_begin, begin_inside_transaction };
+  auto fault = GENERATE(Fault::row_without_begin, Fault::commit_without_begin,
+                        Fault::begin_inside_transaction);
+  Rig rig;
+  auto& source = rig.make();
+  CHECK(rig.publish().empty());  // nothing pending: the stream at once
+  REQUIRE(source.phase() == Phase::streaming);
+  auto first = rig.server.commit({"a"});
+  CHECK(rig.publish() == first);
+  const Lsn confirmed = source.confirmed();
+
+  auto later = rig.server.commit({"b"});
+  // The transaction's messages on the wire: Begin, row, Commit.
+  REQUIRE(rig.server.wire.size() == 3);
+  switch (fault) {
+    case Fault::row_without_begin:
+      rig.server.wire.pop_front();
+      break;
+    case Fault::commit_without_begin:
+      rig.server.wire.erase(rig.server.wire.begin(), rig.server.wire.begin() + 2);
+      break;
+    case Fault::begin_inside_transaction:
+      rig.server.wire.insert(rig.server.wire.begin() + 1, rig.server.wire.front());
+      break;
+  }
+  try {
+    source.begin_batch(100, 1 << 20, {});
+    FAIL("no error");
+  } catch (const core::FatalError& e) {
+    CHECK_THAT(e.what(),
+               Catch::Contains("replication slot outbox_relay") && Catch::Contains("out of order"));
+  }
+  CHECK(source.phase() == Phase::stopped);  // the connection closed
+  CHECK(source.confirmed() == confirmed);   // nothing confirmed past the bad message
+  CHECK(rig.server.slot_confirmed <= confirmed.value);
+  CHECK(rig.server.row(later[0]).published == false);  // still pending: nothing lost
 }

@@ -39,3 +39,13 @@ TEST_CASE("a pg_snapshot widens 32-bit xids and says which transactions it count
   CHECK(s->counts_ended(4294967299ULL));
   CHECK_FALSE(s->counts_ended(4294967300ULL));  // xmax: not ended then
 }
+
+TEST_CASE("the table's reads are the polling read with its byte budget, in each variant",
+          "[replication]") {
+  auto among = pg::fetch_sql(pg::FetchScope::among);
+  CHECK_THAT(among, Catch::Contains("id = ANY($3::bigint[])") &&
+                        Catch::Contains("OVER (ORDER BY id) AS upto") && !Catch::Contains("$4") &&
+                        !Catch::Contains("$5"));
+  CHECK_THAT(pg::fetch_sql(pg::FetchScope::upto), Catch::Contains("AND id <= $6"));
+  CHECK_THAT(pg::fetch_sql(pg::FetchScope::topics), Catch::Contains("topic = ANY($3::text[])"));
+}

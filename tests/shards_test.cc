@@ -3,6 +3,7 @@
 
 #include <numeric>
 
+#include "core/steady_clock.h"
 #include "pg/pg_store.h"
 #include "pg/shards.h"
 
@@ -103,14 +104,15 @@ TEST_CASE("the shard expression is the key's hash, or the id without a key", "[s
 TEST_CASE("a sharded store builds its statements at construction, without I/O", "[shards]") {
   // The sharded fetch is the single-relay one with the shard filter spliced in: a change of
   // that statement that breaks the splice throws here rather than in production.
-  CHECK_NOTHROW(
-      outbox::pg::PgOutboxStore("host=/nonexistent", "test", {4, std::chrono::milliseconds(1000)}));
-  outbox::pg::PgOutboxStore store("host=/nonexistent", "test",
+  outbox::core::SteadyClock clock;
+  CHECK_NOTHROW(outbox::pg::PgOutboxStore("host=/nonexistent", "test", clock,
+                                          {4, std::chrono::milliseconds(1000)}));
+  outbox::pg::PgOutboxStore store("host=/nonexistent", "test", clock,
                                   {4, std::chrono::milliseconds(1000)});
   CHECK(store.shards() == 4);
   CHECK(store.shards_held() == 0);
   CHECK_FALSE(store.runs_chores());
-  outbox::pg::PgOutboxStore single("host=/nonexistent", "test");
+  outbox::pg::PgOutboxStore single("host=/nonexistent", "test", clock);
   CHECK(single.shards() == 1);
   CHECK_FALSE(single.runs_chores());  // not connected: no leader yet
 }

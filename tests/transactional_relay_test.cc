@@ -1,4 +1,4 @@
-// core::TransactionalRelay (delivery.guarantee: exactly_once) against fakes: a Kafka cluster
+// The relay loop in exactly_once (core/batch_relay.h) against fakes: a Kafka cluster
 // with transactions and fencing, the outbox store of fakes.h, a recovery marker. What a
 // read_committed consumer would see is FakeCluster::committed: every test checks that each
 // row is in it exactly once (or, dead-lettered, not at all).
@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <limits>
 
-#include "core/transactional_relay.h"
+#include "core/batch_relay.h"
 #include "fakes.h"
 
 namespace {
@@ -75,7 +75,11 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
     answers_.push_back({tag, r});
     if (on_send) on_send();
   }
-  std::vector<core::Completion> poll(std::chrono::milliseconds) override {
+  std::vector<core::Completion> poll(std::chrono::milliseconds timeout) override {
+    if (hold && hold()) {
+      if (clock != nullptr) clock->advance(timeout);  // a poll that waits lets time pass
+      return {};
+    }
     return std::exchange(answers_, {});
   }
   void purge() override {}
@@ -109,6 +113,8 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
   std::vector<std::int64_t> sent;
   std::function<void()> on_send;
   std::function<void()> on_checkpoint_read;
+  std::function<bool()> hold;  //!< while it returns true, nothing is answered
+  FakeClock* clock = nullptr;
   std::size_t max_bytes = 1'000'000;
   int checkpoint_reads = 0;
   int fail_init = 0, commit_fails_aborted = 0, commit_fails_unknown = 0;
@@ -156,11 +162,10 @@ core::BatchRelayOptions options(std::size_t batch = 4) {
 }
 
 struct Rig {
-  explicit Rig(bool pipelined, std::size_t batch = 4) : publisher(cluster), marker(store) {
-    store.pipelined = pipelined;
+  explicit Rig(std::size_t batch = 4) : publisher(cluster), marker(store) {
+    publisher.clock = &clock;
     store.on_wait = [this] { clock.advance(std::chrono::milliseconds(200)); };
-    relay =
-        std::make_unique<core::TransactionalRelay>(store, publisher, marker, clock, options(batch));
+    relay = std::make_unique<core::BatchRelay>(store, publisher, marker, clock, options(batch));
   }
   //! Steps until nothing is pending or `max` steps, swallowing UnavailableError as run() does.
   void drain(int max = 50) {
@@ -182,7 +187,7 @@ struct Rig {
   FakeClock clock;
   FakeTxnPublisher publisher;
   FakeMarker marker;
-  std::unique_ptr<core::TransactionalRelay> relay;
+  std::unique_ptr<core::BatchRelay> relay;
 };
 
 void require_exactly_once(const Rig& rig, std::int64_t first, std::int64_t last) {
@@ -232,8 +237,8 @@ TEST_CASE("checkpoint text: rows with event ids round trip; the earlier format r
 
 TEST_CASE("recovery comes first: nothing is sent before init_transactions and the checkpoint",
           "[eos]") {
-  for (bool pipelined : {false, true}) {
-    Rig rig(pipelined);
+  {
+    Rig rig;
     for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
     std::atomic<bool> stop{false};
     rig.relay->step(stop);
@@ -246,44 +251,33 @@ TEST_CASE("recovery comes first: nothing is sent before init_transactions and th
   }
 }
 
-TEST_CASE("one transaction per read, each with the checkpoint of its ids; lifecycles", "[eos]") {
-  SECTION("one batch at a time (replication): begin_batch then finish_batch") {
-    Rig rig(false, 4);
-    for (int i = 0; i < 10; ++i) rig.store.add("t", "k");
-    rig.drain();
-    require_exactly_once(rig, 1, 10);
-    REQUIRE(rig.publisher.commits == 3);
-    REQUIRE(rig.cluster.checkpoints == std::vector<std::string>{"v2;1-4;evt-1,evt-2,evt-3,evt-4",
-                                                                "v2;5-8;evt-5,evt-6,evt-7,evt-8",
-                                                                "v2;9-10;evt-9,evt-10"});
-    REQUIRE(rig.store.finishes == 3);
-    REQUIRE(rig.store.records == 0);
-  }
-  SECTION("read-ahead store (polling): begin_batch then record_outcome, no finish_batch") {
-    Rig rig(true, 4);
-    for (int i = 0; i < 10; ++i) rig.store.add("t", "k");
-    rig.drain();
-    require_exactly_once(rig, 1, 10);
-    REQUIRE(rig.store.finishes == 0);
-    REQUIRE(rig.store.records == 3);
-    REQUIRE(rig.relay->counters().published == 10);
-  }
+TEST_CASE("each transaction carries the checkpoint of its ids, recorded once it committed",
+          "[eos]") {
+  Rig rig(4);
+  for (int i = 0; i < 10; ++i) rig.store.add("t", "k");
+  rig.drain();
+  require_exactly_once(rig, 1, 10);
+  REQUIRE(rig.publisher.commits == 3);  // Kafka answers at once: one read per transaction
+  REQUIRE(rig.cluster.checkpoints == std::vector<std::string>{"v2;1-4;evt-1,evt-2,evt-3,evt-4",
+                                                              "v2;5-8;evt-5,evt-6,evt-7,evt-8",
+                                                              "v2;9-10;evt-9,evt-10"});
+  REQUIRE(rig.store.records == 3);
+  REQUIRE(rig.relay->counters().published == 10);
 }
 
 TEST_CASE("a crash between the Kafka commit and the mark: the next run marks, never re-sends",
           "[eos]") {
-  for (bool pipelined : {false, true}) {
-    Rig rig(pipelined, 4);
+  {
+    Rig rig(4);
     for (int i = 0; i < 6; ++i) rig.store.add("t", "k");
-    rig.store.fail_finish = 100;  // the mark never succeeds in this run
-    rig.store.fail_record = 100;
+    rig.store.fail_record = 100;  // the mark never succeeds in this run
     rig.drain(5);
     REQUIRE(rig.publisher.commits == 1);  // the next transaction waits for the mark
     REQUIRE(rig.store.pending() == 6);
     // "crash": a new process (relay and producer) on the same cluster and table
-    rig.store.fail_finish = rig.store.fail_record = 0;
+    rig.store.fail_record = 0;
     FakeTxnPublisher publisher2(rig.cluster);
-    core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+    core::BatchRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
     std::atomic<bool> stop{false};
     relay2.step(stop);  // recovery
     REQUIRE(relay2.recovered_rows() == 4);
@@ -295,7 +289,7 @@ TEST_CASE("a crash between the Kafka commit and the mark: the next run marks, ne
 
 TEST_CASE("a commit of unknown outcome: recovery reads the checkpoint and decides", "[eos]") {
   SECTION("it had committed: its rows are marked, not sent again") {
-    Rig rig(true, 4);
+    Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
     rig.publisher.commit_fails_unknown = 1;
     rig.drain();
@@ -305,7 +299,7 @@ TEST_CASE("a commit of unknown outcome: recovery reads the checkpoint and decide
     REQUIRE(rig.publisher.sent.size() == 4);
   }
   SECTION("it had not: the rows stay pending and go in the next transaction") {
-    Rig rig(false, 4);
+    Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
     rig.publisher.commit_fails_aborted = 1;
     rig.drain();
@@ -313,20 +307,20 @@ TEST_CASE("a commit of unknown outcome: recovery reads the checkpoint and decide
     REQUIRE(rig.publisher.inits == 2);
     REQUIRE(rig.relay->recovered_rows() == 0);
     REQUIRE(rig.publisher.sent.size() == 8);  // sent twice, committed once
-    REQUIRE(rig.store.aborts >= 1);           // the batch was closed without a mark
+    REQUIRE(rig.store.records == 1);          // nothing recorded of the unknown one
   }
 }
 
 TEST_CASE("a zombie is fenced: it marks nothing; the new instance publishes everything once",
           "[eos]") {
-  Rig rig(true, 4);
+  Rig rig(4);
   for (int i = 0; i < 8; ++i) rig.store.add("t", "k");
   std::atomic<bool> stop{false};
   rig.relay->step(stop);  // recovery of the old one
   // While the old one's first transaction is open, a new instance starts and recovers
   // (init_transactions with the same transactional.id: the old epoch is fenced).
   FakeTxnPublisher publisher2(rig.cluster);
-  core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+  core::BatchRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
   bool once = true;
   rig.publisher.on_send = [&] {
     if (!once) return;
@@ -343,12 +337,13 @@ TEST_CASE("a zombie is fenced: it marks nothing; the new instance publishes ever
 
 TEST_CASE("failed deliveries abort the transaction; only proven rows are dead-lettered", "[eos]") {
   SECTION("transient: abort, nothing committed, sent again later in one transaction") {
-    Rig rig(false, 4);
+    Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
     rig.publisher.script[3] = {false, core::FailureKind::transient, "Kafka: broker down"};
     std::atomic<bool> stop{false};
     rig.relay->step(stop);  // recovery
-    REQUIRE_THROWS_AS(rig.relay->step(stop), core::UnavailableError);
+    rig.relay->step(stop);  // sent, answered, aborted (the backoff pause is the next step's)
+    REQUIRE(rig.relay->cycle().transient == 1);
     REQUIRE(rig.publisher.aborts == 1);
     REQUIRE(rig.cluster.committed.empty());  // 1, 2 and 4 were acknowledged, yet not visible
     REQUIRE(rig.store.pending() == 4);
@@ -357,7 +352,7 @@ TEST_CASE("failed deliveries abort the transaction; only proven rows are dead-le
     require_exactly_once(rig, 1, 4);
   }
   SECTION("permanent: that row dead-lettered with its reason, the rest committed once") {
-    Rig rig(true, 4);
+    Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
     rig.publisher.script[2] = {false, core::FailureKind::permanent, "Kafka: Message too large"};
     rig.drain();
@@ -369,7 +364,7 @@ TEST_CASE("failed deliveries abort the transaction; only proven rows are dead-le
     REQUIRE(rig.copies()[4] == 1);
   }
   SECTION("suspect with others: sent alone (one transaction each) before any blame") {
-    Rig rig(false, 4);
+    Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
     rig.publisher.script[3] = {false, core::FailureKind::suspect, "Kafka: Invalid record"};
     rig.drain();
@@ -381,7 +376,7 @@ TEST_CASE("failed deliveries abort the transaction; only proven rows are dead-le
 }
 
 TEST_CASE("an unrecorded mark blocks the next transaction until it is recorded", "[eos]") {
-  Rig rig(true, 2);
+  Rig rig(2);
   for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
   rig.store.fail_record = 3;
   rig.drain();
@@ -391,7 +386,7 @@ TEST_CASE("an unrecorded mark blocks the next transaction until it is recorded",
 }
 
 TEST_CASE("init_transactions failing is retried; nothing is sent meanwhile", "[eos]") {
-  Rig rig(true, 4);
+  Rig rig(4);
   for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
   rig.publisher.fail_init = 2;
   std::atomic<bool> stop{false};
@@ -407,21 +402,21 @@ TEST_CASE("init_transactions failing is retried; nothing is sent meanwhile", "[e
 // relay's newest checkpoint; recovery marked the older one and sent the newest rows again.
 TEST_CASE("recovery waits while the newest checkpoint may be hidden; never marks an older one",
           "[eos][regression]") {
-  for (bool pipelined : {false, true}) {
-    Rig rig(pipelined, 4);
+  {
+    Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
     rig.drain();  // recovery, transaction 1, marked
     REQUIRE(rig.publisher.commits == 1);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
-    rig.store.fail_finish = rig.store.fail_record = 100;
+    rig.store.fail_record = 100;
     rig.drain(3);  // transaction 2: committed, its mark fails
     REQUIRE(rig.publisher.commits == 2);
     REQUIRE(rig.store.pending() == 4);
     // "crash"; the restart finds the topic's end held by someone else's open transaction
-    rig.store.fail_record = rig.store.fail_finish = 0;
+    rig.store.fail_record = 0;
     rig.cluster.hidden_reads = 3;
     FakeTxnPublisher publisher2(rig.cluster);
-    core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+    core::BatchRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
     int keep_alives = rig.store.keep_alives;
     auto before = rig.clock.now();
     std::atomic<bool> stop{false};
@@ -439,7 +434,7 @@ TEST_CASE("recovery waits while the newest checkpoint may be hidden; never marks
 
 TEST_CASE("a stop while recovery waits for a hidden checkpoint marks nothing, recovery stays due",
           "[eos]") {
-  Rig rig(true, 4);
+  Rig rig(4);
   for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
   rig.cluster.hidden_reads = 1'000'000;
   std::atomic<bool> stop{false};
@@ -457,18 +452,18 @@ TEST_CASE("a stop while recovery waits for a hidden checkpoint marks nothing, re
 // restore, failover to a standby that lagged) reused ids were marked published, never sent.
 TEST_CASE("recovery marks a row only if its event_id is the checkpoint's: reused ids are sent",
           "[eos][regression]") {
-  for (bool pipelined : {false, true}) {
-    Rig rig(pipelined, 4);
+  {
+    Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
-    rig.store.fail_finish = rig.store.fail_record = 100;  // committed, never marked
+    rig.store.fail_record = 100;  // committed, never marked
     rig.drain(3);
     REQUIRE(rig.publisher.commits == 1);
-    rig.store.fail_finish = rig.store.fail_record = 0;
+    rig.store.fail_record = 0;
     // the database is rewound: ids 3 and 4 now name other events
     rig.store.reuse_id(3, "evt-new-3");
     rig.store.reuse_id(4, "evt-new-4");
     FakeTxnPublisher publisher2(rig.cluster);
-    core::TransactionalRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
+    core::BatchRelay relay2(rig.store, publisher2, rig.marker, rig.clock, options(4));
     std::atomic<bool> stop{false};
     relay2.step(stop);  // recovery
     REQUIRE(relay2.recovered_rows() == 2);
@@ -484,8 +479,8 @@ TEST_CASE("recovery marks a row only if its event_id is the checkpoint's: reused
 // the commit failed, recovery read the same rows again, forever.
 TEST_CASE("the rows of a transaction are bounded so that its checkpoint fits one record",
           "[eos][regression]") {
-  for (bool pipelined : {false, true}) {
-    Rig rig(pipelined, 100);
+  {
+    Rig rig(100);
     // room for the worst case of 2 rows; the checkpoint of all 30 (about 200 bytes) is larger
     rig.publisher.max_bytes = core::kCheckpointFixedBytes + 2 * core::kCheckpointRowBytes;
     for (int i = 0; i < 30; ++i) rig.store.add("t", "k");
@@ -498,7 +493,7 @@ TEST_CASE("the rows of a transaction are bounded so that its checkpoint fits one
 }
 
 TEST_CASE("a largest record too small for one row's checkpoint stops the relay", "[eos]") {
-  Rig rig(true, 4);
+  Rig rig(4);
   rig.publisher.max_bytes = core::kCheckpointFixedBytes + core::kCheckpointRowBytes - 1;
   rig.store.add("t", "k");
   std::atomic<bool> stop{false};
@@ -510,8 +505,8 @@ TEST_CASE("a largest record too small for one row's checkpoint stops the relay",
 // (the mark matched fewer rows than given and was retried forever).
 TEST_CASE("exactly_once: a row gone before its mark is reported and the loop goes on",
           "[eos][regression]") {
-  for (bool pipelined : {false, true}) {
-    Rig rig(pipelined, 4);
+  {
+    Rig rig(4);
     for (int i = 0; i < 6; ++i) rig.store.add("t", "k");
     rig.publisher.on_send = [&] {
       if (rig.publisher.sent.size() == 2) rig.store.erase(2);  // in the first transaction
@@ -523,4 +518,69 @@ TEST_CASE("exactly_once: a row gone before its mark is reported and the loop goe
     REQUIRE(rig.relay->counters().vanished == 1);
     REQUIRE(rig.publisher.commits == 2);  // nothing sent again
   }
+}
+
+TEST_CASE("exactly_once rides the in-flight window: several reads in one transaction",
+          "[eos][pipeline]") {
+  Rig rig(2);
+  for (int i = 0; i < 10; ++i) rig.store.add("t", "k");
+  // Kafka answers nothing until all ten were sent: five reads of two go out meanwhile.
+  rig.publisher.hold = [&] { return rig.publisher.sent.size() < 10; };
+  rig.drain();
+  require_exactly_once(rig, 1, 10);
+  REQUIRE(rig.store.reads_after >= 4);
+  REQUIRE(rig.publisher.commits == 1);
+  REQUIRE(rig.cluster.checkpoints ==
+          std::vector<std::string>{"v2;1-10;evt-1,evt-2,evt-3,evt-4,evt-5,evt-6,evt-7,evt-8,evt-9,"
+                                   "evt-10"});
+  REQUIRE(rig.store.records == 1);  // recorded once, after the commit
+}
+
+TEST_CASE("an exactly_once transaction takes reads for a bounded time, then commits",
+          "[eos][pipeline]") {
+  Rig rig(2);
+  for (int i = 0; i < 6; ++i) rig.store.add("t", "k");
+  // Each send takes 20 ms; Kafka answers only once the transaction takes no more reads.
+  rig.publisher.on_send = [&] { rig.clock.advance(std::chrono::milliseconds(20)); };
+  rig.publisher.hold = [&] {
+    return rig.relay->transaction_state() == core::TransactionState::open;
+  };
+  rig.drain();
+  require_exactly_once(rig, 1, 6);
+  // Reads of rows 1-2 (40 ms) and 3-4 (80 ms): past kTransactionWindow (50 ms), no more.
+  REQUIRE(rig.cluster.checkpoints.front() == "v2;1-4;evt-1,evt-2,evt-3,evt-4");
+  REQUIRE(rig.publisher.commits == 2);
+}
+
+TEST_CASE("exactly_once: a failed delivery while reads are ahead aborts the whole transaction",
+          "[eos][pipeline]") {
+  Rig rig(2);
+  for (int i = 0; i < 6; ++i) rig.store.add("t", "k");
+  rig.publisher.hold = [&] { return rig.publisher.sent.size() < 6; };
+  rig.publisher.script[5] = {false, core::FailureKind::transient, "Kafka: broker down"};
+  std::atomic<bool> stop{false};
+  for (int i = 0; i < 6 && rig.publisher.aborts == 0; ++i) rig.relay->step(stop);
+  REQUIRE(rig.publisher.aborts == 1);
+  REQUIRE(rig.cluster.committed.empty());  // 1-4 and 6 acknowledged, none visible
+  REQUIRE(rig.store.pending() == 6);       // and none marked
+  rig.publisher.script.clear();
+  rig.drain();
+  require_exactly_once(rig, 1, 6);
+}
+
+TEST_CASE("the transaction's states refuse a transition their table does not allow",
+          "[eos][states]") {
+  using core::TransactionState;
+  core::StateMachine<core::TransactionStateTraits> txn(TransactionState::recovery_due, "core");
+  // invariant 8: nothing is sent (no transaction begins) before recovery
+  REQUIRE_THROWS_AS(txn.set(TransactionState::open, "test"), std::logic_error);
+  REQUIRE(txn.is(TransactionState::recovery_due));
+  txn.set(TransactionState::idle, "recovered");
+  REQUIRE_THROWS_AS(txn.set(TransactionState::closed, "test"), std::logic_error);
+  txn.set(TransactionState::open, "begun");
+  txn.set(TransactionState::closed, "full");
+  // a closed transaction takes no more reads
+  REQUIRE_THROWS_AS(txn.set(TransactionState::open, "test"), std::logic_error);
+  txn.set(TransactionState::recovery_due, "commit of unknown outcome");
+  REQUIRE_THROWS_AS(txn.set(TransactionState::closed, "test"), std::logic_error);
 }

@@ -220,6 +220,7 @@ def steady(reader, counter, pg, kafka, rate: int, phase: int, duration: float, k
 
     meters = [procstat.CpuMeter(lambda: reader.pid).start(), procstat.CpuMeter(lambda: pg.pid).start(),
               procstat.CpuMeter(lambda: kafka.pid).start()]
+    hist_before = _relay_histograms(reader)
     threads = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(writers)]
     t0 = time.monotonic()
     for t in threads:
@@ -240,6 +241,7 @@ def steady(reader, counter, pg, kafka, rate: int, phase: int, duration: float, k
         except BenchError:
             pass  # reported as delivered < written
         cpu = [m.seconds() for m in meters]
+        hist_after = _relay_histograms(reader)
     finally:
         consumer.stop()
         for c in conns:
@@ -266,7 +268,48 @@ def steady(reader, counter, pg, kafka, rate: int, phase: int, duration: float, k
         "cpu_s_per_100k": cpu[0] / max(1, total) * 1e5,
         "pg_cpu_s_per_100k": cpu[1] / max(1, total) * 1e5,
         "kafka_cpu_s_per_100k": cpu[2] / max(1, total) * 1e5,
+        "stages": _stages(consumer, hist_before, hist_after),
+        "consumer_cpu_s": consumer.cpu_s,
+        "consumer_cpu_share": consumer.cpu_s / max(1e-3, time.monotonic() - t0),
     }
+
+
+STAGE_HISTOGRAMS = ("outbox_relay_read_duration_seconds", "outbox_relay_publish_duration_seconds",
+                    "outbox_relay_mark_duration_seconds")
+
+
+def _relay_histograms(reader):
+    text = reader.metrics_text()
+    return load.scrape_histograms(text, STAGE_HISTOGRAMS) if text else None
+
+
+def _stages(consumer, before, after) -> dict:
+    """Where the commit -> consumer time goes, as p50/p99 ms per stage:
+      commit_to_produce    per event: commit (payload) -> Kafka CreateTime (the relay handed it
+                           to its producer): wake-up, the read, mapping
+      produce_to_consumer  per event: CreateTime -> received by the bench's consumer: linger,
+                           broker append, acknowledgement, fetch
+      read                 per batch (relay histogram): the SELECT of one batch
+      produce_to_ack       per event (relay histogram): handed to the producer -> delivery
+                           report (linger + broker round trip with acks=all)
+      mark                 per batch (relay histogram): the mark transaction (after the ack;
+                           not on the commit -> consumer path, but it holds the next read
+                           when the relay waits for it)
+    The relay's histograms have buckets doubling from 1 ms: their quantiles are interpolated
+    within a bucket (Prometheus' histogram_quantile), so within a factor of 2; ms resolution
+    for CreateTime."""
+    out: dict = {}
+    for name, values in (("commit_to_produce", consumer.to_produce),
+                         ("produce_to_consumer", consumer.to_consumer)):
+        v = sorted(values)
+        out[name] = {"p50_ms": load.quantile_ms(v, 0.50), "p99_ms": load.quantile_ms(v, 0.99), "n": len(v)}
+    if before is not None and after is not None:
+        for key, name in (("read", STAGE_HISTOGRAMS[0]), ("produce_to_ack", STAGE_HISTOGRAMS[1]),
+                          ("mark", STAGE_HISTOGRAMS[2])):
+            d = load.histogram_delta(after.get(name, []), before.get(name, []))
+            out[key] = {"p50_ms": load.histogram_quantile_ms(d, 0.50),
+                        "p99_ms": load.histogram_quantile_ms(d, 0.99), "n": d[-1][1] if d else 0}
+    return out
 
 
 def pg_floor(pg, work: Path, run_id: str, args) -> dict:
@@ -406,6 +449,18 @@ def fmt(v, spec=",.0f") -> str:
     return format(v, spec)
 
 
+STAGE_LABELS = (("commit_to_produce", "commit -> produce"), ("produce_to_consumer", "produce -> consumer"),
+                ("read", "  relay: read/batch"), ("produce_to_ack", "  relay: produce -> ack"),
+                ("mark", "  relay: mark/batch"))
+
+
+def _pair(stage: dict) -> str:
+    a, b = stage.get("p50_ms"), stage.get("p99_ms")
+    if a is None or b is None or math.isnan(a) or math.isnan(b):
+        return "-"
+    return f"{a:.1f}/{b:.1f}"
+
+
 def table(results: dict, args) -> str:
     names = [n for n in args.readers if n in results]
     w = 14
@@ -442,12 +497,17 @@ def table(results: dict, args) -> str:
         row("  p99.9 ms", lambda r: r["steady"][k]["p999_ms"], ".1f")
         row("  max ms", lambda r: r["steady"][k]["max_ms"], ".1f")
         row("  kept up", lambda r: r["steady"][k]["sustained"], "")
+        for stage, label in STAGE_LABELS:
+            row(f"  {label} p50/p99 ms", lambda r, st=stage: _pair(r["steady"][k]["stages"][st]), "")
+        row("  bench consumer CPU share", lambda r: r["steady"][k]["consumer_cpu_share"], ".0%")
         row("  CPU s / 100k events (reader)", lambda r: r["steady"][k]["cpu_s_per_100k"], ".2f")
     lines.append("cost")
     row("  peak RSS MB (reader process tree)", lambda r: r["peak_rss_mb"], ",.1f")
     row("  audit: lost", lambda r: r["audit"]["lost"])
     row("  audit: duplicates", lambda r: r["audit"]["duplicates"])
     row("  audit: order violations", lambda r: r["audit"]["order_violations"])
+    row("load average, 1 min, reader start/end",
+        lambda r: f"{r['loadavg_start'][0]:.1f}/{r['loadavg_end'][0]:.1f}", "")
     return "\n".join(lines)
 
 
@@ -552,7 +612,7 @@ def main(argv=None) -> int:
                     reader = RelayPairReader(pg, kafka, work, run_id, args.relay_set)
                 else:
                     reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set)
-                results[name] = {}
+                results[name] = {"loadavg_start": os.getloadavg()}
                 run_reader(reader, pg, kafka, args, cancel, results[name])
             except Exception as e:  # noqa: BLE001 - one reader failing does not stop the others
                 ok = False
@@ -560,6 +620,7 @@ def main(argv=None) -> int:
                 say(f"{name}: FAILED: {e}")
             finally:
                 results.setdefault(name, {})["wall_s"] = time.monotonic() - t
+                results[name]["loadavg_end"] = os.getloadavg()
         report["machine"]["loadavg_end"] = os.getloadavg()
         for name, r in results.items():
             if "error" in r or "error" in r.get("drain", {}):
@@ -567,12 +628,23 @@ def main(argv=None) -> int:
             a = r.get("audit")
             if a is not None and (a.get("exit_code") != 0 or a.get("lost") != 0):
                 ok = False
+        text = table(results, args)
+        m = report["machine"]
+        loads = (f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in m['loadavg_start'])} at the "
+                 f"start, {', '.join(f'{x:.2f}' for x in m['loadavg_end'])} at the end")
         print()
-        print(table(results, args))
+        print(text)
+        print(loads)
         print()
         report["ok"] = ok
         Path(args.json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
-        say(f"results written to {args.json_path}; {'ok' if ok else 'FAILED'}")
+        # The same table as RESULTS.md shows it: command, machine, load, figures.
+        md = Path(args.json_path).with_suffix(".md")
+        md.write_text(f"```sh\n{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n```\n\n"
+                      f"{m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}; PostgreSQL "
+                      f"{m['postgres']}, Kafka {m['kafka']}; relay {m['relay_binary']} at {m['git']}; "
+                      f"{loads}.\n\n```\n{text}\n```\n")
+        say(f"results written to {args.json_path} and {md}; {'ok' if ok else 'FAILED'}")
         return 0 if ok else 1
     except KeyboardInterrupt as e:
         ok = False

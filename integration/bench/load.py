@@ -135,7 +135,15 @@ class TopicCounter:
 
 class LatencyConsumer(threading.Thread):
     """Reads one topic from given offsets and records, for each message of `phase`, the
-    consumer's receive time minus the commit time in its payload (seconds)."""
+    consumer's receive time minus the commit time in its payload (seconds), and the split of
+    that time at the message's Kafka timestamp (CreateTime: set by the producer when the
+    relay hands it the message, millisecond resolution):
+      to_produce   commit -> handed to the producer (wake-up, read, mapping)
+      to_consumer  handed to the producer -> received here (linger, broker append and
+                   replication, acknowledgement, fetch)
+    The consumer must not be the limit: fetch.wait.max.ms is short (the broker answers a
+    fetch at once when data is there anyway; this only bounds an empty fetch that missed a
+    wake-up), the loop returns at the first message, and its own CPU time is recorded."""
 
     def __init__(self, bootstrap: str, topic: str, offsets: dict[int, int], phase: int):
         super().__init__(daemon=True)
@@ -143,21 +151,28 @@ class LatencyConsumer(threading.Thread):
 
         self.phase = str(phase).encode()
         self.latencies: list[float] = []
+        self.to_produce: list[float] = []
+        self.to_consumer: list[float] = []
         self.other = 0  # messages of no phase or another phase
         self.last_arrival: Optional[float] = None
+        self.cpu_s = 0.0  # this thread's own CPU time
         self._halt = threading.Event()
         self._error: Optional[BaseException] = None
         self._c = Consumer({
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-latency-{topic}-{phase}",
             "enable.auto.commit": False,
-            "fetch.wait.max.ms": 100,  # the broker answers as soon as data is there
+            "fetch.wait.max.ms": 10,
             "fetch.min.bytes": 1,
+            "fetch.error.backoff.ms": 10,
             "log_level": 3,
         })
         self._c.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
 
     def run(self) -> None:
+        from confluent_kafka import TIMESTAMP_CREATE_TIME
+
+        t_cpu = time.thread_time()
         try:
             while not self._halt.is_set():
                 # poll() returns at the first message; consume(timeout=0) then takes what is
@@ -173,13 +188,19 @@ class LatencyConsumer(threading.Thread):
                     v = m.value() or b""
                     parts = v.split(b";", 2)
                     if len(parts) == 3 and parts[0] == self.phase:
-                        self.latencies.append(now - int(parts[1]) / 1e6)
+                        committed = int(parts[1]) / 1e6
+                        self.latencies.append(now - committed)
+                        ts_type, ts_ms = m.timestamp()
+                        if ts_type == TIMESTAMP_CREATE_TIME and ts_ms > 0:
+                            self.to_produce.append(ts_ms / 1e3 - committed)
+                            self.to_consumer.append(now - ts_ms / 1e3)
                     else:
                         self.other += 1
                 self.last_arrival = now
         except BaseException as e:  # noqa: BLE001 - reported by stop()
             self._error = e
         finally:
+            self.cpu_s = time.thread_time() - t_cpu
             self._c.close()
 
     def stop(self) -> None:
@@ -231,3 +252,47 @@ def check_messages(msgs: list, payload_bytes: int) -> list[str]:
         if "outbox-id" not in headers:
             problems.append(f"no outbox-id header (headers {sorted(headers)})")
     return problems[:5]
+
+
+# ------------------------------------------------------------------ the relay's histograms
+def scrape_histograms(text: str, names: tuple[str, ...]) -> dict[str, list[tuple[float, float]]]:
+    """Cumulative (upper bound, count) buckets of the named histograms in a Prometheus text
+    exposition, summed over label sets other than le."""
+    out: dict[str, dict[float, float]] = {n: {} for n in names}
+    for line in text.splitlines():
+        if line.startswith("#") or "_bucket{" not in line:
+            continue
+        name, rest = line.split("_bucket{", 1)
+        if name not in out:
+            continue
+        labels, value = rest.rsplit("} ", 1)
+        le = next((x.split("=", 1)[1].strip('"') for x in labels.split(",") if x.startswith("le=")), None)
+        if le is None:
+            continue
+        bound = float("inf") if le == "+Inf" else float(le)
+        out[name][bound] = out[name].get(bound, 0.0) + float(value)
+    return {n: sorted(b.items()) for n, b in out.items()}
+
+
+def histogram_delta(after: list, before: list) -> list[tuple[float, float]]:
+    b = dict(before)
+    return [(le, c - b.get(le, 0.0)) for le, c in after]
+
+
+def histogram_quantile_ms(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus' histogram_quantile: linear within the bucket the quantile falls in (the
+    relay's buckets double from 1 ms, so this is within a factor of 2)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    total = buckets[-1][1]
+    rank = q * total
+    lo_bound, lo_count = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return lo_bound * 1000
+            span = c - lo_count
+            frac = (rank - lo_count) / span if span > 0 else 1.0
+            return (lo_bound + (le - lo_bound) * frac) * 1000
+        lo_bound, lo_count = le, c
+    return float("nan")

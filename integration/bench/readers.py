@@ -43,6 +43,9 @@ def free_port() -> int:
 
 
 def _set_dotted(d: dict, dotted: str, value) -> None:
+    if dotted.startswith("kafka.properties."):  # librdkafka names have dots: linger.ms
+        d.setdefault("kafka", {}).setdefault("properties", {})[dotted[len("kafka.properties."):]] = str(value)
+        return
     keys = dotted.split(".")
     for k in keys[:-1]:
         d = d.setdefault(k, {})
@@ -99,6 +102,10 @@ class Reader:
 
     def all_marked(self) -> bool:
         return True
+
+    def metrics_text(self) -> Optional[str]:
+        """The reader's Prometheus exposition, None when it has none."""
+        return None
 
     def cleanup(self) -> None:
         """Stop, drop its slots and its database (the bench's topics go with the broker)."""
@@ -173,6 +180,17 @@ class RelayReader(Reader):
         with self.connect() as c:
             return c.execute("SELECT NOT EXISTS (SELECT 1 FROM outbox.events WHERE published_at IS NULL"
                              " AND dead_lettered_at IS NULL)").fetchone()[0]
+
+    def metrics_text(self) -> Optional[str]:
+        """GET /metrics of the running relay (its port from its log); None without one."""
+        if self.pid is None:
+            return None
+        try:
+            port = self.relay.http_port(timeout_s=5)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+        except Exception:  # noqa: BLE001 - an older binary without /metrics: no breakdown
+            return None
 
     def audit(self) -> dict:
         r = self.relay.command("audit", "--json", timeout_s=600)
@@ -261,8 +279,9 @@ class DebeziumReader(Reader):
             "listeners": f"http://127.0.0.1:{self.rest_port}",
             "plugin.discovery": "only_scan",
             # the same producer guarantees as outbox-relay (which forces these), and the
-            # same linger; 5 requests in flight is what idempotence allows (Connect's own
-            # default for source tasks is 1)
+            # Kafka 4 producer's default linger (Debezium at its defaults; outbox-relay's own
+            # default is 1 ms); 5 requests in flight is what idempotence allows (Connect's
+            # own default for source tasks is 1)
             "producer.enable.idempotence": "true",
             "producer.acks": "all",
             "producer.linger.ms": "5",

@@ -19,6 +19,7 @@
 
 #include "common/logging.h"
 #include "core/message_mapping.h"
+#include "kafka/client_conf.h"
 #include "pg/conninfo.h"
 
 namespace outbox::audit {
@@ -116,9 +117,6 @@ void on_log(const rd_kafka_t*, int level, const char* facility, const char* text
   logging::get("kafka")->log(lvl, "{}: {}", facility, text);
 }
 
-struct ConfDeleter {
-  void operator()(rd_kafka_conf_t* c) const { rd_kafka_conf_destroy(c); }
-};
 struct ConsumerDeleter {
   void operator()(rd_kafka_t* rk) const {
     rd_kafka_consumer_close(rk);
@@ -144,32 +142,19 @@ std::string random_group_id() {
 }
 
 Consumer make_consumer(const config::KafkaConfig& kafka) {
-  std::unique_ptr<rd_kafka_conf_t, ConfDeleter> conf(rd_kafka_conf_new());
-  char err[512];
-  auto set = [&](const std::string& name, const std::string& value) {
-    if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), err, sizeof err) !=
-        RD_KAFKA_CONF_OK) {
-      throw std::runtime_error("kafka property " + name + ": " + err);
-    }
-  };
-  set("bootstrap.servers", kafka.bootstrap_servers);
-  set("client.id", "outbox-relay-audit");
-  set("log.connection.close", "false");
   // A group id is required by librdkafka for assign(); nothing is ever committed to it.
   // A group.id of kafka.properties wins (group ACLs).
-  set("group.id", random_group_id());
-  for (const auto& [name, value] : kafka.properties) {
-    if (is_producer_only_property(name)) continue;
-    if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), err, sizeof err) !=
-        RD_KAFKA_CONF_OK) {
-      logging::get("audit")->warn("kafka.properties.{} not used by the audit: {}", name, err);
-    }
-  }
-  set("isolation.level", "read_committed");
-  set("enable.auto.commit", "false");
-  set("enable.auto.offset.store", "false");
-  set("enable.partition.eof", "true");
-  set("auto.offset.reset", "earliest");
+  kafka::Conf conf = kafka::client_conf(kafka::ClientKind::consumer, kafka,
+                                        {{"bootstrap.servers", kafka.bootstrap_servers},
+                                         {"client.id", "outbox-relay-audit"},
+                                         {"log.connection.close", "false"},
+                                         {"group.id", random_group_id()}},
+                                        {{"isolation.level", "read_committed"},
+                                         {"enable.auto.commit", "false"},
+                                         {"enable.auto.offset.store", "false"},
+                                         {"enable.partition.eof", "true"},
+                                         {"auto.offset.reset", "earliest"}});
+  char err[512];
   rd_kafka_conf_set_log_cb(conf.get(), on_log);
   rd_kafka_t* rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof err);
   if (rk == nullptr) throw std::runtime_error(std::string("cannot create a consumer: ") + err);
@@ -384,37 +369,6 @@ std::optional<Since> parse_since(std::string_view text, std::string* error) {
              "followed by s, m, h or d (30m)";
   }
   return std::nullopt;
-}
-
-bool is_producer_only_property(const std::string& name) {
-  // librdkafka's own table of properties, with a C/P column ("P": producer only).
-  static const std::unordered_set<std::string> producer_only = [] {
-    std::unordered_set<std::string> names;
-    char* buf = nullptr;
-    std::size_t len = 0;
-    FILE* f = open_memstream(&buf, &len);
-    if (f == nullptr) return names;
-    rd_kafka_conf_properties_show(f);
-    std::fclose(f);
-    std::istringstream table(std::string(buf, len));
-    std::free(buf);
-    std::string line;
-    while (std::getline(table, line)) {
-      auto bar = line.find('|');
-      if (bar == std::string::npos || bar + 1 >= line.size()) continue;
-      auto end = line.find('|', bar + 1);
-      if (end == std::string::npos) continue;
-      std::string scope = line.substr(bar + 1, end - bar - 1);
-      std::string prop = line.substr(0, bar);
-      prop.erase(prop.find_last_not_of(' ') + 1);
-      if (scope.find('P') != std::string::npos && scope.find('C') == std::string::npos &&
-          scope.find('*') == std::string::npos) {
-        names.insert(prop);
-      }
-    }
-    return names;
-  }();
-  return producer_only.count(name) > 0;
 }
 
 std::string format_text(const AuditReport& r) {

@@ -18,6 +18,7 @@
 
 #include "audit/audit_ledger.h"
 #include "config/config.h"
+#include "kafka/client_conf.h"
 
 namespace outbox::audit {
 
@@ -50,8 +51,8 @@ using Since = std::variant<std::string, std::int64_t>;
 std::optional<Since> parse_since(std::string_view text, std::string* error);
 
 //! Whether librdkafka documents `name` as a producer-only property (acks, linger.ms, ...):
-//! such kafka.properties are not passed to the audit's consumer.
-bool is_producer_only_property(const std::string& name);
+//! such kafka.properties are not passed to the audit's consumer (kafka/client_conf.h).
+using kafka::is_producer_only_property;
 
 //! The report as aligned text lines, or as one JSON object (snake_case keys).
 std::string format_text(const AuditReport& report);

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "core/steady_clock.h"
 #include "pg/conninfo.h"
 #include "pg/migrations.h"
 
@@ -40,7 +41,8 @@ int run_migrate(const config::Config& config) {
                 pg::redact_dsn(config.postgres.admin_dsn).c_str());
   }
   try {
-    pg::MigrationReport report = pg::migrate(conninfo);
+    core::SteadyClock clock;
+    pg::MigrationReport report = pg::migrate(conninfo, clock);
     for (const auto& name : report.applied) std::printf("applied  %s\n", name.c_str());
     for (const auto& name : report.skipped) std::printf("present  %s\n", name.c_str());
     for (const auto& w : report.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());

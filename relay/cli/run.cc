@@ -11,7 +11,6 @@
 #include "common/logging.h"
 #include "core/batch_relay.h"
 #include "core/steady_clock.h"
-#include "core/transactional_relay.h"
 #include "http/server.h"
 #include "kafka/kafka_publisher.h"
 #include "kafka/transactional_publisher.h"
@@ -87,15 +86,24 @@ int run_relay(const config::Config& config) {
   std::string conninfo = conninfo_or_exit(config);
   std::string redacted = pg::redact_dsn(config.postgres.dsn);
 
-  std::unique_ptr<kafka::KafkaPublisher> publisher;
-  try {
-    publisher = std::make_unique<kafka::KafkaPublisher>(config.kafka);
-  } catch (const std::exception& e) {
-    log->error("{}", e.what());
-    return kUsage;
-  }
+  bool eos = config.delivery.guarantee == config::DeliveryGuarantee::exactly_once;
+  // at_least_once: the idempotent producer, created now so that a refused kafka.properties
+  // stops the relay at once (exactly_once: the transactional producer, below).
   core::SteadyClock clock;
+  std::unique_ptr<kafka::KafkaPublisher> publisher;
+  if (!eos) {
+    try {
+      publisher = std::make_unique<kafka::KafkaPublisher>(config.kafka, &clock);
+    } catch (const std::exception& e) {
+      log->error("{}", e.what());
+      return kUsage;
+    }
+  }
+  // The store, seen by the loop as core::OutboxStore and by metrics and retention as
+  // core::Leadership (sharded polling: its shards too).
   std::unique_ptr<core::OutboxStore> store;
+  const core::Leadership* leadership = nullptr;
+  pg::PgOutboxStore* polling_store = nullptr;
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
     const config::ReplicationConfig& rc = config.source.replication;
@@ -112,13 +120,18 @@ int run_relay(const config::Config& config) {
     settings.visibility_waiting = [](std::chrono::nanoseconds waited) {
       if (core::RelayObserver* o = g_tick_target.load()) o->on_visibility_wait(waited);
     };
-    store = std::make_unique<replication::PgReplicationStore>(conninfo, redacted, settings, clock,
-                                                              [] { return g_stop.load(); });
+    auto replication_store = std::make_unique<replication::PgReplicationStore>(
+        conninfo, redacted, settings, clock, [] { return g_stop.load(); });
+    leadership = replication_store.get();
+    store = std::move(replication_store);
   } else {
     pg::ShardSettings shards;
     shards.shards = config.source.polling.shards;
     shards.rebalance_interval = config.source.polling.shards_rebalance_interval;
-    store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted, shards);
+    auto outbox_store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted, clock, shards);
+    polling_store = outbox_store.get();
+    leadership = outbox_store.get();
+    store = std::move(outbox_store);
   }
   core::BatchRelayOptions options;
   options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
@@ -131,11 +144,11 @@ int run_relay(const config::Config& config) {
   options.max_in_flight_rows = static_cast<std::size_t>(config.source.pipeline.max_in_flight_rows);
   options.max_in_flight_bytes =
       static_cast<std::size_t>(config.source.pipeline.max_in_flight_bytes);
-  // delivery.guarantee: exactly_once runs core::TransactionalRelay instead (its own loop).
-  bool eos = config.delivery.guarantee == config::DeliveryGuarantee::exactly_once;
+  // One loop; delivery.guarantee: exactly_once gives it the transactional producer and the
+  // recovery's marker.
   std::unique_ptr<kafka::TransactionalKafkaPublisher> txn_publisher;
   std::unique_ptr<pg::PgRecoveryMarker> marker;
-  std::unique_ptr<core::TransactionalRelay> txn_relay;
+  std::unique_ptr<core::BatchRelay> relay;
   if (eos) {
     kafka::TransactionalSettings ts;
     ts.transactional_id = config.delivery.transactional_id;
@@ -160,13 +173,13 @@ int run_relay(const config::Config& config) {
     if (g_stop.load()) return kOk;
     log->info("delivery: exactly_once, transactional.id {}, checkpoint topic {}",
               ts.transactional_id, ts.checkpoint_topic);
-    txn_publisher = std::make_unique<kafka::TransactionalKafkaPublisher>(config.kafka, ts);
+    txn_publisher = std::make_unique<kafka::TransactionalKafkaPublisher>(config.kafka, ts, &clock);
     marker = std::make_unique<pg::PgRecoveryMarker>(conninfo, redacted);
-    txn_relay =
-        std::make_unique<core::TransactionalRelay>(*store, *txn_publisher, *marker, clock, options);
+    relay = std::make_unique<core::BatchRelay>(*store, *txn_publisher, *marker, clock, options);
+  } else {
+    relay = std::make_unique<core::BatchRelay>(*store, *publisher, clock, options);
   }
-  core::BatchRelay relay(*store, *publisher, clock, options);
-  const core::RelayCounters& counters = eos ? txn_relay->counters() : relay.counters();
+  const core::RelayCounters& counters = relay->counters();
 
   // Metrics and health: the observer, the monitor's threads, the HTTP endpoint.
   metrics::Registry registry;
@@ -175,18 +188,13 @@ int run_relay(const config::Config& config) {
   metrics_options.librdkafka_version = rd_kafka_version_str();
   metrics_options.mode = replication ? "replication" : "polling";
   metrics::RelayMetrics relay_metrics(registry, metrics_options);
-  relay_metrics.set_role_source([&store, replication] {
-    pg::SessionRole role = replication
-                               ? static_cast<replication::PgReplicationStore&>(*store).role()
-                               : static_cast<pg::PgOutboxStore&>(*store).role();
-    return static_cast<metrics::Role>(static_cast<int>(role));
-  });
-  relay.set_observer(&relay_metrics);
+  relay_metrics.set_role_source(
+      [leadership] { return static_cast<metrics::Role>(static_cast<int>(leadership->role())); });
+  relay->set_observer(&relay_metrics);
   g_tick_target = &relay_metrics;
   struct TickTargetReset {  // before relay_metrics goes
     ~TickTargetReset() { g_tick_target = nullptr; }
   } tick_target_reset;
-  if (txn_relay) txn_relay->set_observer(&relay_metrics);
   std::unique_ptr<metrics::Monitor> monitor;
   std::unique_ptr<http::Server> http_server;
   try {
@@ -202,7 +210,7 @@ int run_relay(const config::Config& config) {
       http::Handlers handlers;
       handlers.metrics = [&relay_metrics] { return relay_metrics.expose(); };
       if (config.source.polling.shards > 1 && !replication) {  // scale-out: the shards held
-        auto* sharded = static_cast<pg::PgOutboxStore*>(store.get());
+        pg::PgOutboxStore* sharded = polling_store;
         auto& held =
             registry.gauge("outbox_relay_shards_held",
                            "Shards this relay holds and publishes (source.polling.shards)");
@@ -225,20 +233,15 @@ int run_relay(const config::Config& config) {
   // Retention: its own thread and connection, deleting only while this process leads.
   std::unique_ptr<pg::Retention> retention;
   if (config.retention.enabled) {
-    std::function<bool()> leads;
-    if (auto* r = dynamic_cast<replication::PgReplicationStore*>(store.get())) {
-      leads = [r] { return r->role() == pg::SessionRole::leader; };
-    } else {
-      auto* p = dynamic_cast<pg::PgOutboxStore*>(store.get());
-      leads = [p] { return p->runs_chores(); };  // sharded: the holder of shard 0
-    }
+    // Only while this process leads (sharded: holds shard 0).
+    std::function<bool()> leads = [leadership] { return leadership->runs_chores(); };
     pg::RetentionSettings rs;
     rs.published_after = config.retention.published_after;
     rs.dead_lettered_after = config.retention.dead_lettered_after;
     rs.interval = config.retention.interval;
     rs.batch_size = config.retention.batch_size;
-    retention = std::make_unique<pg::Retention>(conninfo, redacted, rs, std::move(leads),
-                                                [] { return g_stop.load(); });
+    retention = std::make_unique<pg::Retention>(
+        conninfo, redacted, rs, std::move(leads), [] { return g_stop.load(); }, clock);
     retention->start();
   }
 
@@ -251,7 +254,7 @@ int run_relay(const config::Config& config) {
   std::size_t abandoned = 0;
   try {
     ProgressReporter progress(counters);
-    abandoned = eos ? txn_relay->run(g_stop) : relay.run(g_stop);
+    abandoned = relay->run(g_stop);
   } catch (const core::FatalError& e) {
     log->error("stopping: {}", e.what());
     return kFailure;

@@ -1,4 +1,4 @@
-// What both relay loops (BatchRelay, TransactionalRelay) do the same way: wait for rows,
+// What the relay loop (BatchRelay) does in several places: wait for rows,
 // pause with backoff, and run one step with the failure handling of run().
 #pragma once
 

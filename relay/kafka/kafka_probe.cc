@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "common/logging.h"
+#include "kafka/client_conf.h"
 #include "kafka/kafka_publisher.h"
 
 namespace outbox::kafka {
@@ -24,28 +25,19 @@ void on_probe_error(rd_kafka_t*, int err, const char* reason, void*) {
 }  // namespace
 
 KafkaProbe::KafkaProbe(const config::KafkaConfig& config) {
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  char err[512];
-  auto set = [&](const std::string& name, const std::string& value) {
-    if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      throw std::runtime_error("kafka property " + name + ": " + err);
-    }
-  };
   // The relay's connection settings (security, addresses), but a producer that never
   // produces: no idempotent producer id to acquire.
-  for (const auto& [name, value] : default_properties(config)) set(name, value);
-  for (const auto& [name, value] : config.properties) set(name, value);
-  set("client.id", "outbox-relay-health");
-  set("enable.gapless.guarantee", "false");
-  set("enable.idempotence", "false");
-  rd_kafka_conf_set_log_cb(conf, on_probe_log);
-  rd_kafka_conf_set_error_cb(conf, on_probe_error);
-  rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-  if (rk_ == nullptr) {
-    rd_kafka_conf_destroy(conf);
+  Conf conf = client_conf(ClientKind::producer, config, default_properties(config),
+                          {{"client.id", "outbox-relay-health"},
+                           {"enable.gapless.guarantee", "false"},
+                           {"enable.idempotence", "false"}});
+  char err[512];
+  rd_kafka_conf_set_log_cb(conf.get(), on_probe_log);
+  rd_kafka_conf_set_error_cb(conf.get(), on_probe_error);
+  rk_ = rd_kafka_new(RD_KAFKA_PRODUCER, conf.get(), err, sizeof err);
+  if (rk_ == nullptr)
     throw std::runtime_error(std::string("cannot create Kafka health probe: ") + err);
-  }
+  conf.release();  // rd_kafka_new took it
 }
 
 KafkaProbe::~KafkaProbe() {

@@ -9,7 +9,10 @@
 // points into memory: the caller keeps each message alive until its completion came back.
 // After a fatal producer error (idempotence state lost) the producer's messages not sent yet
 // are purged, those sent get their real reports, and once the last one is answered the
-// producer is re-created, as librdkafka's INTRODUCTION.md advises.
+// producer is re-created, as librdkafka's INTRODUCTION.md advises. The producer's state is
+// named (ProducerState), each transition made by one function that logs it and refuses one
+// the table does not allow (core/state_machine.h); the drain's deadline is on the injected
+// clock.
 #pragma once
 
 #include <librdkafka/rdkafka.h>
@@ -25,6 +28,7 @@
 
 #include "config/config.h"
 #include "core/ports.h"
+#include "core/state_machine.h"
 
 namespace outbox::kafka {
 
@@ -43,10 +47,25 @@ std::optional<std::string> librdkafka_version_problem(int version = rd_kafka_ver
 //! Whether librdkafka accepts `name`=`value` for a producer; the error text if not.
 std::optional<std::string> check_property(const std::string& name, const std::string& value);
 
+//! Where the producer stands in its fatal-error recovery.
+enum class ProducerState {
+  none,          //!< no producer: created by the next call that needs one
+  ready,         //!< producing
+  fatal,         //!< a fatal error: nothing is sent; the messages sent get their real reports
+  fatal_purged,  //!< they took longer than kFatalDrain: purged (liveness; maybe duplicates)
+};
+struct ProducerStateTraits {
+  using State = ProducerState;
+  static constexpr const char* kWhat = "Kafka producer";
+  static const char* name(ProducerState s);
+  static bool allowed(ProducerState from, ProducerState to);
+};
+
 class KafkaPublisher : public core::Publisher {
  public:
-  //! Throws std::runtime_error when librdkafka refuses the configuration.
-  explicit KafkaPublisher(config::KafkaConfig config);
+  //! Throws std::runtime_error when librdkafka refuses the configuration. `clock` (not owned;
+  //! default: the steady clock) times the fatal drain.
+  explicit KafkaPublisher(config::KafkaConfig config, core::Clock* clock = nullptr);
   ~KafkaPublisher() override;
   KafkaPublisher(const KafkaPublisher&) = delete;
   KafkaPublisher& operator=(const KafkaPublisher&) = delete;
@@ -72,6 +91,11 @@ class KafkaPublisher : public core::Publisher {
   //! of kafka/transactional_publisher (exactly_once). Throws std::runtime_error.
   rd_kafka_t* handle();
 
+  ProducerState state() const { return state_.state(); }
+  //! After a fatal error, how long the messages already sent may take to be answered before
+  //! they are purged (librdkafka's request.timeout.ms is 30 s by default).
+  static constexpr std::chrono::seconds kFatalDrain{60};
+
   //! Where delivery reports land (the producer's opaque).
   struct Inbox {
     std::vector<core::Completion> done;  //!< served, not yet returned by poll()
@@ -83,15 +107,14 @@ class KafkaPublisher : public core::Publisher {
   void ensure_producer();
 
   void fail_now(std::uint64_t tag, core::FailureKind kind, std::string error);
+  //! ready -> fatal: purges what was not sent yet, starts the drain's deadline.
+  void enter_fatal(const std::string& reason);
 
   config::KafkaConfig config_;
-  Inbox inbox_;         //!< declared before producer_: outlives the destructor's last reports
-  bool fatal_ = false;  //!< re-create the producer once outstanding_ is 0
-  //! After a fatal error, how long the messages already sent may take to be answered before
-  //! they are purged (librdkafka's request.timeout.ms is 30 s by default).
-  static constexpr std::chrono::seconds kFatalDrain{60};
-  std::chrono::steady_clock::time_point fatal_since_;
-  bool fatal_purged_ = false;
+  core::Clock& clock_;
+  Inbox inbox_;  //!< declared before producer_: outlives the destructor's last reports
+  core::StateMachine<ProducerStateTraits> state_{ProducerState::none, "kafka"};
+  std::chrono::steady_clock::time_point fatal_deadline_{};  //!< fatal: when the drain ends
   std::unique_ptr<Producer> producer_;
 };
 

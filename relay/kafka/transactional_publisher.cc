@@ -9,6 +9,8 @@
 
 #include "common/crash_point.h"
 #include "common/logging.h"
+#include "core/steady_clock.h"
+#include "kafka/client_conf.h"
 
 namespace outbox::kafka {
 
@@ -23,16 +25,6 @@ bool overridden(const std::string& name) {
   return name == "message.timeout.ms" || name == "delivery.timeout.ms" ||
          name == "enable.gapless.guarantee" || name == "transactional.id" ||
          name == "transaction.timeout.ms";
-}
-
-// Properties the checkpoint consumer takes from kafka.properties: how to reach and
-// authenticate to the cluster, nothing producer-only.
-bool connection_property(const std::string& name) {
-  for (std::string_view prefix : {"security.", "sasl.", "ssl.", "ssl_", "enable.ssl.", "socket.",
-                                  "broker.address.", "client.dns.", "client.rack", "debug"}) {
-    if (name.rfind(prefix, 0) == 0) return true;
-  }
-  return false;
 }
 
 std::string text_of(rd_kafka_error_t* error) {
@@ -67,9 +59,19 @@ config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
   return out;
 }
 
+namespace {
+core::Clock& steady() {
+  static core::SteadyClock clock;
+  return clock;
+}
+}  // namespace
+
 TransactionalKafkaPublisher::TransactionalKafkaPublisher(config::KafkaConfig kafka,
-                                                         TransactionalSettings settings)
-    : kafka_(transactional_kafka_config(kafka, settings)),
+                                                         TransactionalSettings settings,
+                                                         core::Clock* clock)
+    : clock_(clock),
+      now_(clock != nullptr ? *clock : steady()),
+      kafka_(transactional_kafka_config(kafka, settings)),
       plain_(std::move(kafka)),
       settings_(std::move(settings)) {}
 
@@ -77,12 +79,11 @@ TransactionalKafkaPublisher::~TransactionalKafkaPublisher() = default;
 
 rd_kafka_error_t* TransactionalKafkaPublisher::sliced(
     const std::function<rd_kafka_error_t*(int timeout_ms)>& call) {
-  auto deadline = std::chrono::steady_clock::now() + settings_.transaction_timeout;
+  auto deadline = now_.now() + settings_.transaction_timeout;
   for (;;) {
     rd_kafka_error_t* error = call(kSliceMs);
     if (error == nullptr || !rd_kafka_error_is_retriable(error) ||
-        rd_kafka_error_code(error) != RD_KAFKA_RESP_ERR__TIMED_OUT ||
-        std::chrono::steady_clock::now() >= deadline) {
+        rd_kafka_error_code(error) != RD_KAFKA_RESP_ERR__TIMED_OUT || now_.now() >= deadline) {
       return error;
     }
     rd_kafka_error_destroy(error);
@@ -284,7 +285,7 @@ void TransactionalKafkaPublisher::init() {
   // purges and waits for what it had in flight (the relay let every message be answered).
   producer_.reset();
   try {
-    producer_ = std::make_unique<KafkaPublisher>(kafka_);
+    producer_ = std::make_unique<KafkaPublisher>(kafka_, clock_);
   } catch (const std::exception& e) {
     throw core::UnavailableError(e.what());
   }
@@ -306,30 +307,25 @@ void TransactionalKafkaPublisher::init() {
 
 std::unique_ptr<rd_kafka_t, TransactionalKafkaPublisher::ConsumerDeleter>
 TransactionalKafkaPublisher::checkpoint_consumer(bool read_committed) const {
-  rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  Conf conf;
+  try {
+    conf = client_conf(ClientKind::consumer, plain_,
+                       {{"bootstrap.servers", plain_.bootstrap_servers},
+                        {"client.id", "outbox-relay-checkpoint"},
+                        // assign() only, nothing committed: never joined, but librdkafka
+                        // wants one
+                        {"group.id", "outbox-relay-checkpoint-reader"},
+                        {"log.connection.close", "false"}},
+                       {{"isolation.level", read_committed ? "read_committed" : "read_uncommitted"},
+                        {"enable.partition.eof", "true"},
+                        {"enable.auto.commit", "false"}});
+  } catch (const std::runtime_error& e) {
+    throw core::UnavailableError(std::string("checkpoint consumer: ") + e.what());
+  }
   char err[512];
-  auto set = [&](const std::string& name, const std::string& value) {
-    if (rd_kafka_conf_set(conf, name.c_str(), value.c_str(), err, sizeof err) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      throw core::UnavailableError("checkpoint consumer: " + name + ": " + err);
-    }
-  };
-  set("bootstrap.servers", plain_.bootstrap_servers);
-  set("client.id", "outbox-relay-checkpoint");
-  // assign() only, nothing committed: the group is never joined, but librdkafka wants one
-  set("group.id", "outbox-relay-checkpoint-reader");
-  set("isolation.level", read_committed ? "read_committed" : "read_uncommitted");
-  set("enable.partition.eof", "true");
-  set("enable.auto.commit", "false");
-  set("log.connection.close", "false");
-  for (const auto& [name, value] : plain_.properties) {
-    if (connection_property(name)) set(name, value);
-  }
-  rd_kafka_t* raw = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
-  if (raw == nullptr) {
-    rd_kafka_conf_destroy(conf);
-    throw core::UnavailableError(std::string("checkpoint consumer: ") + err);
-  }
+  rd_kafka_t* raw = rd_kafka_new(RD_KAFKA_CONSUMER, conf.get(), err, sizeof err);
+  if (raw == nullptr) throw core::UnavailableError(std::string("checkpoint consumer: ") + err);
+  conf.release();  // rd_kafka_new took it
   return std::unique_ptr<rd_kafka_t, ConsumerDeleter>(raw);
 }
 
@@ -378,10 +374,10 @@ core::CheckpointRead TransactionalKafkaPublisher::last_checkpoint() {
       throw core::UnavailableError("checkpoint topic " + topic + ": " + rd_kafka_err2str(code));
     }
     std::optional<std::string> found;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    auto deadline = now_.now() + std::chrono::seconds(30);
     bool at_end = start >= end;
     while (!at_end) {
-      if (std::chrono::steady_clock::now() > deadline) {
+      if (now_.now() > deadline) {
         throw core::UnavailableError("checkpoint topic " + topic +
                                      ": could not read it to offset " + std::to_string(end) +
                                      " within 30 s, read_committed");

@@ -20,7 +20,7 @@
 #include <string>
 
 #include "config/config.h"
-#include "core/transactional_relay.h"
+#include "core/ports.h"
 #include "kafka/kafka_publisher.h"
 
 namespace outbox::kafka {
@@ -38,7 +38,10 @@ config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
 
 class TransactionalKafkaPublisher : public core::TransactionalPublisher {
  public:
-  TransactionalKafkaPublisher(config::KafkaConfig kafka, TransactionalSettings settings);
+  //! `clock` (not owned; default: the steady clock) times the slices of the transactional
+  //! calls, the checkpoint read and the producer's fatal drain.
+  TransactionalKafkaPublisher(config::KafkaConfig kafka, TransactionalSettings settings,
+                              core::Clock* clock = nullptr);
   ~TransactionalKafkaPublisher() override;
 
   void init() override;
@@ -74,6 +77,8 @@ class TransactionalKafkaPublisher : public core::TransactionalPublisher {
   //! A consumer of the checkpoint topic (assign() only) with the given isolation level.
   std::unique_ptr<rd_kafka_t, ConsumerDeleter> checkpoint_consumer(bool read_committed) const;
 
+  core::Clock* clock_;         //!< as given (null: KafkaPublisher's default)
+  core::Clock& now_;           //!< what times the slices
   config::KafkaConfig kafka_;  //!< with the transactional overrides
   config::KafkaConfig plain_;  //!< as configured: the checkpoint consumer's security settings
   TransactionalSettings settings_;

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "core/transactional_relay.h"
+#include "core/ports.h"
 
 namespace outbox::pg {
 

@@ -10,7 +10,6 @@
 #include <optional>
 #include <stdexcept>
 #include <string_view>
-#include <thread>
 
 namespace outbox::pg {
 
@@ -88,7 +87,7 @@ std::string explained(const std::exception& e) {
   return what;
 }
 
-void apply(pqxx::connection& conn, const Migration& m, const std::string& sum) {
+void apply(pqxx::connection& conn, const Migration& m, const std::string& sum, core::Clock& clock) {
   if (!runs_outside_transaction(m)) {
     for (auto pause = kLockRetryPause;; pause = std::min(pause * 2, kLockRetryPauseMax)) {
       try {
@@ -108,7 +107,7 @@ void apply(pqxx::connection& conn, const Migration& m, const std::string& sum) {
                      "%s: waiting for a lock other sessions hold (an open transaction on "
                      "outbox.events?); services are not held up meanwhile; retrying in %lld ms\n",
                      m.name.c_str(), static_cast<long long>(pause.count()));
-        std::this_thread::sleep_for(pause);
+        clock.sleep_for(pause, [] { return false; });
       }
     }
   }
@@ -137,13 +136,13 @@ std::string checksum(const std::string& sql) {
   return out;
 }
 
-MigrationReport migrate(const std::string& conninfo) {
+MigrationReport migrate(const std::string& conninfo, core::Clock& clock) {
   MigrationReport report;
   pqxx::connection conn(conninfo);
   {
     pqxx::nontransaction n(conn);
     n.exec("SET client_min_messages = warning");
-    while (!n.exec1(kTryLockSql)[0].as<bool>()) std::this_thread::sleep_for(kLockPoll);
+    while (!n.exec1(kTryLockSql)[0].as<bool>()) clock.sleep_for(kLockPoll, [] { return false; });
   }
   try {
     // Nothing to do: no DDL at all, so that the relay's own role (which may read
@@ -174,7 +173,7 @@ MigrationReport migrate(const std::string& conninfo) {
         continue;
       }
       try {
-        apply(conn, m, sum);
+        apply(conn, m, sum, clock);
       } catch (const std::exception& e) {
         throw std::runtime_error("migration " + m.name + " failed: " + explained(e));
       }

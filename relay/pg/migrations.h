@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "core/ports.h"
+
 namespace outbox::pg {
 
 struct Migration {
@@ -34,7 +36,8 @@ struct MigrationReport {
 //! SELECT on outbox.schema_migrations (the relay's role has it). Throws on failure with the
 //! migration's name and the server's message, which for a missing privilege says that a
 //! privileged role is needed (postgres.admin_dsn); what was applied before stays applied.
-MigrationReport migrate(const std::string& conninfo);
+//! The pauses (waiting for another runner's lock, and after a lock_timeout) are on `clock`.
+MigrationReport migrate(const std::string& conninfo, core::Clock& clock);
 
 //! Versions recorded in outbox.schema_migrations; empty when the table does not exist.
 std::vector<int> applied_versions(const std::string& conninfo);

@@ -204,6 +204,18 @@ std::string fetch_sql(FetchScope scope) {
     case FetchScope::topics:
       replace_in(sql, "AND topic <> ALL($3::text[])\n", "AND topic = ANY($3::text[])\n");
       break;
+    case FetchScope::among: {
+      // The filter from the topics to the read-ahead guard, replaced by the ids.
+      const std::string from = "AND topic <> ALL($3::text[])\n";
+      const std::string to = "= $5::bigint)\n";
+      auto start = sql.find(from);
+      auto end = sql.find(to, start);
+      if (start == std::string::npos || end == std::string::npos) {
+        throw std::logic_error("kFetchSql changed: the filter of FetchScope::among");
+      }
+      sql.replace(start, end + to.size() - start, "AND id = ANY($3::bigint[])\n");
+      break;
+    }
   }
   return sql;
 }
@@ -228,9 +240,11 @@ const char* to_string(SessionRole role) {
   return "unknown";
 }
 
-PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted, ShardSettings shards)
+PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted, const core::Clock& clock,
+                             ShardSettings shards)
     : conninfo_(std::move(conninfo)),
       redacted_(std::move(redacted)),
+      clock_(clock),
       shard_settings_(shards),
       claims_(shards) {
   if (sharded()) {
@@ -289,7 +303,7 @@ void PgOutboxStore::connect() {
     if (!wait_for_leader_lock()) {
       role_ = SessionRole::standby;
       if (!standby_since_) {
-        standby_since_ = std::chrono::steady_clock::now();
+        standby_since_ = clock_.now();
         log->info("another outbox-relay holds the leader lock on this database; standing by");
       }
       throw core::StandbyError("standing by: another outbox-relay is publishing");
@@ -298,8 +312,7 @@ void PgOutboxStore::connect() {
     look_for_vanished_table();
     role_ = SessionRole::leader;
     if (standby_since_) {
-      auto waited =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - *standby_since_);
+      auto waited = std::chrono::duration<double>(clock_.now() - *standby_since_);
       log->info("connected to PostgreSQL ({}) and holding the leader lock (stood by {:.1f} s)",
                 redacted_, waited.count());
       standby_since_.reset();
@@ -325,7 +338,7 @@ void PgOutboxStore::connect_sharded() {
     if (!claims_.join(*conn_, why)) {
       role_ = SessionRole::standby;
       if (!standby_since_) {
-        standby_since_ = std::chrono::steady_clock::now();
+        standby_since_ = clock_.now();
         log->info("standing by: {}", why);
       }
       throw core::StandbyError("standing by: " + why);
@@ -348,7 +361,7 @@ void PgOutboxStore::connect_sharded() {
 }
 
 void PgOutboxStore::update_claims(bool at_rest, bool wait) {
-  auto now = std::chrono::steady_clock::now();
+  auto now = clock_.now();
   bool due =
       now >= next_rebalance_ || claims_.held().empty() || (at_rest && claims_.wants_release());
   if (due) {
@@ -602,8 +615,6 @@ void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& out
   for (auto& v : gone) v.recorded = true;
 }
 
-void PgOutboxStore::finish_batch(const core::BatchOutcome& outcome) { record_outcome(outcome); }
-
 void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
   connect();
   try {
@@ -653,8 +664,6 @@ void PgOutboxStore::with_connection(const std::function<void(pqxx::connection&)>
     fail(e);
   }
 }
-
-void PgOutboxStore::abort_batch() noexcept {}  // begin_batch holds nothing
 
 bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
   connect();

@@ -63,30 +63,27 @@ std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
 enum class FetchScope {
   upto,    //!< rows of topics not in $3, ids up to $6 only (the replication drain)
   topics,  //!< rows of the topics in $3 only (deferred topics; $4 and $5 as a by-state read)
+  among,   //!< rows whose ids are in $3 (bigint[]) only; no $4, $5 (rows sent again)
 };
 std::string fetch_sql(FetchScope scope);
 
-//! Where a store's session stands, readable from any thread (metrics, readiness, retention).
-enum class SessionRole : int {
-  disconnected = 0,  //!< no session (not tried yet, or the last one failed)
-  standby = 1,       //!< PostgreSQL answers, another relay holds the leader lock
-  leader = 2,        //!< connected and holding the leader lock: this relay publishes
-};
+//! Where a store's session stands, readable from any thread (metrics, readiness, retention):
+//! core::Role (disconnected, standby, leader).
+using SessionRole = core::Role;
 const char* to_string(SessionRole role);
 
-class PgOutboxStore : public core::OutboxStore {
+class PgOutboxStore : public core::OutboxStore, public core::Leadership {
  public:
   //! `conninfo` as made by build_conninfo; `redacted` is what logs may show of it.
   //! `shards`: scale-out (see above); the default is one relay publishing everything.
-  PgOutboxStore(std::string conninfo, std::string redacted, ShardSettings shards = {});
+  //! `clock` (which outlives this) times the shards' rebalancing and the standby's wait.
+  PgOutboxStore(std::string conninfo, std::string redacted, const core::Clock& clock,
+                ShardSettings shards = {});
   ~PgOutboxStore() override;
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
                                              const std::vector<std::string>& skip_topics) override;
-  void finish_batch(const core::BatchOutcome& outcome) override;
-  void abort_batch() noexcept override;
-  //! Pipelined: reads hold nothing, marks are record_outcome (one transaction per group).
-  bool read_ahead() const override { return true; }
+  //! Reads hold nothing, marks are record_outcome (one transaction per group).
   std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
                                             std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip_topics) override;
@@ -105,14 +102,14 @@ class PgOutboxStore : public core::OutboxStore {
 
   //! Set by the worker thread as it connects, fails or stands by; read from any thread.
   //! Sharded: leader while it holds at least one shard, standby while it holds none.
-  SessionRole role() const { return role_.load(std::memory_order_relaxed); }
+  SessionRole role() const override { return role_.load(std::memory_order_relaxed); }
   //! Shards in all (1: not sharded), held now, relays sharing them (any thread).
   int shards() const { return shard_settings_.shards; }
   int shards_held() const { return shards_held_.load(std::memory_order_relaxed); }
   int shard_members() const { return shard_members_.load(std::memory_order_relaxed); }
   //! Whether this relay does the database's chores (retention): the leader, or when
   //! sharded the holder of shard 0, so that exactly one relay does them at a time.
-  bool runs_chores() const {
+  bool runs_chores() const override {
     return shard_settings_.shards > 1 ? holds_shard_zero_.load(std::memory_order_relaxed)
                                       : role() == SessionRole::leader;
   }
@@ -148,6 +145,7 @@ class PgOutboxStore : public core::OutboxStore {
 
   std::string conninfo_;
   std::string redacted_;
+  const core::Clock& clock_;
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;

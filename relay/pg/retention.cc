@@ -10,7 +10,6 @@ namespace {
 
 constexpr const char* kDeletePublished = "outbox.delete_published";
 constexpr const char* kDeleteDeadLettered = "outbox.delete_dead_lettered";
-constexpr std::chrono::milliseconds kSlice{200};
 // How often leadership is looked at while this process stands by.
 constexpr std::chrono::milliseconds kLeaderCheck{1000};
 // Rounds that deleted something are summed up in one log line this often.
@@ -27,12 +26,14 @@ std::string one_line(std::string text) {
 }  // namespace
 
 Retention::Retention(std::string conninfo, std::string redacted, RetentionSettings settings,
-                     std::function<bool()> is_leader, std::function<bool()> stopping)
+                     std::function<bool()> is_leader, std::function<bool()> stopping,
+                     core::Clock& clock)
     : conninfo_(std::move(conninfo)),
       redacted_(std::move(redacted)),
       settings_(settings),
       is_leader_(std::move(is_leader)),
-      stopping_(stopping ? std::move(stopping) : [] { return false; }) {}
+      stopping_(stopping ? std::move(stopping) : [] { return false; }),
+      clock_(clock) {}
 
 Retention::~Retention() { stop(); }
 
@@ -42,32 +43,15 @@ void Retention::start() {
 }
 
 void Retention::stop() noexcept {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  wake_.notify_all();
+  stop_ = true;  // the pause's clock looks at it between slices
   if (thread_.joinable()) thread_.join();
 }
 
-bool Retention::should_stop() {
-  if (stopping_()) return true;
-  std::lock_guard<std::mutex> lock(mutex_);
-  return stop_;
-}
+bool Retention::should_stop() { return stop_.load() || stopping_(); }
 
 bool Retention::pause(std::chrono::milliseconds d) {
-  auto until = std::chrono::steady_clock::now() + d;
-  std::unique_lock<std::mutex> lock(mutex_);
-  while (!stop_) {
-    auto now = std::chrono::steady_clock::now();
-    if (now >= until) return false;
-    lock.unlock();
-    if (stopping_()) return true;
-    lock.lock();
-    wake_.wait_for(lock, std::min<std::chrono::steady_clock::duration>(until - now, kSlice));
-  }
-  return true;
+  clock_.sleep_for(d, [this] { return should_stop(); });
+  return should_stop();
 }
 
 std::uint64_t Retention::delete_all(pqxx::connection& conn, const char* function,
@@ -95,7 +79,7 @@ void Retention::loop() {
   std::unique_ptr<pqxx::connection> conn;
   std::uint64_t unreported_published = 0;
   std::uint64_t unreported_dead = 0;
-  auto last_report = std::chrono::steady_clock::now();
+  auto last_report = clock_.now();
   std::string last_error;
   while (!should_stop()) {
     if (!is_leader_()) {
@@ -144,7 +128,7 @@ void Retention::loop() {
         last_error = what;
       }
     }
-    auto now = std::chrono::steady_clock::now();
+    auto now = clock_.now();
     if (now - last_report >= kReportEvery && (unreported_published || unreported_dead)) {
       log->info("retention deleted {} published and {} dead-lettered rows in the last {} s",
                 unreported_published, unreported_dead,

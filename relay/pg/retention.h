@@ -29,12 +29,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
+
+#include "core/ports.h"
 
 namespace outbox::pg {
 
@@ -48,9 +48,10 @@ struct RetentionSettings {
 class Retention {
  public:
   //! `conninfo` as made by build_conninfo; `redacted` for logs. `is_leader` and `stopping`
-  //! are called from the retention thread.
+  //! are called from the retention thread; its pauses are on `clock` (thread-safe, outlives
+  //! this), which looks at them and at stop() between slices.
   Retention(std::string conninfo, std::string redacted, RetentionSettings settings,
-            std::function<bool()> is_leader, std::function<bool()> stopping);
+            std::function<bool()> is_leader, std::function<bool()> stopping, core::Clock& clock);
   ~Retention();
   Retention(const Retention&) = delete;
   Retention& operator=(const Retention&) = delete;
@@ -75,9 +76,8 @@ class Retention {
   RetentionSettings settings_;
   std::function<bool()> is_leader_;
   std::function<bool()> stopping_;
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  bool stop_ = false;
+  core::Clock& clock_;
+  std::atomic<bool> stop_{false};
   std::thread thread_;
   std::atomic<std::uint64_t> deleted_published_{0};
   std::atomic<std::uint64_t> deleted_dead_lettered_{0};

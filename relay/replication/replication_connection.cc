@@ -26,9 +26,10 @@ std::string create_slot_command(const std::string& slot, int server_version) {
   return "CREATE_REPLICATION_SLOT " + slot + " LOGICAL pgoutput EXPORT_SNAPSHOT";
 }
 
-std::string start_replication_command(const std::string& slot, const std::string& publication) {
-  return "START_REPLICATION SLOT " + slot +
-         " LOGICAL 0/0 (proto_version '1', publication_names '\"" + publication + "\"')";
+std::string start_replication_command(const std::string& slot, const std::string& publication,
+                                      const std::string& from) {
+  return "START_REPLICATION SLOT " + slot + " LOGICAL " + from +
+         " (proto_version '1', publication_names '\"" + publication + "\"')";
 }
 
 ReplicationConnection::ReplicationConnection(const std::string& conninfo) {
@@ -90,12 +91,12 @@ std::vector<ReplicationConnection::Row> ReplicationConnection::query(const std::
 
 ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
     const std::string& slot, const std::function<bool()>& cancelled,
-    const std::function<void()>& on_wait) {
+    const std::function<void()>& on_wait, const core::Clock& clock) {
   std::string sql = create_slot_command(slot, PQserverVersion(conn_));
   if (PQsendQuery(conn_, sql.c_str()) != 1) {
     throw core::UnavailableError("CREATE_REPLICATION_SLOT: " + trimmed(PQerrorMessage(conn_)));
   }
-  auto last_note = std::chrono::steady_clock::now();
+  auto last_note = clock.now();
   while (PQisBusy(conn_)) {
     if (cancelled()) {
       char err[256];
@@ -106,9 +107,9 @@ ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
       throw core::UnavailableError("CREATE_REPLICATION_SLOT cancelled (stopping)");
     }
     wait_for_input(std::chrono::milliseconds(200), "CREATE_REPLICATION_SLOT");
-    if (std::chrono::steady_clock::now() - last_note >= std::chrono::seconds(1)) {
+    if (clock.now() - last_note >= std::chrono::seconds(1)) {
       on_wait();
-      last_note = std::chrono::steady_clock::now();
+      last_note = clock.now();
     }
   }
   PGresult* result = PQgetResult(conn_);
@@ -130,8 +131,9 @@ ReplicationConnection::CreatedSlot ReplicationConnection::create_slot(
   return {*lsn, snapshot};
 }
 
-void ReplicationConnection::start(const std::string& slot, const std::string& publication) {
-  std::string sql = start_replication_command(slot, publication);
+void ReplicationConnection::start(const std::string& slot, const std::string& publication,
+                                  const std::string& from) {
+  std::string sql = start_replication_command(slot, publication, from);
   PGresult* result = PQexec(conn_, sql.c_str());
   if (PQresultStatus(result) != PGRES_COPY_BOTH) fail_from_result(result, "START_REPLICATION");
   PQclear(result);

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/ports.h"
 #include "replication/pgoutput.h"
 
 namespace outbox::replication {
@@ -30,7 +31,8 @@ std::string create_slot_command(const std::string& slot, int server_version);
 //! asks for no logical decoding messages (pgoutput's `messages` option, PostgreSQL 14 and
 //! later): the relay has no use for them, and 13 would refuse the option. The same text for
 //! every supported version.
-std::string start_replication_command(const std::string& slot, const std::string& publication);
+std::string start_replication_command(const std::string& slot, const std::string& publication,
+                                      const std::string& from = "0/0");
 
 //! The relay's walsender mark: every replication connection of the relay holds the session
 //! advisory lock (kWalsenderClass, 0) shared (two-int form, pg_locks objsubid 2; the other
@@ -60,14 +62,17 @@ class ReplicationConnection {
   //! CREATE_REPLICATION_SLOT ... LOGICAL pgoutput with an exported snapshot, in the server's
   //! syntax (create_slot_command): the slot's consistent point and a snapshot that shows exactly
   //! the transactions committed before it. PostgreSQL answers only once every transaction open at
-  //! that moment has ended, so this waits in short slices, calling `on_wait` about once a second,
-  //! and cancels the command (throwing core::UnavailableError) as soon as `cancelled` returns true.
+  //! that moment has ended, so this waits in short slices, calling `on_wait` about once a second
+  //! of `clock`, and cancels the command (throwing core::UnavailableError) as soon as
+  //! `cancelled` returns true.
   CreatedSlot create_slot(const std::string& slot, const std::function<bool()>& cancelled,
-                          const std::function<void()>& on_wait);
+                          const std::function<void()>& on_wait, const core::Clock& clock);
 
   //! START_REPLICATION SLOT ... LOGICAL from the slot's confirmed position, inserts of
-  //! `publication` (start_replication_command).
-  void start(const std::string& slot, const std::string& publication);
+  //! `publication` (start_replication_command). With `from` above the confirmed position the
+  //! server decodes the transactions that commit before `from` without sending them.
+  void start(const std::string& slot, const std::string& publication,
+             const std::string& from = "0/0");
 
   //! The next CopyData message of the stream, waiting up to `wait` for one; nullopt if none
   //! came. Throws when the stream ends or the connection fails.

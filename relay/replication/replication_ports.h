@@ -66,6 +66,10 @@ class ReplicationStream {
   virtual void release_snapshot() = 0;
   //! START_REPLICATION from the slot's confirmed position.
   virtual void start() = 0;
+  //! START_REPLICATION that sends only the transactions whose commit record starts at or
+  //! after `from` (the server still decodes the ones before, without sending them; from
+  //! the slot's confirmed position if that is higher). See replication_source.h, 3a.
+  virtual void start_from(Lsn /*from*/) { start(); }
   //! The next message, waiting up to `wait`; nullopt if none came.
   virtual std::optional<StreamMessage> read(std::chrono::milliseconds wait) = 0;
   //! A standby status update: the slot's confirmed position moves to `flushed`.
@@ -105,6 +109,15 @@ class ReplicationTable {
   virtual std::vector<std::uint64_t> committed_not_visible() = 0;
   //! Whether a new snapshot shows every transaction of `xids`.
   virtual bool visible(const std::vector<std::uint64_t>& xids) = 0;
+  //! The WAL flush position, read first, and then the transactions a new snapshot does not
+  //! show as ended (full ids). Once a snapshot shows all of these ended, it shows every
+  //! transaction whose commit record starts before `flushed` (replication_source.h, 3a).
+  //! nullopt: not known (the stream then starts at the slot's confirmed position).
+  struct FlushPoint {
+    Lsn flushed;
+    std::vector<std::uint64_t> open;
+  };
+  virtual std::optional<FlushPoint> flush_point() { return std::nullopt; }
   //! The highest id pending now, in a new snapshot; 0 if none.
   virtual std::int64_t pending_bound() = 0;
   //! As core::OutboxStore::read_after (begin_batch when `pending_upto` is nullopt and

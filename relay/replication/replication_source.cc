@@ -46,6 +46,7 @@ void ReplicationSource::reset() noexcept {
 void ReplicationSource::start() {
   auto log = logging::get("pg");
   table_.connect();  // the leader lock first: only the leader touches the slot
+  skip_to_ = {};
   bool slot_exists = stream_.prepare();
   std::int64_t upto = 0;
   if (!slot_exists) {
@@ -63,8 +64,12 @@ void ReplicationSource::start() {
     wait_visible(table_.not_yet_visible(bound.snapshot));
     upto = bound.upto;
   } else {
+    // 3a in the header: the flush position first, then the transactions open after it.
+    std::optional<ReplicationTable::FlushPoint> point = table_.flush_point();
     wait_visible(table_.committed_not_visible());  // 3 in the header
+    if (point && !ended_soon(point->open)) point.reset();
     upto = table_.pending_bound();
+    skip_to_ = point ? point->flushed : Lsn{};
   }
   log->info(
       "publishing the rows pending in outbox.events with ids up to {} before streaming from "
@@ -72,6 +77,7 @@ void ReplicationSource::start() {
       upto, options_.slot_name);
   drain_.emplace(table_, upto);
   phase_ = Phase::draining;
+  if (skip_to_.value != 0) stream_source_.open_early(skip_to_);
 }
 
 void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
@@ -100,6 +106,19 @@ void ReplicationSource::wait_visible(const std::vector<std::uint64_t>& xids) {
   if (waited && options_.visibility_waiting) options_.visibility_waiting({});
 }
 
+bool ReplicationSource::ended_soon(const std::vector<std::uint64_t>& xids) {
+  // A short wait only: a long transaction open somewhere in the database (any table) only
+  // costs the old start, from the slot's confirmed position, never a correctness.
+  auto pause = options_.visibility_retry;
+  for (int round = 0; round < 6; ++round) {
+    if (xids.empty() || table_.visible(xids)) return true;
+    if (stopping_()) return false;
+    clock_.sleep_for(pause, stopping_);
+    pause = std::min(pause * 2, std::max(options_.visibility_retry, options_.visibility_retry_max));
+  }
+  return false;
+}
+
 void ReplicationSource::advance() {
   if (phase_ == Phase::stopped) start();
 }
@@ -115,7 +134,7 @@ std::vector<core::OutboxEvent> ReplicationSource::begin_batch(
       // flight (a by-state read): the stream may begin (6 in the header); the skipped
       // topics' rows are deferred to the table (7).
       drain_.reset();
-      stream_source_.start(skip_topics);
+      stream_source_.start(skip_topics, skip_to_);
       phase_ = Phase::streaming;
     }
     return stream_source_.begin(limit, max_bytes, skip_topics);
@@ -155,7 +174,8 @@ bool ReplicationSource::wait_for_rows(std::chrono::milliseconds timeout) {
 }
 
 void ReplicationSource::keep_alive() noexcept {
-  if (phase_ == Phase::streaming) stream_source_.keep_alive();
+  // While draining only a stream opened early (3a) is there to keep.
+  if (phase_ != Phase::stopped) stream_source_.keep_alive();
 }
 
 }  // namespace outbox::replication

@@ -4,7 +4,7 @@
 // through replication/replication_ports.h and time only through core::Clock, so its rules are
 // unit-tested against fakes (tests/replication_source_test.cc).
 //
-// It is pipelined like polling (core::OutboxStore::read_ahead() is true): begin_batch reads
+// It is pipelined like polling (several reads in flight): begin_batch reads
 // "by state", when nothing is in flight; read_after reads the next rows while earlier ones
 // wait for Kafka; record_outcome records answered rows in groups, in any order.
 //
@@ -73,6 +73,27 @@
 //     flight then: what the core still had in flight when the connection failed was
 //     answered and recorded (marks only) before; what it could not record stays pending
 //     and is in the new list.
+//  3a. Restart, where the stream starts: without more, at C, and it would bring again every
+//     row the drain just published (all the rows committed while the relay was away: after a
+//     1,000,000-row drain the walsender decodes and sends them all, the relay checks and drops
+//     each, and a new row waits behind them for seconds). Instead: first read F, the WAL
+//     flush position, then (a new snapshot) the transactions open, and wait a little for
+//     all of these to end (not at all: start at C as before). A transaction whose commit
+//     record starts before F had its xid before that snapshot and was either ended in it
+//     or open in it, so once those have ended the bound's snapshot (taken after) shows every
+//     transaction that commits before F. The drain publishes every row pending in it up to
+//     the bound, and its rows above the bound cannot be pending there (the bound is the
+//     highest pending id). So everything committed before F is resolved once the drain is
+//     done (rows of skipped topics: read from the table, 7), and the stream may start at F:
+//     START_REPLICATION at F sends only transactions whose commit starts at or after F.
+//     The server still reads and decodes the WAL from the slot's restart point to F (it
+//     only does not send it): that is why the stream is opened at F when the drain starts,
+//     not when it ends. Nothing is read from it during the drain, and only the old confirmed
+//     position is reported (keep_alive, so that the server keeps the connection); once the
+//     drain is done F is confirmed with the rest (invariant 5: everything before F is then
+//     marked), and a new row comes as soon as the server has read to it, not a drain's WAL
+//     later. A failure of the stream during the drain is seen at its first read, after the
+//     drain: the next by-state read starts again (a new drain, nothing pending left).
 //  4. Before a row is sent, drained or streamed, its state is read: a drained row is read
 //     from the table by id (pending_rows: pending and visible in that statement's
 //     snapshot). A streamed row's state and whether its transaction (the Begin's xid) is
@@ -166,7 +187,6 @@ class ReplicationSource : public core::OutboxStore {
   //! taken as not delivered and sent again). Starts, and hands over to the stream, as due.
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
                                              const std::vector<std::string>& skip_topics) override;
-  bool read_ahead() const override { return true; }
   std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
                                             std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip_topics) override;
@@ -174,11 +194,12 @@ class ReplicationSource : public core::OutboxStore {
   //! stopped (a connection failed), marks only: the rows come again (through the drain or
   //! the stream) and are dropped once seen marked.
   void record_outcome(const core::BatchOutcome& outcome) override;
-  //! Not used by the pipelined core; kept for the one-batch lifecycle of ports.h:
-  //! finish_batch is record_outcome, abort_batch records nothing (the rows not recorded
-  //! are sent again by the next by-state read).
-  void finish_batch(const core::BatchOutcome& outcome) override { record_outcome(outcome); }
-  void abort_batch() noexcept override {}
+  bool read_ahead() const { return true; }
+  //! For the tests of a one-batch-at-a-time use: finish_batch is record_outcome,
+  //! abort_batch records nothing (the rows not recorded are sent again by the next by-state
+  //! read). The core does not call them.
+  void finish_batch(const core::BatchOutcome& outcome) { record_outcome(outcome); }
+  void abort_batch() noexcept {}
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   void keep_alive() noexcept override;
 
@@ -200,6 +221,8 @@ class ReplicationSource : public core::OutboxStore {
   void start();
   //! Until a new snapshot shows every transaction of `xids`; no deadline.
   void wait_visible(const std::vector<std::uint64_t>& xids);
+  //! Whether a new snapshot shows every transaction of `xids` within a few short retries.
+  bool ended_soon(const std::vector<std::uint64_t>& xids);
   void reset() noexcept;
   template <typename F>
   auto guarded(F&& body) -> decltype(body());
@@ -212,6 +235,8 @@ class ReplicationSource : public core::OutboxStore {
 
   Phase phase_ = Phase::stopped;
   std::optional<DrainSource> drain_;
+  //! Where the stream starts after a restart's drain (3a); 0: the slot's confirmed position.
+  Lsn skip_to_;
   StreamSource stream_source_;
 };
 

@@ -19,9 +19,9 @@ ReplicationSourceOptions source_options(const ReplicationSettings& c) {
 PgReplicationStore::PgReplicationStore(std::string conninfo, std::string redacted,
                                        ReplicationSettings options, core::Clock& clock,
                                        std::function<bool()> stopping)
-    : store_(conninfo, std::move(redacted)),
+    : store_(conninfo, std::move(redacted), clock),
       table_(store_),
-      stream_(std::move(conninfo), options, stopping),
+      stream_(std::move(conninfo), options, stopping, clock),
       source_(table_, stream_, clock, source_options(options), stopping) {}
 
 std::vector<core::OutboxEvent> PgReplicationStore::begin_batch(
@@ -34,12 +34,6 @@ std::vector<core::OutboxEvent> PgReplicationStore::read_after(
     const std::vector<std::string>& skip_topics) {
   return source_.read_after(after_id, pending_upto, limit, max_bytes, skip_topics);
 }
-
-void PgReplicationStore::finish_batch(const core::BatchOutcome& outcome) {
-  source_.finish_batch(outcome);
-}
-
-void PgReplicationStore::abort_batch() noexcept { source_.abort_batch(); }
 
 void PgReplicationStore::record_outcome(const core::BatchOutcome& outcome) {
   source_.record_outcome(outcome);

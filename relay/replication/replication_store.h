@@ -21,7 +21,7 @@
 
 namespace outbox::replication {
 
-class PgReplicationStore : public core::OutboxStore {
+class PgReplicationStore : public core::OutboxStore, public core::Leadership {
  public:
   //! `stopping` tells a long wait on the server (creating the slot) to give up.
   PgReplicationStore(std::string conninfo, std::string redacted, ReplicationSettings options,
@@ -29,12 +29,9 @@ class PgReplicationStore : public core::OutboxStore {
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,
                                              const std::vector<std::string>& skip_topics) override;
-  bool read_ahead() const override { return source_.read_ahead(); }
   std::vector<core::OutboxEvent> read_after(std::int64_t after_id, std::size_t pending_upto,
                                             std::size_t limit, std::size_t max_bytes,
                                             const std::vector<std::string>& skip_topics) override;
-  void finish_batch(const core::BatchOutcome& outcome) override;
-  void abort_batch() noexcept override;
   void record_outcome(const core::BatchOutcome& outcome) override;
   //! Marks go through the table's session (PgOutboxStore), which finds gone rows. The source
   //! resolves them with the rest of the outcome (nothing more can come of them), so they do
@@ -43,7 +40,7 @@ class PgReplicationStore : public core::OutboxStore {
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   void keep_alive() noexcept override;
   //! The leader-lock session's state (see PgOutboxStore::role).
-  pg::SessionRole role() const { return store_.role(); }
+  pg::SessionRole role() const override { return store_.role(); }
 
  private:
   pg::PgOutboxStore store_;

@@ -47,10 +47,11 @@ core::OutboxEvent outbox_event(const Relation& relation, const Insert& insert) {
 }  // namespace
 
 PgReplicationStream::PgReplicationStream(std::string conninfo, ReplicationSettings options,
-                                         std::function<bool()> stopping)
+                                         std::function<bool()> stopping, const core::Clock& clock)
     : conninfo_(std::move(conninfo)),
       options_(std::move(options)),
-      stopping_(std::move(stopping)) {}
+      stopping_(std::move(stopping)),
+      clock_(clock) {}
 
 bool PgReplicationStream::prepare() {
   auto log = logging::get("pg");
@@ -157,15 +158,18 @@ ReplicationConnection& PgReplicationStream::connection() {
 ReplicationStream::Created PgReplicationStream::create_slot() {
   auto log = logging::get("pg");
   int waited = 0;
-  auto created = connection().create_slot(options_.slot_name, stopping_, [&] {
-    if (options_.waiting) options_.waiting();
-    if (++waited % 10 == 0) {
-      log->warn(
-          "still creating replication slot {} after {} s: a transaction open since "
-          "before the relay started has not ended (see pg_stat_activity)",
-          options_.slot_name, waited);
-    }
-  });
+  auto created = connection().create_slot(
+      options_.slot_name, stopping_,
+      [&] {
+        if (options_.waiting) options_.waiting();
+        if (++waited % 10 == 0) {
+          log->warn(
+              "still creating replication slot {} after {} s: a transaction open since "
+              "before the relay started has not ended (see pg_stat_activity)",
+              options_.slot_name, waited);
+        }
+      },
+      clock_);
   return {created.consistent_point, created.snapshot};
 }
 
@@ -177,6 +181,15 @@ void PgReplicationStream::release_snapshot() {
 void PgReplicationStream::start() {
   connection().start(options_.slot_name, options_.publication_name);
   relations_.clear();  // pgoutput sends every Relation again in a new stream
+}
+
+void PgReplicationStream::start_from(Lsn from) {
+  // Not pg_replication_slot_advance first: the stream is opened while the drain runs
+  // (replication_source.h, 3a), when the slot may not pass the drained rows yet (invariant
+  // 5); and an advance moves restart_lsn only as far as the first running-transactions
+  // record after the confirmed position, so the walsender would read the same WAL anyway.
+  connection().start(options_.slot_name, options_.publication_name, from.to_string());
+  relations_.clear();
 }
 
 std::optional<StreamMessage> PgReplicationStream::read(std::chrono::milliseconds wait) {

@@ -36,9 +36,10 @@ struct ReplicationSettings {
 
 class PgReplicationStream : public ReplicationStream {
  public:
-  //! `stopping` cancels a slot creation that waits for open transactions.
+  //! `stopping` cancels a slot creation that waits for open transactions; `clock` (which
+  //! outlives this) times that wait's notes.
   PgReplicationStream(std::string conninfo, ReplicationSettings options,
-                      std::function<bool()> stopping);
+                      std::function<bool()> stopping, const core::Clock& clock);
 
   //! The leader lock must be held: a relay's walsender on the slot (it holds the walsender
   //! mark, or has our application_name) is then a previous session's, and is ended.
@@ -46,6 +47,7 @@ class PgReplicationStream : public ReplicationStream {
   Created create_slot() override;
   void release_snapshot() override;
   void start() override;
+  void start_from(Lsn from) override;
   std::optional<StreamMessage> read(std::chrono::milliseconds wait) override;
   void send_status(Lsn written, Lsn flushed, bool reply) override;
   void close() noexcept override;
@@ -57,6 +59,7 @@ class PgReplicationStream : public ReplicationStream {
   std::string conninfo_;
   ReplicationSettings options_;
   std::function<bool()> stopping_;
+  const core::Clock& clock_;
   std::unique_ptr<ReplicationConnection> conn_;
   RelationCache relations_;
 };

@@ -17,21 +17,6 @@ constexpr const char* kPendingBoundSql =
     "SELECT coalesce(max(id), 0) FROM outbox.events "
     "WHERE published_at IS NULL AND dead_lettered_at IS NULL";
 
-// As PgOutboxStore's batch query (rows while the bytes before them stay below $2), among
-// the ids of $3 only.
-constexpr const char* kFetchAmongSql = R"sql(
-SELECT id, event_id::text, topic, key, payload, headers_text, attempts
-FROM (SELECT id, event_id, topic, key, payload, headers::text AS headers_text, attempts,
-             sum(coalesce(octet_length(payload), 0) + coalesce(octet_length(key), 0) +
-                 octet_length(headers::text)) OVER (ORDER BY id) AS upto
-      FROM outbox.events
-      WHERE published_at IS NULL AND dead_lettered_at IS NULL AND id = ANY($3::bigint[])
-      ORDER BY id
-      LIMIT $1) AS candidates
-WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0) -
-      octet_length(headers_text) < $2
-ORDER BY id)sql";
-
 // One statement, so one snapshot: pg_current_snapshot() is the snapshot the rows are read
 // with, which tells a row not visible yet from a row that is gone.
 constexpr const char* kCheckSql = R"sql(
@@ -177,6 +162,21 @@ std::vector<std::uint64_t> PgReplicationTable::committed_not_visible() {
   return committed;
 }
 
+std::optional<ReplicationTable::FlushPoint> PgReplicationTable::flush_point() {
+  std::optional<FlushPoint> point;
+  store_.with_connection([&](pqxx::connection& conn) {
+    std::optional<Lsn> flushed;
+    {
+      // Its own statement, before the snapshot of in_progress_now: a statement's snapshot is
+      // taken when it starts, and the position must be read before it (3a).
+      pqxx::nontransaction n(conn);
+      flushed = Lsn::parse(n.exec1("SELECT pg_current_wal_flush_lsn()::text")[0].as<std::string>());
+    }
+    if (flushed) point = FlushPoint{*flushed, in_progress_now(conn)};
+  });
+  return point;
+}
+
 bool PgReplicationTable::visible(const std::vector<std::uint64_t>& xids) {
   std::vector<std::string> texts;
   for (auto x : xids) texts.push_back(std::to_string(x));
@@ -231,7 +231,8 @@ std::vector<core::OutboxEvent> PgReplicationTable::pending_rows(
   std::vector<core::OutboxEvent> events;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    pqxx::result rows = n.exec_params(kFetchAmongSql, static_cast<long>(limit),
+    static const std::string sql = pg::fetch_sql(pg::FetchScope::among);
+    pqxx::result rows = n.exec_params(sql, static_cast<long>(limit),
                                       static_cast<long long>(max_bytes), pg::bigint_array(ids));
     events = pg::events_of(rows);
   });

@@ -42,6 +42,7 @@ class PgReplicationTable : public ReplicationTable {
   Bound pending_bound_in_snapshot(const std::string& name) override;
   std::vector<std::uint64_t> not_yet_visible(const std::string& snapshot) override;
   std::vector<std::uint64_t> committed_not_visible() override;
+  std::optional<FlushPoint> flush_point() override;
   bool visible(const std::vector<std::uint64_t>& xids) override;
   std::int64_t pending_bound() override;
   std::vector<core::OutboxEvent> pending_range(

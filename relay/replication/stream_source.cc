@@ -26,10 +26,44 @@ StreamSource::StreamSource(ReplicationTable& table, ReplicationStream& stream, c
       options_(options),
       stopping_(std::move(stopping)) {}
 
-void StreamSource::start(const std::vector<std::string>& deferred) {
+void StreamSource::open_early(Lsn skip_to) {
+  // 3a in replication_source.h: START_REPLICATION at skip_to while the drain runs; the
+  // server decodes the drained transactions (without sending them) meanwhile, instead of
+  // after the drain with a new row waiting behind them. Nothing is read until start();
+  // keep_alive() reports the old confirmed position meanwhile, so the server keeps the
+  // connection.
+  reset();
+  logging::get("pg")->info(
+      "opening the stream at {} while the drain runs: what commits before is the drain's",
+      skip_to.to_string());
+  stream_.start_from(skip_to);
+  opened_at_ = skip_to;
+  started_ = true;
+  last_report_ = clock_.now();
+}
+
+void StreamSource::start(const std::vector<std::string>& deferred, Lsn skip_to) {
+  if (opened_at_.value != 0 && opened_at_ == skip_to) {
+    // Opened at the drain's start (open_early) and nothing read since: the drain is done,
+    // so everything before skip_to is resolved and marked and may be confirmed (invariant
+    // 5); the server takes a report of an older position (before PostgreSQL 17), so none
+    // is sent any more.
+    opened_at_ = {};
+    deferred_.insert(deferred.begin(), deferred.end());
+    confirmed_ = std::max(confirmed_, skip_to);
+    received_ = std::max(received_, skip_to);
+    logging::get("pg")->info("streaming from replication slot {}", options_.slot_name);
+    return;
+  }
   reset();
   deferred_.insert(deferred.begin(), deferred.end());
-  stream_.start();
+  if (skip_to.value != 0) {
+    stream_.start_from(skip_to);
+    confirmed_ = std::max(confirmed_, skip_to);
+    received_ = std::max(received_, skip_to);
+  } else {
+    stream_.start();
+  }
   started_ = true;
   last_report_ = clock_.now();
   logging::get("pg")->info("streaming from replication slot {}", options_.slot_name);
@@ -39,6 +73,7 @@ void StreamSource::reset() noexcept {
   // The positions are kept: confirmed_ only ever covers resolved and marked events, and
   // the next stream resumes at or before it.
   started_ = false;
+  opened_at_ = {};
   tracker_.reset();
   open_xid_ = 0;
   queued_.clear();
@@ -351,6 +386,20 @@ void StreamSource::final_report() noexcept {
 }
 
 void StreamSource::handle(StreamMessage message) {
+  const Lsn at = message.wal;
+  try {
+    track(std::move(message));
+  } catch (const StreamOrderError& e) {
+    // Input no retry cures (the same bytes come again from the slot): the relay stops, the
+    // slot still confirmed only up to what was resolved before (invariant 5).
+    throw core::FatalError("replication slot " + options_.slot_name +
+                           ": the stream came out of order at " + at.to_string() + " (" + e.what() +
+                           "); stopping without confirming past " + confirmed_.to_string() +
+                           ", where the next start streams again");
+  }
+}
+
+void StreamSource::track(StreamMessage message) {
   switch (message.kind) {
     case StreamMessage::Kind::keepalive:
       received_ = std::max(received_, message.wal);

@@ -55,7 +55,10 @@ class StreamSource {
 
   //! START_REPLICATION (the previous session's decoded state is forgotten). The rows of
   //! `deferred` (topics skipped when the drain ended) are read from the table (7).
-  void start(const std::vector<std::string>& deferred);
+  void start(const std::vector<std::string>& deferred, Lsn skip_to = {});
+  //! START_REPLICATION at `skip_to` while the drain runs (replication_source.h, 3a):
+  //! nothing is read, and only the old confirmed position is reported, until start().
+  void open_early(Lsn skip_to);
   //! The stream is gone: everything after the confirmed position comes again.
   void reset() noexcept;
 
@@ -104,7 +107,9 @@ class StreamSource {
   };
   std::vector<core::OutboxEvent> read(std::size_t limit, std::size_t max_bytes,
                                       const std::vector<std::string>& skip_topics);
+  //! One decoded message; a message out of order is core::FatalError.
   void handle(StreamMessage message);
+  void track(StreamMessage message);
   //! Checks `picked` (4 in replication_source.h): resolves the rows already marked or deleted,
   //! waits while a row's transaction is not visible, defers the rows of deferred topics
   //! (7), reads from the table the payload of rows sent before. Returns the rows to send,
@@ -139,6 +144,8 @@ class StreamSource {
   std::unordered_set<std::int64_t> table_out_;  // their rows handed out since the by-state read
 
   Lsn received_;
+  //! Where a stream opened during the drain starts (open_early); 0: none.
+  Lsn opened_at_;
   Lsn confirmed_;
   Lsn reported_;
   std::chrono::steady_clock::time_point last_report_{};
