@@ -59,6 +59,16 @@ std::vector<Key> declare_keys() {
                            "means unset, so ${ADMIN_DSN:-} may leave it out.",
             .example = "\"host=db dbname=app user=app_owner password=${PGADMINPASSWORD}\"",
             .commented = true}),
+      text("postgres.relay_role", FIELD(postgres.relay_role),
+           {.description = "The group role `migrate` makes when missing and grants reading and "
+                           "marking this database's outbox. Roles belong to the whole cluster: "
+                           "the default is shared by every database keeping it; a name of the "
+                           "database's own keeps other databases' relays out."},
+           identifier, "1-63 of a-z, 0-9, _; not starting with a digit"),
+      text("postgres.writer_role", FIELD(postgres.writer_role),
+           {.description = "The group role `migrate` makes when missing and grants "
+                           "outbox.enqueue in this database (services); not the relay_role."},
+           identifier, "1-63 of a-z, 0-9, _; not starting with a digit"),
 
       // kafka
       text("kafka.bootstrap_servers", FIELD(kafka.bootstrap_servers),

@@ -7,7 +7,7 @@
 
 namespace outbox::pg {
 
-PgRecoveryMarker::PgRecoveryMarker(std::string conninfo, std::string redacted)
+PgRecoveryMarker::PgRecoveryMarker(Conninfo conninfo, std::string redacted)
     : conninfo_(std::move(conninfo)), redacted_(std::move(redacted)) {}
 
 core::RecoveryMarker::Result PgRecoveryMarker::mark_published(
@@ -23,7 +23,7 @@ core::RecoveryMarker::Result PgRecoveryMarker::mark_published(
     by_id_only = by_id_only || row.event_id.empty();
   }
   try {
-    pqxx::connection conn(conninfo_);
+    pqxx::connection conn(conninfo_.current());
     pqxx::work txn(conn);
     if (by_id_only) {  // a format-1 checkpoint (an earlier version's): ids alone
       pqxx::result r = txn.exec_params(

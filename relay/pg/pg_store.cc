@@ -240,7 +240,7 @@ const char* to_string(SessionRole role) {
   return "unknown";
 }
 
-PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted, const core::Clock& clock,
+PgOutboxStore::PgOutboxStore(Conninfo conninfo, std::string redacted, const core::Clock& clock,
                              ShardSettings shards)
     : conninfo_(std::move(conninfo)),
       redacted_(std::move(redacted)),
@@ -279,9 +279,10 @@ void PgOutboxStore::fail(const std::exception& e) {
 }
 
 void PgOutboxStore::open_session() {
-  conn_ = std::make_unique<pqxx::connection>(conninfo_);
+  std::string conninfo = conninfo_.current();
+  conn_ = std::make_unique<pqxx::connection>(conninfo);
   session_marker_ = new_session_marker();
-  SessionFinding found = probe_session(*conn_, conninfo_, session_marker_, &session_pid_);
+  SessionFinding found = probe_session(*conn_, conninfo, session_marker_, &session_pid_);
   if (!found.own_session()) {
     disconnect();
     throw core::FatalError(found.refusal() + "; " + pooler_fix());
