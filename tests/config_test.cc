@@ -928,10 +928,11 @@ source:
 )",
                                with_env({}));
   REQUIRE(r.errors.size() == 3);
-  CHECK(r.errors[0].to_string() ==
-        "line 3: postgres.conect_timeout_s: unknown key (did you mean connect_timeout_s? known "
-        "here: dsn, password, password_file, connect_timeout_s, allow_weak_tls, admin_dsn, "
-        "relay_role, writer_role)");
+  // (the list of known names grows with the table: only its start is fixed)
+  CHECK_THAT(r.errors[0].to_string(),
+             Catch::StartsWith("line 3: postgres.conect_timeout_s: unknown key (did you mean "
+                               "connect_timeout_s? known here: dsn, password, password_file, "
+                               "connect_timeout_s, "));
   CHECK_THAT(r.errors[1].message, Catch::Contains("did you mean source.polling.batch_size or "
                                                   "retention.batch_size?"));
   CHECK(r.errors[2].message == "unknown key (known here: mode, polling, pipeline, replication)");

@@ -81,7 +81,7 @@ std::vector<Key> declare_keys() {
                    "Any librdkafka producer property, applied after the relay's own defaults "
                    "and checked at start. The properties the relay's promises depend on cannot "
                    "be changed (see \"Kafka properties the relay refuses\").",
-               .example = "{linger.ms: \"5\"}"}),
+               .example = "{linger.ms: \"1\"}"}),
       mapping("kafka.topic_map", FIELD(kafka.topic_map),
               {.description = "Row topic to Kafka topic, e.g. {orders: prod.orders}; a row "
                               "topic not listed goes to the Kafka topic of the same name."},
