@@ -2,18 +2,9 @@
 -- you create for the relay and for each service, e.g.
 --   CREATE ROLE relay LOGIN PASSWORD '...' IN ROLE outbox_relay;
 --   GRANT outbox_writer TO orders_service;
-DO $$
-BEGIN
-    -- Roles belong to the whole cluster: two databases may migrate at once, hence the handler.
-    BEGIN
-        CREATE ROLE outbox_relay NOLOGIN;
-    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-    END;
-    BEGIN
-        CREATE ROLE outbox_writer NOLOGIN;
-    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-    END;
-END $$;
+-- `migrate` makes the two roles before this file runs, when they do not exist (only then does
+-- it need CREATEROLE), and runs it with the names postgres.relay_role and
+-- postgres.writer_role give them (outbox_relay and outbox_writer by default).
 
 REVOKE ALL ON SCHEMA outbox FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA outbox FROM PUBLIC;

@@ -5,8 +5,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
+#include <set>
+#include <sstream>
 
 #include "config/config.h"
+#include "config/key.h"
+#include "config/reference.h"
 
 using namespace outbox::config;
 
@@ -844,4 +849,162 @@ TEST_CASE("CloudEvents without a source, and a template Kafka cannot take, name 
   REQUIRE(find_error(bad, "message.topic_template") != nullptr);
   CHECK_THAT(find_error(bad, "message.topic_template")->message,
              Catch::Contains("must give a Kafka topic name"));
+}
+
+namespace {
+
+std::string read_source_file(const std::string& relative) {
+  std::ifstream in(std::string(OUTBOX_SOURCE_DIR) + "/" + relative, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The dotted paths of every key line of a YAML text, commented-out ones ("# name: value")
+// included: what a reader of example.yaml finds.
+std::set<std::string> yaml_key_paths(const std::string& text) {
+  std::set<std::string> paths;
+  std::vector<std::pair<std::size_t, std::string>> open;  // indent -> name of the sections open
+  static const std::regex kLine(R"(^( *)(# )?([a-z_]+):( .*)?$)");
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch m;
+    if (!std::regex_match(line, m, kLine)) continue;
+    std::size_t indent = m[1].length();
+    while (!open.empty() && open.back().first >= indent) open.pop_back();
+    std::string path;
+    for (const auto& [_, name] : open) path += name + ".";
+    path += m[3].str();
+    paths.insert(path);
+    if (!m[2].matched && !m[4].matched) open.emplace_back(indent, m[3].str());
+  }
+  return paths;
+}
+
+// A file with the required keys and `path` set to `value` (in place of a required key's own
+// value when it is one); *line is set to the line `path` is on.
+std::string file_with(const std::string& path, const std::string& value, int* line) {
+  std::vector<std::pair<std::string, std::string>> entries = {
+      {"postgres.dsn", "host=db"}, {"kafka.bootstrap_servers", "k:9092"}};
+  auto same =
+      std::find_if(entries.begin(), entries.end(), [&](const auto& e) { return e.first == path; });
+  if (same != entries.end()) entries.erase(same);
+  entries.emplace_back(path, value);
+  std::string text;
+  std::vector<std::string> open;
+  int lines = 0;
+  for (const auto& [p, v] : entries) {
+    std::vector<std::string> parts;
+    for (std::size_t start = 0;;) {
+      std::size_t dot = p.find('.', start);
+      parts.push_back(p.substr(start, dot == std::string::npos ? dot : dot - start));
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    std::size_t common = 0;
+    while (common < open.size() && common + 1 < parts.size() && open[common] == parts[common]) {
+      ++common;
+    }
+    open.resize(common);
+    for (std::size_t i = common; i + 1 < parts.size(); ++i) {
+      text += std::string(i * 2, ' ') + parts[i] + ":\n";
+      ++lines;
+      open.push_back(parts[i]);
+    }
+    text += std::string((parts.size() - 1) * 2, ' ') + parts.back() + ": " + v + "\n";
+    if (p == path)
+      *line = ++lines;
+    else
+      ++lines;
+  }
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("the committed example.yaml and configuration reference are current", "[config]") {
+  // Both are rendered from the key table: `cmake --build build --target config-docs`.
+  CHECK(read_source_file(kExamplePath) == example_yaml());
+  CHECK(read_source_file(kReferencePath) == reference_markdown());
+}
+
+TEST_CASE("every declared key appears in example.yaml and in the reference", "[config]") {
+  std::set<std::string> in_example = yaml_key_paths(read_source_file(kExamplePath));
+  std::string reference = read_source_file(kReferencePath);
+  REQUIRE(keys().size() > 40);
+  for (const Key& key : keys()) {
+    INFO(key.path);
+    CHECK(in_example.count(key.path) == 1);
+    CHECK(reference.find("| `" + key.path + "` |") != std::string::npos);
+    CHECK_FALSE(key.description.empty());
+    CHECK(find_key(key.path) == &key);  // declared once
+  }
+  for (const Section& section : sections()) {
+    INFO(section.path);
+    CHECK(in_example.count(section.path) == 1);
+  }
+}
+
+TEST_CASE("a bad value of any key is reported with the key and its line", "[config]") {
+  for (const Key& key : keys()) {
+    INFO(key.path);
+    int line = 0;
+    // A list where a single value belongs, a single value where a mapping belongs.
+    std::string bad = key.mapping ? "oops" : "[a, b]";
+    ParseResult r = parse_config(file_with(key.path, bad, &line), with_env({}));
+    REQUIRE_FALSE(r.config);
+    const ConfigError* e = find_error(r, key.path);
+    REQUIRE(e != nullptr);
+    CHECK(e->line == line);
+    CHECK_THAT(e->to_string(),
+               Catch::StartsWith("line " + std::to_string(line) + ": " + key.path + ": "));
+    // A word where a number or one of a set of words belongs.
+    if (key.type.rfind("integer", 0) == 0 || key.type == "one of" || key.type == "boolean") {
+      r = parse_config(file_with(key.path, "sideways", &line), with_env({}));
+      REQUIRE_FALSE(r.config);
+      e = find_error(r, key.path);
+      REQUIRE(e != nullptr);
+      CHECK(e->line == line);
+      CHECK_THAT(e->message, Catch::Contains("\"sideways\""));
+    }
+  }
+}
+
+TEST_CASE("an unknown key suggests the key meant: a typo, or a key of another section",
+          "[config]") {
+  ParseResult r = parse_config(R"(postgres:
+  dsn: "host=db"
+  conect_timeout_s: 5
+kafka:
+  bootstrap_servers: "k:1"
+source:
+  batch_size: 10
+  zzz: 1
+)",
+                               with_env({}));
+  REQUIRE(r.errors.size() == 3);
+  CHECK(r.errors[0].to_string() ==
+        "line 3: postgres.conect_timeout_s: unknown key (did you mean connect_timeout_s? known "
+        "here: dsn, password, password_file, connect_timeout_s, allow_weak_tls, admin_dsn)");
+  CHECK_THAT(r.errors[1].message, Catch::Contains("did you mean source.polling.batch_size or "
+                                                  "retention.batch_size?"));
+  CHECK(r.errors[2].message == "unknown key (known here: mode, polling, pipeline, replication)");
+}
+
+TEST_CASE("every configuration key the command line's help names is declared", "[config]") {
+  // --help names keys (relay.shutdown_timeout_ms, http.port, ...): they must exist.
+  std::string main_cc = read_source_file("relay/cli/main.cc");
+  std::set<std::string> top;
+  for (const Key& key : keys()) top.insert(key.path.substr(0, key.path.find('.')));
+  static const std::regex kDotted(R"(\b([a-z]+)\.([a-z_]+(\.[a-z_]+)?)\b)");
+  int named = 0;
+  for (std::sregex_iterator it(main_cc.begin(), main_cc.end(), kDotted), end; it != end; ++it) {
+    if (!top.count((*it)[1].str()) || (*it)[1].str() == "config") continue;
+    // A member call (message.c_str()) is code, not a key.
+    if (it->suffix().first != main_cc.end() && *it->suffix().first == '(') continue;
+    INFO((*it)[0].str());
+    CHECK(find_key((*it)[0].str()) != nullptr);
+    ++named;
+  }
+  CHECK(named >= 5);
 }

@@ -222,7 +222,8 @@ void check_postgres(const config::Config& config, Report& line) {
   const Privileges& p = *privileges;
   std::string migrate_fix =
       "run `outbox-relay migrate` as a role that may create schemas and roles (the schema "
-      "owner), then grant the relay's role outbox_relay";
+      "owner), then grant the relay's role " +
+      config.postgres.relay_role;
   if (!p.schema_exists) {
     line(false, "schema", "schema outbox missing", migrate_fix);
     return;
@@ -248,8 +249,9 @@ void check_postgres(const config::Config& config, Report& line) {
   line(lacking.empty(), "privileges",
        "role " + p.role +
            (lacking.empty() ? " can read and mark outbox.events" : " lacks " + lacking),
-       "as the owner of schema outbox: GRANT outbox_relay TO " + p.role +
-           "; (outbox_relay, created by `outbox-relay migrate`, holds exactly these)");
+       "as the owner of schema outbox: GRANT " + config.postgres.relay_role + " TO " + p.role +
+           "; (" + config.postgres.relay_role +
+           ", postgres.relay_role, made by `outbox-relay migrate`, holds exactly these)");
   if (p.usage && p.select && p.events_exist) {
     try {
       auto row = n.exec1(

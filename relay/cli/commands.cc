@@ -9,16 +9,21 @@
 
 namespace outbox::cli {
 
-std::string conninfo_or_exit(const config::Config& config) {
+pg::Conninfo pg_conninfo_or_exit(const config::Config& config) {
   std::string error;
-  auto conninfo =
-      pg::build_conninfo(config.postgres.dsn, config.postgres.password,
-                         config.postgres.connect_timeout_s, &error, config.postgres.allow_weak_tls);
+  pg::ConninfoParts parts{config.postgres.dsn, config.postgres.password,
+                          config.postgres.password_file, config.postgres.connect_timeout_s,
+                          config.postgres.allow_weak_tls};
+  auto conninfo = pg::Conninfo::make(parts, &error);
   if (!conninfo) {
     std::fprintf(stderr, "postgres.dsn: %s\n", error.c_str());
     std::exit(kUsage);
   }
   return *conninfo;
+}
+
+std::string conninfo_or_exit(const config::Config& config) {
+  return pg_conninfo_or_exit(config).current();
 }
 
 int run_migrate(const config::Config& config) {
@@ -42,7 +47,9 @@ int run_migrate(const config::Config& config) {
   }
   try {
     core::SteadyClock clock;
-    pg::MigrationReport report = pg::migrate(conninfo, clock);
+    pg::RoleNames roles{config.postgres.relay_role, config.postgres.writer_role};
+    pg::MigrationReport report = pg::migrate(conninfo, clock, roles);
+    for (const auto& role : report.roles) std::printf("role     %s\n", role.c_str());
     for (const auto& name : report.applied) std::printf("applied  %s\n", name.c_str());
     for (const auto& name : report.skipped) std::printf("present  %s\n", name.c_str());
     for (const auto& w : report.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "config/config.h"
+#include "pg/conninfo.h"
 #include "pg/replay.h"
 
 namespace outbox::cli {
@@ -17,6 +18,9 @@ enum ExitCode : int {
 //! postgres.dsn with the password and connection defaults applied; on a bad DSN prints the
 //! reason and exits with kUsage.
 std::string conninfo_or_exit(const config::Config& config);
+//! The same for a long-running relay: built again at each connection, so that
+//! postgres.password_file is read again then (pg::Conninfo).
+pg::Conninfo pg_conninfo_or_exit(const config::Config& config);
 
 int run_relay(const config::Config& config);
 int run_migrate(const config::Config& config);

@@ -83,7 +83,7 @@ class ProgressReporter {
 int run_relay(const config::Config& config) {
   auto log = logging::get("cli");
   install_signal_handlers();
-  std::string conninfo = conninfo_or_exit(config);
+  pg::Conninfo conninfo = pg_conninfo_or_exit(config);
   std::string redacted = pg::redact_dsn(config.postgres.dsn);
 
   bool eos = config.delivery.guarantee == config::DeliveryGuarantee::exactly_once;
@@ -167,7 +167,7 @@ int run_relay(const config::Config& config) {
     while (ts.transactional_id.empty() && !g_stop.load()) {
       try {
         ts.transactional_id = pg::default_transactional_id(
-            conninfo,
+            conninfo.current(),
             replication ? "replication:" + config.source.replication.slot_name : "polling");
       } catch (const core::UnavailableError& e) {
         auto pause = id_backoff.next();

@@ -23,6 +23,8 @@ struct PostgresConfig {
   std::string dsn;
   //! Password from postgres.password or the file named by postgres.password_file.
   std::string password;
+  //! postgres.password_file as given: read again at each new connection (pg::Conninfo).
+  std::string password_file;
   //! Seconds libpq may take to connect.
   int connect_timeout_s = 10;
   //! libpq connection string of a privileged role, used only by `migrate` (which falls back
@@ -31,6 +33,11 @@ struct PostgresConfig {
   //! postgres.allow_weak_tls: accept a dsn whose sslmode is weaker than verify-full to a
   //! host that is not a Unix socket or loopback (see pg::weak_tls_problem).
   bool allow_weak_tls = false;
+  //! postgres.relay_role / postgres.writer_role: the group roles `migrate` makes when missing
+  //! and grants this database's schema to (pg::RoleNames). The defaults are shared by every
+  //! database of the cluster that keeps them; names of a database's own keep its outbox apart.
+  std::string relay_role = "outbox_relay";
+  std::string writer_role = "outbox_writer";
 };
 
 struct KafkaConfig {
@@ -40,6 +47,9 @@ struct KafkaConfig {
   std::vector<std::pair<std::string, std::string>> properties;
   //! Row topic -> Kafka topic; a row topic not listed goes to the topic of the same name.
   std::map<std::string, std::string> topic_map;
+  //! kafka.secret_files as given (property -> file): their values, read at start, are in
+  //! `properties`; sasl.username/sasl.password are read again when authentication fails.
+  std::map<std::string, std::string> secret_files;
   //! kafka.allow_no_hostname_verification: accept ssl.endpoint.identification.algorithm=none.
   bool allow_no_hostname_verification = false;
   //! kafka.allow_unverified_certificates: accept enable.ssl.certificate.verification=false.
@@ -141,7 +151,7 @@ struct HttpConfig {
 
 enum class DeliveryGuarantee { at_least_once, exactly_once };
 
-//! delivery: how rows reach Kafka (README "Guarantees"; relay/core/transactional_relay.h).
+//! delivery: how rows reach Kafka (docs/guide/exactly-once.md; relay/core/README-eos.md).
 struct DeliveryConfig {
   DeliveryGuarantee guarantee = DeliveryGuarantee::at_least_once;
   //! exactly_once: the producer's transactional.id; empty = derived at start from the

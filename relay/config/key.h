@@ -45,6 +45,7 @@ struct Key {
 struct Section {
   std::string path;
   std::string description;
+  std::string see = {};  //!< the reference's link to the guide, Markdown
 };
 
 //! A check between keys, run after every key was read (with defaults for the keys absent).

@@ -59,6 +59,16 @@ std::vector<Key> declare_keys() {
                            "means unset, so ${ADMIN_DSN:-} may leave it out.",
             .example = "\"host=db dbname=app user=app_owner password=${PGADMINPASSWORD}\"",
             .commented = true}),
+      text("postgres.relay_role", FIELD(postgres.relay_role),
+           {.description = "The group role `migrate` makes when missing and grants reading and "
+                           "marking this database's outbox. Roles belong to the whole cluster: "
+                           "the default is shared by every database keeping it; a name of the "
+                           "database's own keeps other databases' relays out."},
+           identifier, "1-63 of a-z, 0-9, _; not starting with a digit"),
+      text("postgres.writer_role", FIELD(postgres.writer_role),
+           {.description = "The group role `migrate` makes when missing and grants "
+                           "outbox.enqueue in this database (services); not the relay_role."},
+           identifier, "1-63 of a-z, 0-9, _; not starting with a digit"),
 
       // kafka
       text("kafka.bootstrap_servers", FIELD(kafka.bootstrap_servers),
@@ -262,20 +272,23 @@ std::vector<Key> declare_keys() {
 
 std::vector<Section> declare_sections() {
   return {
-      {"postgres", "The database holding outbox.events."},
-      {"kafka", "The Kafka cluster rows are published to."},
-      {"message", "How rows become Kafka messages (topic, headers, key and value bytes)."},
-      {"message.cloudevents", "CloudEvents' Kafka binding, binary mode."},
+      {"postgres", "The database holding outbox.events.",
+       "[Security: PostgreSQL TLS](../operations/security.md#postgresql-tls)"},
+      {"kafka", "The Kafka cluster rows are published to.",
+       "[Security: Kafka TLS and SASL](../operations/security.md#kafka-tls-and-sasl)"},
       {"source", "Where rows come from."},
-      {"source.polling", "Reading rows (the batch keys apply to both modes)."},
+      {"source.polling", "Reading rows (the batch keys apply to both modes).",
+       "[Scaling out](../operations/sizing.md#scaling-out)"},
       {"source.pipeline",
        "Both modes: how far reading and sending run ahead of Kafka's acknowledgements."},
-      {"source.replication", "source.mode: replication only."},
-      {"relay", "Pauses after failures, and shutdown."},
+      {"source.replication", "source.mode: replication only.",
+       "[Replication mode](../guide/replication-mode.md)"},
+      {"relay", "Pauses after failures, and shutdown.", "[Stopping](cli.md#stopping-sigterm)"},
       {"log", "Logging on stderr."},
-      {"http", "The HTTP endpoint: /metrics, /healthz, /readyz."},
-      {"retention", "Deleting old rows."},
-      {"delivery", "How rows reach Kafka."},
+      {"http", "The HTTP endpoint: /metrics, /healthz, /readyz.",
+       "[Monitoring](../operations/monitoring.md)"},
+      {"retention", "Deleting old rows.", "[Retention](../operations/retention.md)"},
+      {"delivery", "How rows reach Kafka.", "[Exactly once](../guide/exactly-once.md)"},
   };
 }
 

@@ -247,7 +247,8 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
 }
 
 // "unknown key (did you mean X? known here: ...)": X is a name of this section a typo or
-// two away, else a key or section of the same name elsewhere (batch_size under source).
+// two away, else the keys or sections of the same name elsewhere (batch_size under source:
+// source.polling.batch_size or retention.batch_size).
 std::string unknown_key_message(const std::string& section, const std::string& name) {
   const auto& known = schema().children.at(section);
   std::string suggestion;
@@ -259,11 +260,22 @@ std::string unknown_key_message(const std::string& section, const std::string& n
     }
   }
   if (suggestion.empty()) {
-    for (const auto& [path, names] : schema().children) {
-      if (path != section && std::find(names.begin(), names.end(), name) != names.end()) {
-        suggestion = join(path, name);
-        break;
+    std::vector<std::string> elsewhere;  // in the order of the key table
+    for (const Key& key : keys()) {
+      for (std::size_t at = key.path.find(name); at != std::string::npos;
+           at = key.path.find(name, at + 1)) {
+        std::size_t end = at + name.size();
+        bool whole = (at == 0 || key.path[at - 1] == '.') &&
+                     (end == key.path.size() || key.path[end] == '.');
+        std::string path = key.path.substr(0, end);
+        if (whole && parent_of(path) != section &&
+            std::find(elsewhere.begin(), elsewhere.end(), path) == elsewhere.end()) {
+          elsewhere.push_back(path);
+        }
       }
+    }
+    for (const std::string& path : elsewhere) {
+      suggestion += (suggestion.empty() ? "" : " or ") + path;
     }
   }
   std::string list;

@@ -20,6 +20,15 @@ void password_file(ParseContext& ctx) {
   }
   if (auto secret = ctx.read_secret(*file, "postgres.password_file", line)) {
     ctx.config.postgres.password = *secret;
+    ctx.config.postgres.password_file = *file;  // read again at each connection (pg::Conninfo)
+  }
+}
+
+void roles_differ(ParseContext& ctx) {
+  if (ctx.config.postgres.relay_role == ctx.config.postgres.writer_role) {
+    ctx.error("postgres.writer_role", ctx.line("postgres.writer_role"),
+              "must differ from postgres.relay_role: the relay and the services need different "
+              "privileges");
   }
 }
 
@@ -40,6 +49,7 @@ void kafka_secret_files(ParseContext& ctx) {
     } else if (auto secret = ctx.read_secret(e.value, key, e.line)) {
       check_kafka_property(ctx, key, e.name, *secret, e.line);
       properties.emplace_back(e.name, *secret);
+      ctx.config.kafka.secret_files[e.name] = e.value;  // SASL ones read again (kafka/)
     }
   }
 }
@@ -48,7 +58,8 @@ void shards_polling_only(ParseContext& ctx) {
   const Config& c = ctx.config;
   if (c.source.mode == SourceMode::replication && c.source.polling.shards > 1) {
     ctx.error("source.polling.shards", ctx.line("source.polling.shards"),
-              "must be 1 in replication mode (one slot, one relay; see README \"Scaling out\")");
+              "must be 1 in replication mode (one slot, one relay; see docs/operations/sizing.md, "
+              "\"Scaling out\")");
   }
 }
 
@@ -102,6 +113,9 @@ std::vector<Rule> declare_rules() {
        "The password is given in postgres.password or read from postgres.password_file, not "
        "both; a file that cannot be read is an error.",
        password_file},
+      {{"postgres.writer_role", "postgres.relay_role"},
+       "postgres.writer_role differs from postgres.relay_role.",
+       roles_differ},
       {{"kafka.properties", "kafka.allow_no_hostname_verification",
         "kafka.allow_unverified_certificates"},
        "Each property passes the relay's rules (\"Kafka properties the relay refuses\"), then "

@@ -91,7 +91,7 @@ struct BatchOutcome {
 //! its id is another event (deleted by hand, or the database rewound: a failover to an
 //! asynchronous replica that lacked the last commits, a point-in-time restore,
 //! synchronous_commit = off and a crash). Nothing more can come of it: the rest of the outcome
-//! is recorded and the relay goes on (README promise 6).
+//! is recorded and the relay goes on (invariant gone-row-reported).
 struct VanishedRow {
   std::int64_t id = 0;
   std::string event_id;  //!< the event Kafka was answered for (empty if not known)

@@ -1,5 +1,6 @@
 #include "kafka/kafka_publisher.h"
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 #include <string_view>
@@ -7,6 +8,7 @@
 
 #include "common/crash_point.h"
 #include "common/logging.h"
+#include "common/secret_file.h"
 #include "core/steady_clock.h"
 #include "kafka/client_conf.h"
 #include "kafka/error_class.h"
@@ -51,7 +53,11 @@ void on_log(const rd_kafka_t*, int level, const char* facility, const char* text
   log->log(lvl, "{}: {}", facility, text);
 }
 
-void on_error(rd_kafka_t*, int err, const char* reason, void*) {
+void on_error(rd_kafka_t*, int err, const char* reason, void* opaque) {
+  if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION && opaque != nullptr) {
+    // Served by rd_kafka_poll on the caller's thread: poll() reads the files again after it.
+    static_cast<KafkaPublisher::Inbox*>(opaque)->authentication_failed = true;
+  }
   // Connection trouble is retried by librdkafka itself; say so at warn, not error.
   logging::get("kafka")->warn("{} ({})", reason,
                               rd_kafka_err2name(static_cast<rd_kafka_resp_err_t>(err)));
@@ -156,6 +162,8 @@ KafkaPublisher::~KafkaPublisher() = default;
 
 void KafkaPublisher::ensure_producer() {
   if (producer_) return;
+  // A new producer (at start, after a fatal error) takes every secret file as it is now.
+  reread_secret_files();
   Conf conf = client_conf(ClientKind::producer, config_, default_properties(config_), {});
   char err[512];
   rd_kafka_conf_set_dr_msg_cb(conf.get(), on_delivery);
@@ -252,6 +260,10 @@ std::vector<core::Completion> KafkaPublisher::poll(std::chrono::milliseconds tim
     int wait =
         (inbox_.done.empty() && inbox_.outstanding > 0) ? static_cast<int>(timeout.count()) : 0;
     rd_kafka_poll(rk, wait);
+    if (inbox_.authentication_failed) {
+      inbox_.authentication_failed = false;
+      refresh_sasl_credentials(rk);
+    }
     char fatal[512];
     if (state_.is(ProducerState::ready) &&
         rd_kafka_fatal_error(rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -271,6 +283,61 @@ std::vector<core::Completion> KafkaPublisher::poll(std::chrono::milliseconds tim
     }
   }
   return std::exchange(inbox_.done, {});
+}
+
+std::vector<std::string> KafkaPublisher::reread_secret_files() {
+  std::vector<std::string> changed;
+  for (const auto& [name, path] : config_.secret_files) {
+    std::string why;
+    std::optional<std::string> value = common::read_secret_file(path, &why);
+    if (!value) {
+      logging::get("kafka")->warn(
+          "kafka.secret_files.{}: cannot read {} ({}); keeping the value "
+          "read before",
+          name, path, why);
+      continue;
+    }
+    for (auto& [property, current] : config_.properties) {
+      if (property != name || current == *value) continue;
+      current = *value;
+      changed.push_back(name);
+    }
+  }
+  return changed;
+}
+
+void KafkaPublisher::refresh_sasl_credentials(rd_kafka_t* rk) {
+  auto log = logging::get("kafka");
+  std::vector<std::string> changed = reread_secret_files();
+  bool sasl = std::any_of(changed.begin(), changed.end(), [](const std::string& n) {
+    return n == "sasl.username" || n == "sasl.password";
+  });
+  if (!sasl) {
+    if (config_.secret_files.count("sasl.password") ||
+        config_.secret_files.count("sasl.username")) {
+      log->warn(
+          "Kafka refused the credentials and their files hold the same ones: nothing new "
+          "to try until a file changes");
+    }
+    return;
+  }
+  std::string username, password;
+  for (const auto& [name, value] : config_.properties) {
+    if (name == "sasl.username") username = value;
+    if (name == "sasl.password") password = value;
+  }
+  if (rd_kafka_error_t* error =
+          rd_kafka_sasl_set_credentials(rk, username.c_str(), password.c_str())) {
+    log->warn(
+        "kafka.secret_files: new SASL credentials read, but librdkafka cannot take them "
+        "without a restart ({}): they apply to PLAIN and SCRAM only",
+        rd_kafka_error_string(error));
+    rd_kafka_error_destroy(error);
+    return;
+  }
+  log->info(
+      "kafka.secret_files: Kafka refused the credentials and a file holds new ones; the "
+      "next authentication uses them");
 }
 
 void KafkaPublisher::purge() {

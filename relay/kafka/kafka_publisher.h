@@ -100,6 +100,7 @@ class KafkaPublisher : public core::Publisher {
   struct Inbox {
     std::vector<core::Completion> done;  //!< served, not yet returned by poll()
     std::size_t outstanding = 0;         //!< produced, report not served yet
+    bool authentication_failed = false;  //!< a broker refused the credentials (served errors)
   };
 
  private:
@@ -109,6 +110,11 @@ class KafkaPublisher : public core::Publisher {
   void fail_now(std::uint64_t tag, core::FailureKind kind, std::string error);
   //! ready -> fatal: purges what was not sent yet, starts the drain's deadline.
   void enter_fatal(const std::string& reason);
+  //! kafka.secret_files read again into config_.properties: the names whose value changed.
+  std::vector<std::string> reread_secret_files();
+  //! After an authentication failure: sasl.username/sasl.password read again from their
+  //! files and, when they changed, handed to librdkafka for its next authentication.
+  void refresh_sasl_credentials(rd_kafka_t* rk);
 
   config::KafkaConfig config_;
   core::Clock& clock_;

@@ -128,7 +128,7 @@ void TransactionalKafkaPublisher::check_checkpoint_topic(rd_kafka_t* rk) {
     create_checkpoint_topic(rk);
     partitions = 1;
   }
-  // Invariant (README-eos.md, "The checkpoint topic"): one partition. Records are written by
+  // Invariant eos-checkpoint-topic (README-eos.md): one partition. Records are written by
   // the key's hash and read from partition 0: with more partitions the newest checkpoint may
   // be where recovery never looks, and it would mark an older one and send rows again.
   if (partitions != 1) {
@@ -213,7 +213,7 @@ void TransactionalKafkaPublisher::describe_checkpoint_topic(rd_kafka_t* rk, bool
         settings_.checkpoint_topic, problem);
     return;
   }
-  // Invariant (README-eos.md, "The checkpoint topic"): cleanup.policy=compact, without
+  // Invariant eos-checkpoint-topic (README-eos.md): cleanup.policy=compact, without
   // delete. Deletion by retention would remove this relay's newest checkpoint after
   // retention.ms however recent the rows it names are still unmarked (a long PostgreSQL
   // outage): recovery would find an older one, or none, and send those rows again.

@@ -67,7 +67,7 @@ void Monitor::postgres_loop() {
   do {
     try {
       if (!conn) {
-        conn = std::make_unique<pqxx::connection>(options_.conninfo);
+        conn = std::make_unique<pqxx::connection>(options_.conninfo.current());
         pqxx::nontransaction n(*conn);
         n.exec(kMonitorTimeoutSql);
         n.exec("SET application_name = 'outbox-relay-monitor'");

@@ -17,12 +17,13 @@
 
 #include "config/config.h"
 #include "metrics/relay_metrics.h"
+#include "pg/conninfo.h"
 
 namespace outbox::metrics {
 
 struct MonitorOptions {
-  std::string conninfo;  //!< as the store's (pg::build_conninfo)
-  std::string redacted;  //!< for logs
+  pg::Conninfo conninfo{""};  //!< as the store's (built again at each connection)
+  std::string redacted;       //!< for logs
   config::KafkaConfig kafka;
   bool replication = false;
   std::string slot_name;

@@ -7,8 +7,12 @@
 #include <cctype>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <vector>
+
+#include "common/logging.h"
+#include "common/secret_file.h"
 
 namespace outbox::pg {
 
@@ -271,6 +275,62 @@ std::string redact_dsn(const std::string& dsn) {
   }
   if (!out.empty()) out.pop_back();
   return out;
+}
+
+struct Conninfo::State {
+  ConninfoParts parts;       // fixed after make(); password_file empty: `built` never changes
+  std::mutex mutex;          // guards what follows (the store, retention and monitor threads)
+  std::string password;      // the last one read (or given)
+  std::string built;         // build_conninfo of parts with `password`
+  bool read_failed = false;  // the last read failed: warn once per failure streak
+};
+
+Conninfo::Conninfo(std::string fixed) : state_(std::make_shared<State>()) {
+  state_->built = std::move(fixed);
+}
+
+Conninfo::Conninfo(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+std::optional<Conninfo> Conninfo::make(const ConninfoParts& parts, std::string* error) {
+  auto built = build_conninfo(parts.dsn, parts.password, parts.connect_timeout_s, error,
+                              parts.allow_weak_tls);
+  if (!built) return std::nullopt;
+  auto state = std::make_shared<State>();
+  state->parts = parts;
+  state->password = parts.password;
+  state->built = std::move(*built);
+  return Conninfo(std::move(state));
+}
+
+std::string Conninfo::current() const {
+  State& s = *state_;
+  std::lock_guard lock(s.mutex);
+  if (s.parts.password_file.empty()) return s.built;
+  std::string why;
+  std::optional<std::string> password = common::read_secret_file(s.parts.password_file, &why);
+  if (!password) {
+    if (!s.read_failed) {
+      logging::get("pg")->warn(
+          "postgres.password_file: cannot read {} ({}); connecting with the password read "
+          "before",
+          s.parts.password_file, why);
+    }
+    s.read_failed = true;
+    return s.built;
+  }
+  s.read_failed = false;
+  if (*password == s.password) return s.built;
+  // The dsn was accepted by make() and only the password differs: build_conninfo cannot
+  // refuse it now, but keep the last good string if it ever did.
+  std::string error;
+  auto built = build_conninfo(s.parts.dsn, *password, s.parts.connect_timeout_s, &error,
+                              s.parts.allow_weak_tls);
+  if (!built) return s.built;
+  logging::get("pg")->info("postgres.password_file: {} holds a new password; connecting with it",
+                           s.parts.password_file);
+  s.password = std::move(*password);
+  s.built = std::move(*built);
+  return s.built;
 }
 
 }  // namespace outbox::pg

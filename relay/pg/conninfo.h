@@ -1,6 +1,7 @@
 // libpq connection strings: adding the relay's settings and secrets, and redacting for logs.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -37,5 +38,39 @@ std::optional<std::string> weak_tls_problem(const std::string& dsn);
 
 //! `dsn` without its password, fit for a log line or an error message.
 std::string redact_dsn(const std::string& dsn);
+
+//! What build_conninfo is given, with where the password comes from.
+struct ConninfoParts {
+  std::string dsn;
+  std::string password;       //!< postgres.password, or the password_file's content at start
+  std::string password_file;  //!< postgres.password_file; empty: nothing to read again
+  int connect_timeout_s = 10;
+  bool allow_weak_tls = false;
+};
+
+//! The conninfo every connection of the relay is opened with, built again at each open
+//! (current()): a password given by file (postgres.password_file) is read again then, so a
+//! rotated password (a mounted Secret rewritten, a token a sidecar refreshes) is used by the
+//! next connection, the leader session's, the replication connection's and the others', with
+//! no restart. A file that cannot be read at that moment leaves the last password read in use
+//! (a warning is logged; a Secret being swapped is never a reason to stop).
+//! A value type: copies share the last password read. current() may be called from any thread.
+class Conninfo {
+ public:
+  //! A conninfo with nothing to read again (one-shot commands, tests).
+  Conninfo(std::string fixed);  // NOLINT(google-explicit-constructor): a string is one
+  Conninfo(const char* fixed)
+      : Conninfo(std::string(fixed)) {}  // NOLINT(google-explicit-constructor)
+  //! Checks `parts` as build_conninfo does; nullopt and `error` when it refuses them.
+  static std::optional<Conninfo> make(const ConninfoParts& parts, std::string* error);
+
+  //! The conninfo to open a connection with now.
+  std::string current() const;
+
+ private:
+  struct State;
+  explicit Conninfo(std::shared_ptr<State> state);
+  std::shared_ptr<State> state_;
+};
 
 }  // namespace outbox::pg

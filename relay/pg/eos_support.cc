@@ -7,7 +7,7 @@
 
 namespace outbox::pg {
 
-PgRecoveryMarker::PgRecoveryMarker(std::string conninfo, std::string redacted)
+PgRecoveryMarker::PgRecoveryMarker(Conninfo conninfo, std::string redacted)
     : conninfo_(std::move(conninfo)), redacted_(std::move(redacted)) {}
 
 core::RecoveryMarker::Result PgRecoveryMarker::mark_published(
@@ -23,7 +23,7 @@ core::RecoveryMarker::Result PgRecoveryMarker::mark_published(
     by_id_only = by_id_only || row.event_id.empty();
   }
   try {
-    pqxx::connection conn(conninfo_);
+    pqxx::connection conn(conninfo_.current());
     pqxx::work txn(conn);
     if (by_id_only) {  // a format-1 checkpoint (an earlier version's): ids alone
       pqxx::result r = txn.exec_params(
@@ -32,8 +32,8 @@ core::RecoveryMarker::Result PgRecoveryMarker::mark_published(
           bigint_array(ids));
       result.marked = static_cast<std::size_t>(r.affected_rows());
     } else {
-      // Invariant (README-eos.md, "Row identity"): a row is the checkpoint's only if both
-      // its id and its event_id are; an id reused after a rewind names another event.
+      // Invariant eos-row-identity (README-eos.md, "Row identity"): a row is the checkpoint's only
+      // if both its id and its event_id are; an id reused after a rewind names another event.
       pqxx::result r = txn.exec_params(
           "UPDATE outbox.events e SET published_at = now(), last_error = NULL "
           "FROM unnest($1::bigint[], $2::text[]) AS c(id, event_id) "
@@ -72,9 +72,9 @@ std::string default_transactional_id(const std::string& conninfo, const std::str
                     dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr ||
                     std::string_view(e.what()).find("permission denied") != std::string_view::npos;
       if (!denied) throw;
-      // Invariant (README-eos.md, "transactional.id"): derived only from facts a failover
-      // keeps. The server's address is not one: after a failover the new leader would
-      // neither fence the old one nor find its checkpoints.
+      // Invariant eos-stable-transactional-id (README-eos.md, "transactional.id"): derived only
+      // from facts a failover keeps. The server's address is not one: after a failover the new
+      // leader would neither fence the old one nor find its checkpoints.
       throw core::FatalError(
           "exactly_once: cannot derive the transactional.id: this role may not read "
           "pg_control_system() (the database's system identifier; " +

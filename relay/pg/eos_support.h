@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/ports.h"
+#include "pg/conninfo.h"
 
 namespace outbox::pg {
 
@@ -19,11 +20,11 @@ namespace outbox::pg {
 //! may have been marked since, or deleted by retention.
 class PgRecoveryMarker : public core::RecoveryMarker {
  public:
-  PgRecoveryMarker(std::string conninfo, std::string redacted);
+  PgRecoveryMarker(Conninfo conninfo, std::string redacted);
   Result mark_published(const std::vector<core::CheckpointRow>& rows) override;
 
  private:
-  std::string conninfo_;
+  Conninfo conninfo_;
   std::string redacted_;
 };
 

@@ -3,6 +3,7 @@
 #include <pqxx/pqxx>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -87,6 +88,83 @@ std::string explained(const std::exception& e) {
   return what;
 }
 
+// Schema 0002 used to make the two roles itself, and CREATE ROLE checks CREATEROLE before it
+// looks whether the role exists: a role without it could not migrate a new database in a
+// cluster whose roles were made already. The runner makes them now (ensure_roles); for the
+// databases that applied the earlier text it was the same migration, not drift.
+struct EarlierText {
+  int version;
+  const char* checksum;
+};
+constexpr EarlierText kEarlierTexts[] = {{2, "ba577f4eab1448f5"}};
+
+bool is_earlier_text(int version, const std::string& sum) {
+  return std::any_of(std::begin(kEarlierTexts), std::end(kEarlierTexts), [&](const EarlierText& e) {
+    return e.version == version && sum == e.checksum;
+  });
+}
+
+constexpr const char* kDuplicateObject = "42710";
+constexpr const char* kUniqueViolation = "23505";
+
+// Whether this runner looks after the roles: it owns schema outbox (or will create it). The
+// relay's own role, finding the schema up to date, does not (invariant: no DDL then).
+bool manages_roles(pqxx::connection& conn) {
+  pqxx::nontransaction n(conn);
+  return n
+      .exec1(
+          "SELECT COALESCE((SELECT pg_has_role(current_user, nspowner, 'USAGE') "
+          "FROM pg_namespace WHERE nspname = 'outbox'), true)")[0]
+      .as<bool>();
+}
+
+// Creates the roles that do not exist; a role that exists is used as it is, so CREATEROLE
+// is needed only for a missing one.
+void ensure_roles(pqxx::connection& conn, const RoleNames& roles, MigrationReport& report) {
+  for (const std::string& name : {roles.relay, roles.writer}) {
+    pqxx::nontransaction n(conn);
+    if (n.exec_params1("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", name)[0]
+            .as<bool>()) {
+      report.roles.push_back(name + ": present");
+      continue;
+    }
+    try {
+      n.exec0("CREATE ROLE " + n.quote_name(name) + " NOLOGIN");
+      report.roles.push_back(name + ": created");
+    } catch (const pqxx::sql_error& e) {
+      // Roles belong to the whole cluster: another database's migrate may make it first.
+      // By type and message too: libpqxx 6 may leave sqlstate() empty.
+      if (e.sqlstate() == kDuplicateObject || e.sqlstate() == kUniqueViolation ||
+          dynamic_cast<const pqxx::unique_violation*>(&e) ||
+          std::string_view(e.what()).find("already exists") != std::string_view::npos) {
+        report.roles.push_back(name + ": present");
+        continue;
+      }
+      if (e.sqlstate() != kInsufficientPrivilege &&
+          !dynamic_cast<const pqxx::insufficient_privilege*>(&e)) {
+        throw;
+      }
+      throw std::runtime_error(
+          "role " + name +
+          " does not exist and the role migrating may not create roles (no "
+          "CREATEROLE): create it once as a role that may (CREATE ROLE " +
+          name + " NOLOGIN), or give postgres.admin_dsn such a role, then run migrate again");
+    }
+  }
+}
+
+void grant_roles(pqxx::connection& conn, const RoleNames& roles, MigrationReport& report) {
+  pqxx::work w(conn);
+  for (const std::string& grant : role_grants(roles)) w.exec0(grant);
+  w.commit();
+  report.roles.push_back(roles.relay + ": granted");
+  report.roles.push_back(roles.writer + ": granted");
+}
+
+bool is_identifier_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$';
+}
+
 void apply(pqxx::connection& conn, const Migration& m, const std::string& sum, core::Clock& clock) {
   if (!runs_outside_transaction(m)) {
     for (auto pause = kLockRetryPause;; pause = std::min(pause * 2, kLockRetryPauseMax)) {
@@ -136,7 +214,52 @@ std::string checksum(const std::string& sql) {
   return out;
 }
 
-MigrationReport migrate(const std::string& conninfo, core::Clock& clock) {
+std::string with_role_names(const std::string& sql, const RoleNames& roles) {
+  const std::pair<std::string_view, const std::string*> names[] = {
+      {"outbox_relay", &roles.relay}, {"outbox_writer", &roles.writer}};
+  std::string out;
+  out.reserve(sql.size());
+  for (std::size_t i = 0; i < sql.size();) {
+    bool replaced = false;
+    if (i == 0 || !is_identifier_char(sql[i - 1])) {
+      for (const auto& [from, to] : names) {
+        std::size_t end = i + from.size();
+        if (sql.compare(i, from.size(), from) == 0 &&
+            (end == sql.size() || !is_identifier_char(sql[end]))) {
+          out += *to;
+          i = end;
+          replaced = true;
+          break;
+        }
+      }
+    }
+    if (!replaced) out += sql[i++];
+  }
+  return out;
+}
+
+std::vector<std::string> role_grants(const RoleNames& roles) {
+  std::vector<std::string> grants;
+  for (const Migration& m : embedded_migrations()) {
+    std::string statement;
+    std::size_t start = 0;
+    while (start < m.sql.size()) {
+      std::size_t end = m.sql.find('\n', start);
+      if (end == std::string::npos) end = m.sql.size();
+      std::string line = m.sql.substr(start, end - start);
+      start = end + 1;
+      if (statement.empty() && line.rfind("GRANT ", 0) != 0) continue;
+      statement += (statement.empty() ? "" : "\n") + line;
+      if (!line.empty() && line.back() == ';') {
+        grants.push_back(with_role_names(statement, roles));
+        statement.clear();
+      }
+    }
+  }
+  return grants;
+}
+
+MigrationReport migrate(const std::string& conninfo, core::Clock& clock, const RoleNames& roles) {
   MigrationReport report;
   pqxx::connection conn(conninfo);
   {
@@ -151,6 +274,8 @@ MigrationReport migrate(const std::string& conninfo, core::Clock& clock) {
     bool all_present =
         recorded && std::all_of(embedded_migrations().begin(), embedded_migrations().end(),
                                 [&](const Migration& m) { return recorded->count(m.version); });
+    bool roles_managed = manages_roles(conn);
+    if (roles_managed) ensure_roles(conn, roles, report);
     if (!all_present) {
       try {
         pqxx::work w(conn);
@@ -166,18 +291,28 @@ MigrationReport migrate(const std::string& conninfo, core::Clock& clock) {
       std::string sum = checksum(m.sql);
       if (auto it = recorded->find(m.version); it != recorded->end()) {
         report.skipped.push_back(m.name);
-        if (it->second != sum) {
+        if (it->second != sum && !is_earlier_text(m.version, it->second)) {
           report.warnings.push_back(m.name + " differs from the version applied before (checksum " +
                                     it->second + ", now " + sum + "); not re-applied");
         }
         continue;
       }
       try {
-        apply(conn, m, sum, clock);
+        Migration named = m;  // its checksum stays that of the file
+        named.sql = with_role_names(m.sql, roles);
+        apply(conn, named, sum, clock);
       } catch (const std::exception& e) {
         throw std::runtime_error("migration " + m.name + " failed: " + explained(e));
       }
       report.applied.push_back(m.name);
+    }
+    if (roles_managed) {
+      try {
+        grant_roles(conn, roles, report);
+      } catch (const std::exception& e) {
+        throw std::runtime_error("granting the schema's privileges to " + roles.relay + " and " +
+                                 roles.writer + " failed: " + explained(e));
+      }
     }
   } catch (...) {
     try {

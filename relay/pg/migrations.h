@@ -24,10 +24,32 @@ const std::vector<Migration>& embedded_migrations();
 //! Hex FNV-1a of the SQL text: recorded, to notice a migration edited after it was applied.
 std::string checksum(const std::string& sql);
 
+//! The group roles a database's schema grants to (postgres.relay_role, postgres.writer_role).
+//! Roles belong to the whole cluster: with the defaults, every database migrated with them
+//! shares one relay role and one writer role, so a relay login of one database may read and
+//! mark another's outbox and a writer of one may enqueue into another. Names of their own per
+//! database keep them apart (docs/guide/roles.md).
+struct RoleNames {
+  std::string relay = "outbox_relay";    //!< reads and marks outbox.events
+  std::string writer = "outbox_writer";  //!< calls outbox.enqueue
+};
+
+//! `sql` (a schema/ file, which names the roles outbox_relay and outbox_writer) with the
+//! roles of `roles`: whole identifiers only, never part of a longer name.
+std::string with_role_names(const std::string& sql, const RoleNames& roles);
+
+//! Every GRANT of the schema/ files to a role of `roles`, in file order: what the roles hold
+//! once every migration has run (granted again by migrate, so that roles named after the
+//! schema was migrated get them too).
+std::vector<std::string> role_grants(const RoleNames& roles);
+
 struct MigrationReport {
   std::vector<std::string> applied;   //!< applied by this run
   std::vector<std::string> skipped;   //!< applied before
   std::vector<std::string> warnings;  //!< e.g. checksum drift
+  //! What was done about each role: "NAME: created", "NAME: present", and "NAME: granted"
+  //! once the schema's privileges were granted to it.
+  std::vector<std::string> roles;
 };
 
 //! Applies what is missing, each migration in its own transaction (a file whose first line
@@ -36,8 +58,12 @@ struct MigrationReport {
 //! SELECT on outbox.schema_migrations (the relay's role has it). Throws on failure with the
 //! migration's name and the server's message, which for a missing privilege says that a
 //! privileged role is needed (postgres.admin_dsn); what was applied before stays applied.
+//! Roles: when the connected role owns schema outbox (or is about to create it), the roles of
+//! `roles` are created when missing (only then is CREATEROLE needed; a role that exists is
+//! used as it is) and, once the migrations ran, granted the schema's privileges again
+//! (role_grants), so that renamed roles get them on a database migrated before.
 //! The pauses (waiting for another runner's lock, and after a lock_timeout) are on `clock`.
-MigrationReport migrate(const std::string& conninfo, core::Clock& clock);
+MigrationReport migrate(const std::string& conninfo, core::Clock& clock, const RoleNames& roles = {});
 
 //! Versions recorded in outbox.schema_migrations; empty when the table does not exist.
 std::vector<int> applied_versions(const std::string& conninfo);

@@ -19,7 +19,7 @@ namespace {
 // One key for every relay of a database: whoever holds it publishes. A session lock: it is
 // freed only when the holder's session ends (the relay unlocks it only where it took it in a
 // session not its own, below).
-// The process id and session marker come with it (invariant "own session", session_probe.h):
+// The process id and session marker come with it (invariant own-session, session_probe.h):
 // the lock is the relay's only if this statement ran in the session probed at connect.
 constexpr const char* kLeaderLockSql =
     "SELECT pg_advisory_lock(hashtext('outbox-relay')), pg_backend_pid(), "
@@ -155,7 +155,7 @@ void split(const core::BatchOutcome& outcome, const std::vector<core::RowFailure
 // Sharded: kFetchSql restricted to the shards in $6 (both the rows and the order guard's
 // count), with each row's shard as an eighth column. An index scan of events_pending_idx
 // as before, the shard a filter on each row it visits: a relay also visits the pending rows
-// of the other relays' shards between its own (README "Scaling out": the cost).
+// of the other relays' shards between its own (docs/operations/sizing.md, "Scaling out": the cost).
 std::string sharded_fetch_sql(int shards) {
   const std::string shard = shard_sql(shards);
   std::string sql = kFetchSql;
@@ -242,7 +242,7 @@ const char* to_string(SessionRole role) {
   return "unknown";
 }
 
-PgOutboxStore::PgOutboxStore(std::string conninfo, std::string redacted, const core::Clock& clock,
+PgOutboxStore::PgOutboxStore(Conninfo conninfo, std::string redacted, const core::Clock& clock,
                              ShardSettings shards)
     : conninfo_(std::move(conninfo)),
       redacted_(std::move(redacted)),
@@ -281,9 +281,10 @@ void PgOutboxStore::fail(const std::exception& e) {
 }
 
 void PgOutboxStore::open_session() {
-  conn_ = std::make_unique<pqxx::connection>(conninfo_);
+  std::string conninfo = conninfo_.current();
+  conn_ = std::make_unique<pqxx::connection>(conninfo);
   session_marker_ = new_session_marker();
-  SessionFinding found = probe_session(*conn_, conninfo_, session_marker_, &session_pid_);
+  SessionFinding found = probe_session(*conn_, conninfo, session_marker_, &session_pid_);
   if (!found.own_session()) {
     disconnect();
     throw core::FatalError(found.refusal() + "; " + pooler_fix());
@@ -549,7 +550,7 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
 void PgOutboxStore::write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome,
                                   std::vector<core::VanishedRow>& gone) {
   // Rows a statement did not match: gone (no row with the id, or another event has it) is
-  // no failure; anything else is (README promise 6), and the whole outcome rolls back.
+  // no failure; anything else is (invariant gone-row-reported), and the whole outcome rolls back.
   auto classify = [&](const std::vector<std::int64_t>& missed, bool acknowledged,
                       const char* what) {
     if (missed.empty()) return;

@@ -49,6 +49,7 @@
 #include <unordered_map>
 
 #include "core/ports.h"
+#include "pg/conninfo.h"
 #include "pg/shards.h"
 
 namespace outbox::pg {
@@ -74,10 +75,11 @@ const char* to_string(SessionRole role);
 
 class PgOutboxStore : public core::OutboxStore, public core::Leadership {
  public:
-  //! `conninfo` as made by build_conninfo; `redacted` is what logs may show of it.
+  //! `conninfo` (built again at each new session: a rotated password file is read then);
+  //! `redacted` is what logs may show of it.
   //! `shards`: scale-out (see above); the default is one relay publishing everything.
   //! `clock` (which outlives this) times the shards' rebalancing and the standby's wait.
-  PgOutboxStore(std::string conninfo, std::string redacted, const core::Clock& clock,
+  PgOutboxStore(Conninfo conninfo, std::string redacted, const core::Clock& clock,
                 ShardSettings shards = {});
   ~PgOutboxStore() override;
 
@@ -122,7 +124,7 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
   void connect();
   void connect_sharded();
   //! A new connection, refused (core::FatalError) unless its server session is its own
-  //! (invariant "own session", session_probe.h).
+  //! (invariant own-session, session_probe.h).
   void open_session();
   //! Sharded: rebalances when due (gives back extras only `at_rest`), waits as a standby
   //! while it holds nothing (`wait`); publishes the held set. Throws StandbyError.
@@ -143,7 +145,7 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
                                        std::size_t limit, std::size_t max_bytes,
                                        const std::vector<std::string>& skip_topics);
 
-  std::string conninfo_;
+  Conninfo conninfo_;
   std::string redacted_;
   const core::Clock& clock_;
   std::unique_ptr<pqxx::connection> conn_;

@@ -25,7 +25,7 @@ std::string one_line(std::string text) {
 
 }  // namespace
 
-Retention::Retention(std::string conninfo, std::string redacted, RetentionSettings settings,
+Retention::Retention(Conninfo conninfo, std::string redacted, RetentionSettings settings,
                      std::function<bool()> is_leader, std::function<bool()> stopping,
                      core::Clock& clock)
     : conninfo_(std::move(conninfo)),
@@ -89,7 +89,7 @@ void Retention::loop() {
     }
     try {
       if (!conn) {
-        conn = std::make_unique<pqxx::connection>(conninfo_);
+        conn = std::make_unique<pqxx::connection>(conninfo_.current());
         pqxx::nontransaction n(*conn);
         // A call never waits long: rows locked by others are skipped, and a table lock
         // (DDL, a migration) makes the call fail and wait for the next round instead.

@@ -35,6 +35,7 @@
 #include <thread>
 
 #include "core/ports.h"
+#include "pg/conninfo.h"
 
 namespace outbox::pg {
 
@@ -50,7 +51,7 @@ class Retention {
   //! `conninfo` as made by build_conninfo; `redacted` for logs. `is_leader` and `stopping`
   //! are called from the retention thread; its pauses are on `clock` (thread-safe, outlives
   //! this), which looks at them and at stop() between slices.
-  Retention(std::string conninfo, std::string redacted, RetentionSettings settings,
+  Retention(Conninfo conninfo, std::string redacted, RetentionSettings settings,
             std::function<bool()> is_leader, std::function<bool()> stopping, core::Clock& clock);
   ~Retention();
   Retention(const Retention&) = delete;
@@ -71,7 +72,7 @@ class Retention {
   //! Calls `function` until a call deletes fewer than batch_size rows; returns the rows.
   std::uint64_t delete_all(pqxx::connection& conn, const char* function, std::chrono::seconds age);
 
-  std::string conninfo_;
+  Conninfo conninfo_;
   std::string redacted_;
   RetentionSettings settings_;
   std::function<bool()> is_leader_;

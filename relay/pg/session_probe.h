@@ -6,7 +6,7 @@
 // its prepared statements. A pooler in transaction or statement mode hands the server
 // session to other clients between transactions: a second relay landing on the session that
 // holds the leader lock takes it again at once (session locks stack within one session), so
-// two relays could both believe they lead. Invariant "own session": the relay publishes only
+// two relays could both believe they lead. Invariant own-session: the relay publishes only
 // on a connection whose server session is its own; it refuses to run otherwise.
 //
 // The probe, at each new session of the relay (pg_store.cc) and in `check`; nothing in it

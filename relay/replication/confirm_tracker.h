@@ -1,6 +1,6 @@
-// Which position of a replication stream may be confirmed to the server (invariant 5: the
-// slot's confirmed flush LSN never passes an event Kafka has not acknowledged and the relay
-// has not marked).
+// Which position of a replication stream may be confirmed to the server (invariant
+// confirm-below-pending, docs/design/invariants.md: the slot's confirmed flush LSN never passes an
+// event Kafka has not acknowledged and the relay has not marked).
 //
 // Transactions arrive in commit order. Each holds a count of its unresolved events; the
 // confirmable position is the end LSN of the last transaction of the longest committed,

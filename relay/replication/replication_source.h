@@ -27,7 +27,9 @@
 //              stream's (commit) order; the skipped topics are deferred (7).
 //
 // Why the hand-over is exact: no row lost, none published twice by the hand-over, no
-// streamed row before a drained row of its key, and no time margin anywhere.
+// streamed row before a drained row of its key, and no time margin anywhere. The invariants
+// by name (docs/design/invariants.md): drain-covers-pending (2, 3), visible-before-send (4),
+// confirm-below-pending (5), drain-before-stream (6), deferred-topic-from-table (7).
 //  1. A row is pending from the commit of its INSERT (rows only ever appear by insert, a
 //     replay inserts a copy) until it is marked published or dead-lettered. The stream
 //     brings the inserts of exactly the transactions that commit after the slot's confirmed
@@ -52,11 +54,11 @@
 //     that a new snapshot does not show as pending is resolved (or was deleted): a row is
 //     never taken for resolved for not being visible yet.
 //  3. Restart (the slot exists, confirmed at C; no snapshot can be exported for it). The rows
-//     the stream will not bring are those pending and committed before C. By invariant 5
-//     every streamed transaction before C has all its rows marked, so these committed before
-//     the slot's consistent point: left by an interrupted drain (2), or the slot was made by
-//     someone else. For a slot this relay made, a snapshot taken now shows them all (2
-//     waited for that, and what a snapshot shows never shrinks). For a slot made elsewhere,
+//     the stream will not bring are those pending and committed before C. By invariant
+//     confirm-below-pending (5) every streamed transaction before C has all its rows marked, so
+//     these committed before the slot's consistent point: left by an interrupted drain (2), or the
+//     slot was made by someone else. For a slot this relay made, a snapshot taken now shows them
+//     all (2 waited for that, and what a snapshot shows never shrinks). For a slot made elsewhere,
 //     a transaction may have committed before its consistent point and still be in the
 //     proc array; clog already says committed for it (clog is set in the commit's own
 //     critical section, before the commit record can be decoded). So, always: take the
@@ -105,8 +107,9 @@
 //     sessions see it): read again, without deadline, the stream kept alive meanwhile. A row
 //     not visible is never taken for marked, and a row is marked only once visible (a mark
 //     that matches fewer rows is an error in the table, never a success).
-//  5. Invariant 5: the slot's confirmed position moves past a transaction only once each
-//     of its events was acknowledged by Kafka (or dead-lettered) and marked
+//  5. Invariant confirm-below-pending: the slot's confirmed position moves past a
+//     transaction only once each of its events was acknowledged by Kafka (or dead-lettered)
+//     and marked
 //     (ConfirmTracker: an event is resolved only after record_outcome's mark
 //     committed, and the position is the end of the longest prefix of committed
 //     transactions with every event resolved, so groups recorded in any order never move
@@ -143,9 +146,10 @@
 //     forgotten, so it was in that read unless resolved; a row decoded later and not yet
 //     looked at is checked (4) when it is. A restart loses nothing: the drain's bound
 //     covers every pending row (3), the drain leaves the skipped topics out, and those
-//     become deferred at the hand-over. Invariant 5 with 7: the position passes a
-//     transaction once each of its events was acknowledged and marked, dead-lettered, or
-//     deferred (visible and pending in the table, published from there).
+//     become deferred at the hand-over. Invariants confirm-below-pending with
+//     deferred-topic-from-table: the position passes a transaction once each of its events was
+//     acknowledged and marked, dead-lettered, or deferred (visible and pending in the table,
+//     published from there).
 //
 // Memory: nothing per pending row at the start (the drain reads by state up to a bound).
 // The stream is read only as far as a read needs (rows and bytes), whatever the size of a

@@ -16,7 +16,7 @@ ReplicationSourceOptions source_options(const ReplicationSettings& c) {
 
 }  // namespace
 
-PgReplicationStore::PgReplicationStore(std::string conninfo, std::string redacted,
+PgReplicationStore::PgReplicationStore(pg::Conninfo conninfo, std::string redacted,
                                        ReplicationSettings options, core::Clock& clock,
                                        std::function<bool()> stopping)
     : store_(conninfo, std::move(redacted), clock),

@@ -24,7 +24,7 @@ namespace outbox::replication {
 class PgReplicationStore : public core::OutboxStore, public core::Leadership {
  public:
   //! `stopping` tells a long wait on the server (creating the slot) to give up.
-  PgReplicationStore(std::string conninfo, std::string redacted, ReplicationSettings options,
+  PgReplicationStore(pg::Conninfo conninfo, std::string redacted, ReplicationSettings options,
                      core::Clock& clock, std::function<bool()> stopping);
 
   std::vector<core::OutboxEvent> begin_batch(std::size_t limit, std::size_t max_bytes,

@@ -48,7 +48,7 @@ core::OutboxEvent outbox_event(const Relation& relation, const Insert& insert) {
 
 }  // namespace
 
-PgReplicationStream::PgReplicationStream(std::string conninfo, ReplicationSettings options,
+PgReplicationStream::PgReplicationStream(pg::Conninfo conninfo, ReplicationSettings options,
                                          std::function<bool()> stopping, const core::Clock& clock)
     : conninfo_(std::move(conninfo)),
       options_(std::move(options)),
@@ -60,7 +60,7 @@ bool PgReplicationStream::prepare() {
   const std::string& slot = options_.slot_name;
   const std::string& pub = options_.publication_name;
   try {
-    pqxx::connection conn(conninfo_);
+    pqxx::connection conn(conninfo_.current());
     pqxx::nontransaction n(conn);
     if (n.exec_params("SELECT 1 FROM pg_publication WHERE pubname = $1", pub).empty()) {
       std::string create =
@@ -151,7 +151,7 @@ bool PgReplicationStream::prepare() {
 
 ReplicationConnection& PgReplicationStream::connection() {
   if (!conn_) {
-    conn_ = std::make_unique<ReplicationConnection>(conninfo_);
+    conn_ = std::make_unique<ReplicationConnection>(conninfo_.current());
     relations_.clear();
   }
   return *conn_;

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "pg/conninfo.h"
 #include "replication/pgoutput.h"
 #include "replication/replication_connection.h"
 #include "replication/replication_ports.h"
@@ -38,7 +39,7 @@ class PgReplicationStream : public ReplicationStream {
  public:
   //! `stopping` cancels a slot creation that waits for open transactions; `clock` (which
   //! outlives this) times that wait's notes.
-  PgReplicationStream(std::string conninfo, ReplicationSettings options,
+  PgReplicationStream(pg::Conninfo conninfo, ReplicationSettings options,
                       std::function<bool()> stopping, const core::Clock& clock);
 
   //! The leader lock must be held: a relay's walsender on the slot (it holds the walsender
@@ -56,7 +57,7 @@ class PgReplicationStream : public ReplicationStream {
   ReplicationConnection& connection();
   StreamMessage decode(const std::string& frame);
 
-  std::string conninfo_;
+  pg::Conninfo conninfo_;
   ReplicationSettings options_;
   std::function<bool()> stopping_;
   const core::Clock& clock_;

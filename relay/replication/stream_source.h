@@ -1,6 +1,6 @@
 // Replication mode's stream (replication_source.h, 4 to 7): decoded transactions, the rows
 // checked against the table before they are sent, deferred topics, and the confirmed
-// position (invariant 5, kept by ConfirmTracker).
+// position (invariant confirm-below-pending, kept by ConfirmTracker).
 //
 // Lifecycle and thread: owned by ReplicationSource, started at the hand-over from the drain,
 // reset when a connection fails; the worker thread only; the table, the stream, the clock and
@@ -47,7 +47,7 @@ struct ReplicationSourceOptions {
 };
 
 //! The replication stream: decoded transactions, the rows checked against the table, and
-//! the confirmed position (invariant 5).
+//! the confirmed position (invariant confirm-below-pending).
 class StreamSource {
  public:
   StreamSource(ReplicationTable& table, ReplicationStream& stream, core::Clock& clock,
