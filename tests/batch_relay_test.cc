@@ -43,7 +43,7 @@ TEST_CASE("acknowledged rows are marked, in id order", "[relay]") {
   }
 }
 
-TEST_CASE("a row is marked only after its delivery succeeded (invariant 1)", "[relay]") {
+TEST_CASE("a row is marked only after its delivery succeeded (mark-after-ack)", "[relay]") {
   FakeStore store;
   FakePublisher kafka;
   FakeClock clock;
@@ -357,12 +357,12 @@ TEST_CASE("the loop's phases refuse a transition their table does not allow", "[
   phase.set(LoopPhase::after_short_read, "a short read");
   phase.set(LoopPhase::reading, "an answer came");
   phase.set(LoopPhase::draining, "a delivery failed");
-  // invariant 3: after a failure nothing is read until the window is empty
+  // invariant send-in-id-order: after a failure nothing is read until the window is empty
   CHECK_THROWS_AS(phase.set(LoopPhase::reading, "test"), std::logic_error);
   CHECK_THROWS_AS(phase.set(LoopPhase::after_short_read, "test"), std::logic_error);
   CHECK(phase.is(LoopPhase::draining));
   phase.set(LoopPhase::unrecorded, "a mark failed");
-  // invariant 4: nothing is read before the outcome is recorded
+  // invariant record-before-read: nothing is read before the outcome is recorded
   CHECK_THROWS_AS(phase.set(LoopPhase::reading, "test"), std::logic_error);
   phase.set(LoopPhase::draining, "recorded");
   phase.set(LoopPhase::empty, "drained");

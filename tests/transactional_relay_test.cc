@@ -572,7 +572,7 @@ TEST_CASE("the transaction's states refuse a transition their table does not all
           "[eos][states]") {
   using core::TransactionState;
   core::StateMachine<core::TransactionStateTraits> txn(TransactionState::recovery_due, "core");
-  // invariant 8: nothing is sent (no transaction begins) before recovery
+  // invariant recover-before-send: nothing is sent (no transaction begins) before recovery
   REQUIRE_THROWS_AS(txn.set(TransactionState::open, "test"), std::logic_error);
   REQUIRE(txn.is(TransactionState::recovery_due));
   txn.set(TransactionState::idle, "recovered");

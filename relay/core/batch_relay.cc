@@ -183,7 +183,7 @@ void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
   const bool solo = solo_through_ > 0;
   std::size_t limit = solo ? 1 : options_.batch_size;
   std::size_t max_bytes = options_.batch_max_bytes;
-  if (exactly_once()) {  // invariant 9: the rows the open transaction may still take
+  if (exactly_once()) {  // invariant checkpoint-fits: the rows the open transaction may still take
     std::size_t taken = txn_.is(TransactionState::open) ? txn_rows_ : 0;
     limit = std::min(limit, max_rows_ - std::min(max_rows_, taken));
   }
@@ -198,8 +198,8 @@ void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
     // fences the other producers of this transactional.id, happens only as the leader.
     events = store_.begin_batch(limit, max_bytes, skip);
     if (txn_.is(TransactionState::recovery_due)) {
-      // Invariant 8: rows read before recovery may be committed in Kafka already: the read
-      // is dropped (it holds nothing) and the next one comes after recovery.
+      // Invariant recover-before-send: rows read before recovery may be committed in Kafka already:
+      // the read is dropped (it holds nothing) and the next one comes after recovery.
       recover(stop);
       return;
     }
@@ -265,7 +265,8 @@ void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
     entry.message = std::move(std::get<Message>(mapped));
     entry.bytes = row_bytes;
     entry.sent_at = clock_.now();
-    // Invariant 5: a message is "alone" while nothing else was in flight from its send on.
+    // Invariant dead-letter-own-reason: a message is "alone" while nothing else was in flight from
+    // its send on.
     if (unanswered_ == 0) {
       alone_ = tag;
     } else {
@@ -331,8 +332,8 @@ void BatchRelay::answer(InFlight& entry, std::uint64_t tag, const DeliveryResult
     answered_.rows[entry.id] = RowIdentity{std::move(entry.event_id), entry.row_topic};
     return;
   }
-  // Any failure: no read-ahead until everything in flight is answered (invariant 3); then
-  // the next read starts from the oldest pending row, with the failure handled as below. In
+  // Any failure: no read-ahead until everything in flight is answered (invariant send-in-id-order);
+  // then the next read starts from the oldest pending row, with the failure handled as below. In
   // exactly_once the transaction then takes no more reads and is aborted.
   ++txn_failures_;
   if (!phase_.is(LoopPhase::unrecorded)) to(LoopPhase::draining, "a delivery failed");
@@ -379,7 +380,7 @@ void BatchRelay::answer(InFlight& entry, std::uint64_t tag, const DeliveryResult
 
 void BatchRelay::record(bool force) {
   if (exactly_once()) {
-    // Invariant 1: nothing of a transaction is recorded before it committed.
+    // Invariant mark-after-ack: nothing of a transaction is recorded before it committed.
     if (txn_.is(TransactionState::open) || txn_.is(TransactionState::closed)) {
       if (!window_.empty()) return;
       settle_transaction();
@@ -397,8 +398,8 @@ void BatchRelay::record(bool force) {
     }
   }
   if (!has_records(answered_)) return;
-  // Invariant 4: an outcome whose recording failed is recorded before anything else is
-  // read; its messages are never sent again for that reason.
+  // Invariant record-before-read: an outcome whose recording failed is recorded before anything
+  // else is read; its messages are never sent again for that reason.
   auto mark_start = clock_.now();
   try {
     store_.record_outcome(answered_);
@@ -476,8 +477,8 @@ bool BatchRelay::recover(const std::atomic<bool>& stop) {
   // init_transactions fences every older producer with our transactional.id: after it, no
   // transaction of theirs can commit, and the one they had open is aborted or completed.
   txn_publisher_->init();
-  // Invariant 9: the checkpoint of a full transaction must fit one record (else the commit
-  // could never succeed and the same rows would be sent, aborted and recovered forever).
+  // Invariant checkpoint-fits: the checkpoint of a full transaction must fit one record (else the
+  // commit could never succeed and the same rows would be sent, aborted and recovered forever).
   std::size_t max_bytes = txn_publisher_->max_checkpoint_bytes();
   std::size_t fits = max_bytes > kCheckpointFixedBytes
                          ? (max_bytes - kCheckpointFixedBytes) / kCheckpointRowBytes
@@ -596,7 +597,8 @@ void BatchRelay::end_cycle(const std::atomic<bool>& stop) {
 
 void BatchRelay::step(const std::atomic<bool>& stop) {
   store_.keep_alive();
-  if (phase_.is(LoopPhase::unrecorded)) record(true);  // invariant 4: first (throws)
+  if (phase_.is(LoopPhase::unrecorded))
+    record(true);  // invariant record-before-read: first (throws)
   if (window_.empty()) {
     record(true);  // exactly_once: settles the transaction first
     if (!phase_.is(LoopPhase::empty)) to(LoopPhase::empty, "the window drained");

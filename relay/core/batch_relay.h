@@ -21,10 +21,10 @@
 // transition made by one function that logs it and refuses one the table does not allow
 // (core/state_machine.h).
 //
-// Invariant ack-before-mark (1): a row is recorded as published only when the publisher
+// Invariant mark-after-ack: a row is recorded as published only when the publisher
 // reported Kafka's acknowledgement for its message; in exactly_once, only once the Kafka
 // transaction holding it committed.
-// Invariant no-late-row-skipped (2): reads "by state" (pending, from the start of the
+// Invariant no-row-skipped: reads "by state" (pending, from the start of the
 // table) are made whenever nothing is in flight; read-ahead reads take only rows above the
 // last id read (OutboxStore::read_after), so a row that commits late with a smaller id is
 // left to the next by-state read. That read is never deferred for long: a read-ahead that
@@ -32,7 +32,7 @@
 // sent and the window drains; and after any failed delivery read-ahead stops. A read that
 // reached the end of the pending rows (short) is followed by a read-ahead only once an
 // answer came in since (new rows may have committed), not in a loop.
-// Invariant id-order (3): messages are handed to the publisher in id order within a read,
+// Invariant send-in-id-order: messages are handed to the publisher in id order within a read,
 // reads in flight are in increasing id order, and the producer keeps each partition's order
 // (idempotence, enable.gapless.guarantee, message.timeout.ms=0; in exactly_once a failed
 // message aborts its whole transaction instead), so one key's events reach Kafka in id order.
@@ -43,7 +43,7 @@
 // drains and a read by state sends the late transaction's rows in id order. After any failed
 // delivery nothing more is read until everything in flight is answered, then the next read
 // starts from the oldest pending row again.
-// Invariant unrecorded-never-resent (4): an outcome that could not be recorded (the mark
+// Invariant record-before-read: an outcome that could not be recorded (the mark
 // failed: connection lost, a trigger, a revoked grant, statement_timeout) is kept and its
 // recording retried with backoff before anything else is read; its messages are never sent
 // again by this process for that reason, so a mark that fails every time costs no
@@ -54,25 +54,25 @@
 // RelayObserver::on_vanished, outbox.vanished) and the relay goes on. A mark matches (id,
 // event_id), so an id that now names another event is gone for the acknowledged one and the
 // other row stays pending.
-// Invariant blame-only-own (5): a row is dead-lettered only for a reason proven its own:
+// Invariant dead-letter-own-reason: a row is dead-lettered only for a reason proven its own:
 // checked on the row alone (topic name, headers, librdkafka's own size check), or an error
 // Kafka may answer for a whole produce request (too large, invalid record) repeated with the
 // row sent ALONE: nothing else in flight from its send until its answer (no read-ahead while
 // suspects remain, nor while the last of them waits for its answer). Both modes use this one
 // rule (exactly_once used to say "the only message of its transaction", which meant the same
 // only as long as a transaction was one read).
-// Invariant blocked-topic-waits (6): a topic that cannot take messages (unknown, not
+// Invariant blocked-topic-waits: a topic that cannot take messages (unknown, not
 // authorized, policy) never dead-letters its rows: it waits with its own backoff, asked about
 // before its rows are sent again, while the other topics flow (its rows are skipped when
 // reading; core/topic_gate.h).
-// Invariant bounded-memory (7): memory is bounded by the window (rows and bytes) plus one
+// Invariant memory-bounded: memory is bounded by the window (rows and bytes) plus one
 // read (batch_size, batch_max_bytes); messages live in the window until their report arrived
 // (librdkafka points into them without copying), whatever Kafka does.
-// Invariant recover-before-send (8, exactly_once): nothing is sent before recovery (fencing
+// Invariant recover-before-send (exactly_once): nothing is sent before recovery (fencing
 // by init_transactions, the newest checkpoint marked) succeeded, at start and after any
 // transaction whose outcome is not known; recovery follows a successful read by state, so
 // only the leader recovers (README-eos.md, "Recovery").
-// Invariant checkpoint-fits (9, exactly_once): a transaction carries at most max_rows() rows,
+// Invariant checkpoint-fits (exactly_once): a transaction carries at most max_rows() rows,
 // so that its checkpoint always fits one record.
 #pragma once
 
@@ -125,7 +125,8 @@ struct RelayCounters {
   std::atomic<std::uint64_t> dead_lettered{0};
   std::atomic<std::uint64_t> failed_attempts{0};
   std::atomic<std::uint64_t> batches{0};
-  std::atomic<std::uint64_t> vanished{0};  //!< rows found gone when recorded (invariant 4)
+  std::atomic<std::uint64_t> vanished{
+      0};  //!< rows found gone when recorded (invariant gone-row-reported)
 };
 
 //! What the loop may do next. Replaces the flags it used to infer this from.
@@ -137,11 +138,13 @@ enum class LoopPhase {
   //! Rows in flight, the last read reached the end of the pending rows: read ahead again
   //! once an answer came in (rows committed meanwhile go out without waiting for the drain).
   after_short_read,
-  //! Nothing more is read until the window is empty: a delivery failed (invariant 3), a
-  //! suspect was sent alone (invariant 5), or the Kafka transaction takes no more reads.
+  //! Nothing more is read until the window is empty: a delivery failed (invariant
+  //! send-in-id-order), a
+  //! suspect was sent alone (invariant dead-letter-own-reason), or the Kafka transaction takes no
+  //! more reads.
   draining,
   //! An outcome could not be recorded: its recording is retried before anything else
-  //! (invariant 4).
+  //! (invariant record-before-read).
   unrecorded,
 };
 struct LoopPhaseTraits {
@@ -154,7 +157,7 @@ struct LoopPhaseTraits {
 //! exactly_once: where the loop stands with its Kafka transaction.
 enum class TransactionState {
   //! At start, and after a transaction whose outcome is not known (commit or abort failed,
-  //! fenced, begin failed): recover before anything is sent (invariant 8).
+  //! fenced, begin failed): recover before anything is sent (invariant recover-before-send).
   recovery_due,
   //! Recovered; no transaction open.
   idle,
@@ -208,7 +211,8 @@ class BatchRelay {
 
   //! exactly_once: rows marked by recoveries so far (committed by an earlier run, not marked).
   std::size_t recovered_rows() const { return recovered_rows_; }
-  //! exactly_once: rows a transaction carries at most (invariant 9; known after recovery).
+  //! exactly_once: rows a transaction carries at most (invariant checkpoint-fits; known after
+  //! recovery).
   std::size_t max_rows() const { return max_rows_; }
   bool recovery_due() const { return txn_.is(TransactionState::recovery_due); }
   TransactionState transaction_state() const { return txn_.state(); }
@@ -251,13 +255,13 @@ class BatchRelay {
   void collect(std::chrono::milliseconds timeout);
   void answer(InFlight& entry, std::uint64_t tag, const DeliveryResult& result);
   //! Records what was answered (at_least_once: in groups; exactly_once: once the transaction
-  //! is settled). Throws UnavailableError (invariant 4).
+  //! is settled). Throws UnavailableError (invariant record-before-read).
   void record(bool force);
   //! exactly_once, the window empty: commits the transaction (every answer ok: the checkpoint
   //! of its rows) or aborts it (its acknowledged rows stay pending). Throws.
   void settle_transaction();
-  //! exactly_once (invariant 8): fences, reads the newest checkpoint (waiting while it
-  //! cannot be proven the newest), marks its rows. False when `stop` came first.
+  //! exactly_once (invariant recover-before-send): fences, reads the newest checkpoint (waiting
+  //! while it cannot be proven the newest), marks its rows. False when `stop` came first.
   bool recover(const std::atomic<bool>& stop);
   //! The window is empty: what the cycle since the last by-state read came to.
   void end_cycle(const std::atomic<bool>& stop);
@@ -289,17 +293,18 @@ class BatchRelay {
   BatchReport cycle_;  //!< since the last by-state read
   //! Whether a by-state read began a cycle that has not ended: end_cycle's idle wait or pause.
   bool cycle_open_ = false;
-  std::size_t abandoned_ = 0;      //!< purged at shutdown
-  std::int64_t solo_through_ = 0;  //!< rows up to this id go one at a time (invariant 5)
+  std::size_t abandoned_ = 0;  //!< purged at shutdown
+  std::int64_t solo_through_ =
+      0;  //!< rows up to this id go one at a time (invariant dead-letter-own-reason)
 
   // exactly_once
-  std::size_t max_rows_;          //!< invariant 9
+  std::size_t max_rows_;          //!< invariant checkpoint-fits
   std::size_t txn_rows_ = 0;      //!< messages sent in the open transaction
   std::size_t txn_failures_ = 0;  //!< of which answered not ok: abort
   std::chrono::steady_clock::time_point txn_since_{};
   std::size_t recovered_rows_ = 0;
 
-  TopicGate topics_;  //!< invariant 6
+  TopicGate topics_;  //!< invariant blocked-topic-waits
   RelayObserver no_observer_;
   RelayObserver* observer_ = &no_observer_;
 };

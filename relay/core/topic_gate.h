@@ -1,4 +1,4 @@
-// Invariant blocked-topic-waits (6) of core/batch_relay.h, for the relay loop (BatchRelay): a
+// Invariant blocked-topic-waits of core/batch_relay.h, for the relay loop (BatchRelay): a
 // topic that cannot take messages (unknown, not authorized, policy) never dead-letters its
 // rows. It waits with its own backoff, the cluster is asked about it before its rows are sent
 // again, and the other topics flow (its rows are skipped when reading).
