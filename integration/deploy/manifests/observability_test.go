@@ -419,3 +419,32 @@ func TestGrafanaDashboard(t *testing.T) {
 		t.Error("the ConfigMap does not hold files/dashboard.json as it is")
 	}
 }
+
+// TestMetricsReference: docs/reference/metrics.md names every metric family the relay
+// registers, and nothing else under the relay's prefix.
+func TestMetricsReference(t *testing.T) {
+	exported := exportedMetrics(t)
+	histograms := histogramFamilies(exported)
+	doc, err := os.ReadFile(filepath.Join(repoDir, "docs", "reference", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := map[string]bool{}
+	for _, m := range metricToken.FindAllString(string(doc), -1) {
+		named[m] = true
+		if !exported[m] {
+			t.Errorf("docs/reference/metrics.md names %s, which the relay does not export", m)
+		}
+	}
+	for m := range exported {
+		family := m
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(m, suffix); ok && histograms[base] {
+				family = base
+			}
+		}
+		if !named[family] {
+			t.Errorf("docs/reference/metrics.md does not describe %s", family)
+		}
+	}
+}
