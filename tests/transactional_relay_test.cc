@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 
 #include "core/batch_relay.h"
 #include "fakes.h"
@@ -39,6 +40,7 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
     }
     in_txn_ = false;  // the open one (if any) is aborted by the epoch bump
     open_.clear();
+    sent_checkpoint_.reset();
     epoch_ = ++cluster_.epoch;
   }
   core::CheckpointRead last_checkpoint() override {
@@ -62,6 +64,7 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
     if (in_txn_) throw std::logic_error("begin inside a transaction");
     in_txn_ = true;
     open_.clear();
+    sent_checkpoint_.reset();
     ++begins;
   }
   void send(const core::Message& m, std::uint64_t tag) override {
@@ -83,8 +86,17 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
     return std::exchange(answers_, {});
   }
   void purge() override {}
+  void send_checkpoint(const std::string& checkpoint) override {
+    if (!in_txn_) throw std::logic_error("checkpoint outside a transaction");
+    if (sent_checkpoint_) throw std::logic_error("a second checkpoint in one transaction");
+    sent_checkpoint_ = checkpoint;
+    early_checkpoints.push_back(checkpoint);
+  }
   void commit(const std::string& checkpoint) override {
     if (!in_txn_) throw std::logic_error("commit outside a transaction");
+    if (sent_checkpoint_ && *sent_checkpoint_ != checkpoint) {
+      throw std::logic_error("commit with another checkpoint than the one sent");
+    }
     in_txn_ = false;
     if (checkpoint.size() > max_bytes) {  // as Kafka: the checkpoint record is refused
       throw core::UnavailableError("the checkpoint record was not delivered (too large)");
@@ -105,12 +117,15 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
   bool abort() noexcept override {
     in_txn_ = false;
     open_.clear();
+    sent_checkpoint_.reset();
     ++aborts;
     return true;
   }
 
   std::map<std::int64_t, core::DeliveryResult> script;
   std::vector<std::int64_t> sent;
+  //! checkpoints sent ahead of commit (send_checkpoint), in order
+  std::vector<std::string> early_checkpoints;
   std::function<void()> on_send;
   std::function<void()> on_checkpoint_read;
   std::function<bool()> hold;  //!< while it returns true, nothing is answered
@@ -126,6 +141,7 @@ class FakeTxnPublisher : public core::TransactionalPublisher {
   bool in_txn_ = false;
   std::vector<std::int64_t> open_;
   std::vector<core::Completion> answers_;
+  std::optional<std::string> sent_checkpoint_;
 };
 
 class FakeMarker : public core::RecoveryMarker {
@@ -583,4 +599,47 @@ TEST_CASE("the transaction's states refuse a transition their table does not all
   REQUIRE_THROWS_AS(txn.set(TransactionState::open, "test"), std::logic_error);
   txn.set(TransactionState::recovery_due, "commit of unknown outcome");
   REQUIRE_THROWS_AS(txn.set(TransactionState::closed, "test"), std::logic_error);
+}
+
+TEST_CASE("exactly_once: the checkpoint goes out when the transaction closes, before its answers",
+          "[eos][pipeline]") {
+  Rig rig(4);
+  for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
+  bool answering = false;
+  rig.publisher.hold = [&] { return !answering; };
+  std::atomic<bool> stop{false};
+  rig.relay->step(stop);  // recovery
+  rig.relay->step(stop);  // a short read: sent, the transaction closes
+  REQUIRE(rig.relay->transaction_state() == core::TransactionState::closed);
+  // Kafka has answered nothing yet: the checkpoint of the three rows is on its way already
+  // (it used to be sent only once every answer was in: one produce round trip more).
+  REQUIRE(rig.publisher.early_checkpoints == std::vector<std::string>{"v2;1-3;evt-1,evt-2,evt-3"});
+  REQUIRE(rig.publisher.commits == 0);
+  REQUIRE(rig.store.pending() == 3);  // invariant mark-after-ack: nothing recorded yet
+  answering = true;
+  rig.drain();
+  require_exactly_once(rig, 1, 3);
+  REQUIRE(rig.cluster.checkpoints == rig.publisher.early_checkpoints);
+}
+
+TEST_CASE("exactly_once: a failed answer after the checkpoint went out aborts it with the data",
+          "[eos][pipeline]") {
+  Rig rig(4);
+  for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
+  bool answering = false;
+  rig.publisher.hold = [&] { return !answering; };
+  rig.publisher.script[2] = {false, core::FailureKind::transient, "Kafka: broker down"};
+  std::atomic<bool> stop{false};
+  rig.relay->step(stop);  // recovery
+  rig.relay->step(stop);  // sent, closed, checkpoint sent
+  REQUIRE(rig.publisher.early_checkpoints.size() == 1);
+  answering = true;
+  for (int i = 0; i < 5 && rig.publisher.aborts == 0; ++i) rig.relay->step(stop);
+  REQUIRE(rig.publisher.aborts == 1);
+  REQUIRE(rig.cluster.checkpoints.empty());  // the checkpoint was aborted with the data
+  REQUIRE(rig.store.pending() == 3);
+  rig.publisher.script.clear();
+  rig.drain();
+  require_exactly_once(rig, 1, 3);
+  REQUIRE(rig.cluster.checkpoints == std::vector<std::string>{"v2;1-3;evt-1,evt-2,evt-3"});
 }

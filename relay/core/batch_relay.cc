@@ -169,10 +169,36 @@ bool BatchRelay::may_read_ahead() const {
 void BatchRelay::close_transaction_if_due() {
   if (!exactly_once() || !txn_.is(TransactionState::open)) return;
   if (txn_rows_ >= max_rows_) {
-    to(TransactionState::closed, "it holds max_rows rows");
+    close_transaction("it holds max_rows rows");
   } else if (clock_.now() - txn_since_ >= kTransactionWindow) {
-    to(TransactionState::closed, "its reads window passed");
+    close_transaction("its reads window passed");
   }
+}
+
+std::vector<CheckpointRow> BatchRelay::transaction_rows() const {
+  // Every row sent in the open transaction: answered ok (answered_.published, their event
+  // ids in answered_.rows) or not answered yet (the window). Poison rows were never sent.
+  std::vector<CheckpointRow> rows;
+  rows.reserve(answered_.published.size() + unanswered_);
+  for (std::int64_t id : answered_.published) {
+    auto it = answered_.rows.find(id);
+    rows.push_back({id, it != answered_.rows.end() ? it->second.event_id : std::string()});
+  }
+  for (const InFlight& entry : window_) {
+    if (!entry.answered) rows.push_back({entry.id, entry.event_id});
+  }
+  return rows;
+}
+
+void BatchRelay::close_transaction(const char* why) {
+  to(TransactionState::closed, why);
+  if (txn_failures_ > 0 || window_.empty()) return;  // aborted, or committed at once
+  // Its rows are known now: the checkpoint goes out with the last messages rather than after
+  // their answers (a produce round trip less per transaction). Any failed answer still aborts
+  // the transaction, the checkpoint with it (invariant mark-after-ack holds: the rows are
+  // recorded only after the commit).
+  txn_checkpoint_ = encode_checkpoint(transaction_rows());
+  txn_publisher_->send_checkpoint(*txn_checkpoint_);
 }
 
 void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
@@ -256,6 +282,7 @@ void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
       txn_rows_ = 0;
       txn_failures_ = 0;
       txn_since_ = clock_.now();
+      txn_checkpoint_.reset();
     }
     std::uint64_t tag = front_tag_ + window_.size();
     InFlight& entry = window_.emplace_back();
@@ -284,7 +311,7 @@ void BatchRelay::read(bool by_state, const std::atomic<bool>& stop) {
   if (window_.empty()) return;  // nothing in flight: the phase stays empty
   if (exactly_once() && txn_.is(TransactionState::open) && !full) {
     // The end of the pending rows: commit what came rather than wait for more (latency).
-    to(TransactionState::closed, "a read reached the end of the pending rows");
+    close_transaction("a read reached the end of the pending rows");
   }
   if (solo && sent > 0) {
     to(LoopPhase::draining, "a suspect is sent alone: nothing joins it until it is answered");
@@ -444,14 +471,12 @@ void BatchRelay::settle_transaction() {
     }
     return;
   }
-  std::vector<CheckpointRow> checkpoint;
-  checkpoint.reserve(answered_.published.size());
-  for (std::int64_t id : answered_.published) {
-    auto it = answered_.rows.find(id);
-    checkpoint.push_back({id, it != answered_.rows.end() ? it->second.event_id : std::string()});
-  }
+  // Sent when the transaction closed (the same rows: every one was answered ok), or now.
+  std::string checkpoint =
+      txn_checkpoint_ ? std::move(*txn_checkpoint_) : encode_checkpoint(transaction_rows());
+  txn_checkpoint_.reset();
   try {
-    txn_publisher_->commit(encode_checkpoint(std::move(checkpoint)));
+    txn_publisher_->commit(checkpoint);
   } catch (const FencedError& e) {
     answered_ = BatchOutcome{};
     to(TransactionState::recovery_due, "fenced");

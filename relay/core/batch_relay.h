@@ -85,6 +85,7 @@
 #include <string>
 
 #include "core/backoff.h"
+#include "core/checkpoint.h"
 #include "core/observer.h"
 #include "core/ports.h"
 #include "core/state_machine.h"
@@ -249,6 +250,11 @@ class BatchRelay {
   bool may_read_ahead() const;
   //! exactly_once: the open transaction stops taking reads when full or old enough.
   void close_transaction_if_due();
+  //! exactly_once: the open transaction takes no more reads; unless a delivery failed, its
+  //! checkpoint is sent at once (TransactionalPublisher::send_checkpoint).
+  void close_transaction(const char* why);
+  //! exactly_once: the rows sent in the open transaction, answered or not.
+  std::vector<CheckpointRow> transaction_rows() const;
   //! Rows sent and not yet recorded: the window, and what was answered but not recorded.
   std::size_t in_flight_rows() const;
   //! Polls the publisher up to `timeout` and applies the answers to the window.
@@ -302,6 +308,8 @@ class BatchRelay {
   std::size_t txn_rows_ = 0;      //!< messages sent in the open transaction
   std::size_t txn_failures_ = 0;  //!< of which answered not ok: abort
   std::chrono::steady_clock::time_point txn_since_{};
+  //! The checkpoint sent when the transaction closed (its rows), committed by settle.
+  std::optional<std::string> txn_checkpoint_;
   std::size_t recovered_rows_ = 0;
 
   TopicGate topics_;  //!< invariant blocked-topic-waits

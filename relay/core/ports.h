@@ -151,7 +151,13 @@ class TransactionalPublisher : public Publisher {
   virtual std::size_t max_checkpoint_bytes() const = 0;
   //! Throws UnavailableError (then recovery is due).
   virtual void begin() = 0;
-  //! Adds the checkpoint record `checkpoint` and commits. Returns only when Kafka committed.
+  //! Sends the checkpoint record `checkpoint` in the open transaction without waiting for its
+  //! answer, so that it travels with the transaction's last messages instead of after them.
+  //! At most once per transaction; commit() then takes the same text. Its answer is never one
+  //! of poll()'s: commit() waits for it. A transaction aborted later aborts it too.
+  virtual void send_checkpoint(const std::string& checkpoint) = 0;
+  //! Adds the checkpoint record `checkpoint` (unless send_checkpoint sent it) and commits.
+  //! Returns only when Kafka committed.
   //! Throws FencedError (a newer producer exists) or UnavailableError (aborted, or outcome
   //! unknown): then nothing may be marked. FatalError when the checkpoint record itself is
   //! refused (too large): sending it again could never succeed.

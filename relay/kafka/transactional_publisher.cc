@@ -16,8 +16,12 @@ namespace outbox::kafka {
 
 namespace {
 
-// The checkpoint record's tag: never one of the relay's (they count from 0 per read).
-constexpr std::uint64_t kCheckpointTag = std::numeric_limits<std::uint64_t>::max();
+// The checkpoint records' tags: never one of the relay's (they count up from 1). Each
+// checkpoint sent gets its own (counting down from the top), so the report of one sent in a
+// transaction that was then aborted is never taken for the next one's.
+constexpr std::uint64_t kCheckpointTagTop = std::numeric_limits<std::uint64_t>::max();
+constexpr std::uint64_t kCheckpointTagFloor = kCheckpointTagTop - (std::uint64_t{1} << 40);
+bool is_checkpoint_tag(std::uint64_t tag) { return tag >= kCheckpointTagFloor; }
 
 // Properties the transactional producer sets itself: the at-least-once defaults that
 // librdkafka refuses or that do not apply with transactions.
@@ -284,6 +288,9 @@ void TransactionalKafkaPublisher::init() {
   // The previous producer (fenced, failed, or of unknown state) goes first: its destructor
   // purges and waits for what it had in flight (the relay let every message be answered).
   producer_.reset();
+  checkpoints_.clear();  // the old producer is gone: nothing points into them
+  checkpoint_tag_.reset();
+  checkpoint_result_.reset();
   try {
     producer_ = std::make_unique<KafkaPublisher>(kafka_, clock_);
   } catch (const std::exception& e) {
@@ -414,6 +421,40 @@ void TransactionalKafkaPublisher::begin() {
   if (rd_kafka_error_t* error = rd_kafka_begin_transaction(handle())) {
     throw core::UnavailableError("Kafka: begin_transaction: " + text_of(error));
   }
+  checkpoint_tag_.reset();
+  checkpoint_result_.reset();
+}
+
+void TransactionalKafkaPublisher::send_checkpoint(const std::string& checkpoint) {
+  if (checkpoint_tag_) throw std::logic_error("send_checkpoint: sent already in this transaction");
+  std::uint64_t tag =
+      kCheckpointTagTop - (checkpoints_sent_++ % (kCheckpointTagTop - kCheckpointTagFloor));
+  checkpoint_tag_ = tag;
+  checkpoint_result_.reset();
+  if (!producer_) {  // answered at once, as send() does: commit() reports it
+    checkpoint_result_ = core::DeliveryResult{};
+    checkpoint_result_->error = "Kafka: the transactional producer is not ready";
+    return;
+  }
+  core::Message& record = checkpoints_[tag];
+  record.topic = settings_.checkpoint_topic;
+  record.key = settings_.transactional_id;
+  record.payload = checkpoint;
+  producer_->send(record, tag);
+}
+
+void TransactionalKafkaPublisher::take_checkpoint_reports(std::vector<core::Completion>& done) {
+  done.erase(std::remove_if(done.begin(), done.end(),
+                            [this](core::Completion& c) {
+                              if (!is_checkpoint_tag(c.tag)) return false;
+                              // librdkafka is done with it. A report of an earlier (aborted)
+                              // transaction's checkpoint is dropped.
+                              checkpoints_.erase(c.tag);
+                              if (checkpoint_tag_ == c.tag)
+                                checkpoint_result_ = std::move(c.result);
+                              return true;
+                            }),
+             done.end());
 }
 
 void TransactionalKafkaPublisher::send(const core::Message& message, std::uint64_t tag) {
@@ -431,9 +472,7 @@ std::vector<core::Completion> TransactionalKafkaPublisher::poll(std::chrono::mil
   if (!producer_) return std::exchange(not_sent_, {});
   std::vector<core::Completion> done = producer_->poll(timeout);
   for (auto& c : std::exchange(not_sent_, {})) done.push_back(std::move(c));
-  done.erase(std::remove_if(done.begin(), done.end(),
-                            [](const core::Completion& c) { return c.tag == kCheckpointTag; }),
-             done.end());
+  take_checkpoint_reports(done);
   return done;
 }
 
@@ -443,19 +482,16 @@ void TransactionalKafkaPublisher::purge() {
 
 void TransactionalKafkaPublisher::commit(const std::string& checkpoint) {
   rd_kafka_t* rk = handle();
-  checkpoint_.topic = settings_.checkpoint_topic;
-  checkpoint_.key = settings_.transactional_id;
-  checkpoint_.payload = checkpoint;
-  producer_->send(checkpoint_, kCheckpointTag);
+  if (!checkpoint_tag_) send_checkpoint(checkpoint);  // else sent already: the same text
   // The checkpoint's own report first (commit_transaction would flush it anyway): the
-  // record must not be touched while librdkafka points into it.
-  std::optional<core::DeliveryResult> result;
-  while (!result) {
+  // record must not be touched while librdkafka points into it. Every other message of the
+  // transaction was answered before commit (the relay's contract): nothing else comes here.
+  while (!checkpoint_result_) {
     tick();
-    for (core::Completion& c : producer_->poll(std::chrono::milliseconds(100))) {
-      if (c.tag == kCheckpointTag) result = std::move(c.result);
-    }
+    std::vector<core::Completion> done = producer_->poll(std::chrono::milliseconds(100));
+    take_checkpoint_reports(done);
   }
+  const std::optional<core::DeliveryResult>& result = checkpoint_result_;
   if (!result->ok) {
     if (result->kind == core::FailureKind::permanent ||
         result->kind == core::FailureKind::suspect) {

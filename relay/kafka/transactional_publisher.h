@@ -15,6 +15,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -51,6 +52,7 @@ class TransactionalKafkaPublisher : public core::TransactionalPublisher {
   void send(const core::Message& message, std::uint64_t tag) override;
   std::vector<core::Completion> poll(std::chrono::milliseconds timeout) override;
   void purge() override;
+  void send_checkpoint(const std::string& checkpoint) override;
   void commit(const std::string& checkpoint) override;
   bool abort() noexcept override;
   std::optional<std::string> topic_problem(const std::string& topic) override;
@@ -82,8 +84,16 @@ class TransactionalKafkaPublisher : public core::TransactionalPublisher {
   config::KafkaConfig kafka_;  //!< with the transactional overrides
   config::KafkaConfig plain_;  //!< as configured: the checkpoint consumer's security settings
   TransactionalSettings settings_;
+  //! Checkpoint records sent and not answered yet, by tag: librdkafka points into them until
+  //! their reports (declared before producer_, which is destroyed first).
+  std::map<std::uint64_t, core::Message> checkpoints_;
   std::unique_ptr<KafkaPublisher> producer_;
-  core::Message checkpoint_;  //!< the checkpoint record in flight (librdkafka points into it)
+  //! Takes the reports of checkpoint records out of `done`, keeping the current one's.
+  void take_checkpoint_reports(std::vector<core::Completion>& done);
+
+  std::optional<std::uint64_t> checkpoint_tag_;            //!< the open transaction's, once sent
+  std::optional<core::DeliveryResult> checkpoint_result_;  //!< its report, once in
+  std::uint64_t checkpoints_sent_ = 0;
   std::size_t max_checkpoint_bytes_ = 0;    //!< after init()
   std::vector<core::Completion> not_sent_;  //!< sent with no producer: failed at once
 };
