@@ -131,3 +131,21 @@ TEST_CASE("transactional publisher: the largest checkpoint is known; a larger on
   REQUIRE(send_all(*p, msgs));
   CHECK_THROWS_AS(p->commit(std::string(25'000, '1')), core::FatalError);
 }
+
+// Regression: recovery's read of the checkpoint topic ends at an empty fetch (the last offset
+// is a commit marker), which the broker held for librdkafka's default fetch.wait.max.ms: half
+// a second before the first message at every start of an exactly_once relay.
+TEST_CASE("transactional publisher: the checkpoint read does not wait 500 ms for its end",
+          "[eos][kafka][regression]") {
+  for (bool committed : {true, false}) {
+    auto fixed = kafka::checkpoint_consumer_fixed(committed);
+    auto wait = std::find_if(fixed.begin(), fixed.end(),
+                             [](const auto& p) { return p.first == "fetch.wait.max.ms"; });
+    REQUIRE(wait != fixed.end());
+    REQUIRE(std::stoi(wait->second) <= 10);
+    auto isolation = std::find_if(fixed.begin(), fixed.end(),
+                                  [](const auto& p) { return p.first == "isolation.level"; });
+    REQUIRE(isolation != fixed.end());
+    REQUIRE(isolation->second == (committed ? "read_committed" : "read_uncommitted"));
+  }
+}

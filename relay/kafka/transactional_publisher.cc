@@ -48,6 +48,16 @@ constexpr int kSliceMs = 5'000;
 
 }  // namespace
 
+Properties checkpoint_consumer_fixed(bool read_committed) {
+  return {{"isolation.level", read_committed ? "read_committed" : "read_uncommitted"},
+          {"enable.partition.eof", "true"},
+          {"enable.auto.commit", "false"},
+          // The read ends at the partition's end, known only from an empty fetch (the last
+          // offsets are a commit marker, never returned): the broker holds that fetch for
+          // fetch.wait.max.ms, 500 ms by default, at every recovery.
+          {"fetch.wait.max.ms", std::to_string(kCheckpointFetchWaitMs)}};
+}
+
 config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
                                                const TransactionalSettings& settings) {
   config::KafkaConfig out = kafka;
@@ -323,9 +333,7 @@ TransactionalKafkaPublisher::checkpoint_consumer(bool read_committed) const {
                         // wants one
                         {"group.id", "outbox-relay-checkpoint-reader"},
                         {"log.connection.close", "false"}},
-                       {{"isolation.level", read_committed ? "read_committed" : "read_uncommitted"},
-                        {"enable.partition.eof", "true"},
-                        {"enable.auto.commit", "false"}});
+                       checkpoint_consumer_fixed(read_committed));
   } catch (const std::runtime_error& e) {
     throw core::UnavailableError(std::string("checkpoint consumer: ") + e.what());
   }

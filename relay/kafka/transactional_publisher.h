@@ -22,6 +22,7 @@
 
 #include "config/config.h"
 #include "core/ports.h"
+#include "kafka/client_conf.h"
 #include "kafka/kafka_publisher.h"
 
 namespace outbox::kafka {
@@ -36,6 +37,13 @@ struct TransactionalSettings {
 //! overrides appended (they win over the defaults).
 config::KafkaConfig transactional_kafka_config(const config::KafkaConfig& kafka,
                                                const TransactionalSettings& settings);
+
+//! How long the broker may hold an empty fetch of the checkpoint consumer (its read ends at
+//! one: a recovery waits this long once).
+inline constexpr int kCheckpointFetchWaitMs = 10;
+//! The checkpoint consumer's fixed settings (kafka/client_conf.h: they win over
+//! kafka.properties).
+Properties checkpoint_consumer_fixed(bool read_committed);
 
 class TransactionalKafkaPublisher : public core::TransactionalPublisher {
  public:
