@@ -6,6 +6,7 @@ the inbox, a second consumer group reading the whole topic again included."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,20 @@ def test_example(ctx, language):
     rows = ctx._query("SELECT event_id::text, order_id, status FROM order_projection ORDER BY order_id, status")
     assert sorted(r[0] for r in rows) == sorted(set(ids))
     assert [(r[1], r[2]) for r in rows] == [(1, "paid"), (1, "shipped"), (2, "paid")]
+
+
+def test_demo_runs_the_python_example_end_to_end():
+    """`integration/demo.sh --example LANG` (the examples' own README path) starts its servers and
+    the relay, runs the example's producer and consumer and reports each event applied once."""
+    from harness import relay_binary
+
+    r = subprocess.run([str(REPO / "integration" / "demo.sh"), "--no-build", "--example", "python"],
+                       env=dict(os.environ, OUTBOX_RELAY_BIN=str(relay_binary())),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # the consumer's lines ("applied EVENT_ID"), not migrate's ("applied  0001_outbox_events")
+    applied = [line.split()[1] for line in r.stdout.splitlines() if re.fullmatch(r"applied [0-9a-f-]{36}", line)]
+    events = [line.split()[-1] for line in r.stdout.splitlines() if line.startswith("  order ")]
+    assert len(events) == 4 and events[3] == events[0]  # the retry returned the first event
+    assert sorted(applied) == sorted(set(events))
+    assert "relay exited 0" in r.stdout and "3 events published" in r.stdout
