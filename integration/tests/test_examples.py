@@ -129,3 +129,19 @@ def test_demo_runs_the_python_example_end_to_end():
     assert len(events) == 4 and events[3] == events[0]  # the retry returned the first event
     assert sorted(applied) == sorted(set(events))
     assert "relay exited 0" in r.stdout and "3 events published" in r.stdout
+
+
+def test_demo_that_fails_to_start_postgres_leaves_no_kafka_running(tmp_path):
+    """Regression: when PostgreSQL failed to start, demo.sh's cleanup ran while Kafka was still
+    starting, so the Kafka it had launched outlived the script."""
+    from harness import relay_binary
+
+    r = subprocess.run([str(REPO / "integration" / "demo.sh"), "--no-build"],
+                       env=dict(os.environ, OUTBOX_RELAY_BIN=str(relay_binary()), TMPDIR=str(tmp_path),
+                                OUTBOX_PG_BINDIR=str(tmp_path / "no-postgres-here")),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "PostgreSQL did not start" in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    for pid in left:  # stop what the defect left, so the session does not keep it
+        subprocess.run(["kill", pid])
+    assert left == [], f"processes of the demo still running: {left}"
