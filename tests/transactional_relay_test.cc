@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <optional>
 
 #include "core/batch_relay.h"
@@ -601,22 +602,32 @@ TEST_CASE("the transaction's states refuse a transition their table does not all
   REQUIRE_THROWS_AS(txn.set(TransactionState::closed, "test"), std::logic_error);
 }
 
+namespace {
+//! Rows 1-3 pending, Kafka answering nothing until `answering`: recovery, then one short read
+//! sent (the transaction closes).
+struct HeldShortRead {
+  explicit HeldShortRead(Rig& rig) {
+    for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
+    rig.publisher.hold = [answering = answering] { return !*answering; };  // outlives this
+    rig.relay->step(stop);                                                 // recovery
+    rig.relay->step(stop);  // a short read: sent, the transaction closes
+  }
+  std::shared_ptr<bool> answering = std::make_shared<bool>(false);
+  std::atomic<bool> stop{false};
+};
+}  // namespace
+
 TEST_CASE("exactly_once: the checkpoint goes out when the transaction closes, before its answers",
           "[eos][pipeline]") {
   Rig rig(4);
-  for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
-  bool answering = false;
-  rig.publisher.hold = [&] { return !answering; };
-  std::atomic<bool> stop{false};
-  rig.relay->step(stop);  // recovery
-  rig.relay->step(stop);  // a short read: sent, the transaction closes
+  HeldShortRead held(rig);
   REQUIRE(rig.relay->transaction_state() == core::TransactionState::closed);
   // Kafka has answered nothing yet: the checkpoint of the three rows is on its way already
   // (it used to be sent only once every answer was in: one produce round trip more).
   REQUIRE(rig.publisher.early_checkpoints == std::vector<std::string>{"v2;1-3;evt-1,evt-2,evt-3"});
   REQUIRE(rig.publisher.commits == 0);
   REQUIRE(rig.store.pending() == 3);  // invariant mark-after-ack: nothing recorded yet
-  answering = true;
+  *held.answering = true;
   rig.drain();
   require_exactly_once(rig, 1, 3);
   REQUIRE(rig.cluster.checkpoints == rig.publisher.early_checkpoints);
@@ -625,16 +636,11 @@ TEST_CASE("exactly_once: the checkpoint goes out when the transaction closes, be
 TEST_CASE("exactly_once: a failed answer after the checkpoint went out aborts it with the data",
           "[eos][pipeline]") {
   Rig rig(4);
-  for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
-  bool answering = false;
-  rig.publisher.hold = [&] { return !answering; };
   rig.publisher.script[2] = {false, core::FailureKind::transient, "Kafka: broker down"};
-  std::atomic<bool> stop{false};
-  rig.relay->step(stop);  // recovery
-  rig.relay->step(stop);  // sent, closed, checkpoint sent
+  HeldShortRead held(rig);
   REQUIRE(rig.publisher.early_checkpoints.size() == 1);
-  answering = true;
-  for (int i = 0; i < 5 && rig.publisher.aborts == 0; ++i) rig.relay->step(stop);
+  *held.answering = true;
+  for (int i = 0; i < 5 && rig.publisher.aborts == 0; ++i) rig.relay->step(held.stop);
   REQUIRE(rig.publisher.aborts == 1);
   REQUIRE(rig.cluster.checkpoints.empty());  // the checkpoint was aborted with the data
   REQUIRE(rig.store.pending() == 3);
