@@ -327,11 +327,12 @@ TransactionalKafkaPublisher::checkpoint_consumer(bool read_committed) const {
   Conf conf;
   try {
     conf = client_conf(ClientKind::consumer, plain_,
+                       // No group.id: the partition is read with the simple consumer API,
+                       // nothing committed. (With one, librdkafka ran a group coordinator
+                       // it never used, whose thread could hold rd_kafka_destroy for a second
+                       // at every recovery.)
                        {{"bootstrap.servers", plain_.bootstrap_servers},
                         {"client.id", "outbox-relay-checkpoint"},
-                        // assign() only, nothing committed: never joined, but librdkafka
-                        // wants one
-                        {"group.id", "outbox-relay-checkpoint-reader"},
                         {"log.connection.close", "false"}},
                        checkpoint_consumer_fixed(read_committed));
   } catch (const std::runtime_error& e) {
@@ -378,16 +379,23 @@ core::CheckpointRead TransactionalKafkaPublisher::last_checkpoint() {
   }
   // Scan back from the end: the newest record of our key is near it (each transaction adds
   // a record and a commit marker; other relays may share the topic).
+  std::unique_ptr<rd_kafka_topic_t, decltype(&rd_kafka_topic_destroy)> rkt(
+      rd_kafka_topic_new(raw, topic.c_str(), nullptr), &rd_kafka_topic_destroy);
+  if (!rkt) {
+    throw core::UnavailableError("checkpoint topic " + topic + ": " +
+                                 rd_kafka_err2str(rd_kafka_last_error()));
+  }
   std::int64_t window = 64;
   for (;;) {
     std::int64_t start = std::max(low, end - window);
-    rd_kafka_topic_partition_list_t* parts = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(parts, topic.c_str(), 0)->offset = start;
-    code = rd_kafka_assign(raw, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    if (code != RD_KAFKA_RESP_ERR_NO_ERROR) {
-      throw core::UnavailableError("checkpoint topic " + topic + ": " + rd_kafka_err2str(code));
+    if (rd_kafka_consume_start(rkt.get(), 0, start) == -1) {
+      throw core::UnavailableError("checkpoint topic " + topic + ": " +
+                                   rd_kafka_err2str(rd_kafka_last_error()));
     }
+    struct Stop {  // on every way out of this read, before the topic handle goes
+      rd_kafka_topic_t* rkt;
+      ~Stop() { rd_kafka_consume_stop(rkt, 0); }
+    } stop{rkt.get()};
     std::optional<std::string> found;
     auto deadline = now_.now() + std::chrono::seconds(30);
     bool at_end = start >= end;
@@ -397,7 +405,7 @@ core::CheckpointRead TransactionalKafkaPublisher::last_checkpoint() {
                                      ": could not read it to offset " + std::to_string(end) +
                                      " within 30 s, read_committed");
       }
-      rd_kafka_message_t* m = rd_kafka_consumer_poll(raw, 200);
+      rd_kafka_message_t* m = rd_kafka_consume(rkt.get(), 0, 200);
       if (m == nullptr) continue;
       if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
         at_end = m->offset >= end;

@@ -79,12 +79,10 @@ class TransactionalKafkaPublisher : public core::TransactionalPublisher {
   void describe_checkpoint_topic(rd_kafka_t* rk, bool just_created, std::int32_t broker);
   static std::size_t producer_max_message_bytes(rd_kafka_t* rk);
   struct ConsumerDeleter {
-    void operator()(rd_kafka_t* rk) const {
-      rd_kafka_consumer_close(rk);
-      rd_kafka_destroy(rk);
-    }
+    void operator()(rd_kafka_t* rk) const { rd_kafka_destroy(rk); }  // no group: nothing to close
   };
-  //! A consumer of the checkpoint topic (assign() only) with the given isolation level.
+  //! A consumer of the checkpoint topic (no group: the simple consumer API) with the given
+  //! isolation level.
   std::unique_ptr<rd_kafka_t, ConsumerDeleter> checkpoint_consumer(bool read_committed) const;
 
   core::Clock* clock_;         //!< as given (null: KafkaPublisher's default)
