@@ -280,10 +280,9 @@ std::string SourceTableState::describe() const {
   return table + ": " + what + ": run `outbox-relay migrate`";
 }
 
-std::vector<SourceTableState> inspect_source_tables(pqxx::connection& conn,
+std::vector<SourceTableState> inspect_source_tables(pqxx::transaction_base& tx,
                                                     const std::vector<SourceTable>& tables) {
   std::vector<SourceTableState> out;
-  pqxx::read_transaction tx(conn);
   for (const SourceTable& t : tables) out.push_back(inspect(tx, t, nullptr));
   return out;
 }

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <pqxx/connection>
+#include <pqxx/transaction_base>
 
 #include "core/ports.h"
 
@@ -92,9 +93,9 @@ struct SourceTableState {
   std::string describe() const;
 };
 
-//! The state of each of `tables` (read-only; a role with no access to a table sees it as
-//! missing).
-std::vector<SourceTableState> inspect_source_tables(pqxx::connection& conn,
+//! The state of each of `tables`, read in `tx` (read-only: the catalogs and
+//! outbox.source_tables).
+std::vector<SourceTableState> inspect_source_tables(pqxx::transaction_base& tx,
                                                     const std::vector<SourceTable>& tables);
 
 //! Installs the copy of each of `tables` not installed as configured, each in its own
