@@ -990,7 +990,8 @@ source:
                                "connect_timeout_s, "));
   CHECK_THAT(r.errors[1].message, Catch::Contains("did you mean source.polling.batch_size or "
                                                   "retention.batch_size?"));
-  CHECK(r.errors[2].message == "unknown key (known here: mode, tables, polling, pipeline, replication)");
+  CHECK(r.errors[2].message ==
+        "unknown key (known here: mode, tables, polling, pipeline, replication)");
 }
 
 TEST_CASE("every configuration key the command line's help names is declared", "[config]") {

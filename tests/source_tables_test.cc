@@ -147,9 +147,10 @@ TEST_CASE("source.tables: a table listed twice is refused at its second entry",
         "line 8: source.tables[1].table: table public.o is listed twice; give each table once");
 }
 
-TEST_CASE("source table SQL: a missing column or a type the copy cannot convert is refused "
-          "with the table, the column and what to do",
-          "[source_tables]") {
+TEST_CASE(
+    "source table SQL: a missing column or a type the copy cannot convert is refused "
+    "with the table, the column and what to do",
+    "[source_tables]") {
   pg::SourceTable t = debezium_table();
   CHECK_FALSE(pg::mapping_problem(t, debezium_columns()));
 
@@ -188,21 +189,27 @@ TEST_CASE("source table SQL: the copy maps every part, checks in SQL, never rais
   CHECK_THAT(body, Catch::Contains("THEN '(none)' ELSE new_topic END"));
   CHECK_THAT(body, Catch::Contains("NEW.\"aggregateid\"::text"));
   CHECK_THAT(body, Catch::Contains("convert_to(NEW.\"payload\"::text, 'UTF8')"));
-  CHECK_THAT(body,
-             Catch::Contains("jsonb_strip_nulls(jsonb_build_object('eventType', NEW.\"type\"::text))"));
+  CHECK_THAT(body, Catch::Contains(
+                       "jsonb_strip_nulls(jsonb_build_object('eventType', NEW.\"type\"::text))"));
   CHECK_THAT(body, Catch::Contains("ON CONFLICT (event_id) DO NOTHING"));
   CHECK_THAT(body, Catch::Contains("'public.outboxevent'"));  // source_table
 
   pg::Columns bytes = debezium_columns();
   bytes["payload"] = {"bytea", 'U'};
   CHECK_THAT(pg::copy_function_body(t, bytes), Catch::Contains("            NEW.\"payload\",\n"));
+  // A header's name is a literal, never read as a part of the template.
+  pg::SourceTable odd = t;
+  odd.headers = {{"type", "{created_at}'s"}};
+  CHECK_THAT(pg::copy_function_body(odd, debezium_columns()),
+             Catch::Contains("jsonb_build_object('{created_at}''s', NEW.\"type\"::text)"));
   // The same config gives the same body: a second migrate finds it current.
   CHECK(pg::copy_function_body(t, debezium_columns()) == body);
 }
 
-TEST_CASE("source table SQL: SECURITY DEFINER with a pinned search_path, EXECUTE revoked, "
-          "AFTER INSERT FOR EACH ROW",
-          "[source_tables]") {
+TEST_CASE(
+    "source table SQL: SECURITY DEFINER with a pinned search_path, EXECUTE revoked, "
+    "AFTER INSERT FOR EACH ROW",
+    "[source_tables]") {
   pg::SourceTable t = debezium_table();
   auto statements = pg::install_statements(t, debezium_columns());
   REQUIRE(statements.size() == 5);
@@ -215,7 +222,8 @@ TEST_CASE("source table SQL: SECURITY DEFINER with a pinned search_path, EXECUTE
   CHECK(statements[3] == "DROP TRIGGER IF EXISTS outbox_relay_copy ON \"public\".\"outboxevent\"");
   CHECK(statements[4] ==
         "CREATE TRIGGER outbox_relay_copy AFTER INSERT ON \"public\".\"outboxevent\" FOR EACH ROW "
-        "EXECUTE FUNCTION " + function);
+        "EXECUTE FUNCTION " +
+            function);
   // One function per table, whatever the length of its name.
   pg::SourceTable other = t;
   other.table = std::string(63, 'x');

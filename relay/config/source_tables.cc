@@ -103,8 +103,7 @@ Key table_list(std::string path, Doc doc) {
   k.allowed = std::string("each: ") + kFields;
   k.read = [key = k.path](ParseContext& ctx, const YAML::Node& node) {
     if (!node.IsSequence()) {
-      ctx.error(key, line_of(node),
-                "must be a list of tables, e.g. [{table: public.outboxevent}]");
+      ctx.error(key, line_of(node), "must be a list of tables, e.g. [{table: public.outboxevent}]");
       return;
     }
     std::set<std::string> seen;

@@ -61,7 +61,8 @@ std::vector<Mapped> mapped_columns(const SourceTable& t) {
                              {t.topic_column, "topic", "topic"},
                              {t.key_column, "key", "key"},
                              {t.payload_column, "payload", "payload"}};
-  if (!t.created_at_column.empty()) out.push_back({t.created_at_column, "created_at", "created_at"});
+  if (!t.created_at_column.empty())
+    out.push_back({t.created_at_column, "created_at", "created_at"});
   for (const auto& [column, header] : t.headers) {
     out.push_back({column, "header " + header, "headers." + column});
   }
@@ -188,9 +189,6 @@ std::string copy_function_name(const SourceTable& t) {
 }
 
 std::string copy_function_body(const SourceTable& t, const Columns& columns) {
-  const std::string id = ident(t.event_id_column);
-  const std::string topic = ident(t.topic_column);
-  const std::string table = literal(t.qualified());
   std::string headers = "'{}'::jsonb";
   if (!t.headers.empty()) {
     headers = "jsonb_strip_nulls(jsonb_build_object(";
@@ -209,44 +207,68 @@ std::string copy_function_body(const SourceTable& t, const Columns& columns) {
   // only to text, the uuid cast only after the pattern matched, the topic's CHECK kept by
   // the placeholder), and the checks are plain SQL, no EXCEPTION block (a subtransaction
   // per row, which every writer would pay for).
-  return "\n"
-         "-- outbox-relay: copies each row inserted into " + t.qualified() +
-         " into outbox.events (source.tables).\n"
-         "DECLARE\n"
-         "    new_event_id text := NEW." + id + "::text;\n"
-         "    new_topic text := NEW." + topic + "::text;\n"
-         "    unusable text;\n"
-         "BEGIN\n"
-         "    unusable := CASE\n"
-         "        WHEN new_event_id IS NULL THEN 'its event id (column ' || " +
-         literal(t.event_id_column) + " || ') is NULL'\n"
-         "        WHEN new_event_id !~ " + literal(kUuidPattern) +
-         " THEN 'its event id (column ' || " + literal(t.event_id_column) +
-         " || ') is not a uuid: ' || left(new_event_id, 100)\n"
-         "        WHEN new_topic IS NULL OR new_topic = '' THEN 'its topic (column ' || " +
-         literal(t.topic_column) + " || ') is NULL or empty'\n"
-         "    END;\n"
-         "    INSERT INTO outbox.events (event_id, topic, key, payload, headers, created_at,\n"
-         "                               source_table, dead_lettered_at, last_error)\n"
-         "    VALUES (CASE WHEN new_event_id ~ " + literal(kUuidPattern) +
-         " THEN new_event_id::uuid ELSE gen_random_uuid() END,\n"
-         "            CASE WHEN new_topic IS NULL OR new_topic = '' THEN " + literal(kNoTopic) +
-         " ELSE new_topic END,\n"
-         "            NEW." + ident(t.key_column) + "::text,\n"
-         "            " + payload_expression(t.payload_column, columns.at(t.payload_column)) +
-         ",\n"
-         "            " + headers + ",\n"
-         "            " + created_at + ",\n"
-         "            " + table + ",\n"
-         "            CASE WHEN unusable IS NOT NULL THEN now() END,\n"
-         "            'source row of ' || " + table +
-         " || ' not publishable: ' || unusable)\n"
-         "    ON CONFLICT (event_id) DO NOTHING;\n"
-         "    IF unusable IS NULL THEN\n"
-         "        PERFORM outbox.hint_relay();\n"
-         "    END IF;\n"
-         "    RETURN NULL;\n"
-         "END\n";
+  std::string body = R"sql(
+-- outbox-relay: copies each row inserted into {table} into outbox.events (source.tables).
+DECLARE
+    new_event_id text := NEW.{id}::text;
+    new_topic text := NEW.{topic}::text;
+    unusable text;
+BEGIN
+    unusable := CASE
+        WHEN new_event_id IS NULL THEN 'its event id (column ' || {id_name} || ') is NULL'
+        WHEN new_event_id !~ {uuid} THEN 'its event id (column ' || {id_name} || ') is not a uuid: ' || left(new_event_id, 100)
+        WHEN new_topic IS NULL OR new_topic = '' THEN 'its topic (column ' || {topic_name} || ') is NULL or empty'
+    END;
+    INSERT INTO outbox.events (event_id, topic, key, payload, headers, created_at,
+                               source_table, dead_lettered_at, last_error)
+    VALUES (CASE WHEN new_event_id ~ {uuid} THEN new_event_id::uuid ELSE gen_random_uuid() END,
+            CASE WHEN new_topic IS NULL OR new_topic = '' THEN {no_topic} ELSE new_topic END,
+            NEW.{key}::text,
+            {payload},
+            {headers},
+            {created_at},
+            {table_literal},
+            CASE WHEN unusable IS NOT NULL THEN now() END,
+            'source row of ' || {table_literal} || ' not publishable: ' || unusable)
+    ON CONFLICT (event_id) DO NOTHING;
+    IF unusable IS NULL THEN
+        PERFORM outbox.hint_relay();
+    END IF;
+    RETURN NULL;
+END
+)sql";
+  const std::map<std::string, std::string> values = {
+      {"table_literal", literal(t.qualified())},
+      {"table", t.qualified()},
+      {"id_name", literal(t.event_id_column)},
+      {"id", ident(t.event_id_column)},
+      {"topic_name", literal(t.topic_column)},
+      {"topic", ident(t.topic_column)},
+      {"uuid", literal(kUuidPattern)},
+      {"no_topic", literal(kNoTopic)},
+      {"key", ident(t.key_column)},
+      {"payload", payload_expression(t.payload_column, columns.at(t.payload_column))},
+      {"headers", headers},
+      {"created_at", created_at},
+  };
+  // One pass over the template: a value (a header's name) is never read for placeholders.
+  std::string out;
+  for (std::size_t at = 0; at < body.size();) {
+    std::size_t open = body.find('{', at);
+    std::size_t close = open == std::string::npos ? open : body.find('}', open);
+    auto it = close == std::string::npos ? values.end()
+                                         : values.find(body.substr(open + 1, close - open - 1));
+    if (it == values.end()) {
+      std::size_t upto = open == std::string::npos ? body.size() : open + 1;
+      out.append(body, at, upto - at);
+      at = upto;
+      continue;
+    }
+    out.append(body, at, open - at);
+    out += it->second;
+    at = close + 1;
+  }
+  return out;
 }
 
 std::vector<std::string> install_statements(const SourceTable& t, const Columns& columns) {
@@ -272,9 +294,9 @@ std::vector<std::string> install_statements(const SourceTable& t, const Columns&
 std::string SourceTableState::describe() const {
   if (!table_exists) return table + ": table missing (create it, or correct source.tables)";
   if (problem) return *problem;
-  if (current()) return table + ": copy trigger installed as configured (since LSN " +
-                        installed_lsn + ")";
-  std::string what = !trigger_installed ? "copy trigger missing or disabled"
+  if (current())
+    return table + ": copy trigger installed as configured (since LSN " + installed_lsn + ")";
+  std::string what = !trigger_installed  ? "copy trigger missing or disabled"
                      : !function_current ? "copy function differs from the config"
                                          : "not recorded in outbox.source_tables";
   return table + ": " + what + ": run `outbox-relay migrate`";
@@ -335,8 +357,9 @@ std::vector<std::string> install_source_tables(pqxx::connection& conn,
         what +=
             " -- the role running migrate needs the TRIGGER privilege on the table (or to own "
             "it): GRANT TRIGGER ON " +
-            relation(t) + " TO <migrate's role>, as its owner, or give postgres.admin_dsn the "
-                          "table's owner";
+            relation(t) +
+            " TO <migrate's role>, as its owner, or give postgres.admin_dsn the "
+            "table's owner";
       }
       throw std::runtime_error(what);
     }

@@ -51,8 +51,8 @@ struct SourceTable {
 
 //! A column of a source table as the catalog describes it.
 struct ColumnType {
-  std::string name;      //!< pg_type.typname of the column's type (of a domain: its base type)
-  char category = 'X';   //!< pg_type.typcategory (S: string types)
+  std::string name;     //!< pg_type.typname of the column's type (of a domain: its base type)
+  char category = 'X';  //!< pg_type.typcategory (S: string types)
 };
 
 //! The columns of a table: name -> type.
@@ -77,12 +77,12 @@ std::vector<std::string> install_statements(const SourceTable& t, const Columns&
 
 //! What a source table looks like in the database, against the config.
 struct SourceTableState {
-  std::string table;             //!< schema.table as configured
+  std::string table;  //!< schema.table as configured
   bool table_exists = false;
-  bool trigger_installed = false;  //!< enabled AFTER INSERT FOR EACH ROW, calling the copy
-  bool function_current = false;   //!< the copy function's body is the one the config gives
-  bool recorded = false;           //!< a row of outbox.source_tables for it
-  std::string installed_lsn;       //!< as recorded ("" when not)
+  bool trigger_installed = false;      //!< enabled AFTER INSERT FOR EACH ROW, calling the copy
+  bool function_current = false;       //!< the copy function's body is the one the config gives
+  bool recorded = false;               //!< a row of outbox.source_tables for it
+  std::string installed_lsn;           //!< as recorded ("" when not)
   std::optional<std::string> problem;  //!< mapping_problem, when the table exists
 
   //! Installed as the config says: nothing for migrate to do.
