@@ -26,4 +26,13 @@ std::string text_array(const std::vector<std::string>& values) {
   return out + "}";
 }
 
+std::string int_array(const std::set<int>& values) {
+  std::string out = "{";
+  for (int v : values) {
+    if (out.size() > 1) out += ",";
+    out += std::to_string(v);
+  }
+  return out + "}";
+}
+
 }  // namespace outbox::pg

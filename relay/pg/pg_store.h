@@ -50,23 +50,10 @@
 
 #include "core/ports.h"
 #include "pg/conninfo.h"
+#include "pg/outbox_rows.h"
 #include "pg/shards.h"
 
 namespace outbox::pg {
-
-//! Rows of (id, event_id::text, topic, key, payload, headers::text, attempts) as events.
-std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
-
-//! The polling read (with its byte budget and its read-ahead guard), written once, in the
-//! variants replication mode reads the table with (replication/replication_table.cc). Parameters as
-//! the polling read: $1 limit, $2 max bytes, $3 topics, $4 after id, $5 pending up to
-//! after id (-1: a by-state read), and:
-enum class FetchScope {
-  upto,    //!< rows of topics not in $3, ids up to $6 only (the replication drain)
-  topics,  //!< rows of the topics in $3 only (deferred topics; $4 and $5 as a by-state read)
-  among,   //!< rows whose ids are in $3 (bigint[]) only; no $4, $5 (rows sent again)
-};
-std::string fetch_sql(FetchScope scope);
 
 //! Where a store's session stands, readable from any thread (metrics, readiness, retention):
 //! core::Role (disconnected, standby, leader).
@@ -132,15 +119,8 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
   //! The outcome restricted to rows of shards held now (sharded).
   core::BatchOutcome held_part(const core::BatchOutcome& outcome);
   bool wait_for_leader_lock();
-  //! Sets vanished_table_ for the current PostgreSQL session; warns once per process when it is
-  //! false.
-  void look_for_vanished_table();
   void disconnect() noexcept;
   [[noreturn]] void fail(const std::exception& e);
-  //! Writes `outcome` in `txn`; appends the rows it found gone to `gone`.
-  void write_outcome(pqxx::work& txn, const core::BatchOutcome& outcome,
-                     std::vector<core::VanishedRow>& gone);
-  void ensure_prepared();
   std::vector<core::OutboxEvent> fetch(std::int64_t after_id, long long pending_upto,
                                        std::size_t limit, std::size_t max_bytes,
                                        const std::vector<std::string>& skip_topics);
@@ -151,10 +131,6 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<HintReceiver> receiver_;
   bool need_rearm_ = true;
-  bool prepared_ = false;  //!< the statements of the hot path are prepared on conn_
-  //! The PostgreSQL session may write outbox.vanished (schema 0008 applied, INSERT granted).
-  bool vanished_table_ = false;
-  bool vanished_table_warned_ = false;
   std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
   int session_pid_ = 0;                      //!< conn_'s server process, as probed
   std::string session_marker_;               //!< the marker the probe set in conn_'s session
@@ -166,8 +142,8 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
   bool sharded() const { return shard_settings_.shards > 1; }
   ShardSettings shard_settings_;
   ShardClaims claims_;
-  std::string fetch_sql_;
-  std::string pending_sql_;
+  OutboxRows rows_;              //!< the fetch (sharded: of the shards in $6) and the marks
+  std::string pending_sql_;      //!< whether a row is pending (sharded: of the shards in $1)
   std::set<int> read_set_;       //!< the shards of the last begin_batch
   bool read_set_valid_ = false;  //!< ... on the same PostgreSQL session
   std::set<int> held_before_;    //!< held when the last session ended (taken back first)

@@ -6,16 +6,12 @@
 #include <charconv>
 #include <limits>
 
+#include "pg/outbox_rows.h"
 #include "pg/pg_array.h"
 
 namespace outbox::replication {
 
 namespace {
-
-// The highest pending id: one probe of events_pending_idx from its end.
-constexpr const char* kPendingBoundSql =
-    "SELECT coalesce(max(id), 0) FROM outbox.events "
-    "WHERE published_at IS NULL AND dead_lettered_at IS NULL";
 
 // One statement, so one snapshot: pg_current_snapshot() is the snapshot the rows are read
 // with, which tells a row not visible yet from a row that is gone.
@@ -100,7 +96,7 @@ ReplicationTable::Bound PgReplicationTable::pending_bound_in_snapshot(const std:
     pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> txn(conn);
     txn.exec0("SET TRANSACTION SNAPSHOT " + txn.quote(name));
     bound.snapshot = txn.exec1(kSnapshotSql)[0].as<std::string>();
-    bound.upto = txn.exec1(kPendingBoundSql)[0].as<std::int64_t>();
+    bound.upto = txn.exec1(pg::pending_bound_sql())[0].as<std::int64_t>();
     txn.commit();
   });
   return bound;
@@ -192,7 +188,7 @@ std::int64_t PgReplicationTable::pending_bound() {
   std::int64_t upto = 0;
   store_.with_connection([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    upto = n.exec1(kPendingBoundSql)[0].as<std::int64_t>();
+    upto = n.exec1(pg::pending_bound_sql())[0].as<std::int64_t>();
   });
   return upto;
 }
