@@ -23,23 +23,18 @@ constexpr const char* kNoTopic = "(none)";
 constexpr int kAfterInsertRow = 5;
 constexpr const char* kInsufficientPrivilege = "42501";
 
-std::string ident(const std::string& name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"') out += '"';
+// `text` between `quote`s, each `quote` in it doubled: an identifier ("), a literal (').
+std::string quoted(const std::string& text, char quote) {
+  std::string out(1, quote);
+  for (char c : text) {
+    if (c == quote) out += quote;
     out += c;
   }
-  return out + "\"";
+  return out + quote;
 }
 
-std::string literal(const std::string& text) {
-  std::string out = "'";
-  for (char c : text) {
-    if (c == '\'') out += '\'';
-    out += c;
-  }
-  return out + "'";
-}
+std::string ident(const std::string& name) { return quoted(name, '"'); }
+std::string literal(const std::string& text) { return quoted(text, '\''); }
 
 std::string relation(const SourceTable& t) { return ident(t.schema) + "." + ident(t.table); }
 
