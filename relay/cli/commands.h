@@ -6,6 +6,7 @@
 #include "config/config.h"
 #include "pg/conninfo.h"
 #include "pg/replay.h"
+#include "replication/takeover.h"
 
 namespace outbox::cli {
 
@@ -28,5 +29,7 @@ int run_check(const config::Config& config);
 int run_replay(const config::Config& config, const pg::ReplaySelection& selection);
 //! `status`: backlog, oldest pending age, dead-lettered rows, leader, slot; text or JSON.
 int run_status(const config::Config& config, bool json);
+//! `takeover`: marks published what a stopped Debezium slot confirmed (replication/takeover.h).
+int run_takeover(const config::Config& config, const replication::TakeoverOptions& options);
 
 }  // namespace outbox::cli
