@@ -14,6 +14,7 @@ The jars are fetched by integration/bench/fetch-debezium.sh (install-deps.sh run
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -117,7 +118,7 @@ def test_debezium_on_outbox_events_then_takeover_then_relay_every_row_once(ctx, 
         work,
         debezium.worker_properties(ctx.kafka.bootstrap, work, debezium.free_port(), offset_flush_interval_ms=1000),
         debezium.outbox_connector("outbox", ctx.pg.port, ctx.db, slot, PUBLICATION, "outbox.events",
-                                  "${routedByValue}", poll_interval_ms=100),
+                                  "${routedByValue}", poll_interval_ms=100, row_id_header=None),
         jars)
     relay = ctx.relay()
     writer = PacedWriter(ctx, topic)
@@ -187,9 +188,13 @@ def test_debezium_on_outbox_events_then_takeover_then_relay_every_row_once(ctx, 
     # takeover, published again by the relay): at most the events decoded past it.
     assert not (set(duplicates) & taken)
     assert len(duplicates) <= unconfirmed, (len(duplicates), unconfirmed)
-    # The project's audit agrees (Debezium's messages carry the row id as outbox-id).
-    a = relay.command("audit")
+    # The project's audit agrees: Debezium's messages carry no outbox-id (its header "id" is
+    # the event id), the rows the takeover marked are told apart by published_by, not lost.
+    a = relay.command("audit", "--json")
     assert a.returncode == 0, a.stdout + a.stderr
+    report = json.loads(a.stdout)
+    assert report["lost"] == 0 and report["published_by_other"] == len(taken), report
+    assert report["foreign"] == len(by_debezium), report
     ctx.note(f"cut-over ({stop}): {total} rows, {len(taken)} marked by takeover (Debezium published them, "
              f"confirmed {confirmed:X}), {unconfirmed} decoded past the confirmed position, "
              f"{len(duplicates)} duplicates, lost 0; {time.monotonic() - t_start:.0f} s")
