@@ -950,7 +950,7 @@ TEST_CASE("a bad value of any key is reported with the key and its line", "[conf
     INFO(key.path);
     int line = 0;
     // A list where a single value belongs, a single value where a mapping belongs.
-    std::string bad = key.mapping ? "oops" : "[a, b]";
+    std::string bad = key.mapping || key.type == "list of mappings" ? "oops" : "[a, b]";
     ParseResult r = parse_config(file_with(key.path, bad, &line), with_env({}));
     REQUIRE_FALSE(r.config);
     const ConfigError* e = find_error(r, key.path);
@@ -990,7 +990,7 @@ source:
                                "connect_timeout_s, "));
   CHECK_THAT(r.errors[1].message, Catch::Contains("did you mean source.polling.batch_size or "
                                                   "retention.batch_size?"));
-  CHECK(r.errors[2].message == "unknown key (known here: mode, polling, pipeline, replication)");
+  CHECK(r.errors[2].message == "unknown key (known here: mode, tables, polling, pipeline, replication)");
 }
 
 TEST_CASE("every configuration key the command line's help names is declared", "[config]") {

@@ -16,6 +16,7 @@
 #include "kafka/transactional_publisher.h"
 #include "pg/conninfo.h"
 #include "pg/migrations.h"
+#include "pg/source_tables.h"
 
 namespace outbox::cli {
 
@@ -262,6 +263,17 @@ void check_postgres(const config::Config& config, Report& line) {
            row[0].as<std::string>() + " pending, " + row[1].as<std::string>() + " dead-lettered");
     } catch (const std::exception& e) {
       line(false, "outbox", e.what());
+    }
+  }
+  if (!config.source.tables.empty()) {
+    try {
+      for (const auto& t : pg::inspect_source_tables(n, source_tables_of(config))) {
+        line(t.current(), "source table", t.describe(),
+             "run `outbox-relay migrate` with this config (as a role with the TRIGGER privilege "
+             "on the table)");
+      }
+    } catch (const std::exception& e) {
+      line(false, "source table", e.what());
     }
   }
   if (config.source.mode == config::SourceMode::replication) {

@@ -26,6 +26,26 @@ std::string conninfo_or_exit(const config::Config& config) {
   return pg_conninfo_or_exit(config).current();
 }
 
+std::vector<pg::SourceTable> source_tables_of(const config::Config& config) {
+  std::vector<pg::SourceTable> out;
+  for (std::size_t i = 0; i < config.source.tables.size(); ++i) {
+    const config::SourceTableConfig& c = config.source.tables[i];
+    auto dot = c.table.find('.');
+    pg::SourceTable t;
+    t.schema = c.table.substr(0, dot);
+    t.table = dot == std::string::npos ? std::string() : c.table.substr(dot + 1);
+    t.event_id_column = c.event_id;
+    t.topic_column = c.topic;
+    t.key_column = c.key;
+    t.payload_column = c.payload;
+    t.created_at_column = c.created_at;
+    t.headers = c.headers;
+    t.config_key = "source.tables[" + std::to_string(i) + "]";
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
 int run_migrate(const config::Config& config) {
   // A privileged role when given (postgres.admin_dsn, or --dsn): the relay's own role may
   // only find the schema up to date.
@@ -48,10 +68,11 @@ int run_migrate(const config::Config& config) {
   try {
     core::SteadyClock clock;
     pg::RoleNames roles{config.postgres.relay_role, config.postgres.writer_role};
-    pg::MigrationReport report = pg::migrate(conninfo, clock, roles);
+    pg::MigrationReport report = pg::migrate(conninfo, clock, roles, source_tables_of(config));
     for (const auto& role : report.roles) std::printf("role     %s\n", role.c_str());
     for (const auto& name : report.applied) std::printf("applied  %s\n", name.c_str());
     for (const auto& name : report.skipped) std::printf("present  %s\n", name.c_str());
+    for (const auto& t : report.source_tables) std::printf("source   %s\n", t.c_str());
     for (const auto& w : report.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
     std::printf("schema up to date (%zu applied now, %zu already present)\n", report.applied.size(),
                 report.skipped.size());

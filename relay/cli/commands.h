@@ -2,10 +2,12 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "pg/conninfo.h"
 #include "pg/replay.h"
+#include "pg/source_tables.h"
 #include "replication/takeover.h"
 
 namespace outbox::cli {
@@ -22,6 +24,9 @@ std::string conninfo_or_exit(const config::Config& config);
 //! The same for a long-running relay: built again at each connection, so that
 //! postgres.password_file is read again then (pg::Conninfo).
 pg::Conninfo pg_conninfo_or_exit(const config::Config& config);
+
+//! source.tables as pg/ takes them, each named by its key (source.tables[0]) in errors.
+std::vector<pg::SourceTable> source_tables_of(const config::Config& config);
 
 int run_relay(const config::Config& config);
 int run_migrate(const config::Config& config);

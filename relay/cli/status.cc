@@ -37,6 +37,7 @@ int run_status(const config::Config& config, bool json) {
   std::optional<pg::LeaderInfo> leader;
   std::vector<pg::ShardHolder> shard_holders;  // scale-out (source.polling.shards > 1)
   std::optional<pg::SlotStats> slot;
+  std::vector<pg::SourceTableState> source_tables;
   try {
     pqxx::connection conn(conninfo);
     pqxx::read_transaction tx(conn);
@@ -46,6 +47,7 @@ int run_status(const config::Config& config, bool json) {
     // Sharded relays all hold the leader key, shared: none of them is "the" leader.
     if (!shard_holders.empty()) leader.reset();
     if (replication) slot = pg::read_slot_stats(tx, slot_name);
+    source_tables = pg::inspect_source_tables(tx, source_tables_of(config));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "status: PostgreSQL (%s): %s\n",
                  pg::redact_dsn(config.postgres.dsn).c_str(), e.what());
@@ -87,6 +89,15 @@ int run_status(const config::Config& config, bool json) {
         s["confirmed_lag_bytes"] = opt(slot->confirmed_lag_bytes);
       }
       j["slot"] = s;
+    }
+    j["source_tables"] = nlohmann::json::array();
+    for (const auto& t : source_tables) {
+      j["source_tables"].push_back({{"table", t.table},
+                                    {"installed_as_configured", t.current()},
+                                    {"installed_lsn", t.installed_lsn.empty()
+                                                          ? nlohmann::json(nullptr)
+                                                          : nlohmann::json(t.installed_lsn)},
+                                    {"detail", t.describe()}});
     }
     std::printf("%s\n", j.dump().c_str());
     return kOk;
@@ -130,6 +141,7 @@ int run_status(const config::Config& config, bool json) {
           slot->confirmed_lag_bytes ? bytes_text(*slot->confirmed_lag_bytes).c_str() : "-");
     }
   }
+  for (const auto& t : source_tables) std::printf("source table   %s\n", t.describe().c_str());
   return kOk;
 }
 

@@ -100,8 +100,28 @@ struct PipelineConfig {
   int max_in_flight_bytes = 32 << 20;
 };
 
+//! One source.tables entry: a service's own outbox table (Debezium's shape) whose inserted
+//! rows `migrate`'s trigger copies into outbox.events (pg/source_tables.h). The column
+//! defaults are Debezium's outbox columns.
+struct SourceTableConfig {
+  //! Schema-qualified, e.g. public.outboxevent.
+  std::string table;
+  //! The columns holding the event id (uuid, or text holding one), the topic, the key and
+  //! the payload (jsonb, json, text or bytea).
+  std::string event_id = "id";
+  std::string topic = "aggregatetype";
+  std::string key = "aggregateid";
+  std::string payload = "payload";
+  //! A timestamptz or timestamp column for created_at; empty: the time of the copy.
+  std::string created_at;
+  //! Column -> Kafka header name, in file order.
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
 struct SourceConfig {
   SourceMode mode = SourceMode::polling;
+  //! source.tables: service tables copied into outbox.events by `migrate`'s triggers.
+  std::vector<SourceTableConfig> tables;
   PollingConfig polling;
   ReplicationConfig replication;
   PipelineConfig pipeline;

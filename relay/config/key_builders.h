@@ -203,4 +203,7 @@ Key mapping(std::string path, Get get, Doc doc, Check check = {}, std::string al
   return k;
 }
 
+//! source.tables: a list of mappings, each a SourceTableConfig (source_tables.cc).
+Key table_list(std::string path, Doc doc);
+
 }  // namespace outbox::config::build

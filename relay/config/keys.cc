@@ -138,6 +138,17 @@ std::vector<Key> declare_keys() {
              {{"polling", SourceMode::polling}, {"replication", SourceMode::replication}},
              {.description = "How rows are found: polling reads outbox.events; replication "
                              "streams its inserts from a logical replication slot (pgoutput)."}),
+      table_list(
+          "source.tables",
+          {.description =
+               "Services' own outbox tables (Debezium's shape), each copied into outbox.events "
+               "by a trigger `migrate` installs: `table` (schema.table, required) and the "
+               "columns holding each part, with Debezium's names as defaults: `event_id` (id), "
+               "`topic` (aggregatetype), `key` (aggregateid), `payload` (payload), "
+               "`created_at` (none: the time of the copy), `headers` (column to header name, "
+               "e.g. {type: eventType}). Run `migrate` after changing it.",
+           .example = "[{table: public.outboxevent, headers: {type: eventType}}]",
+           .commented = true}),
       number("source.polling.batch_size", FIELD(source.polling.batch_size), {1, 100'000},
              {.description = "Rows per read, and per group of marks (both modes)."}),
       number("source.polling.batch_max_bytes", FIELD(source.polling.batch_max_bytes),

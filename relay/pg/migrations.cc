@@ -167,27 +167,12 @@ bool is_identifier_char(char c) {
 
 void apply(pqxx::connection& conn, const Migration& m, const std::string& sum, core::Clock& clock) {
   if (!runs_outside_transaction(m)) {
-    for (auto pause = kLockRetryPause;; pause = std::min(pause * 2, kLockRetryPauseMax)) {
-      try {
-        pqxx::work w(conn);
-        w.exec0(kMigrationLockTimeoutSql);
-        w.exec(m.sql);
-        w.exec_params0(kRecordSql, m.version, m.name, sum);
-        w.commit();
-        return;
-      } catch (const pqxx::sql_error& e) {
-        // By message too: libpqxx 6 leaves sqlstate() empty after a multi-statement query.
-        bool lock_timeout =
-            e.sqlstate() == kLockNotAvailable ||
-            std::string_view(e.what()).find("due to lock timeout") != std::string_view::npos;
-        if (!lock_timeout) throw;
-        std::fprintf(stderr,
-                     "%s: waiting for a lock other sessions hold (an open transaction on "
-                     "outbox.events?); services are not held up meanwhile; retrying in %lld ms\n",
-                     m.name.c_str(), static_cast<long long>(pause.count()));
-        clock.sleep_for(pause, [] { return false; });
-      }
-    }
+    run_under_lock_timeout(conn, m.name, "an open transaction on outbox.events?", clock,
+                           [&](pqxx::transaction_base& w) {
+                             w.exec(m.sql);
+                             w.exec_params0(kRecordSql, m.version, m.name, sum);
+                           });
+    return;
   }
   pqxx::nontransaction n(conn);
   std::vector<std::string> invalid;
@@ -202,6 +187,31 @@ void apply(pqxx::connection& conn, const Migration& m, const std::string& sum, c
 }
 
 }  // namespace
+
+void run_under_lock_timeout(pqxx::connection& conn, const std::string& what,
+                            const std::string& holders, core::Clock& clock,
+                            const std::function<void(pqxx::transaction_base&)>& body) {
+  for (auto pause = kLockRetryPause;; pause = std::min(pause * 2, kLockRetryPauseMax)) {
+    try {
+      pqxx::work w(conn);
+      w.exec0(kMigrationLockTimeoutSql);
+      body(w);
+      w.commit();
+      return;
+    } catch (const pqxx::sql_error& e) {
+      // By message too: libpqxx 6 leaves sqlstate() empty after a multi-statement query.
+      bool lock_timeout =
+          e.sqlstate() == kLockNotAvailable ||
+          std::string_view(e.what()).find("due to lock timeout") != std::string_view::npos;
+      if (!lock_timeout) throw;
+      std::fprintf(stderr,
+                   "%s: waiting for a lock other sessions hold (%s); services are not held up "
+                   "meanwhile; retrying in %lld ms\n",
+                   what.c_str(), holders.c_str(), static_cast<long long>(pause.count()));
+      clock.sleep_for(pause, [] { return false; });
+    }
+  }
+}
 
 std::string checksum(const std::string& sql) {
   std::uint64_t hash = 1469598103934665603ULL;
@@ -259,7 +269,8 @@ std::vector<std::string> role_grants(const RoleNames& roles) {
   return grants;
 }
 
-MigrationReport migrate(const std::string& conninfo, core::Clock& clock, const RoleNames& roles) {
+MigrationReport migrate(const std::string& conninfo, core::Clock& clock, const RoleNames& roles,
+                        const std::vector<SourceTable>& source_tables) {
   MigrationReport report;
   pqxx::connection conn(conninfo);
   {
@@ -313,6 +324,9 @@ MigrationReport migrate(const std::string& conninfo, core::Clock& clock, const R
         throw std::runtime_error("granting the schema's privileges to " + roles.relay + " and " +
                                  roles.writer + " failed: " + explained(e));
       }
+    }
+    if (!source_tables.empty()) {
+      report.source_tables = install_source_tables(conn, source_tables, clock);
     }
   } catch (...) {
     try {

@@ -5,10 +5,15 @@
 // one finds everything applied).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
+#include <pqxx/connection>
+#include <pqxx/transaction_base>
+
 #include "core/ports.h"
+#include "pg/source_tables.h"
 
 namespace outbox::pg {
 
@@ -50,6 +55,8 @@ struct MigrationReport {
   //! What was done about each role: "NAME: created", "NAME: present", and "NAME: granted"
   //! once the schema's privileges were granted to it.
   std::vector<std::string> roles;
+  //! A line per configured source table (install_source_tables).
+  std::vector<std::string> source_tables;
 };
 
 //! Applies what is missing, each migration in its own transaction (a file whose first line
@@ -62,9 +69,21 @@ struct MigrationReport {
 //! `roles` are created when missing (only then is CREATEROLE needed; a role that exists is
 //! used as it is) and, once the migrations ran, granted the schema's privileges again
 //! (role_grants), so that renamed roles get them on a database migrated before.
+//! Source tables: once the schema is up to date, the copy of each of `source_tables` is
+//! installed where it is not as configured (install_source_tables); none configured, none
+//! touched.
 //! The pauses (waiting for another runner's lock, and after a lock_timeout) are on `clock`.
 MigrationReport migrate(const std::string& conninfo, core::Clock& clock,
-                        const RoleNames& roles = {});
+                        const RoleNames& roles = {},
+                        const std::vector<SourceTable>& source_tables = {});
+
+//! Runs `body` in a transaction under lock_timeout 1 s; when a lock is not granted in time,
+//! rolls back, says on stderr that `what` waits for `holders`, pauses on `clock` (doubling
+//! up to 5 s) and runs it again. Services writing meanwhile queue behind the DDL for at most
+//! that second. Other errors are thrown.
+void run_under_lock_timeout(pqxx::connection& conn, const std::string& what,
+                            const std::string& holders, core::Clock& clock,
+                            const std::function<void(pqxx::transaction_base&)>& body);
 
 //! Versions recorded in outbox.schema_migrations; empty when the table does not exist.
 std::vector<int> applied_versions(const std::string& conninfo);
