@@ -21,6 +21,9 @@ enum ExitCode : int {
 //! postgres.dsn with the password and connection defaults applied; on a bad DSN prints the
 //! reason and exits with kUsage.
 std::string conninfo_or_exit(const config::Config& config);
+//! postgres.admin_dsn when set (migrate, takeover: a privileged role), else as
+//! conninfo_or_exit; on a bad DSN prints the reason and exits with kUsage.
+std::string admin_conninfo_or_exit(const config::Config& config);
 //! The same for a long-running relay: built again at each connection, so that
 //! postgres.password_file is read again then (pg::Conninfo).
 pg::Conninfo pg_conninfo_or_exit(const config::Config& config);

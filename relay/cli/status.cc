@@ -92,12 +92,12 @@ int run_status(const config::Config& config, bool json) {
     }
     j["source_tables"] = nlohmann::json::array();
     for (const auto& t : source_tables) {
-      j["source_tables"].push_back({{"table", t.table},
-                                    {"installed_as_configured", t.current()},
-                                    {"installed_lsn", t.installed_lsn.empty()
-                                                          ? nlohmann::json(nullptr)
-                                                          : nlohmann::json(t.installed_lsn)},
-                                    {"detail", t.describe()}});
+      j["source_tables"].push_back(
+          {{"table", t.table},
+           {"installed_as_configured", t.current()},
+           {"installed_lsn",
+            t.installed_lsn.empty() ? nlohmann::json(nullptr) : nlohmann::json(t.installed_lsn)},
+           {"detail", t.describe()}});
     }
     std::printf("%s\n", j.dump().c_str());
     return kOk;

@@ -3,27 +3,13 @@
 #include <cstdio>
 
 #include "cli/commands.h"
-#include "pg/conninfo.h"
 #include "replication/takeover.h"
 
 namespace outbox::cli {
 
 int run_takeover(const config::Config& config, const replication::TakeoverOptions& options) {
   // Like migrate: a privileged role when given (the peek needs REPLICATION).
-  std::string conninfo;
-  if (config.postgres.admin_dsn.empty()) {
-    conninfo = conninfo_or_exit(config);
-  } else {
-    std::string error;
-    auto built =
-        pg::build_conninfo(config.postgres.admin_dsn, "", config.postgres.connect_timeout_s, &error,
-                           config.postgres.allow_weak_tls);
-    if (!built) {
-      std::fprintf(stderr, "postgres.admin_dsn: %s\n", error.c_str());
-      return kUsage;
-    }
-    conninfo = *built;
-  }
+  std::string conninfo = admin_conninfo_or_exit(config);
   try {
     replication::TakeoverReport report = replication::take_over(conninfo, options);
     std::printf("slot %s: confirmed %s; decoded up to %s (%llu messages)\n", options.slot.c_str(),

@@ -70,13 +70,28 @@ std::vector<TakeoverScope> read_scopes(pqxx::transaction_base& t, const std::str
   return scopes;
 }
 
-std::string quoted_identifier_list(const std::string& name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"') out += '"';
-    out += c;
+// Commits a transaction that wrote WAL with synchronous_commit on: its commit record is
+// flushed, and with it every WAL record before, so the flush position passes `end`. (A
+// transaction that only took a transaction id writes no WAL before its commit record, and
+// PostgreSQL commits it asynchronously whatever the setting.) The write: the hint row of
+// schema 0001, left as it was (its row lock held for an instant).
+void flush_wal_past(const std::string& conninfo, Lsn end) {
+  pqxx::connection conn(conninfo);
+  {
+    pqxx::nontransaction n(conn);
+    n.exec("SET synchronous_commit = on");
   }
-  return out + "\"";
+  pqxx::work w(conn);
+  w.exec("UPDATE outbox.relay_wakeup SET armed = armed WHERE singleton");
+  w.commit();
+  pqxx::nontransaction n(conn);
+  auto flushed =
+      Lsn::parse(n.exec1("SELECT pg_current_wal_flush_lsn()::text")[0].as<std::string>());
+  if (!flushed || *flushed < end) {
+    throw std::runtime_error("the WAL is flushed only up to " +
+                             (flushed ? flushed->to_string() : std::string("?")) + ", before " +
+                             end.to_string() + " after a synchronous commit");
+  }
 }
 
 }  // namespace
@@ -208,12 +223,17 @@ TakeoverReport take_over(const std::string& conninfo, const TakeoverOptions& opt
   report.end =
       *Lsn::parse(t.exec1("SELECT pg_current_wal_insert_lsn()::text")[0].as<std::string>());
   bool source_column = t.exec_params1(kColumnSql, "source_table")[0].as<bool>();
+  // Logical decoding reads only flushed WAL, and a transaction committed asynchronously
+  // (synchronous_commit off) is visible before its commit record is flushed: such a row,
+  // visible and pending but not decoded, would be taken for confirmed and never sent. A
+  // synchronous commit on another session flushes the WAL past the end position.
+  flush_wal_past(conninfo, report.end);
   t.exec(
       "DECLARE takeover_peek NO SCROLL CURSOR FOR SELECT data FROM "
       "pg_logical_slot_peek_binary_changes(" +
       t.quote(options.slot) + ", " + t.quote(report.end.to_string()) +
       "::pg_lsn, NULL, 'proto_version', '1', 'publication_names', " +
-      t.quote(quoted_identifier_list(options.publication)) + ")");
+      t.quote(t.quote_name(options.publication)) + ")");
   for (;;) {
     pqxx::result rows = t.exec("FETCH " + std::to_string(kFetchRows) + " FROM takeover_peek");
     for (const auto& row : rows) {

@@ -8,7 +8,9 @@
 //      a publisher confirms a position only once everything before it is in Kafka.
 //   3. In one REPEATABLE READ snapshot S the first statement reads E =
 //      pg_current_wal_insert_lsn(). A transaction visible in S wrote its commit record before
-//      it became visible, so below E. Peeking the slot (not consuming it) up to E decodes
+//      it became visible, so below E. Decoding reads only flushed WAL, and an asynchronous
+//      commit is visible before it is flushed: a synchronous commit on another session
+//      first flushes the WAL past E. Then peeking the slot (not consuming it) up to E decodes
 //      every transaction committed above C and below E: the rows of the scope among them are
 //      the ones the publisher may not have published ("unconfirmed").
 //   4. So every pending row of the scope visible in S and not unconfirmed committed at or
