@@ -57,6 +57,13 @@ from readers import ROW_TOPIC, DebeziumReader, RelayPairReader, RelayReader  # n
 ALL_READERS = ("polling", "replication", "debezium", "pgfloor", "polling-eos", "replication-eos",
                "polling-x2")
 RELAY_READERS = ("polling", "replication", "polling-eos", "replication-eos", "polling-x2")
+BASE_READERS = ("polling", "replication", "polling-eos", "replication-eos")
+BASE_SUFFIX = "-base"  # one of BASE_READERS run by --baseline-bin
+
+
+def base_name(reader: str) -> str:
+    """The reader a -base name runs ("polling-eos-base": polling-eos)."""
+    return reader[: -len(BASE_SUFFIX)] if reader.endswith(BASE_SUFFIX) else reader
 
 
 class BenchError(RuntimeError):
@@ -511,6 +518,23 @@ def table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
+def warm_up(pg, kafka, work, run_id, args, cancel: list) -> None:
+    """A short polling run first, its figures dropped: the broker's JVM compiles its produce,
+    fetch and transaction paths during the first reader otherwise, and that reader's latency
+    and broker CPU carry the compilation (seen as a p99 three times its later value)."""
+    rows = min(args.rows, 50_000)
+    warm = argparse.Namespace(**{**vars(args), "rows": rows, "rates": [1000], "duration": 5.0})
+    t = time.monotonic()
+    for mode in ("polling", "polling-eos"):  # the idempotent and the transactional paths
+        reader = RelayReader(mode, pg, kafka, work, run_id, args.relay_set, name=f"warmup-{mode}")
+        try:
+            run_reader(reader, pg, kafka, warm, cancel, {})
+        except Exception as e:  # noqa: BLE001 - a failed warm-up is said, the run goes on
+            say(f"warm-up {mode}: {e}")
+    say(f"warm-up: {rows:,} rows and 5 s at 1,000/s through polling and polling-eos in "
+        f"{time.monotonic() - t:.0f} s (not reported)")
+
+
 # ------------------------------------------------------------------------------ main
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -539,6 +563,13 @@ def parse_args(argv=None):
     ap.add_argument("--perf", metavar="DIR",
                     help="profile our drains with perf record -g (outbox-relay + PostgreSQL processes, "
                          "first to last message); reports in DIR/<reader>-drain.txt")
+    ap.add_argument("--baseline-bin", metavar="PATH",
+                    help="a second outbox-relay binary (an earlier build) run side by side: readers "
+                         "named <reader>-base (polling-base, replication-eos-base, ...) use it")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="skip the warm-up run (min(rows, 50,000) rows and 5 s at 1,000/s through "
+                         "polling and polling-eos, not reported) that compiles the broker's JVM paths "
+                         "before the first measured reader")
     ap.add_argument("--servers", metavar="PGDIR,KAFKADIR",
                     help="use running harness servers in these directories instead of starting any")
     ap.add_argument("--smoke", action="store_true",
@@ -547,15 +578,20 @@ def parse_args(argv=None):
     if args.smoke:
         args.rows, args.rates, args.duration, args.readers = 2000, "200", 5, "polling,replication"
         args.drain_timeout, args.start_timeout, args.tail_timeout = 60, 60, 15
+        args.warmup = False
     if args.perf:
         if not shutil.which("perf"):
             ap.error("--perf: perf is not installed (apt-get install linux-perf)")
         Path(args.perf).mkdir(parents=True, exist_ok=True)
     args.rates = [int(r) for r in str(args.rates).split(",") if r]
     args.readers = [r for r in args.readers.split(",") if r]
-    bad = [r for r in args.readers if r not in ALL_READERS]
+    bad = [r for r in args.readers if base_name(r) not in ALL_READERS
+           or (r != base_name(r) and (base_name(r) not in BASE_READERS or not args.baseline_bin))]
     if bad:
-        ap.error(f"--readers: unknown {bad}; known: {', '.join(ALL_READERS)}")
+        ap.error(f"--readers: unknown {bad}; known: {', '.join(ALL_READERS)}, and with --baseline-bin "
+                 f"each of {', '.join(BASE_READERS)} with -base")
+    if args.baseline_bin and not os.access(args.baseline_bin, os.X_OK):
+        ap.error(f"--baseline-bin: {args.baseline_bin} is not an executable")
     if args.rows < 1 or any(r < 1 for r in args.rates) or args.duration <= 0:
         ap.error("--rows, --rates and --duration must be positive")
     return args
@@ -597,7 +633,12 @@ def main(argv=None) -> int:
             say("starting PostgreSQL 15 and Kafka")
             start_all([pg, kafka])
         report["machine"] = machine_notes(pg)
+        if args.baseline_bin:
+            version = subprocess.run([args.baseline_bin, "--version"], capture_output=True, text=True)
+            report["machine"]["baseline"] = f"{args.baseline_bin} ({version.stdout.strip() or 'no --version'})"
         say(f"postgres {pg.dsn_for('postgres')}, kafka {kafka.bootstrap}; work dir {work}")
+        if args.warmup and any(base_name(r) in RELAY_READERS or r == "debezium" for r in args.readers):
+            warm_up(pg, kafka, work, run_id, args, cancel)
         for name in args.readers:
             t = time.monotonic()
             try:
@@ -610,6 +651,9 @@ def main(argv=None) -> int:
                                             args.debezium_poll_ms)
                 elif name == "polling-x2":  # two relays sharing the shards
                     reader = RelayPairReader(pg, kafka, work, run_id, args.relay_set)
+                elif name != base_name(name):
+                    reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set,
+                                         binary=args.baseline_bin)
                 else:
                     reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set)
                 results[name] = {"loadavg_start": os.getloadavg()}
@@ -643,7 +687,8 @@ def main(argv=None) -> int:
         md.write_text(f"```sh\n{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n```\n\n"
                       f"{m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}; PostgreSQL "
                       f"{m['postgres']}, Kafka {m['kafka']}; relay {m['relay_binary']} at {m['git']}; "
-                      f"{loads}.\n\n```\n{text}\n```\n")
+                      + (f"-base readers: {m['baseline']}; " if "baseline" in m else "")
+                      + f"{loads}.\n\n```\n{text}\n```\n")
         say(f"results written to {args.json_path} and {md}; {'ok' if ok else 'FAILED'}")
         return 0 if ok else 1
     except KeyboardInterrupt as e:
