@@ -324,3 +324,21 @@ TEST_CASE("rows found gone when marked are reported, and their messages are not 
   CHECK(j["vanished_examples"][0]["event_id"] == "e-2");
   CHECK_THROWS_AS(ledger.add_vanished({5, "", "", false, "", ""}), std::invalid_argument);
 }
+
+TEST_CASE("rows another publisher sent before takeover are published, never lost", "[audit]") {
+  // published_by set by `outbox-relay takeover`: Debezium's messages may carry no outbox-id.
+  AuditLedger ledger;
+  ledger.add_row(1, true, false, true);
+  ledger.add_row(2, true, false, true);
+  ledger.add_row(3, true, false);
+  ledger.add_message("t", 0, "k", 2);
+  ledger.add_message("t", 0, "k", 3);
+  AuditReport r = ledger.report();
+  CHECK(r.published == 3);
+  CHECK(r.published_by_other == 2);
+  CHECK(r.lost == 0);
+  CHECK(r.ok());
+  AuditLedger unmarked;
+  unmarked.add_row(1, true, false);
+  CHECK(unmarked.report().lost == 1);
+}

@@ -2,7 +2,8 @@
 # Fetches Kafka Connect (standalone worker) and Debezium's PostgreSQL connector from Maven
 # Central into $OUTBOX_RELAY_CACHE/bench-debezium-<version>/ (default cache: ~/.cache/outbox-relay).
 # Idempotent: nothing happens when the jars of this pom are already there. Prints the jar
-# directory on stdout. Called by bench.py on first use; the bench only, never CI.
+# directory on stdout. Run by integration/env/install-deps.sh (for tests/test_cutover.py), and
+# again by bench.py and integration/harness/debezium.py on use (a no-op once fetched).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../env/common.sh

@@ -16,30 +16,20 @@ kafka.topic_map, Debezium with route.by.field=topic and route.topic.replacement)
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import Kafka, Postgres, Relay  # noqa: E402
+from harness import Kafka, Postgres, Relay, debezium  # noqa: E402
+from harness.debezium import free_port  # noqa: E402
 
 import load  # noqa: E402
 
 ROW_TOPIC = "events"
 BENCH_DIR = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _set_dotted(d: dict, dotted: str, value) -> None:
@@ -247,7 +237,8 @@ class RelayPairReader(RelayReader):
 
 
 class DebeziumReader(Reader):
-    """Kafka Connect 4.1 standalone (one JVM) with Debezium's PostgreSQL connector."""
+    """Kafka Connect 4.1 standalone (one JVM) with Debezium's PostgreSQL connector
+    (harness/debezium.py)."""
 
     name = "debezium"
 
@@ -256,10 +247,7 @@ class DebeziumReader(Reader):
         self.jar_dir = jar_dir
         self.heap = heap
         self.poll_interval_ms = poll_interval_ms
-        self.proc: Optional[subprocess.Popen] = None
-        self.log_path = self.work / "connect.log"
-        self.out_path = self.work / "connect.out"
-        self._last_rest = 0.0
+        self.connect_proc: Optional[debezium.KafkaConnect] = None
 
     def _migrate(self) -> None:
         # The same outbox schema as ours, installed the same way.
@@ -268,139 +256,33 @@ class DebeziumReader(Reader):
         if r.returncode != 0:
             raise RuntimeError(f"outbox-relay migrate failed:\n{r.stdout}{r.stderr}")
         self.rest_port = free_port()
-        self._write_config()
-
-    def _write_config(self) -> None:
         prefix = self.topic[: -len(ROW_TOPIC)]
-        worker = {
-            "bootstrap.servers": self.kafka.bootstrap,
-            "key.converter": "org.apache.kafka.connect.storage.StringConverter",
-            "value.converter": "org.apache.kafka.connect.converters.ByteArrayConverter",
-            "header.converter": "org.apache.kafka.connect.storage.SimpleHeaderConverter",
-            "offset.storage.file.filename": str(self.work / "connect.offsets"),
-            "offset.flush.interval.ms": "1000",
-            "listeners": f"http://127.0.0.1:{self.rest_port}",
-            "plugin.discovery": "only_scan",
-            # the same producer guarantees as outbox-relay (which forces these), and the
-            # Kafka 4 producer's default linger (Debezium at its defaults; outbox-relay's own
-            # default is 1 ms); 5 requests in flight is what idempotence allows (Connect's
-            # own default for source tasks is 1)
-            "producer.enable.idempotence": "true",
-            "producer.acks": "all",
-            "producer.linger.ms": "5",
-            "producer.max.in.flight.requests.per.connection": "5",
-        }
-        connector = {
-            "name": "bench-outbox",
-            "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
-            "tasks.max": "1",
-            "plugin.name": "pgoutput",
-            "database.hostname": "127.0.0.1",
-            "database.port": str(self.pg.port),
-            "database.user": "postgres",
-            "database.password": "unused-trust-auth",
-            "database.dbname": self.db,
-            "topic.prefix": "bench",
-            "slot.name": f"{self.db}_dbz",
-            "publication.name": "bench_dbz",
-            "publication.autocreate.mode": "filtered",
-            "table.include.list": "outbox.events",
-            "snapshot.mode": "no_data",
-            "binary.handling.mode": "bytes",
-            "poll.interval.ms": str(self.poll_interval_ms),
-            # no Debezium context headers (__debezium.context.*): the outbox headers only
-            "extended.headers.enabled": "false",
-            "transforms": "outbox",
-            "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
-            "transforms.outbox.table.field.event.id": "event_id",
-            "transforms.outbox.table.field.event.key": "key",
-            "transforms.outbox.table.field.event.payload": "payload",
-            "transforms.outbox.route.by.field": "topic",
-            "transforms.outbox.route.topic.replacement": prefix + "${routedByValue}",
-            # the row id as a header, as outbox-relay's outbox-id (Debezium puts the event
-            # id in header "id")
-            "transforms.outbox.table.fields.additional.placement": "id:header:outbox-id",
-        }
-        for path, props in ((self.work / "worker.properties", worker),
-                            (self.work / "connector.properties", connector)):
-            path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
-        (self.work / "log4j2.properties").write_text(
-            "status = warn\n"
-            "appender.file.type = File\nappender.file.name = FILE\n"
-            f"appender.file.fileName = {self.log_path}\n"
-            "appender.file.layout.type = PatternLayout\n"
-            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-            "rootLogger.level = INFO\nrootLogger.appenderRef.file.ref = FILE\n")
+        worker = debezium.worker_properties(self.kafka.bootstrap, self.work, self.rest_port)
+        # the row id as a header, as outbox-relay's outbox-id (Debezium puts the event id in
+        # header "id")
+        connector = debezium.outbox_connector("bench-outbox", self.pg.port, self.db, f"{self.db}_dbz",
+                                              "bench_dbz", "outbox.events", prefix + "${routedByValue}",
+                                              self.poll_interval_ms)
+        self.connect_proc = debezium.KafkaConnect(self.work, worker, connector, self.jar_dir, self.heap)
 
     def start(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            raise RuntimeError("Connect already running")
-        xms, xmx = self.heap.split(",")
-        # The JVM options of Kafka's connect-standalone.sh / kafka-run-class.sh.
-        cmd = ["java", f"-Xms{xms}", f"-Xmx{xmx}", "-server", "-XX:+UseG1GC",
-               "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-               "-XX:+ExplicitGCInvokesConcurrent", "-XX:MaxInlineLevel=15",
-               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={self.work / 'log4j2.properties'}",
-               "-cp", f"{self.jar_dir}/*", "org.apache.kafka.connect.cli.ConnectStandalone",
-               str(self.work / "worker.properties"), str(self.work / "connector.properties")]
-        with open(self.out_path, "a") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        self.connect_proc.start()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)  # graceful: the worker commits its offsets
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
+        if self.connect_proc is not None:
+            self.connect_proc.stop()
 
     @property
     def pid(self):
-        return self.proc.pid if self.proc and self.proc.poll() is None else None
+        return self.connect_proc.pid if self.connect_proc else None
 
     def log_tail(self, n: int = 30) -> str:
-        lines = []
-        for p in (self.out_path, self.log_path):
-            try:
-                lines += p.read_text(errors="replace").splitlines()[-n:]
-            except OSError:
-                pass
-        return "\n".join(lines)
+        return self.connect_proc.log_tail(n) if self.connect_proc else ""
 
     def producer_settings(self) -> dict:
-        """The task producer's acks, enable.idempotence and max.in.flight as Connect logged
-        them ("ProducerConfig values:" of client connector-producer-*)."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return {}
-        found: dict = {}
-        for block in text.split("ProducerConfig values:")[1:]:
-            block = block.split("\n[", 1)[0]  # up to the next log line
-            fields = dict(ln.strip().split(" = ", 1) for ln in block.splitlines() if " = " in ln)
-            if fields.get("client.id", "").startswith("connector-producer-"):
-                found = {k: fields.get(k) for k in
-                         ("acks", "enable.idempotence", "max.in.flight.requests.per.connection", "linger.ms")}
-        return found
+        return self.connect_proc.producer_settings() if self.connect_proc else {}
 
     def check(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"Kafka Connect exited ({self.proc.returncode if self.proc else None}); "
-                               f"log tail:\n{self.log_tail()}")
-        if time.monotonic() - self._last_rest < 2:
-            return
-        self._last_rest = time.monotonic()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}/connectors/bench-outbox/status",
-                                        timeout=5) as r:
-                status = json.loads(r.read())
-        except OSError:
-            return  # REST not up yet
-        states = [status.get("connector", {}).get("state")] + [t.get("state") for t in status.get("tasks", [])]
-        if "FAILED" in states:
-            traces = [t.get("trace", "") for t in status.get("tasks", [])] + [status["connector"].get("trace", "")]
-            raise RuntimeError("Debezium connector FAILED:\n" + "\n".join(t for t in traces if t)[:3000])
+        if self.connect_proc is None:
+            raise RuntimeError("Kafka Connect not set up")
+        self.connect_proc.check()

@@ -134,6 +134,14 @@ else
   log "kafka: $(find "$JARDIR" -name '*.jar' | wc -l) jars"
 fi
 
+# ---------------------------------------------------------- Debezium (tests only)
+# Kafka Connect and Debezium's PostgreSQL connector for tests/test_cutover.py (and the bench):
+# fetched into $CACHE/bench-debezium-<version>-connect-<version>/ by the bench's own script,
+# a no-op once there. Not in the demo profile.
+if [ "$PROFILE" = full ]; then
+  log "debezium: $("$OUTBOX_REPO/integration/bench/fetch-debezium.sh")"
+fi
+
 # ------------------------------------------------------------------ librdkafka
 # Debian 12's 2.0.2 cannot authenticate with SCRAM to Kafka 4: build Debian 13's package.
 "$OUTBOX_ENV_DIR/librdkafka.sh"

@@ -2,6 +2,7 @@
 servers, the relay process, service-like writers and the delivery audit.
 Used by the pytest suite, demo.sh and the benchmarks."""
 
+from . import debezium
 from .audit import AuditReport, OutboxRow, audit, fetch_rows
 from .replication import Recvlogical, SlotState, drop_database_slots, lsn_int, lsn_text, slot_state
 from .relay import Relay, RelayError, deep_merge, relay_binary, to_yaml

@@ -33,7 +33,12 @@ constexpr const char* kRangeSql =
 // One keyset page; rows of the range created before the cutoff come back to be skipped.
 constexpr const char* kPageSql =
     "SELECT id, topic, published_at IS NOT NULL, dead_lettered_at IS NOT NULL, "
-    "created_at >= $3::timestamptz FROM outbox.events "
+    "created_at >= $3::timestamptz, published_by IS NOT NULL FROM outbox.events "
+    "WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $4";
+// Before schema 0015 no row names another publisher.
+constexpr const char* kPageSqlBefore0015 =
+    "SELECT id, topic, published_at IS NOT NULL, dead_lettered_at IS NOT NULL, "
+    "created_at >= $3::timestamptz, false FROM outbox.events "
     "WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $4";
 
 // Rows the relay found gone when marking (schema 0008), noticed at or after the cutoff.
@@ -85,12 +90,20 @@ TableScan scan_rows(pqxx::nontransaction& n, const std::string& cutoff,
   ledger.reserve(static_cast<std::size_t>(last - first) + 1);
   std::set<std::string> row_topics;
   long after = first - 1;
+  const char* page_sql =
+      n.exec1(
+           "SELECT to_regclass('outbox.events') IS NOT NULL AND EXISTS (SELECT 1 FROM "
+           "pg_attribute WHERE attrelid = 'outbox.events'::regclass AND attname = "
+           "'published_by' AND NOT attisdropped)")[0]
+              .as<bool>()
+          ? kPageSql
+          : kPageSqlBefore0015;
   for (;;) {
-    pqxx::result page = n.exec_params(kPageSql, after, last, cutoff, static_cast<long>(page_size));
+    pqxx::result page = n.exec_params(page_sql, after, last, cutoff, static_cast<long>(page_size));
     for (const auto& row : page) {
       const auto id = row[0].as<long>();
       if (row[4].as<bool>()) {
-        ledger.add_row(id, row[2].as<bool>(), row[3].as<bool>());
+        ledger.add_row(id, row[2].as<bool>(), row[3].as<bool>(), row[5].as<bool>());
         row_topics.insert(row[1].as<std::string>());
       } else {
         ledger.skip_row(id);
@@ -377,7 +390,10 @@ std::string format_text(const AuditReport& r) {
   if (r.first_id) range = "ids " + std::to_string(*r.first_id) + ".." + std::to_string(*r.last_id);
   write_count(out, "rows", r.rows, range);
   write_count(out, "messages", r.messages);
-  write_count(out, "published", r.published);
+  write_count(out, "published", r.published,
+              r.published_by_other ? std::to_string(r.published_by_other) +
+                                         " by another publisher before `takeover` (published_by)"
+                                   : "");
   write_count(out, "pending", r.pending);
   write_count(out, "dead-lettered", r.dead_lettered);
   write_count(out, "lost", r.lost);
@@ -436,6 +452,7 @@ std::string format_json(const AuditReport& r) {
       {"rows", r.rows},
       {"messages", r.messages},
       {"published", r.published},
+      {"published_by_other", r.published_by_other},
       {"pending", r.pending},
       {"dead_lettered", r.dead_lettered},
       {"lost", r.lost},

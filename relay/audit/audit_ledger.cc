@@ -76,14 +76,19 @@ void AuditLedger::reserve(std::size_t ids) {
   }
 }
 
-void AuditLedger::add_row(std::int64_t id, bool published, bool dead_lettered) {
+void AuditLedger::add_row(std::int64_t id, bool published, bool dead_lettered, bool by_other) {
   std::size_t i = extend_to(id);
   audited_.set(i);
   ++counts_.rows;
   if (!counts_.first_id) counts_.first_id = id;
   counts_.last_id = id;
   if (published) {
-    published_.set(i);
+    // A row another publisher sent is left out of the lost check (not in published_).
+    if (by_other) {
+      ++counts_.published_by_other;
+    } else {
+      published_.set(i);
+    }
     ++counts_.published;
   }
   if (dead_lettered) {

@@ -57,11 +57,14 @@ struct VanishedExample {
 };
 
 struct AuditReport {
-  std::uint64_t rows = 0;              //!< rows audited
-  std::uint64_t messages = 0;          //!< messages read (all of them, foreign ones too)
-  std::uint64_t published = 0;         //!< rows with published_at
-  std::uint64_t pending = 0;           //!< rows with neither published_at nor dead_lettered_at
-  std::uint64_t dead_lettered = 0;     //!< rows with dead_lettered_at
+  std::uint64_t rows = 0;           //!< rows audited
+  std::uint64_t messages = 0;       //!< messages read (all of them, foreign ones too)
+  std::uint64_t published = 0;      //!< rows with published_at
+  std::uint64_t pending = 0;        //!< rows with neither published_at nor dead_lettered_at
+  std::uint64_t dead_lettered = 0;  //!< rows with dead_lettered_at
+  //! Published rows another publisher sent (outbox.events.published_by, set by `takeover`):
+  //! counted in published; never lost, as that publisher's messages may carry no outbox-id.
+  std::uint64_t published_by_other = 0;
   std::uint64_t lost = 0;              //!< published rows without any message
   std::uint64_t duplicates = 0;        //!< extra copies of a message (beyond the first)
   std::uint64_t duplicated_rows = 0;   //!< rows with at least one extra copy
@@ -101,7 +104,8 @@ class AuditLedger {
 
   //! An audited row. Rows (and skip_row) must come in strictly increasing id order, before
   //! any message; throws std::invalid_argument otherwise.
-  void add_row(std::int64_t id, bool published, bool dead_lettered);
+  //! `by_other`: published by another publisher (`published_by` set).
+  void add_row(std::int64_t id, bool published, bool dead_lettered, bool by_other = false);
   //! A row inside the scanned range that the audit leaves out (created before --since):
   //! its messages are counted as ignored.
   void skip_row(std::int64_t id);

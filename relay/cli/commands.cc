@@ -46,22 +46,23 @@ std::vector<pg::SourceTable> source_tables_of(const config::Config& config) {
   return out;
 }
 
+std::string admin_conninfo_or_exit(const config::Config& config) {
+  if (config.postgres.admin_dsn.empty()) return conninfo_or_exit(config);
+  std::string error;
+  auto built = pg::build_conninfo(config.postgres.admin_dsn, "", config.postgres.connect_timeout_s,
+                                  &error, config.postgres.allow_weak_tls);
+  if (!built) {
+    std::fprintf(stderr, "postgres.admin_dsn: %s\n", error.c_str());
+    std::exit(kUsage);
+  }
+  return *built;
+}
+
 int run_migrate(const config::Config& config) {
   // A privileged role when given (postgres.admin_dsn, or --dsn): the relay's own role may
   // only find the schema up to date.
-  std::string conninfo;
-  if (config.postgres.admin_dsn.empty()) {
-    conninfo = conninfo_or_exit(config);
-  } else {
-    std::string error;
-    auto built =
-        pg::build_conninfo(config.postgres.admin_dsn, "", config.postgres.connect_timeout_s, &error,
-                           config.postgres.allow_weak_tls);
-    if (!built) {
-      std::fprintf(stderr, "postgres.admin_dsn: %s\n", error.c_str());
-      return kUsage;
-    }
-    conninfo = *built;
+  std::string conninfo = admin_conninfo_or_exit(config);
+  if (!config.postgres.admin_dsn.empty()) {
     std::printf("migrating with postgres.admin_dsn (%s)\n",
                 pg::redact_dsn(config.postgres.admin_dsn).c_str());
   }

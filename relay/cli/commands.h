@@ -8,6 +8,7 @@
 #include "pg/conninfo.h"
 #include "pg/replay.h"
 #include "pg/source_tables.h"
+#include "replication/takeover.h"
 
 namespace outbox::cli {
 
@@ -20,6 +21,9 @@ enum ExitCode : int {
 //! postgres.dsn with the password and connection defaults applied; on a bad DSN prints the
 //! reason and exits with kUsage.
 std::string conninfo_or_exit(const config::Config& config);
+//! postgres.admin_dsn when set (migrate, takeover: a privileged role), else as
+//! conninfo_or_exit; on a bad DSN prints the reason and exits with kUsage.
+std::string admin_conninfo_or_exit(const config::Config& config);
 //! The same for a long-running relay: built again at each connection, so that
 //! postgres.password_file is read again then (pg::Conninfo).
 pg::Conninfo pg_conninfo_or_exit(const config::Config& config);
@@ -33,5 +37,7 @@ int run_check(const config::Config& config);
 int run_replay(const config::Config& config, const pg::ReplaySelection& selection);
 //! `status`: backlog, oldest pending age, dead-lettered rows, leader, slot; text or JSON.
 int run_status(const config::Config& config, bool json);
+//! `takeover`: marks published what a stopped Debezium slot confirmed (replication/takeover.h).
+int run_takeover(const config::Config& config, const replication::TakeoverOptions& options);
 
 }  // namespace outbox::cli

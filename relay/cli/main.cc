@@ -23,7 +23,8 @@ constexpr const char* kFooter = R"(Exit codes:
      (replication slot invalidated or used by another process, undecodable stream, a
      connection pooler in transaction or statement mode, a pooler in replication mode);
      audit found lost rows or order violations (duplicates alone pass), or could not
-     read PostgreSQL or Kafka; status could not read PostgreSQL
+     read PostgreSQL or Kafka; status could not read PostgreSQL; takeover refused or
+     failed (nothing changed)
   2  bad command line or invalid configuration (every error is printed with key and line)
 
 The smallest configuration:
@@ -69,6 +70,15 @@ constexpr const char* kAuditHelp =
     "Compare outbox.events with the Kafka topics its rows went to (reads both, changes "
     "nothing): rows, messages, published, pending, dead-lettered, lost (marked published, no "
     "message), duplicates, per-key order violations.";
+constexpr const char* kTakeoverHelp =
+    "Take over from a stopped Debezium PostgreSQL connector (pgoutput, outbox EventRouter) "
+    "reading outbox.events or a source table: refused while its slot is in use, or, for a "
+    "source table, before the slot confirmed the position where the copy trigger was "
+    "installed. Decodes the slot without consuming it, in one snapshot: the pending rows "
+    "Debezium confirmed are marked published (published_by names the slot), the rest stay "
+    "pending for the relay (at most Debezium's messages past its last confirmed position are "
+    "published twice). One transaction; safe to run again. Connects with --dsn, else "
+    "postgres.admin_dsn, else postgres.dsn (a role with REPLICATION).";
 
 // "12" or "12,13,14" appended to `ids`; false when a part is not a positive number.
 bool parse_ids(const std::string& text, std::vector<std::int64_t>& ids) {
@@ -101,6 +111,8 @@ int main(int argc, char** argv) {
   bool replay_all = false;
   std::optional<std::string> audit_since;
   std::optional<std::string> migrate_dsn;
+  std::optional<std::string> takeover_dsn;
+  replication::TakeoverOptions takeover_options;
   bool json = false;
 
   CLI::App app{"outbox-relay: publishes committed PostgreSQL outbox rows to Kafka.",
@@ -125,7 +137,8 @@ int main(int argc, char** argv) {
   CLI::App* status = app.add_subcommand("status", kStatusHelp);
   CLI::App* replay = app.add_subcommand("replay", kReplayHelp);
   CLI::App* audit = app.add_subcommand("audit", kAuditHelp);
-  for (CLI::App* sub : {run, migrate, check, status, replay, audit}) common(sub);
+  CLI::App* takeover = app.add_subcommand("takeover", kTakeoverHelp);
+  for (CLI::App* sub : {run, migrate, check, status, replay, audit, takeover}) common(sub);
   migrate
       ->add_option("--dsn", migrate_dsn,
                    "libpq connection string of a role allowed to create the schema (overrides "
@@ -144,6 +157,24 @@ int main(int argc, char** argv) {
                    "time ago (90s, 30m, 12h, 7d).")
       ->type_name("VALUE");
   audit->add_flag("--json", json, "The report as one JSON object.");
+  takeover
+      ->add_option("--slot", takeover_options.slot,
+                   "Debezium's replication slot (its slot.name; Debezium's default: debezium).")
+      ->type_name("NAME")
+      ->required();
+  takeover
+      ->add_option("--publication", takeover_options.publication,
+                   "Debezium's publication (its publication.name; Debezium's default: "
+                   "dbz_publication).")
+      ->type_name("NAME")
+      ->required();
+  takeover->add_flag("--drop-slot", takeover_options.drop_slot,
+                     "Drop the slot once the rows are marked (Debezium cannot resume from it).");
+  takeover
+      ->add_option("--dsn", takeover_dsn,
+                   "libpq connection string of a role with REPLICATION and UPDATE on "
+                   "outbox.events (overrides postgres.admin_dsn).")
+      ->type_name("DSN");
 
   if (argc == 2 && std::string(argv[1]) == "help") {
     std::fputs(app.help().c_str(), stdout);
@@ -163,7 +194,7 @@ int main(int argc, char** argv) {
 
   CLI::App* command = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
   if (command == nullptr) {
-    return usage_error("no command given (run, migrate, check, status, replay or audit)");
+    return usage_error("no command given (run, migrate, check, status, replay, audit or takeover)");
   }
   pg::ReplaySelection selection;
   if (command == replay) {
@@ -210,6 +241,10 @@ int main(int argc, char** argv) {
     return cli::run_migrate(config);
   }
   if (command == replay) return cli::run_replay(config, selection);
+  if (command == takeover) {
+    if (takeover_dsn) config.postgres.admin_dsn = *takeover_dsn;
+    return cli::run_takeover(config, takeover_options);
+  }
   if (command == status) return cli::run_status(config, json);
   if (command == audit) {
     audit::AuditOptions audit_options;
