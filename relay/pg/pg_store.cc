@@ -131,18 +131,6 @@ std::vector<core::VanishedRow> PgOutboxStore::take_vanished() {
   return out;
 }
 
-void PgOutboxStore::with_connection(const std::function<void(pqxx::connection&)>& body) {
-  connect();
-  try {
-    body(session_.conn());
-  } catch (const core::UnavailableError&) {
-    session_.disconnect();
-    throw;
-  } catch (const std::exception& e) {
-    session_.fail(e);
-  }
-}
-
 bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
   connect();
   try {

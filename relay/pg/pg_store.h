@@ -71,10 +71,6 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
   //! take_vanished(), anything else rolls the whole outcome back (UnavailableError).
   void record_outcome(const core::BatchOutcome& outcome) override;
   std::vector<core::VanishedRow> take_vanished() override;
-  //! Runs `body` on this store's session (connecting and taking the leader lock first), for
-  //! the queries of replication mode (replication/replication_table.h). A failure disconnects and
-  //! throws core::UnavailableError, as the other calls do.
-  void with_connection(const std::function<void(pqxx::connection&)>& body);
 
   //! The session's (see LeaderSession); any thread.
   SessionRole role() const override { return session_.role(); }
