@@ -57,6 +57,13 @@ from readers import ROW_TOPIC, DebeziumReader, RelayPairReader, RelayReader  # n
 ALL_READERS = ("polling", "replication", "debezium", "pgfloor", "polling-eos", "replication-eos",
                "polling-x2")
 RELAY_READERS = ("polling", "replication", "polling-eos", "replication-eos", "polling-x2")
+BASE_READERS = ("polling", "replication", "polling-eos", "replication-eos")
+BASE_SUFFIX = "-base"  # one of BASE_READERS run by --baseline-bin
+
+
+def base_name(reader: str) -> str:
+    """The reader a -base name runs ("polling-eos-base": polling-eos)."""
+    return reader[: -len(BASE_SUFFIX)] if reader.endswith(BASE_SUFFIX) else reader
 
 
 class BenchError(RuntimeError):
@@ -539,6 +546,9 @@ def parse_args(argv=None):
     ap.add_argument("--perf", metavar="DIR",
                     help="profile our drains with perf record -g (outbox-relay + PostgreSQL processes, "
                          "first to last message); reports in DIR/<reader>-drain.txt")
+    ap.add_argument("--baseline-bin", metavar="PATH",
+                    help="a second outbox-relay binary (an earlier build) run side by side: readers "
+                         "named <reader>-base (polling-base, replication-eos-base, ...) use it")
     ap.add_argument("--servers", metavar="PGDIR,KAFKADIR",
                     help="use running harness servers in these directories instead of starting any")
     ap.add_argument("--smoke", action="store_true",
@@ -553,9 +563,13 @@ def parse_args(argv=None):
         Path(args.perf).mkdir(parents=True, exist_ok=True)
     args.rates = [int(r) for r in str(args.rates).split(",") if r]
     args.readers = [r for r in args.readers.split(",") if r]
-    bad = [r for r in args.readers if r not in ALL_READERS]
+    bad = [r for r in args.readers if base_name(r) not in ALL_READERS
+           or (r != base_name(r) and (base_name(r) not in BASE_READERS or not args.baseline_bin))]
     if bad:
-        ap.error(f"--readers: unknown {bad}; known: {', '.join(ALL_READERS)}")
+        ap.error(f"--readers: unknown {bad}; known: {', '.join(ALL_READERS)}, and with --baseline-bin "
+                 f"each of {', '.join(BASE_READERS)} with -base")
+    if args.baseline_bin and not os.access(args.baseline_bin, os.X_OK):
+        ap.error(f"--baseline-bin: {args.baseline_bin} is not an executable")
     if args.rows < 1 or any(r < 1 for r in args.rates) or args.duration <= 0:
         ap.error("--rows, --rates and --duration must be positive")
     return args
@@ -597,6 +611,9 @@ def main(argv=None) -> int:
             say("starting PostgreSQL 15 and Kafka")
             start_all([pg, kafka])
         report["machine"] = machine_notes(pg)
+        if args.baseline_bin:
+            version = subprocess.run([args.baseline_bin, "--version"], capture_output=True, text=True)
+            report["machine"]["baseline"] = f"{args.baseline_bin} ({version.stdout.strip() or 'no --version'})"
         say(f"postgres {pg.dsn_for('postgres')}, kafka {kafka.bootstrap}; work dir {work}")
         for name in args.readers:
             t = time.monotonic()
@@ -610,6 +627,9 @@ def main(argv=None) -> int:
                                             args.debezium_poll_ms)
                 elif name == "polling-x2":  # two relays sharing the shards
                     reader = RelayPairReader(pg, kafka, work, run_id, args.relay_set)
+                elif name != base_name(name):
+                    reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set,
+                                         binary=args.baseline_bin)
                 else:
                     reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set)
                 results[name] = {"loadavg_start": os.getloadavg()}
@@ -643,7 +663,8 @@ def main(argv=None) -> int:
         md.write_text(f"```sh\n{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n```\n\n"
                       f"{m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}; PostgreSQL "
                       f"{m['postgres']}, Kafka {m['kafka']}; relay {m['relay_binary']} at {m['git']}; "
-                      f"{loads}.\n\n```\n{text}\n```\n")
+                      + (f"-base readers: {m['baseline']}; " if "baseline" in m else "")
+                      + f"{loads}.\n\n```\n{text}\n```\n")
         say(f"results written to {args.json_path} and {md}; {'ok' if ok else 'FAILED'}")
         return 0 if ok else 1
     except KeyboardInterrupt as e:

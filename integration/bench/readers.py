@@ -124,11 +124,14 @@ class Reader:
 class RelayReader(Reader):
     ours = True
 
-    def __init__(self, mode: str, pg, kafka, work, run_id, overrides: list[str]):
+    def __init__(self, mode: str, pg, kafka, work, run_id, overrides: list[str],
+                 binary: Optional[str] = None):
         self.name = mode
         super().__init__(pg, kafka, work, run_id)
-        self.mode, _, variant = mode.partition("-")  # "polling-eos": polling, exactly_once
+        # "polling-eos": polling, exactly_once; "polling-eos-base": the same, run by `binary`
+        self.mode, _, variant = mode.removesuffix("-base").partition("-")
         self.eos = variant == "eos"
+        self.binary = binary
         self.checkpoint_topic = f"bench.{run_id}.{self.name}.checkpoints"
         self.overrides = overrides
         self.relay: Optional[Relay] = None
@@ -153,7 +156,7 @@ class RelayReader(Reader):
         return c
 
     def _migrate(self) -> None:
-        self.relay = Relay(self.config(with_http=True), self.work, name="relay")
+        self.relay = Relay(self.config(with_http=True), self.work, binary=self.binary, name="relay")
         r = self.relay.command("migrate")
         if r.returncode != 0 and "http" in r.stderr + r.stdout and "unknown key" in r.stderr + r.stdout:
             # a relay without the HTTP endpoint (before it was merged)

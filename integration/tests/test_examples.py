@@ -6,6 +6,7 @@ the inbox, a second consumer group reading the whole topic again included."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,3 +112,36 @@ def test_example(ctx, language):
     rows = ctx._query("SELECT event_id::text, order_id, status FROM order_projection ORDER BY order_id, status")
     assert sorted(r[0] for r in rows) == sorted(set(ids))
     assert [(r[1], r[2]) for r in rows] == [(1, "paid"), (1, "shipped"), (2, "paid")]
+
+
+def test_demo_runs_the_python_example_end_to_end():
+    """`integration/demo.sh --example LANG` (the examples' own README path) starts its servers and
+    the relay, runs the example's producer and consumer and reports each event applied once."""
+    from harness import relay_binary
+
+    r = subprocess.run([str(REPO / "integration" / "demo.sh"), "--no-build", "--example", "python"],
+                       env=dict(os.environ, OUTBOX_RELAY_BIN=str(relay_binary())),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # the consumer's lines ("applied EVENT_ID"), not migrate's ("applied  0001_outbox_events")
+    applied = [line.split()[1] for line in r.stdout.splitlines() if re.fullmatch(r"applied [0-9a-f-]{36}", line)]
+    events = [line.split()[-1] for line in r.stdout.splitlines() if line.startswith("  order ")]
+    assert len(events) == 4 and events[3] == events[0]  # the retry returned the first event
+    assert sorted(applied) == sorted(set(events))
+    assert "relay exited 0" in r.stdout and "3 events published" in r.stdout
+
+
+def test_demo_that_fails_to_start_postgres_leaves_no_kafka_running(tmp_path):
+    """Regression: when PostgreSQL failed to start, demo.sh's cleanup ran while Kafka was still
+    starting, so the Kafka it had launched outlived the script."""
+    from harness import relay_binary
+
+    r = subprocess.run([str(REPO / "integration" / "demo.sh"), "--no-build"],
+                       env=dict(os.environ, OUTBOX_RELAY_BIN=str(relay_binary()), TMPDIR=str(tmp_path),
+                                OUTBOX_PG_BINDIR=str(tmp_path / "no-postgres-here")),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "PostgreSQL did not start" in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    for pid in left:  # stop what the defect left, so the session does not keep it
+        subprocess.run(["kill", pid])
+    assert left == [], f"processes of the demo still running: {left}"
