@@ -31,11 +31,8 @@
 
 #include <pqxx/pqxx>
 
-#include <atomic>
 #include <chrono>
-#include <functional>
-#include <memory>
-#include <optional>
+#include <cstdint>
 #include <set>
 #include <string>
 #include <unordered_map>
