@@ -49,3 +49,13 @@ TEST_CASE("the table's reads are the polling read with its byte budget, in each 
   CHECK_THAT(pg::fetch_sql(pg::FetchScope::upto), Catch::Contains("AND id <= $6"));
   CHECK_THAT(pg::fetch_sql(pg::FetchScope::topics), Catch::Contains("topic = ANY($3::text[])"));
 }
+
+// Regression: the read-ahead guard's bare count(*), planned as a bitmap scan on a table not yet
+// analyzed, read the index entry and table page of every row marked so far at each read-ahead.
+TEST_CASE("the read-ahead guard counts in id order and stops one row past the relay's own",
+          "[regression]") {
+  const std::string guard = "ORDER BY id LIMIT $5::bigint + 1) AS guard) = $5::bigint";
+  CHECK_THAT(pg::fetch_sql(pg::FetchScope::upto), Catch::Contains(guard));
+  CHECK_THAT(pg::fetch_sql(pg::FetchScope::topics), Catch::Contains(guard));
+  CHECK_THAT(pg::fetch_sql(pg::FetchScope::among), !Catch::Contains("guard"));
+}

@@ -125,8 +125,8 @@ class RelayReader(Reader):
     ours = True
 
     def __init__(self, mode: str, pg, kafka, work, run_id, overrides: list[str],
-                 binary: Optional[str] = None):
-        self.name = mode
+                 binary: Optional[str] = None, name: Optional[str] = None):
+        self.name = name or mode
         super().__init__(pg, kafka, work, run_id)
         # "polling-eos": polling, exactly_once; "polling-eos-base": the same, run by `binary`
         self.mode, _, variant = mode.removesuffix("-base").partition("-")

@@ -17,7 +17,13 @@ namespace {
 // when exactly $5 pending rows have ids up to $4: the relay's own in flight. One more is a
 // transaction that committed late below $4; it may have rows above $4 too, which must not
 // go before its rows below (per-key order), so then nothing comes and the relay reads by
-// state. The count runs once per statement (an InitPlan) over the pending index up to $4.
+// state. The count runs once per statement (an InitPlan), over the pending index in id order
+// up to $4, and stops at $5 + 1 rows (all it must tell is $5 from more). In id order with a
+// LIMIT it is a plain index scan, which flags the entries of rows marked since (dead to every
+// snapshot) as it passes them, so later reads step over them without visiting the table; a
+// bare count(*) was planned as a bitmap scan on a table not yet analyzed (after a burst),
+// which never flags entries and read every table page of every row marked so far on each
+// read-ahead: quadratic in a drain (integration/bench/RESULTS.md, "The read-ahead guard").
 // (core::event_bytes, computed from lengths: payloads beyond the budget are never fetched, let
 // alone detoasted).
 constexpr const char* kFetchSql = R"sql(
@@ -29,9 +35,10 @@ FROM (SELECT id, event_id, topic, key, payload, created_at, headers::text AS hea
       FROM outbox.events
       WHERE published_at IS NULL AND dead_lettered_at IS NULL AND topic <> ALL($3::text[])
         AND id > $4
-        AND ($5::bigint < 0 OR (SELECT count(*) FROM outbox.events
+        AND ($5::bigint < 0 OR (SELECT count(*) FROM (SELECT FROM outbox.events
                         WHERE published_at IS NULL AND dead_lettered_at IS NULL
-                          AND topic <> ALL($3::text[]) AND id <= $4) = $5::bigint)
+                          AND topic <> ALL($3::text[]) AND id <= $4
+                        ORDER BY id LIMIT $5::bigint + 1) AS guard) = $5::bigint)
       ORDER BY id
       LIMIT $1) AS candidates
 WHERE upto - coalesce(octet_length(payload), 0) - coalesce(octet_length(key), 0) -
@@ -151,7 +158,7 @@ std::string sharded_fetch_sql(int shards) {
   replace("headers::text AS headers_text, attempts,",
           "headers::text AS headers_text, attempts, " + shard + " AS shard,");
   replace("AND id > $4", "AND id > $4 AND " + shard + " = ANY($6::int[])");
-  replace("AND id <= $4)", "AND id <= $4 AND " + shard + " = ANY($6::int[]))");
+  replace("AND id <= $4\n", "AND id <= $4 AND " + shard + " = ANY($6::int[])\n");
   return sql;
 }
 
