@@ -62,6 +62,9 @@ struct FakeServer {
   std::vector<std::string> calls;      // create, import, release, start, close
   bool fail_next_read = false;
   bool fail_next_mark = false;
+  //! Rows a mark finds gone (deleted, or another event has the id): reported, not marked.
+  std::set<std::int64_t> gone_on_mark;
+  std::vector<core::VanishedRow> vanished;
 
   std::function<void()> on_create;                 // runs while the slot is being created
   std::function<void(int)> on_check;               // after the n-th row check
@@ -321,19 +324,35 @@ class FakeTable : public replication::ReplicationTable {
       s_.fail_next_mark = false;
       throw core::UnavailableError("PostgreSQL: server closed the connection");
     }
-    // As PgOutboxStore: every id must match a visible row, or nothing is recorded.
+    // As pg::OutboxRows: every id must match a visible row, or nothing is recorded; a row
+    // gone is reported instead (invariant gone-row-reported).
     for (auto id : outcome.published) {
+      if (s_.gone_on_mark.count(id)) continue;
       auto it = s_.rows.find(id);
       if (it == s_.rows.end() || !s_.visible(it->second) || it->second.dead) {
         throw core::UnavailableError("marking published matched fewer rows");
       }
     }
-    for (auto id : outcome.published) s_.rows.at(id).published = true;
+    for (auto id : outcome.published) {
+      if (!s_.gone_on_mark.count(id)) {
+        s_.rows.at(id).published = true;
+        continue;
+      }
+      core::VanishedRow v;
+      v.id = id;
+      v.acknowledged = true;
+      s_.vanished.push_back(v);
+    }
     for (const auto& f : outcome.retry) s_.rows.at(f.id).event.attempts++;
     for (const auto& f : outcome.dead_letter) {
       s_.rows.at(f.id).event.attempts++;
       s_.rows.at(f.id).dead = true;
     }
+  }
+  std::vector<core::VanishedRow> take_vanished() override {
+    std::vector<core::VanishedRow> out;
+    out.swap(s_.vanished);
+    return out;
   }
 
  private:
@@ -365,11 +384,7 @@ struct Rig {
     auto events = source->begin_batch(limit, 1 << 20, {});
     core::BatchOutcome o;
     for (const auto& e : events) o.published.push_back(e.id);
-    if (events.empty()) {
-      source->abort_batch();
-    } else {
-      source->finish_batch(o);
-    }
+    if (!events.empty()) source->record_outcome(o);
     return o.published;
   }
 };
@@ -438,7 +453,7 @@ TEST_CASE("the drain does not end while one of its rows is unresolved", "[replic
   core::BatchOutcome o;  // Kafka timed out on the second row
   o.published = {old[0], old[2]};
   o.left_pending = 1;
-  source.finish_batch(o);
+  source.record_outcome(o);
   CHECK(source.phase() == Phase::draining);
   CHECK(source.drain_upto() == old[2]);
 
@@ -448,7 +463,7 @@ TEST_CASE("the drain does not end while one of its rows is unresolved", "[replic
   REQUIRE(ids_of(batch) == Ids{old[1]});  // not the newer row: the stream is not read yet
   o = {};
   o.retry = {{old[1], "Kafka: Broker: Unknown topic or partition"}};
-  source.finish_batch(o);
+  source.record_outcome(o);
   CHECK(source.phase() == Phase::draining);
   CHECK(rig.server.row(old[1]).event.attempts == 1);
 
@@ -457,7 +472,7 @@ TEST_CASE("the drain does not end while one of its rows is unresolved", "[replic
   CHECK(batch[0].attempts == 1);
   o = {};
   o.dead_letter = {{old[1], "too many attempts"}};
-  source.finish_batch(o);
+  source.record_outcome(o);
   CHECK(source.phase() == Phase::draining);
   CHECK(std::count(rig.server.calls.begin(), rig.server.calls.end(), "start") == 0);
 
@@ -477,15 +492,14 @@ TEST_CASE("the drain reads by state up to its bound; rows left out for their byt
   // Two rows per batch, bytes for one row only: the first pending row always comes, the
   // second comes with the next read.
   auto batch = source.begin_batch(2, 1, {});
-  CHECK(ids_of(batch) == Ids{old[0]});
-  source.abort_batch();
+  CHECK(ids_of(batch) == Ids{old[0]});  // not recorded: taken as not delivered
   CHECK(source.drain_upto() == old[4]);
   rig.server.rows.at(old[0]).published = true;  // marked meanwhile (a recorded outcome)
   batch = source.begin_batch(2, 1 << 20, {});
   CHECK(ids_of(batch) == Ids{old[2], old[3]});
   core::BatchOutcome o;
   o.published = ids_of(batch);
-  source.finish_batch(o);
+  source.record_outcome(o);
   CHECK(rig.publish(2) == Ids{old[4]});
   CHECK(source.phase() == Phase::draining);
   CHECK(rig.publish(2) == newer);  // the drain found nothing more: the stream
@@ -507,7 +521,7 @@ TEST_CASE("the confirmed position never passes an unresolved event", "[replicati
   core::BatchOutcome o;
   o.published = {second[0]};
   o.retry = {{first[0], "Kafka: Broker: Unknown topic or partition"}};
-  source.finish_batch(o);
+  source.record_outcome(o);
   CHECK(source.confirmed().value < first_end);
   rig.server.keepalive();  // the server's position is not confirmed while a row is retried
   CHECK(source.wait_for_rows(milliseconds(0)));
@@ -518,7 +532,7 @@ TEST_CASE("the confirmed position never passes an unresolved event", "[replicati
   CHECK(batch[0].attempts == 1);
   o = {};
   o.published = {first[0]};
-  source.finish_batch(o);
+  source.record_outcome(o);
   CHECK(source.confirmed().value == second_end);
   CHECK(rig.server.slot_confirmed == second_end);  // reported at once
   for (auto f : rig.server.flushed) CHECK((f < first_end || f >= second_end));
@@ -539,8 +553,8 @@ TEST_CASE("a keepalive's position is confirmed only when nothing is pending",
   auto batch = source.begin_batch(100, 1 << 20, {});  // open batch, not yet acknowledged
   rig.server.commit_other_table();
   rig.server.keepalive();
-  source.abort_batch();
-  CHECK(source.wait_for_rows(milliseconds(0)));  // the aborted row is still there
+  // Nothing recorded for the row (not delivered): the next by-state read sends it again.
+  CHECK(source.wait_for_rows(milliseconds(0)));  // the unrecorded row is still there
   CHECK(source.confirmed().value < row_end);
   CHECK(rig.publish() == row);
   CHECK(source.confirmed().value >= row_end);
@@ -562,7 +576,6 @@ TEST_CASE("while Kafka keeps a batch waiting, the position is reported every sta
   source.keep_alive();
   CHECK(rig.server.flushed.size() == reports + 1);
   CHECK(rig.server.wire.empty());  // nothing read meanwhile
-  source.abort_batch();
 }
 
 TEST_CASE("a streamed row not yet visible is waited for, never taken for marked",
@@ -587,7 +600,7 @@ TEST_CASE("a streamed row not yet visible is waited for, never taken for marked"
   CHECK(rig.server.flushed.size() > reports);  // the walsender was kept content meanwhile
   core::BatchOutcome o;
   o.published = row;
-  source.finish_batch(o);  // visible now: the mark matches
+  source.record_outcome(o);  // visible now: the mark matches
   CHECK(rig.server.row(row[0]).published);
 }
 
@@ -632,7 +645,7 @@ TEST_CASE(
   core::BatchOutcome o;
   o.published = {b[0], c[0]};  // a's delivery timed out: it holds the position
   o.left_pending = 1;
-  source.finish_batch(o);
+  source.record_outcome(o);
   CHECK(rig.server.slot_confirmed < a_end);
 
   rig.server.fail_next_read = true;  // the connection drops
@@ -665,8 +678,7 @@ TEST_CASE("restart after an interrupted first-start drain publishes the rest bef
   rig.server.fail_next_mark = true;  // recording fails: everything is reset
   core::BatchOutcome o;
   o.published = ids_of(batch);
-  CHECK_THROWS_AS(source.finish_batch(o), core::UnavailableError);
-  source.abort_batch();
+  CHECK_THROWS_AS(source.record_outcome(o), core::UnavailableError);
   CHECK(source.phase() == Phase::stopped);
   source.record_outcome(o);  // as BatchRelay does before reading anything else
   CHECK(rig.server.row(old[2]).published);
@@ -758,6 +770,27 @@ Ids cat(std::initializer_list<Ids> parts) {
 
 }  // namespace
 
+TEST_CASE("a row gone when marked reaches the core through the source and holds nothing back",
+          "[replication][confirm]") {
+  Rig rig;
+  auto& source = rig.make();
+  rig.publish();
+  auto rows = rig.server.commit({"a", "b"});
+  auto batch = source.begin_batch(100, 1 << 20, {});
+  REQUIRE(ids_of(batch) == rows);
+  rig.server.gone_on_mark.insert(rows[0]);  // deleted between its send and its mark
+  core::BatchOutcome o;
+  o.published = rows;
+  source.record_outcome(o);
+  auto gone = source.take_vanished();
+  REQUIRE(gone.size() == 1);
+  CHECK(gone[0].id == rows[0]);
+  CHECK(source.take_vanished().empty());
+  CHECK(rig.server.row(rows[1]).published);
+  CHECK(rig.publish().empty());
+  CHECK(source.confirmed().value == rig.server.lsn);  // resolved with the rest
+}
+
 TEST_CASE(
     "drain: reads ahead above the last id read, groups recorded in any order, hand-over only "
     "at a by-state read once the list is empty",
@@ -765,7 +798,6 @@ TEST_CASE(
   Rig rig;
   auto old = rig.server.commit({"a", "b", "c", "d", "e", "f"});
   auto& source = rig.make();
-  REQUIRE(source.read_ahead());
 
   auto first = source.begin_batch(2, 1 << 20, {});
   REQUIRE(ids_of(first) == Ids{old[0], old[1]});

@@ -200,7 +200,7 @@ def test_the_loop_ticks_while_the_slot_creation_waits_for_an_open_transaction(ct
 
 # ----------------------------------------------------------------------------
 COUNT_LIMIT = 10_000  # relay/pg/stats.h kCountLimit
-LEADER_LOCK = "SELECT pg_advisory_lock(hashtext('outbox-relay'))"  # relay/pg/pg_store.cc
+LEADER_LOCK = "SELECT pg_advisory_lock(hashtext('outbox-relay'))"  # relay/pg/leader_session.cc
 # Rows and index entries scans of outbox.events returned (seq scans, index and index-only scans).
 READS = """
 SELECT (SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relid = 'outbox.events'::regclass)

@@ -20,7 +20,7 @@
 #include "pg/eos_support.h"
 #include "pg/pg_store.h"
 #include "pg/retention.h"
-#include "replication/replication_store.h"
+#include "replication/replication_mode.h"
 
 namespace outbox::cli {
 
@@ -101,9 +101,10 @@ int run_relay(const config::Config& config) {
   }
   // The store, seen by the loop as core::OutboxStore and by metrics and retention as
   // core::Leadership (sharded polling: its shards too).
-  std::unique_ptr<core::OutboxStore> store;
+  std::unique_ptr<pg::PgOutboxStore> polling_store;
+  std::unique_ptr<replication::ReplicationMode> replication_mode;
+  core::OutboxStore* store = nullptr;
   const core::Leadership* leadership = nullptr;
-  pg::PgOutboxStore* polling_store = nullptr;
   bool replication = config.source.mode == config::SourceMode::replication;
   if (replication) {
     const config::ReplicationConfig& rc = config.source.replication;
@@ -120,18 +121,17 @@ int run_relay(const config::Config& config) {
     settings.visibility_waiting = [](std::chrono::nanoseconds waited) {
       if (core::RelayObserver* o = g_tick_target.load()) o->on_visibility_wait(waited);
     };
-    auto replication_store = std::make_unique<replication::PgReplicationStore>(
+    replication_mode = std::make_unique<replication::ReplicationMode>(
         conninfo, redacted, settings, clock, [] { return g_stop.load(); });
-    leadership = replication_store.get();
-    store = std::move(replication_store);
+    store = &replication_mode->store();
+    leadership = &replication_mode->leadership();
   } else {
     pg::ShardSettings shards;
     shards.shards = config.source.polling.shards;
     shards.rebalance_interval = config.source.polling.shards_rebalance_interval;
-    auto outbox_store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted, clock, shards);
-    polling_store = outbox_store.get();
-    leadership = outbox_store.get();
-    store = std::move(outbox_store);
+    polling_store = std::make_unique<pg::PgOutboxStore>(conninfo, redacted, clock, shards);
+    store = polling_store.get();
+    leadership = polling_store.get();
   }
   core::BatchRelayOptions options;
   options.batch_size = static_cast<std::size_t>(config.source.polling.batch_size);
@@ -219,7 +219,7 @@ int run_relay(const config::Config& config) {
       http::Handlers handlers;
       handlers.metrics = [&relay_metrics] { return relay_metrics.expose(); };
       if (config.source.polling.shards > 1 && !replication) {  // scale-out: the shards held
-        pg::PgOutboxStore* sharded = polling_store;
+        pg::PgOutboxStore* sharded = polling_store.get();
         auto& held =
             registry.gauge("outbox_relay_shards_held",
                            "Shards this relay holds and publishes (source.polling.shards)");

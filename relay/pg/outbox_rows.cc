@@ -254,7 +254,7 @@ void OutboxRows::open(pqxx::connection& conn) {
 
 void OutboxRows::prepare(pqxx::connection& conn) {
   if (prepared_) return;
-  conn.prepare(kFetchName, fetch_sql_);
+  if (!fetch_sql_.empty()) conn.prepare(kFetchName, fetch_sql_);
   conn.prepare(kMarkPublished, kMarkPublishedSql);
   conn.prepare(kRecordRetry, kRecordRetrySql);
   conn.prepare(kDeadLetter, kDeadLetterSql);

@@ -47,8 +47,8 @@ const char* pending_bound_sql();
 
 class OutboxRows {
  public:
-  //! `fetch_sql`: the statement fetch() runs (polling_fetch_sql, or a fetch_sql variant).
-  explicit OutboxRows(std::string fetch_sql) : fetch_sql_(std::move(fetch_sql)) {}
+  //! `fetch_sql`: the statement fetch() runs (polling_fetch_sql); none: marks only.
+  explicit OutboxRows(std::string fetch_sql = {}) : fetch_sql_(std::move(fetch_sql)) {}
 
   //! A new session: looks whether it may write outbox.vanished (warns once when not).
   void open(pqxx::connection& conn);

@@ -9,7 +9,7 @@
 // two relays could both believe they lead. Invariant own-session: the relay publishes only
 // on a connection whose server session is its own; it refuses to run otherwise.
 //
-// The probe, at each new session of the relay (pg_store.cc) and in `check`; nothing in it
+// The probe, at each new session of the relay (leader_session.cc) and in `check`; nothing in it
 // waits on time, every answer comes from what the server and the pooler did:
 //  1. One statement on the connection: pg_backend_pid(), the session marker already set
 //     (`outbox.session_probe`, a custom setting) and a new random marker, set at session

@@ -10,7 +10,7 @@ constexpr const char* kLockNotAvailable = "55P03";  // lock_timeout expired
 
 // The leader key of single-relay mode, shared: see shards.h.
 constexpr const char* kSharedLeaderSql = "SELECT pg_advisory_lock_shared(hashtext('outbox-relay'))";
-constexpr const char* kWaitSql =  // (statement_timeout: see pg_store.cc kStandbyWaitSql)
+constexpr const char* kWaitSql =  // (statement_timeout: see leader_session.cc kStandbyWaitSql)
     "SET LOCAL lock_timeout = '800ms'; SET LOCAL statement_timeout = 0";
 
 // Advisory locks of this database in pg_locks, two-int form.

@@ -141,6 +141,9 @@ class ReplicationTable {
                          const std::vector<std::uint32_t>& xids) = 0;
   //! As core::OutboxStore::record_outcome (a mark matching fewer rows is an error).
   virtual void record_outcome(const core::BatchOutcome& outcome) = 0;
+  //! As core::OutboxStore::take_vanished: the rows record_outcome found gone since the last
+  //! call (resolved with the rest of their outcome).
+  virtual std::vector<core::VanishedRow> take_vanished() { return {}; }
 };
 
 }  // namespace outbox::replication

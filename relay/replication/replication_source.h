@@ -198,12 +198,10 @@ class ReplicationSource : public core::OutboxStore {
   //! stopped (a connection failed), marks only: the rows come again (through the drain or
   //! the stream) and are dropped once seen marked.
   void record_outcome(const core::BatchOutcome& outcome) override;
-  bool read_ahead() const { return true; }
-  //! For the tests of a one-batch-at-a-time use: finish_batch is record_outcome,
-  //! abort_batch records nothing (the rows not recorded are sent again by the next by-state
-  //! read). The core does not call them.
-  void finish_batch(const core::BatchOutcome& outcome) { record_outcome(outcome); }
-  void abort_batch() noexcept {}
+  //! The rows the table's marks found gone (ReplicationTable::take_vanished). They are
+  //! resolved with the rest of their outcome (nothing more can come of them), so they do
+  //! not hold the slot's confirmed position back.
+  std::vector<core::VanishedRow> take_vanished() override { return table_.take_vanished(); }
   bool wait_for_rows(std::chrono::milliseconds timeout) override;
   void keep_alive() noexcept override;
 

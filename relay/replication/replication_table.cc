@@ -86,20 +86,36 @@ bool PgSnapshot::counts_ended(std::uint64_t full) const {
   return full < xmax && std::find(xip.begin(), xip.end(), full) == xip.end();
 }
 
-void PgReplicationTable::connect() {
-  store_.with_connection([](pqxx::connection&) {});
+PgReplicationTable::PgReplicationTable(pg::Conninfo conninfo, std::string redacted,
+                                       const core::Clock& clock)
+    : session_(std::move(conninfo), std::move(redacted), clock, {},
+               [this](pqxx::connection& conn) { rows_.open(conn); }) {}
+
+template <typename F>
+auto PgReplicationTable::on_session(F&& body) -> decltype(body(std::declval<pqxx::connection&>())) {
+  session_.connect();
+  try {
+    return body(session_.conn());
+  } catch (const core::UnavailableError&) {
+    session_.disconnect();
+    throw;
+  } catch (const std::exception& e) {
+    session_.fail(e);
+  }
 }
 
+void PgReplicationTable::connect() { session_.connect(); }
+
 ReplicationTable::Bound PgReplicationTable::pending_bound_in_snapshot(const std::string& name) {
-  Bound bound;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
+    Bound bound;
     pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> txn(conn);
     txn.exec0("SET TRANSACTION SNAPSHOT " + txn.quote(name));
     bound.snapshot = txn.exec1(kSnapshotSql)[0].as<std::string>();
     bound.upto = txn.exec1(pg::pending_bound_sql())[0].as<std::int64_t>();
     txn.commit();
+    return bound;
   });
-  return bound;
 }
 
 std::vector<std::uint64_t> PgReplicationTable::in_progress_now(pqxx::connection& conn) {
@@ -131,21 +147,21 @@ std::vector<std::uint64_t> PgReplicationTable::in_progress_now(pqxx::connection&
 std::vector<std::uint64_t> PgReplicationTable::not_yet_visible(const std::string& snapshot) {
   auto exported = PgSnapshot::parse(snapshot);
   if (!exported) throw core::UnavailableError("unexpected snapshot " + snapshot);
-  std::vector<std::uint64_t> xids;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
+    std::vector<std::uint64_t> xids;
     for (auto x : in_progress_now(conn)) {
       if (exported->counts_ended(x)) xids.push_back(x);
     }
+    return xids;
   });
-  return xids;
 }
 
 std::vector<std::uint64_t> PgReplicationTable::committed_not_visible() {
-  std::vector<std::uint64_t> committed;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
+    std::vector<std::uint64_t> committed;
     std::vector<std::string> candidates;
     for (auto x : in_progress_now(conn)) candidates.push_back(std::to_string(x));
-    if (candidates.empty()) return;
+    if (candidates.empty()) return committed;
     pqxx::nontransaction n(conn);
     for (const auto& row : n.exec_params(kCommittedSql, pg::text_array(candidates))) {
       std::uint64_t x = 0;
@@ -154,13 +170,12 @@ std::vector<std::uint64_t> PgReplicationTable::committed_not_visible() {
       }
       committed.push_back(x);
     }
+    return committed;
   });
-  return committed;
 }
 
 std::optional<ReplicationTable::FlushPoint> PgReplicationTable::flush_point() {
-  std::optional<FlushPoint> point;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) -> std::optional<FlushPoint> {
     std::optional<Lsn> flushed;
     {
       // Its own statement, before the snapshot of in_progress_now: a statement's snapshot is
@@ -168,77 +183,66 @@ std::optional<ReplicationTable::FlushPoint> PgReplicationTable::flush_point() {
       pqxx::nontransaction n(conn);
       flushed = Lsn::parse(n.exec1("SELECT pg_current_wal_flush_lsn()::text")[0].as<std::string>());
     }
-    if (flushed) point = FlushPoint{*flushed, in_progress_now(conn)};
+    if (!flushed) return std::nullopt;
+    return FlushPoint{*flushed, in_progress_now(conn)};
   });
-  return point;
 }
 
 bool PgReplicationTable::visible(const std::vector<std::uint64_t>& xids) {
   std::vector<std::string> texts;
   for (auto x : xids) texts.push_back(std::to_string(x));
-  long not_visible = 0;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    not_visible = n.exec_params1(kNotVisibleCountSql, pg::text_array(texts))[0].as<long>();
+    return n.exec_params1(kNotVisibleCountSql, pg::text_array(texts))[0].as<long>() == 0;
   });
-  return not_visible == 0;
 }
 
 std::int64_t PgReplicationTable::pending_bound() {
-  std::int64_t upto = 0;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    upto = n.exec1(pg::pending_bound_sql())[0].as<std::int64_t>();
+    return n.exec1(pg::pending_bound_sql())[0].as<std::int64_t>();
   });
-  return upto;
 }
 
 std::vector<core::OutboxEvent> PgReplicationTable::pending_range(
     std::int64_t after_id, std::int64_t upto, std::optional<std::size_t> pending_upto,
     std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
   static const std::string sql = pg::fetch_sql(pg::FetchScope::upto);
-  std::vector<core::OutboxEvent> events;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
     long long guard = pending_upto ? static_cast<long long>(*pending_upto) : -1;
-    events = pg::events_of(
+    return pg::events_of(
         n.exec_params(sql, static_cast<long>(limit), static_cast<long long>(max_bytes),
                       pg::text_array(skip_topics), static_cast<long long>(after_id), guard,
                       static_cast<long long>(upto)));
   });
-  return events;
 }
 
 std::vector<core::OutboxEvent> PgReplicationTable::pending_of_topics(
     const std::vector<std::string>& topics, std::size_t limit, std::size_t max_bytes) {
   static const std::string sql = pg::fetch_sql(pg::FetchScope::topics);
-  std::vector<core::OutboxEvent> events;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    events = pg::events_of(n.exec_params(
+    return pg::events_of(n.exec_params(
         sql, static_cast<long>(limit), static_cast<long long>(max_bytes), pg::text_array(topics),
         static_cast<long long>(std::numeric_limits<std::int64_t>::min()), -1LL));
   });
-  return events;
 }
 
 std::vector<core::OutboxEvent> PgReplicationTable::pending_rows(
     const std::vector<std::int64_t>& ids, std::size_t limit, std::size_t max_bytes) {
-  std::vector<core::OutboxEvent> events;
-  store_.with_connection([&](pqxx::connection& conn) {
+  static const std::string sql = pg::fetch_sql(pg::FetchScope::among);
+  return on_session([&](pqxx::connection& conn) {
     pqxx::nontransaction n(conn);
-    static const std::string sql = pg::fetch_sql(pg::FetchScope::among);
-    pqxx::result rows = n.exec_params(sql, static_cast<long>(limit),
-                                      static_cast<long long>(max_bytes), pg::bigint_array(ids));
-    events = pg::events_of(rows);
+    return pg::events_of(n.exec_params(sql, static_cast<long>(limit),
+                                       static_cast<long long>(max_bytes), pg::bigint_array(ids)));
   });
-  return events;
 }
 
 RowCheck PgReplicationTable::check(const std::vector<std::int64_t>& ids,
                                    const std::vector<std::uint32_t>& xids) {
-  RowCheck result;
-  store_.with_connection([&](pqxx::connection& conn) {
+  return on_session([&](pqxx::connection& conn) {
+    RowCheck result;
     pqxx::nontransaction n(conn);
     pqxx::result rows = n.exec_params(kCheckSql, pg::bigint_array(ids));
     if (rows.empty()) throw std::runtime_error("row check returned no snapshot");
@@ -250,12 +254,18 @@ RowCheck PgReplicationTable::check(const std::vector<std::int64_t>& ids,
     for (auto xid : xids) {
       if (!snapshot->shows_committed(xid)) result.not_visible.insert(xid);
     }
+    return result;
   });
-  return result;
 }
 
 void PgReplicationTable::record_outcome(const core::BatchOutcome& outcome) {
-  store_.record_outcome(outcome);
+  on_session([&](pqxx::connection& conn) { rows_.record(conn, outcome, vanished_); });
+}
+
+std::vector<core::VanishedRow> PgReplicationTable::take_vanished() {
+  std::vector<core::VanishedRow> out;
+  out.swap(vanished_);
+  return out;
 }
 
 }  // namespace outbox::replication

@@ -1,17 +1,24 @@
 // outbox.events as replication mode's state machine sees it (replication_ports.h), on the
-// relay's normal session: PgOutboxStore's connection, which holds the leader lock, so that
-// only the leader reads, publishes and marks.
+// relay's normal session: the leader's session (pg/leader_session.h), which holds the leader
+// lock, so that only the leader reads, publishes and marks. Rows are read and marked with the
+// outbox-row SQL of pg/outbox_rows.h; what is replication's own here is the snapshot and
+// visibility queries.
 //
-// Lifecycle: constructed on a PgOutboxStore that outlives it; used from the worker thread.
-// Every failure is core::UnavailableError (and the session is re-opened on the next call).
+// Lifecycle: construct (no I/O); the session is opened by the first call (connect()) and
+// re-opened after any failure; used from the worker thread. Every failure is
+// core::UnavailableError (core::StandbyError while another relay leads).
 #pragma once
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
-#include "pg/pg_store.h"
+#include "pg/conninfo.h"
+#include "pg/leader_session.h"
+#include "pg/outbox_rows.h"
 #include "replication/replication_ports.h"
 
 namespace outbox::replication {
@@ -36,7 +43,8 @@ struct PgSnapshot {
 
 class PgReplicationTable : public ReplicationTable {
  public:
-  explicit PgReplicationTable(pg::PgOutboxStore& store) : store_(store) {}
+  //! `conninfo`, `redacted`, `clock` as pg::LeaderSession's.
+  PgReplicationTable(pg::Conninfo conninfo, std::string redacted, const core::Clock& clock);
 
   void connect() override;
   Bound pending_bound_in_snapshot(const std::string& name) override;
@@ -56,14 +64,25 @@ class PgReplicationTable : public ReplicationTable {
                                               std::size_t limit, std::size_t max_bytes) override;
   RowCheck check(const std::vector<std::int64_t>& ids,
                  const std::vector<std::uint32_t>& xids) override;
+  //! Marks with pg::OutboxRows: rows found gone are kept for take_vanished().
   void record_outcome(const core::BatchOutcome& outcome) override;
+  std::vector<core::VanishedRow> take_vanished() override;
+
+  //! The leader lock's session (role, chores); any thread.
+  const core::Leadership& leadership() const { return session_; }
 
  private:
+  //! `body` on the session (connected and leading first); a failure ends the session and
+  //! throws core::UnavailableError.
+  template <typename F>
+  auto on_session(F&& body) -> decltype(body(std::declval<pqxx::connection&>()));
   //! The transactions a new snapshot does not show as ended: its xip, and the xid of any
   //! backend at or above its xmax (the xip stops there).
   std::vector<std::uint64_t> in_progress_now(pqxx::connection& conn);
 
-  pg::PgOutboxStore& store_;
+  pg::OutboxRows rows_;  //!< the marks (the reads run the fetch_sql variants)
+  pg::LeaderSession session_;
+  std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
 };
 
 }  // namespace outbox::replication
