@@ -149,9 +149,9 @@ bg_step chart chart
 # and Kafka (ports, databases, nftables tables and network namespaces are all per process):
 # they mostly wait on the servers, and the whole run used about a third of the 2 cores' time
 # when it ran in one lane. The second lane, in the background, is the fault suite
-# (test_faults.py, test_exactly_once.py) and then the other PostgreSQL majors; the first is
-# every other file.
-LANE2_FILES=(test_faults.py test_exactly_once.py)
+# (test_faults.py, test_exactly_once.py) with the cut-over from Debezium (test_cutover.py, a
+# JVM of its own), then the other PostgreSQL majors; the first is every other file.
+LANE2_FILES=(test_faults.py test_exactly_once.py test_cutover.py)
 it_pytest() { # it_pytest PYTEST_ARGS...: the integration tests on the Release build
   OUTBOX_IT_REQUIRE_BINARY=1 OUTBOX_RELAY_BIN="$OUTBOX_REPO/build/outbox-relay" \
     "$OUTBOX_VENV/bin/python" -m pytest "$@"

@@ -219,9 +219,9 @@ TEST_CASE(
                                " RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET "
                                "search_path = pg_catalog, pg_temp AS $copy$"));
   CHECK(statements[1] == "REVOKE ALL ON FUNCTION " + function + " FROM PUBLIC");
-  CHECK(statements[3] == "DROP TRIGGER IF EXISTS outbox_relay_copy ON \"public\".\"outboxevent\"");
+  CHECK(statements[3] == "DROP TRIGGER IF EXISTS outbox_copy ON \"public\".\"outboxevent\"");
   CHECK(statements[4] ==
-        "CREATE TRIGGER outbox_relay_copy AFTER INSERT ON \"public\".\"outboxevent\" FOR EACH ROW "
+        "CREATE TRIGGER outbox_copy AFTER INSERT ON \"public\".\"outboxevent\" FOR EACH ROW "
         "EXECUTE FUNCTION " +
             function);
   // One function per table, whatever the length of its name.

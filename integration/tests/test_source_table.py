@@ -168,7 +168,7 @@ def test_migrate_twice_changes_nothing_and_check_and_status_list_the_table(ctx):
                 "SELECT s.installed_lsn::text, s.installed_at, g.oid, p.oid, p.prosrc "
                 "FROM outbox.source_tables s, pg_trigger g, pg_proc p "
                 "WHERE s.source_table = 'public.outboxevent' AND g.tgrelid = 'public.outboxevent'::regclass "
-                "AND g.tgname = 'outbox_relay_copy' AND p.oid = g.tgfoid").fetchall()
+                "AND g.tgname = 'outbox_copy' AND p.oid = g.tgfoid").fetchall()
 
     before = installed()
     assert len(before) == 1

@@ -66,7 +66,7 @@ std::optional<std::string> mapping_problem(const SourceTable& t, const Columns& 
 //! table, whatever the length of its name).
 std::string copy_function_name(const SourceTable& t);
 //! The name of the trigger on every source table.
-inline constexpr const char* kCopyTriggerName = "outbox_relay_copy";
+inline constexpr const char* kCopyTriggerName = "outbox_copy";
 
 //! The plpgsql body of the copy function for `t` with `columns` (mapping_problem must be
 //! nullopt). Deterministic: a migrate that finds this exact body installed changes nothing.
