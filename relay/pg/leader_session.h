@@ -81,7 +81,7 @@ class LeaderSession : public core::Leadership {
   bool wants_release() const { return claims_.wants_release(); }
 
   //! Waits up to `timeout` for the hint (outbox.hint_relay()), true when it came. Re-arms it
-  //! first when due, then asks `pending` (on this session) whether a row is pending already:
+  //! first when due, then asks `pending` (on its session) whether a row is pending already:
   //! true at once if so.
   bool wait_for_hint(std::chrono::milliseconds timeout,
                      const std::function<bool(pqxx::connection&)>& pending);
@@ -113,7 +113,7 @@ class LeaderSession : public core::Leadership {
   };
   //! A new connection, refused (core::FatalError) unless its server session is its own.
   void open();
-  //! Takes the leader lock, or joins the shard claims: nullopt when this session leads.
+  //! Takes the leader lock, or joins the shard claims: nullopt when it leads.
   std::optional<Refusal> lead();
   bool wait_for_leader_lock();
 

@@ -96,7 +96,7 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
 
   // Sharded mode (shards.h).
   std::set<int> read_set_;             //!< the shards of the last begin_batch
-  std::uint64_t read_generation_ = 0;  //!< ... on this session (LeaderSession::generation)
+  std::uint64_t read_generation_ = 0;  //!< ... on the leader's session (LeaderSession::generation)
   std::unordered_map<std::int64_t, int> row_shard_;  //!< rows returned and not recorded
 };
 
