@@ -83,6 +83,9 @@ END $$;
 
 
 def apply_schema(c) -> None:
+    # the roles `outbox-relay migrate` creates before the schema's grants
+    for role in ("outbox_relay", "outbox_writer"):
+        c.execute(f"DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
     for f in sorted((REPO_DIR / "schema").glob("0*.sql")):
         c.execute(f.read_text())
 
