@@ -52,21 +52,21 @@ ORDER BY id)sql";
 constexpr const char* kMarkPublishedSql = R"sql(
 UPDATE outbox.events e SET published_at = coalesce(e.published_at, now()), last_error = NULL
 FROM unnest($1::bigint[], $2::text[]) AS g(id, event_id)
-WHERE e.id = ANY($1::bigint[]) AND e.id = g.id
+WHERE e.id = g.id
   AND (g.event_id = '' OR e.event_id::text = g.event_id) AND e.dead_lettered_at IS NULL
 RETURNING e.id)sql";
 
 constexpr const char* kRecordRetrySql = R"sql(
 UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err
 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(id, err, event_id)
-WHERE e.id = ANY($1::bigint[]) AND e.id = f.id
+WHERE e.id = f.id
   AND (f.event_id = '' OR e.event_id::text = f.event_id)
 RETURNING e.id)sql";
 
 constexpr const char* kDeadLetterSql = R"sql(
 UPDATE outbox.events e SET attempts = e.attempts + 1, last_error = f.err, dead_lettered_at = now()
 FROM unnest($1::bigint[], $2::text[], $3::text[]) AS f(id, err, event_id)
-WHERE e.id = ANY($1::bigint[]) AND e.id = f.id
+WHERE e.id = f.id
   AND (f.event_id = '' OR e.event_id::text = f.event_id)
 RETURNING e.id)sql";
 
