@@ -152,7 +152,7 @@ def prime(reader, counter: load.TopicCounter, timeout_s: float) -> int:
 
 def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
           profiler: Profiler | None = None) -> dict:
-    pg_cpu, kafka_cpu = procstat.CpuMeter(lambda: pg.pid).start(), procstat.CpuMeter(lambda: kafka.pid).start()
+    pg_cpu, kafka_cpu = procstat.PgCpuMeter(lambda: pg.pid).start(), procstat.CpuMeter(lambda: kafka.pid).start()
     t0 = time.monotonic()
     reader.start()
     state = {"first": None, "first_cpu": 0.0}
@@ -189,6 +189,7 @@ def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
         profiler.stop()
         result["profile"] = str(profiler.report)
     first = state["first"] or t_kafka
+    pg_cpu.stop()
     result.update(
         seconds_to_first=first - t0,
         seconds_to_last_in_kafka=t_kafka - t0,
@@ -200,6 +201,7 @@ def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
         cpu_s_per_100k=cpu / rows * 1e5,
         cpu_s_per_100k_first_to_last=(cpu_kafka - state["first_cpu"]) / rows * 1e5,
         pg_cpu_s_per_100k=pg_cpu.seconds() / rows * 1e5,
+        pg_cpu_s_per_100k_by_kind={k: v / rows * 1e5 for k, v in pg_cpu.by_kind().items()},
         kafka_cpu_s_per_100k=kafka_cpu.seconds() / rows * 1e5,
         peak_rss_mb=procstat.tree_peak_rss_mb(reader.pid),
         messages_extra=counter.count() - target,  # > 0: duplicates
@@ -336,13 +338,16 @@ def pg_floor(pg, work: Path, run_id: str, args) -> dict:
             t = time.monotonic()
             load.fill(c, ROW_TOPIC, args.rows, args.tx_rows, args.keys, args.payload)
             fill_s = time.monotonic() - t
-            meter = procstat.CpuMeter(lambda: pg.pid).start()
+            meter = procstat.PgCpuMeter(lambda: pg.pid).start()
             t = time.monotonic()
             marked = c.execute("CALL bench.select_and_mark(%s)", (args.floor_batch,)).fetchone()[0]
             secs = time.monotonic() - t
+            meter.stop()
         return {"drain": {"rows": args.rows, "fill_s": fill_s, "marked": marked, "seconds": secs,
                           "events_per_s": marked / secs, "batch": args.floor_batch,
-                          "pg_cpu_s_per_100k": meter.seconds() / max(1, marked) * 1e5}}
+                          "pg_cpu_s_per_100k": meter.seconds() / max(1, marked) * 1e5,
+                          "pg_cpu_s_per_100k_by_kind": {k: v / max(1, marked) * 1e5
+                                                        for k, v in meter.by_kind().items()}}}
     finally:
         pg.drop_database(db)
 
@@ -494,6 +499,8 @@ def table(results: dict, args) -> str:
     row("  CPU s / 100k events (reader)", lambda r: r["drain"]["cpu_s_per_100k"], ".2f")
     row("  CPU s / 100k events, first to last", lambda r: r["drain"]["cpu_s_per_100k_first_to_last"], ".2f")
     row("  PostgreSQL CPU s / 100k events", lambda r: r["drain"]["pg_cpu_s_per_100k"], ".2f")
+    for key, label in procstat.PG_KINDS:  # the parts of the line above
+        row(f"    {label}", lambda r, k=key: r["drain"]["pg_cpu_s_per_100k_by_kind"][k], ".2f")
     row("  broker CPU s / 100k events", lambda r: r["drain"]["kafka_cpu_s_per_100k"], ".2f")
     for rate in args.rates:
         k = str(rate)
