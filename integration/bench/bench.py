@@ -22,7 +22,7 @@ broker's CPU per event stops falling (warm_up):
 
   integration/bench/bench.py [--rows N] [--rates 1000,5000,20000] [--duration S]
                              [--readers polling,replication,debezium,pgfloor] [--json FILE]
-                             [--no-warmup | --warmup-max-s S]
+                             [--pg-set KEY=VALUE ...] [--no-warmup | --warmup-max-s S]
   integration/bench/bench.py --smoke      # seconds: our two modes, 2,000 rows, 200 events/s
 
 Loopback only, every wait bounded, every process it starts stopped by pid on exit, Ctrl-C and
@@ -36,6 +36,8 @@ import json
 import math
 import os
 import platform
+import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -52,7 +54,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from harness import Kafka, Postgres, relay_binary, start_all  # noqa: E402
-from harness.servers import REPO_DIR  # noqa: E402
+from harness.servers import REPO_DIR, ServerError  # noqa: E402
 
 import load  # noqa: E402
 import procstat  # noqa: E402
@@ -88,6 +90,43 @@ def number_repeats(readers: list[str]) -> list[str]:
 
 class BenchError(RuntimeError):
     pass
+
+
+PG_SET_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def parse_pg_set(items: list[str]) -> dict[str, str]:
+    """--pg-set KEY=VALUE items as {KEY: VALUE}; ValueError naming the first bad one. VALUE
+    as postgresql.conf takes it; no ';' (pg.sh's separator) and no line break."""
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = (x.strip() for x in item.partition("="))
+        if not sep or not PG_SET_KEY.match(k) or not v or ";" in v or "\n" in v:
+            raise ValueError(f"{item!r} is not KEY=VALUE: a server setting's name and its value as "
+                             f"postgresql.conf takes it, without ';' (e.g. max_wal_size=4GB, "
+                             f"\"log_line_prefix='%m '\")")
+        out[k] = v
+    return out
+
+
+def pg_conf(settings: dict[str, str]) -> str:
+    """The settings as integration/env/pg.sh's OUTBOX_PG_CONF takes them."""
+    return ";".join(f"{k} = {v}" for k, v in settings.items())
+
+
+def pg_settings_shown(pg, settings: dict[str, str]) -> dict[str, str]:
+    """The settings as the running server reports them (current_setting), so a result says
+    what server it ran on."""
+    with pg.connect("postgres", autocommit=True) as c:
+        return {k: c.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] for k in settings}
+
+
+def pg_settings_text(shown: dict[str, str]) -> str:
+    """" with k=v, k2='v 2'" for the header line: a value that is empty or has a space or a
+    comma in quotes."""
+    def value(v: str) -> str:
+        return f"'{v}'" if not v or any(c in v for c in " ,") else v
+    return f" with {', '.join(f'{k}={value(v)}' for k, v in shown.items())}" if shown else ""
 
 
 def say(text: str) -> None:
@@ -442,7 +481,7 @@ def run_reader(reader, pg, kafka, args, cancel: list, out: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ report
-def machine_notes(pg) -> dict:
+def machine_notes(pg, pg_settings: dict[str, str]) -> dict:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -467,7 +506,8 @@ def machine_notes(pg) -> dict:
         return text.split(f"<{name}>", 1)[1].split("<", 1)[0] if f"<{name}>" in text else ""
 
     return {"cpu": model, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
-            "loadavg_start": os.getloadavg(), "postgres": pg_version, "kafka": tag(pom, "kafka.version"),
+            "loadavg_start": os.getloadavg(), "postgres": pg_version,
+            "pg_settings": pg_settings_shown(pg, pg_settings), "kafka": tag(pom, "kafka.version"),
             "debezium": tag(dpom, "debezium.version"), "connect": tag(dpom, "connect.version"),
             "relay_binary": str(relay_binary()), "git": rev}
 
@@ -688,6 +728,10 @@ def parse_args(argv=None):
                     help="the warm-up's bound when the broker's CPU per event keeps falling (default 300 s)")
     ap.add_argument("--servers", metavar="PGDIR,KAFKADIR",
                     help="use running harness servers in these directories instead of starting any")
+    ap.add_argument("--pg-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of the PostgreSQL the bench starts, as postgresql.conf takes it, "
+                         "e.g. max_wal_size=4GB (repeatable; not with --servers); shown in the "
+                         "results' header")
     ap.add_argument("--smoke", action="store_true",
                     help="seconds-long run: --rows 2000 --rates 200 --duration 5 --readers polling,replication")
     args = ap.parse_args(argv)
@@ -709,6 +753,15 @@ def parse_args(argv=None):
     args.readers = number_repeats(args.readers)
     if args.baseline_bin and not os.access(args.baseline_bin, os.X_OK):
         ap.error(f"--baseline-bin: {args.baseline_bin} is not an executable")
+    try:
+        args.pg_settings = parse_pg_set(args.pg_set)
+    except ValueError as e:
+        ap.error(f"--pg-set: {e}")
+    if args.pg_settings and args.servers:
+        ap.error("--pg-set sets up the PostgreSQL the bench starts itself; the one of --servers runs "
+                 "already with its settings. Leave out --servers, or start that server with them "
+                 "(OUTBOX_PG_CONF='key = value;key2 = value2' integration/env/pg.sh start DIR, on a "
+                 "new DIR)")
     if args.rows < 1 or any(r < 1 for r in args.rates) or args.duration <= 0:
         ap.error("--rows, --rates and --duration must be positive")
     return args
@@ -736,7 +789,7 @@ def main(argv=None) -> int:
     os.chmod(work, 0o755)  # the postgres user must reach DIR/pg
     own_servers = args.servers is None
     if own_servers:
-        pg, kafka = Postgres(work / "servers"), Kafka(work / "servers")
+        pg, kafka = Postgres(work / "servers", conf=pg_conf(args.pg_settings)), Kafka(work / "servers")
     else:
         pgdir, kdir = args.servers.split(",")
         pg, kafka = Postgres(pgdir), Kafka(kdir)
@@ -748,12 +801,19 @@ def main(argv=None) -> int:
     try:
         if own_servers:
             say("starting PostgreSQL 15 and Kafka")
-            start_all([pg, kafka])
-        report["machine"] = machine_notes(pg)
+            try:
+                start_all([pg, kafka])
+            except ServerError as e:
+                ok = False
+                hint = " (with --pg-set: its log names the setting it refused)" if args.pg_settings else ""
+                print(f"bench: a server did not start{hint}:\n{e}", file=sys.stderr)
+                return 2
+        report["machine"] = machine_notes(pg, args.pg_settings)
         if args.baseline_bin:
             version = subprocess.run([args.baseline_bin, "--version"], capture_output=True, text=True)
             report["machine"]["baseline"] = f"{args.baseline_bin} ({version.stdout.strip() or 'no --version'})"
-        say(f"postgres {pg.dsn_for('postgres')}, kafka {kafka.bootstrap}; work dir {work}")
+        say(f"postgres {pg.dsn_for('postgres')}{pg_settings_text(report['machine']['pg_settings'])}, "
+            f"kafka {kafka.bootstrap}; work dir {work}")
         if args.warmup and any(base_name(r) in RELAY_READERS or kind(r) == "debezium" for r in args.readers):
             report["warmup"] = warm_up(pg, kafka, work, run_id, args, cancel)
         for name in args.readers:
@@ -796,7 +856,7 @@ def main(argv=None) -> int:
                  f"start, {', '.join(f'{x:.2f}' for x in m['loadavg_end'])} at the end")
         w = report.get("warmup")
         notes = (f"{m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}; PostgreSQL "
-                 f"{m['postgres']}, Kafka {m['kafka']}; relay "
+                 f"{m['postgres']}{pg_settings_text(m['pg_settings'])}, Kafka {m['kafka']}; relay "
                  f"{m['relay_binary']} at {m['git']}; "
                  + (f"-base readers: {m['baseline']}; " if "baseline" in m else "")
                  + (f"warm-up {w['seconds']:.0f} s ({len(w['rounds'])} rounds, {w['stopped_by']}); "
@@ -810,7 +870,7 @@ def main(argv=None) -> int:
         Path(args.json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
         # The same table as RESULTS.md shows it: command, machine, load, figures.
         md = Path(args.json_path).with_suffix(".md")
-        md.write_text(f"```sh\n{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n```\n\n"
+        md.write_text(f"```sh\n{shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n```\n\n"
                       f"{notes}\n\n```\n{text}\n```\n")
         say(f"results written to {args.json_path} and {md}; {'ok' if ok else 'FAILED'}")
         return 0 if ok else 1

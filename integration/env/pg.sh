@@ -10,7 +10,8 @@
 #
 # After start, DIR/env (shell-sourceable) has PGHOST, PGPORT, PGUSER and
 # OUTBOX_PG_DSN (database "outbox", created on first start). Trust auth,
-# listens only on 127.0.0.1; fsync is off: data is disposable.
+# listens only on 127.0.0.1; fsync is off: data is disposable. OUTBOX_PG_CONF="k = v;k2 = v2"
+# adds settings at the first start (initdb).
 set -euo pipefail
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -62,6 +63,10 @@ shared_buffers = 128MB
 log_min_messages = warning
 log_connections = off
 EOF
+  # OUTBOX_PG_CONF: more settings, "key = value" separated by ';' (the bench's --pg-set)
+  if [ -n "${OUTBOX_PG_CONF:-}" ]; then
+    printf '%s\n' "$OUTBOX_PG_CONF" | tr ';' '\n' | as_pg tee -a "$DATA/postgresql.conf" >/dev/null
+  fi
 }
 
 set_port() {

@@ -53,3 +53,16 @@ def test_bench_smoke(pg, kafka, relay_bin, tmp_path):
     # the bench printed the side-by-side table
     assert "catch-up drain of 2,000 rows" in r.stdout and "audit: lost" in r.stdout, log
     assert "    walsender" in r.stdout, log
+
+
+def test_bench_pg_set_refusals(tmp_path):
+    """--pg-set sets up the server the bench starts: with --servers it is refused, saying
+    what to do instead, before anything runs. A malformed KEY=VALUE is refused too."""
+    for extra, says in ((["--servers", f"{tmp_path},{tmp_path}"], "Leave out --servers"),
+                        ([], "is not KEY=VALUE")):
+        setting = "max_wal_size=4GB" if extra else "max_wal_size"
+        r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--pg-set", setting, *extra,
+                            "--json", str(tmp_path / "bench.json")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--pg-set" in r.stderr and says in r.stderr, r.stderr
+        assert not (tmp_path / "bench.json").exists()
