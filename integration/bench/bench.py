@@ -6,7 +6,9 @@ Readers (--readers, in this order): polling and replication (outbox-relay in tha
 mode), debezium (Kafka Connect standalone + Debezium's PostgreSQL connector + its outbox
 EventRouter, jars fetched from Maven Central on first use), and pgfloor (no reader:
 PostgreSQL alone selecting and marking the same backlog, the floor of the polling path).
-Each reader runs alone, in its own database and topic, one after the other:
+Each reader runs alone, in its own database and topic, one after the other (a reader named
+twice runs twice, the second shown as <reader>#2), after a warm-up that runs until the
+broker's CPU per event stops falling (warm_up):
 
   1. prime     start it, let it publish one warm-up row (slot and position exist), stop it
   2. drain     commit --rows rows (200-byte payloads, --keys keys, --tx-rows a transaction)
@@ -20,6 +22,7 @@ Each reader runs alone, in its own database and topic, one after the other:
 
   integration/bench/bench.py [--rows N] [--rates 1000,5000,20000] [--duration S]
                              [--readers polling,replication,debezium,pgfloor] [--json FILE]
+                             [--pg-set KEY=VALUE ...] [--no-warmup | --warmup-max-s S]
   integration/bench/bench.py --smoke      # seconds: our two modes, 2,000 rows, 200 events/s
 
 Loopback only, every wait bounded, every process it starts stopped by pid on exit, Ctrl-C and
@@ -33,8 +36,11 @@ import json
 import math
 import os
 import platform
+import re
+import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +54,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from harness import Kafka, Postgres, relay_binary, start_all  # noqa: E402
-from harness.servers import REPO_DIR  # noqa: E402
+from harness.servers import REPO_DIR, ServerError  # noqa: E402
 
 import load  # noqa: E402
 import procstat  # noqa: E402
@@ -61,13 +67,66 @@ BASE_READERS = ("polling", "replication", "polling-eos", "replication-eos")
 BASE_SUFFIX = "-base"  # one of BASE_READERS run by --baseline-bin
 
 
+def kind(reader: str) -> str:
+    """What a reader name runs, without its instance number ("polling#2": polling)."""
+    return reader.split("#", 1)[0]
+
+
 def base_name(reader: str) -> str:
-    """The reader a -base name runs ("polling-eos-base": polling-eos)."""
+    """The reader a -base name runs ("polling-eos-base", "polling-eos-base#2": polling-eos)."""
+    reader = kind(reader)
     return reader[: -len(BASE_SUFFIX)] if reader.endswith(BASE_SUFFIX) else reader
+
+
+def number_repeats(readers: list[str]) -> list[str]:
+    """A reader named again is another instance of it: polling,polling -> polling, polling#2."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in readers:
+        seen[r] = seen.get(r, 0) + 1
+        out.append(r if seen[r] == 1 else f"{r}#{seen[r]}")
+    return out
 
 
 class BenchError(RuntimeError):
     pass
+
+
+PG_SET_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def parse_pg_set(items: list[str]) -> dict[str, str]:
+    """--pg-set KEY=VALUE items as {KEY: VALUE}; ValueError naming the first bad one. VALUE
+    as postgresql.conf takes it; no ';' (pg.sh's separator) and no line break."""
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = (x.strip() for x in item.partition("="))
+        if not sep or not PG_SET_KEY.match(k) or not v or ";" in v or "\n" in v:
+            raise ValueError(f"{item!r} is not KEY=VALUE: a server setting's name and its value as "
+                             f"postgresql.conf takes it, without ';' (e.g. max_wal_size=4GB, "
+                             f"\"log_line_prefix='%m '\")")
+        out[k] = v
+    return out
+
+
+def pg_conf(settings: dict[str, str]) -> str:
+    """The settings as integration/env/pg.sh's OUTBOX_PG_CONF takes them."""
+    return ";".join(f"{k} = {v}" for k, v in settings.items())
+
+
+def pg_settings_shown(pg, settings: dict[str, str]) -> dict[str, str]:
+    """The settings as the running server reports them (current_setting), so a result says
+    what server it ran on."""
+    with pg.connect("postgres", autocommit=True) as c:
+        return {k: c.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] for k in settings}
+
+
+def pg_settings_text(shown: dict[str, str]) -> str:
+    """" with k=v, k2='v 2'" for the header line: a value that is empty or has a space or a
+    comma in quotes."""
+    def value(v: str) -> str:
+        return f"'{v}'" if not v or any(c in v for c in " ,") else v
+    return f" with {', '.join(f'{k}={value(v)}' for k, v in shown.items())}" if shown else ""
 
 
 def say(text: str) -> None:
@@ -152,7 +211,7 @@ def prime(reader, counter: load.TopicCounter, timeout_s: float) -> int:
 
 def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
           profiler: Profiler | None = None) -> dict:
-    pg_cpu, kafka_cpu = procstat.CpuMeter(lambda: pg.pid).start(), procstat.CpuMeter(lambda: kafka.pid).start()
+    pg_cpu, kafka_cpu = procstat.PgCpuMeter(lambda: pg.pid).start(), procstat.CpuMeter(lambda: kafka.pid).start()
     t0 = time.monotonic()
     reader.start()
     state = {"first": None, "first_cpu": 0.0}
@@ -189,6 +248,7 @@ def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
         profiler.stop()
         result["profile"] = str(profiler.report)
     first = state["first"] or t_kafka
+    pg_cpu.stop()
     result.update(
         seconds_to_first=first - t0,
         seconds_to_last_in_kafka=t_kafka - t0,
@@ -200,6 +260,7 @@ def drain(reader, counter, base: int, rows: int, pg, kafka, timeout_s: float,
         cpu_s_per_100k=cpu / rows * 1e5,
         cpu_s_per_100k_first_to_last=(cpu_kafka - state["first_cpu"]) / rows * 1e5,
         pg_cpu_s_per_100k=pg_cpu.seconds() / rows * 1e5,
+        pg_cpu_s_per_100k_by_kind={k: v / rows * 1e5 for k, v in pg_cpu.by_kind().items()},
         kafka_cpu_s_per_100k=kafka_cpu.seconds() / rows * 1e5,
         peak_rss_mb=procstat.tree_peak_rss_mb(reader.pid),
         messages_extra=counter.count() - target,  # > 0: duplicates
@@ -319,16 +380,17 @@ def _stages(consumer, before, after) -> dict:
     return out
 
 
-def pg_floor(pg, work: Path, run_id: str, args) -> dict:
+def pg_floor(pg, work: Path, run_id: str, args, name: str = "pgfloor") -> dict:
     """PostgreSQL alone: the same backlog selected (with payloads) and marked in batches."""
-    db = f"bench_{run_id}_pgfloor"
+    slug = name.replace("#", "-")
+    db = f"bench_{run_id}_{slug.replace('-', '_')}"
     from harness import Relay
 
     pg.drop_database(db)
     dsn = pg.create_database(db)
     try:
         r = Relay({"postgres": {"dsn": dsn}, "kafka": {"bootstrap_servers": "127.0.0.1:9"}},
-                  work / "pgfloor", name="migrate").command("migrate")
+                  work / slug, name="migrate").command("migrate")
         if r.returncode != 0:
             raise BenchError(f"migrate failed: {r.stdout}{r.stderr}")
         with pg.connect(db, autocommit=True) as c:
@@ -336,13 +398,16 @@ def pg_floor(pg, work: Path, run_id: str, args) -> dict:
             t = time.monotonic()
             load.fill(c, ROW_TOPIC, args.rows, args.tx_rows, args.keys, args.payload)
             fill_s = time.monotonic() - t
-            meter = procstat.CpuMeter(lambda: pg.pid).start()
+            meter = procstat.PgCpuMeter(lambda: pg.pid).start()
             t = time.monotonic()
             marked = c.execute("CALL bench.select_and_mark(%s)", (args.floor_batch,)).fetchone()[0]
             secs = time.monotonic() - t
+            meter.stop()
         return {"drain": {"rows": args.rows, "fill_s": fill_s, "marked": marked, "seconds": secs,
                           "events_per_s": marked / secs, "batch": args.floor_batch,
-                          "pg_cpu_s_per_100k": meter.seconds() / max(1, marked) * 1e5}}
+                          "pg_cpu_s_per_100k": meter.seconds() / max(1, marked) * 1e5,
+                          "pg_cpu_s_per_100k_by_kind": {k: v / max(1, marked) * 1e5
+                                                        for k, v in meter.by_kind().items()}}}
     finally:
         pg.drop_database(db)
 
@@ -361,7 +426,7 @@ def run_reader(reader, pg, kafka, args, cancel: list, out: dict) -> None:
                 c.execute("ANALYZE outbox.events")
         fill_s = time.monotonic() - t
         say(f"{reader.name}: {args.rows:,} rows committed in {fill_s:.1f} s; starting it")
-        profiler = Profiler(Path(args.perf), reader.name) if args.perf and reader.ours else None
+        profiler = Profiler(Path(args.perf), reader.slug) if args.perf and reader.ours else None
         try:
             d = drain(reader, counter, base, args.rows, pg, kafka, args.drain_timeout, profiler)
         finally:
@@ -416,7 +481,7 @@ def run_reader(reader, pg, kafka, args, cancel: list, out: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ report
-def machine_notes(pg) -> dict:
+def machine_notes(pg, pg_settings: dict[str, str]) -> dict:
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -441,7 +506,8 @@ def machine_notes(pg) -> dict:
         return text.split(f"<{name}>", 1)[1].split("<", 1)[0] if f"<{name}>" in text else ""
 
     return {"cpu": model, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
-            "loadavg_start": os.getloadavg(), "postgres": pg_version, "kafka": tag(pom, "kafka.version"),
+            "loadavg_start": os.getloadavg(), "postgres": pg_version,
+            "pg_settings": pg_settings_shown(pg, pg_settings), "kafka": tag(pom, "kafka.version"),
             "debezium": tag(dpom, "debezium.version"), "connect": tag(dpom, "connect.version"),
             "relay_binary": str(relay_binary()), "git": rev}
 
@@ -494,6 +560,8 @@ def table(results: dict, args) -> str:
     row("  CPU s / 100k events (reader)", lambda r: r["drain"]["cpu_s_per_100k"], ".2f")
     row("  CPU s / 100k events, first to last", lambda r: r["drain"]["cpu_s_per_100k_first_to_last"], ".2f")
     row("  PostgreSQL CPU s / 100k events", lambda r: r["drain"]["pg_cpu_s_per_100k"], ".2f")
+    for key, label in procstat.PG_KINDS:  # the parts of the line above
+        row(f"    {label}", lambda r, k=key: r["drain"]["pg_cpu_s_per_100k_by_kind"][k], ".2f")
     row("  broker CPU s / 100k events", lambda r: r["drain"]["kafka_cpu_s_per_100k"], ".2f")
     for rate in args.rates:
         k = str(rate)
@@ -518,21 +586,106 @@ def table(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def warm_up(pg, kafka, work, run_id, args, cancel: list) -> None:
-    """A short polling run first, its figures dropped: the broker's JVM compiles its produce,
-    fetch and transaction paths during the first reader otherwise, and that reader's latency
-    and broker CPU carry the compilation (seen as a p99 three times its later value)."""
-    rows = min(args.rows, 50_000)
-    warm = argparse.Namespace(**{**vars(args), "rows": rows, "rates": [1000], "duration": 5.0})
-    t = time.monotonic()
-    for mode in ("polling", "polling-eos"):  # the idempotent and the transactional paths
-        reader = RelayReader(mode, pg, kafka, work, run_id, args.relay_set, name=f"warmup-{mode}")
-        try:
-            run_reader(reader, pg, kafka, warm, cancel, {})
-        except Exception as e:  # noqa: BLE001 - a failed warm-up is said, the run goes on
-            say(f"warm-up {mode}: {e}")
-    say(f"warm-up: {rows:,} rows and 5 s at 1,000/s through polling and polling-eos in "
-        f"{time.monotonic() - t:.0f} s (not reported)")
+# The warm-up: rounds of traffic until the broker's CPU per event stops falling.
+WARMUP_PATHS = ("polling", "polling-eos")  # the idempotent producer, then transactions
+WARMUP_ROUND_ROWS = 20_000  # backlog per path and round
+WARMUP_ROUND_STEADY_S = 2.0  # seconds at 1,000/s per path and round
+WARMUP_SMOOTH = 3  # rounds in the median that smooths the rounds' figures
+WARMUP_SPAN = 3  # the smoothed figure compared with the one this many rounds before:
+WARMUP_FALL = 0.10  # stopped falling when it is no more than this share lower
+WARMUP_MAX_ROUNDS = 40
+
+
+def warmup_settled(figures: list[float]) -> bool:
+    """The broker's CPU per event has stopped falling: the median of the last WARMUP_SMOOTH
+    rounds is no more than WARMUP_FALL below the same median WARMUP_SPAN rounds before. The
+    median, so that one round taken by a collection or a neighbour's load neither stops the
+    warm-up nor keeps it going."""
+    n = len(figures)
+    if n < WARMUP_SMOOTH + WARMUP_SPAN:
+        return False
+    now = statistics.median(figures[n - WARMUP_SMOOTH:])
+    before = statistics.median(figures[n - WARMUP_SMOOTH - WARMUP_SPAN:n - WARMUP_SPAN])
+    return now >= (1 - WARMUP_FALL) * before
+
+
+def warm_up(pg, kafka, work, run_id, args, cancel: list) -> dict:
+    """Traffic through the paths the readers use, its figures not reported, in rounds until the
+    broker's CPU per produced event stops falling. The broker's JVM compiles its produce,
+    fetch and transaction paths as they run: a reader measured before that carries the
+    compilation (broker CPU per event 2.5-3x, p99 at 1,000/s 3-4x the later readers', in
+    RESULTS.md after a fixed 23 s warm-up).
+
+    A round, through each of WARMUP_PATHS in turn (one relay each, its own database and
+    topic, the run's --relay-set): WARMUP_ROUND_ROWS rows committed while the relay is
+    stopped and drained from its start (as drain(): producer start-up, large produce
+    requests, the topic counter's offset requests, the marks), then WARMUP_ROUND_STEADY_S s
+    at 1,000/s read by the bench's latency consumer (as steady(): small produce requests,
+    short fetches), then the relay stopped. The round's figure: the broker's CPU seconds over
+    the round per 100,000 events produced in it. It stops by itself when that figure has
+    stopped falling (warmup_settled), or at its bounds: --warmup-max-s (a round is not
+    started that would end after it, by the last round's length) and WARMUP_MAX_ROUNDS.
+    Returns the rounds' figures and why it stopped."""
+    out: dict = {"rounds": [], "settled": False}
+    t0 = time.monotonic()
+    readers = [RelayReader(m, pg, kafka, work, run_id, args.relay_set, name=f"warmup-{m}") for m in WARMUP_PATHS]
+    counters = []
+    try:
+        for r in readers:
+            r.setup(args.partitions)
+            counters.append(load.TopicCounter(kafka.bootstrap, r.topic))
+        figures: list[float] = []
+        while True:
+            t_round = time.monotonic()
+            broker = procstat.CpuMeter(lambda: kafka.pid).start()
+            events = 0
+            rnd: dict = {}
+            for reader, counter in zip(readers, counters):
+                base = counter.count()
+                with reader.connect() as c:
+                    load.fill(c, ROW_TOPIC, WARMUP_ROUND_ROWS, args.tx_rows, args.keys, args.payload)
+                d = drain(reader, counter, base, WARMUP_ROUND_ROWS, pg, kafka, args.drain_timeout)
+                if "error" in d:
+                    raise BenchError(f"{reader.name}: {d['error']}")
+                s = steady(reader, counter, pg, kafka, 1000, len(figures) + 1, WARMUP_ROUND_STEADY_S,
+                           args.keys, args.payload, args.tail_timeout, cancel)
+                reader.stop()
+                events += WARMUP_ROUND_ROWS + s["written"]
+                rnd[reader.name] = {"drain_kafka_cpu_s_per_100k": d["kafka_cpu_s_per_100k"],
+                                    "p99_ms_at_1000": s["p99_ms"]}
+            figure = broker.seconds() / events * 1e5
+            figures.append(figure)
+            seconds = time.monotonic() - t_round
+            out["rounds"].append({"kafka_cpu_s_per_100k": figure, "events": events, "seconds": seconds,
+                                  "paths": rnd})
+            say(f"warm-up round {len(figures)}: broker {figure:.2f} CPU s / 100k events ({events:,} events, "
+                f"{seconds:.1f} s); " + ", ".join(
+                    f"{n}: drain {v['drain_kafka_cpu_s_per_100k']:.2f}, p99 {v['p99_ms_at_1000']:.1f} ms"
+                    for n, v in rnd.items()))
+            if warmup_settled(figures):
+                out["settled"], out["stopped_by"] = True, "settled"
+                break
+            if len(figures) >= WARMUP_MAX_ROUNDS:
+                out["stopped_by"] = f"not settled, stopped at its bound of {WARMUP_MAX_ROUNDS} rounds"
+                break
+            if time.monotonic() - t0 + seconds > args.warmup_max_s:
+                out["stopped_by"] = f"not settled, stopped at its bound of {args.warmup_max_s:g} s"
+                break
+    except Exception as e:  # noqa: BLE001 - a failed warm-up is said, the run goes on
+        out["error"] = f"{type(e).__name__}: {e}"
+        out["stopped_by"] = "failed"
+        say(f"warm-up: FAILED: {e}")
+    finally:
+        for c in counters:
+            c.close()
+        for r in readers:
+            r.cleanup()
+    out["seconds"] = time.monotonic() - t0
+    figs = ", ".join(f"{r['kafka_cpu_s_per_100k']:.2f}" for r in out["rounds"])
+    say(f"warm-up took {out['seconds']:.0f} s: {len(out['rounds'])} rounds of {WARMUP_ROUND_ROWS:,} rows + "
+        f"{WARMUP_ROUND_STEADY_S:g} s at 1,000/s through {' and '.join(WARMUP_PATHS)} (not reported), "
+        f"{out['stopped_by']}; broker CPU s / 100k events by round: {figs}")
+    return out
 
 
 # ------------------------------------------------------------------------------ main
@@ -545,7 +698,8 @@ def parse_args(argv=None):
     ap.add_argument("--rates", default="1000,5000,20000", help="steady rates, events/s (default 1000,5000,20000)")
     ap.add_argument("--duration", type=float, default=20, help="seconds per steady rate (default 20)")
     ap.add_argument("--readers", default="polling,replication,debezium,pgfloor",
-                    help=f"some of {','.join(ALL_READERS)}, run in this order")
+                    help=f"some of {','.join(ALL_READERS)}, run in this order; one named twice runs "
+                         "twice, the second shown as <reader>#2 (its own database and topic)")
     ap.add_argument("--partitions", type=int, default=6, help="partitions of each topic (default 6)")
     ap.add_argument("--json", dest="json_path", default="bench-results.json", help="results file")
     ap.add_argument("--relay-set", action="append", default=[], metavar="KEY=VALUE",
@@ -567,11 +721,17 @@ def parse_args(argv=None):
                     help="a second outbox-relay binary (an earlier build) run side by side: readers "
                          "named <reader>-base (polling-base, replication-eos-base, ...) use it")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
-                    help="skip the warm-up run (min(rows, 50,000) rows and 5 s at 1,000/s through "
-                         "polling and polling-eos, not reported) that compiles the broker's JVM paths "
-                         "before the first measured reader")
+                    help="skip the warm-up (rounds of 20,000 rows and 2 s at 1,000/s through polling "
+                         "and polling-eos, not reported, until the broker's CPU per event stops "
+                         "falling) that compiles the broker's JVM paths before the first measured reader")
+    ap.add_argument("--warmup-max-s", type=float, default=300,
+                    help="the warm-up's bound when the broker's CPU per event keeps falling (default 300 s)")
     ap.add_argument("--servers", metavar="PGDIR,KAFKADIR",
                     help="use running harness servers in these directories instead of starting any")
+    ap.add_argument("--pg-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of the PostgreSQL the bench starts, as postgresql.conf takes it, "
+                         "e.g. max_wal_size=4GB (repeatable; not with --servers); shown in the "
+                         "results' header")
     ap.add_argument("--smoke", action="store_true",
                     help="seconds-long run: --rows 2000 --rates 200 --duration 5 --readers polling,replication")
     args = ap.parse_args(argv)
@@ -585,13 +745,23 @@ def parse_args(argv=None):
         Path(args.perf).mkdir(parents=True, exist_ok=True)
     args.rates = [int(r) for r in str(args.rates).split(",") if r]
     args.readers = [r for r in args.readers.split(",") if r]
-    bad = [r for r in args.readers if base_name(r) not in ALL_READERS
+    bad = [r for r in args.readers if "#" in r or base_name(r) not in ALL_READERS
            or (r != base_name(r) and (base_name(r) not in BASE_READERS or not args.baseline_bin))]
     if bad:
         ap.error(f"--readers: unknown {bad}; known: {', '.join(ALL_READERS)}, and with --baseline-bin "
-                 f"each of {', '.join(BASE_READERS)} with -base")
+                 f"each of {', '.join(BASE_READERS)} with -base (name one twice to run it twice)")
+    args.readers = number_repeats(args.readers)
     if args.baseline_bin and not os.access(args.baseline_bin, os.X_OK):
         ap.error(f"--baseline-bin: {args.baseline_bin} is not an executable")
+    try:
+        args.pg_settings = parse_pg_set(args.pg_set)
+    except ValueError as e:
+        ap.error(f"--pg-set: {e}")
+    if args.pg_settings and args.servers:
+        ap.error("--pg-set sets up the PostgreSQL the bench starts itself; the one of --servers runs "
+                 "already with its settings. Leave out --servers, or start that server with them "
+                 "(OUTBOX_PG_CONF='key = value;key2 = value2' integration/env/pg.sh start DIR, on a "
+                 "new DIR)")
     if args.rows < 1 or any(r < 1 for r in args.rates) or args.duration <= 0:
         ap.error("--rows, --rates and --duration must be positive")
     return args
@@ -600,11 +770,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     binary = relay_binary()
-    if any(r in RELAY_READERS for r in args.readers) and not os.access(binary, os.X_OK):
+    if any(kind(r) in RELAY_READERS for r in args.readers) and not os.access(binary, os.X_OK):
         print(f"bench: relay binary {binary} missing (build it or set OUTBOX_RELAY_BIN)", file=sys.stderr)
         return 2
     jar_dir = None
-    if "debezium" in args.readers:
+    if any(kind(r) == "debezium" for r in args.readers):
         r = subprocess.run([str(HERE / "fetch-debezium.sh")], stdout=subprocess.PIPE, text=True, timeout=900)
         if r.returncode != 0:
             print("bench: could not fetch the Debezium jars", file=sys.stderr)
@@ -619,7 +789,7 @@ def main(argv=None) -> int:
     os.chmod(work, 0o755)  # the postgres user must reach DIR/pg
     own_servers = args.servers is None
     if own_servers:
-        pg, kafka = Postgres(work / "servers"), Kafka(work / "servers")
+        pg, kafka = Postgres(work / "servers", conf=pg_conf(args.pg_settings)), Kafka(work / "servers")
     else:
         pgdir, kdir = args.servers.split(",")
         pg, kafka = Postgres(pgdir), Kafka(kdir)
@@ -631,31 +801,39 @@ def main(argv=None) -> int:
     try:
         if own_servers:
             say("starting PostgreSQL 15 and Kafka")
-            start_all([pg, kafka])
-        report["machine"] = machine_notes(pg)
+            try:
+                start_all([pg, kafka])
+            except ServerError as e:
+                ok = False
+                hint = " (with --pg-set: its log names the setting it refused)" if args.pg_settings else ""
+                print(f"bench: a server did not start{hint}:\n{e}", file=sys.stderr)
+                return 2
+        report["machine"] = machine_notes(pg, args.pg_settings)
         if args.baseline_bin:
             version = subprocess.run([args.baseline_bin, "--version"], capture_output=True, text=True)
             report["machine"]["baseline"] = f"{args.baseline_bin} ({version.stdout.strip() or 'no --version'})"
-        say(f"postgres {pg.dsn_for('postgres')}, kafka {kafka.bootstrap}; work dir {work}")
-        if args.warmup and any(base_name(r) in RELAY_READERS or r == "debezium" for r in args.readers):
-            warm_up(pg, kafka, work, run_id, args, cancel)
+        say(f"postgres {pg.dsn_for('postgres')}{pg_settings_text(report['machine']['pg_settings'])}, "
+            f"kafka {kafka.bootstrap}; work dir {work}")
+        if args.warmup and any(base_name(r) in RELAY_READERS or kind(r) == "debezium" for r in args.readers):
+            report["warmup"] = warm_up(pg, kafka, work, run_id, args, cancel)
         for name in args.readers:
             t = time.monotonic()
+            what = kind(name)  # "polling#2" runs polling
             try:
-                if name == "pgfloor":
-                    results[name] = pg_floor(pg, work, run_id, args)
-                    say(f"pgfloor: {results[name]['drain']['events_per_s']:,.0f} rows/s selected and marked")
+                if what == "pgfloor":
+                    results[name] = pg_floor(pg, work, run_id, args, name)
+                    say(f"{name}: {results[name]['drain']['events_per_s']:,.0f} rows/s selected and marked")
                     continue
-                if name == "debezium":
+                if what == "debezium":
                     reader = DebeziumReader(pg, kafka, work, run_id, jar_dir, args.connect_heap,
-                                            args.debezium_poll_ms)
-                elif name == "polling-x2":  # two relays sharing the shards
-                    reader = RelayPairReader(pg, kafka, work, run_id, args.relay_set)
-                elif name != base_name(name):
-                    reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set,
-                                         binary=args.baseline_bin)
+                                            args.debezium_poll_ms, name=name)
+                elif what == "polling-x2":  # two relays sharing the shards
+                    reader = RelayPairReader(pg, kafka, work, run_id, args.relay_set, name=name)
+                elif what != base_name(what):
+                    reader = RelayReader(what, pg, kafka, work, run_id, args.relay_set,
+                                         binary=args.baseline_bin, name=name)
                 else:
-                    reader = RelayReader(name, pg, kafka, work, run_id, args.relay_set)
+                    reader = RelayReader(what, pg, kafka, work, run_id, args.relay_set, name=name)
                 results[name] = {"loadavg_start": os.getloadavg()}
                 run_reader(reader, pg, kafka, args, cancel, results[name])
             except Exception as e:  # noqa: BLE001 - one reader failing does not stop the others
@@ -676,19 +854,24 @@ def main(argv=None) -> int:
         m = report["machine"]
         loads = (f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in m['loadavg_start'])} at the "
                  f"start, {', '.join(f'{x:.2f}' for x in m['loadavg_end'])} at the end")
+        w = report.get("warmup")
+        notes = (f"{m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}; PostgreSQL "
+                 f"{m['postgres']}{pg_settings_text(m['pg_settings'])}, Kafka {m['kafka']}; relay "
+                 f"{m['relay_binary']} at {m['git']}; "
+                 + (f"-base readers: {m['baseline']}; " if "baseline" in m else "")
+                 + (f"warm-up {w['seconds']:.0f} s ({len(w['rounds'])} rounds, {w['stopped_by']}); "
+                    if w else "no warm-up; ")
+                 + f"{loads}.")
         print()
         print(text)
-        print(loads)
+        print(notes)
         print()
         report["ok"] = ok
         Path(args.json_path).write_text(json.dumps(report, indent=2, default=str) + "\n")
         # The same table as RESULTS.md shows it: command, machine, load, figures.
         md = Path(args.json_path).with_suffix(".md")
-        md.write_text(f"```sh\n{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n```\n\n"
-                      f"{m['cpu']}, {m['cores']} cores, {m['memory']}, kernel {m['kernel']}; PostgreSQL "
-                      f"{m['postgres']}, Kafka {m['kafka']}; relay {m['relay_binary']} at {m['git']}; "
-                      + (f"-base readers: {m['baseline']}; " if "baseline" in m else "")
-                      + f"{loads}.\n\n```\n{text}\n```\n")
+        md.write_text(f"```sh\n{shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n```\n\n"
+                      f"{notes}\n\n```\n{text}\n```\n")
         say(f"results written to {args.json_path} and {md}; {'ok' if ok else 'FAILED'}")
         return 0 if ok else 1
     except KeyboardInterrupt as e:

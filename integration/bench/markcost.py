@@ -6,6 +6,7 @@ starts itself (integration/harness). Prints PostgreSQL CPU s per 100,000 rows, r
 share of marks that were HOT updates (pg_stat_user_tables.n_tup_hot_upd / n_tup_upd).
 
   integration/bench/markcost.py [--rows 200000] [--batch 1000,5000] [--variants a,b,...]
+                                [--pg-set KEY=VALUE ...]
 
 Variants (the schema is every file of schema/ in order, then):
   current     as migrated: marks leave events_pending_idx and enter events_published_at_idx
@@ -33,10 +34,11 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from harness import Postgres  # noqa: E402
-from harness.servers import REPO_DIR  # noqa: E402
+from harness.servers import REPO_DIR, ServerError  # noqa: E402
 
 import load  # noqa: E402
 import procstat  # noqa: E402
+from bench import parse_pg_set, pg_conf, pg_settings_shown, pg_settings_text  # noqa: E402
 
 FILLFACTOR = 50
 VARIANTS = ("current", "no-pubidx", "range", "hot-bound")
@@ -135,17 +137,32 @@ def main(argv=None) -> int:
                     help="VACUUM ANALYZE the backlog first (by default it is drained fresh, hint bits "
                          "unset, as after a burst and as the bench's drain)")
     ap.add_argument("--rounds", type=int, default=2, help="each variant this many times, interleaved")
+    ap.add_argument("--pg-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting of the PostgreSQL the script starts, as postgresql.conf takes it, "
+                         "e.g. max_wal_size=4GB (repeatable); printed at the start")
     args = ap.parse_args(argv)
+    try:
+        settings = parse_pg_set(args.pg_set)
+    except ValueError as e:
+        ap.error(f"--pg-set: {e}")
     variants = args.variants.split(",")
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variants {bad}; known: {', '.join(VARIANTS)}")
     work = Path(tempfile.mkdtemp(prefix="outbox-markcost."))
     work.chmod(0o755)
-    pg = Postgres(work / "servers")
-    pg.start()
+    pg = Postgres(work / "servers", conf=pg_conf(settings))
+    try:
+        pg.start()
+    except ServerError as e:
+        hint = " (with --pg-set: its log names the setting it refused)" if settings else ""
+        print(f"markcost: PostgreSQL did not start{hint}:\n{e}", file=sys.stderr)
+        return 2
     try:
         import os
+        with pg.connect("postgres", autocommit=True) as c:
+            version = c.execute("SHOW server_version").fetchone()[0]
+        print(f"PostgreSQL {version}{pg_settings_text(pg_settings_shown(pg, settings))}")
         print(f"load average at start: {os.getloadavg()}")
         results = []
         for rnd in range(args.rounds):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -85,3 +86,107 @@ class CpuMeter:
 
     def seconds(self) -> float:
         return tree_cpu_seconds(self._pid_fn()) - self._t0
+
+
+# ------------------------------------------------------------------ PostgreSQL by process kind
+# The parts PgCpuMeter splits a PostgreSQL server's CPU into, in the order the bench prints
+# them: (key, label of at most 40 characters).
+PG_KINDS = (
+    ("client", "reader's sessions (client backends)"),
+    ("walsender", "walsender"),
+    ("autovacuum", "autovacuum workers still running"),
+    ("exited", "exited processes (autovacuum workers...)"),
+    ("writers", "checkpointer + bgwriter + walwriter"),
+    ("other", "other (postmaster, launchers)"),
+)
+
+# Process titles ("postgres: TITLE ...", after the cluster_name when one is set) and their kind.
+_PG_TITLES = (
+    ("walsender ", "walsender"),
+    ("autovacuum worker", "autovacuum"),
+    ("checkpointer", "writers"),
+    ("background writer", "writers"),
+    ("walwriter", "writers"),
+    ("parallel worker for PID", "client"),  # a session's query, run in parallel
+)
+# A client backend's title: "USER DATABASE HOST(PORT) ACTIVITY" or "USER DATABASE [local] ..."
+_PG_CLIENT = re.compile(r"^\S+ \S+ (\[local\]|\S+\(\d+\))( |$)")
+
+
+def pg_process_kind(cmdline: str) -> str:
+    """The PG_KINDS key of a PostgreSQL child process by its /proc/PID/cmdline, where the server
+    writes its process title ("postgres: walsender ...", "postgres: autovacuum worker ...",
+    "postgres: checkpointer", "postgres: USER DB HOST(PORT) idle"). Anything else (the
+    launchers, the archiver, a later version's new processes) is "other"."""
+    title = cmdline.replace("\0", " ").strip()
+    if not title.startswith("postgres: "):
+        return "other"
+    title = title[len("postgres: "):]
+    if ": " in title:  # "CLUSTER_NAME: TITLE" (no title of its own has ": ")
+        title = title.split(": ", 1)[1]
+    for prefix, kind in _PG_TITLES:
+        if title.startswith(prefix):
+            return kind
+    return "client" if _PG_CLIENT.match(title) else "other"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pg_snapshot(postmaster: Optional[int]) -> tuple[dict, int]:
+    """({(pid, start time): (kind, CPU ticks)} of the postmaster and its live descendants,
+    the ticks of the postmaster's exited, reaped children). The same reads as
+    tree_cpu_seconds(): the sum of all of it is its figure."""
+    procs: dict = {}
+    reaped = 0
+    if not postmaster:
+        return procs, reaped
+    for i, p in enumerate(descendants(postmaster)):
+        f = _stat_fields(p)
+        if f is None:
+            continue
+        if i == 0:
+            kind, reaped = "other", int(f[13]) + int(f[14])
+        else:
+            kind = pg_process_kind(_cmdline(p))
+        procs[(p, f[19])] = (kind, int(f[11]) + int(f[12]))  # f[19]: start time (field 22)
+    return procs, reaped
+
+
+class PgCpuMeter:
+    """CPU seconds of a PostgreSQL server (the postmaster's process tree, as CpuMeter counts
+    it) between start() and stop(), and their split by process kind (PG_KINDS). A process
+    alive at both ends counts its difference under its kind, one started meanwhile its whole
+    CPU. A process that exited meanwhile is reaped by the postmaster: its whole CPU lands in
+    the postmaster's cutime/cstime, and counts as "exited" less what it had used before
+    start() (so no kind goes below zero). Autovacuum workers, parallel workers and short
+    sessions exit: "exited". The parts add up to the total exactly (in clock ticks)."""
+
+    def __init__(self, pid_fn):
+        self._pid_fn = pid_fn
+        self._start: tuple[dict, int] = ({}, 0)
+        self._ticks: dict[str, int] = {}
+
+    def start(self) -> "PgCpuMeter":
+        self._start = _pg_snapshot(self._pid_fn())
+        return self
+
+    def stop(self) -> "PgCpuMeter":
+        (a, a_reaped), (b, b_reaped) = self._start, _pg_snapshot(self._pid_fn())
+        ticks = {k: 0 for k, _ in PG_KINDS}
+        for key, (kind, t) in b.items():
+            ticks[kind] += t - a.get(key, (kind, 0))[1]
+        ticks["exited"] += (b_reaped - a_reaped) - sum(t for key, (_, t) in a.items() if key not in b)
+        self._ticks = ticks
+        return self
+
+    def seconds(self) -> float:
+        """The total between start() and stop()."""
+        return sum(self._ticks.values()) / CLK_TCK
+
+    def by_kind(self) -> dict[str, float]:
+        return {k: t / CLK_TCK for k, t in self._ticks.items()}

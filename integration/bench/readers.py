@@ -9,8 +9,10 @@ publishing to its own topic of the same Kafka broker:
   debezium               Kafka Connect standalone running Debezium's PostgreSQL connector
                          (pgoutput, own slot and publication) with its outbox EventRouter
 
-Every reader maps the row topic T to the Kafka topic "bench.<reader>.T" (ours with
-kafka.topic_map, Debezium with route.by.field=topic and route.topic.replacement).
+Every reader maps the row topic T to the Kafka topic "bench.<run>.<reader>.T" (ours with
+kafka.topic_map, Debezium with route.by.field=topic and route.topic.replacement). A reader
+named twice in one run is a second instance, "polling#2": its database, topic and work
+directory are named after "polling-2" (a topic name has no '#').
 """
 
 from __future__ import annotations
@@ -55,12 +57,19 @@ class Reader:
     name = ""
     ours = False
 
-    def __init__(self, pg: Postgres, kafka: Kafka, work: Path, run_id: str):
+    def __init__(self, pg: Postgres, kafka: Kafka, work: Path, run_id: str, name: Optional[str] = None):
         self.pg, self.kafka = pg, kafka
-        self.work = work / self.name
+        if name:
+            self.name = name
+        self.work = work / self.slug
         self.work.mkdir(parents=True, exist_ok=True)
-        self.db = f"bench_{run_id}_{self.name.replace('-', '_')}"
-        self.topic = f"bench.{run_id}.{self.name}.{ROW_TOPIC}"
+        self.db = f"bench_{run_id}_{self.slug.replace('-', '_')}"
+        self.topic = f"bench.{run_id}.{self.slug}.{ROW_TOPIC}"
+
+    @property
+    def slug(self) -> str:
+        """The name as a database, topic and directory take it: "polling#2" -> "polling-2"."""
+        return self.name.replace("#", "-")
 
     # -- lifecycle, in the order bench.py calls it
     def setup(self, partitions: int) -> None:
@@ -116,13 +125,12 @@ class RelayReader(Reader):
 
     def __init__(self, mode: str, pg, kafka, work, run_id, overrides: list[str],
                  binary: Optional[str] = None, name: Optional[str] = None):
-        self.name = name or mode
-        super().__init__(pg, kafka, work, run_id)
+        super().__init__(pg, kafka, work, run_id, name or mode)
         # "polling-eos": polling, exactly_once; "polling-eos-base": the same, run by `binary`
         self.mode, _, variant = mode.removesuffix("-base").partition("-")
         self.eos = variant == "eos"
         self.binary = binary
-        self.checkpoint_topic = f"bench.{run_id}.{self.name}.checkpoints"
+        self.checkpoint_topic = f"bench.{run_id}.{self.slug}.checkpoints"
         self.overrides = overrides
         self.relay: Optional[Relay] = None
 
@@ -210,14 +218,10 @@ while kill -0 $a 2>/dev/null || kill -0 $b 2>/dev/null; do wait; done
 class RelayPairReader(RelayReader):
     """polling-x2: two relays sharing `shards` shards (source.polling.shards)."""
 
-    def __init__(self, pg, kafka, work, run_id, overrides: list[str], shards: int = 8):
-        super().__init__("polling", pg, kafka, work, run_id, [f"source.polling.shards={shards}"] + overrides)
-        self.name = "polling-x2"
-        # the base class named its database, topic and work dir after the mode
-        self.work = work / self.name
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.db = f"bench_{run_id}_polling_x2"
-        self.topic = f"bench.{run_id}.{self.name}.{ROW_TOPIC}"
+    def __init__(self, pg, kafka, work, run_id, overrides: list[str], shards: int = 8,
+                 name: str = "polling-x2"):
+        super().__init__("polling", pg, kafka, work, run_id, [f"source.polling.shards={shards}"] + overrides,
+                         name=name)
 
     def _migrate(self) -> None:
         super()._migrate()
@@ -242,8 +246,9 @@ class DebeziumReader(Reader):
 
     name = "debezium"
 
-    def __init__(self, pg, kafka, work, run_id, jar_dir: Path, heap: str, poll_interval_ms: int):
-        super().__init__(pg, kafka, work, run_id)
+    def __init__(self, pg, kafka, work, run_id, jar_dir: Path, heap: str, poll_interval_ms: int,
+                 name: Optional[str] = None):
+        super().__init__(pg, kafka, work, run_id, name)
         self.jar_dir = jar_dir
         self.heap = heap
         self.poll_interval_ms = poll_interval_ms

@@ -99,12 +99,16 @@ class Postgres(_ScriptServer):
 
     script = "pg.sh"
 
-    def __init__(self, directory: os.PathLike | str, bindir: Optional[str] = None):
+    def __init__(self, directory: os.PathLike | str, bindir: Optional[str] = None, conf: Optional[str] = None):
+        """conf: OUTBOX_PG_CONF for pg.sh ("k = v;k2 = v2", settings added at initdb)."""
         super().__init__(directory)
         self.bindir = bindir or os.environ.get("OUTBOX_PG_BINDIR") or None
+        self.conf = conf
 
     def _run(self, cmd: str, extra_env: Optional[dict[str, str]] = None) -> None:
         env = {"OUTBOX_PG_BINDIR": self.bindir} if self.bindir else {}
+        if self.conf is not None:
+            env["OUTBOX_PG_CONF"] = self.conf
         super()._run(cmd, {**env, **(extra_env or {})})
 
     def stop(self, mode: str = "fast") -> None:
