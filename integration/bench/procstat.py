@@ -190,3 +190,46 @@ class PgCpuMeter:
 
     def by_kind(self) -> dict[str, float]:
         return {k: t / CLK_TCK for k, t in self._ticks.items()}
+
+
+# ------------------------------------------------------------------ threads of one process
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's compiler threads (comm: 15 chars)
+
+
+def _threads_ticks(pid: Optional[int], prefixes: tuple[str, ...]) -> dict:
+    """{(tid, start time): CPU ticks} of pid's live threads whose name starts with a prefix."""
+    out: dict = {}
+    if not pid:
+        return out
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            if not Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(prefixes):
+                continue
+            f = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        out[(tid, f[19])] = int(f[11]) + int(f[12])
+    return out
+
+
+class ThreadsCpuMeter:
+    """CPU seconds of some threads of a process (by name, e.g. JIT_THREADS) between start()
+    and seconds(): threads alive at both ends count their difference, threads started
+    meanwhile all of theirs. A thread that ended meanwhile (HotSpot stops idle compiler
+    threads) is not counted: a lower bound."""
+
+    def __init__(self, pid_fn, prefixes: tuple[str, ...]):
+        self._pid_fn, self._prefixes = pid_fn, prefixes
+        self._t0: dict = {}
+
+    def start(self) -> "ThreadsCpuMeter":
+        self._t0 = _threads_ticks(self._pid_fn(), self._prefixes)
+        return self
+
+    def seconds(self) -> float:
+        now = _threads_ticks(self._pid_fn(), self._prefixes)
+        return sum(t - self._t0.get(k, 0) for k, t in now.items()) / CLK_TCK
