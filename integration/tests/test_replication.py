@@ -841,3 +841,54 @@ def test_restart_drain_is_not_streamed_again(ctx):
         + relay.log_grep("stream")
     )
     ctx.note(f"{txns} drained transactions, {sent} sent by the stream after the restart")
+
+
+def test_a_long_restart_drain_keeps_the_stream_opened_at_its_start(ctx):
+    """Regression: the stream opened when a restart's drain starts was not read until the
+    drain ended, and the server's messages filled the socket: most of the backlog's rows again
+    (the stream started at the WAL flush position, which asynchronous commits leave far behind
+    the last commit) and the rows services wrote meanwhile. The server ended the connection
+    after its tcp_user_timeout (the relay sets 10 s), and the next stream decoded again all the
+    WAL since the slot's restart position: a row written after a 1,000,000-row drain waited
+    2.5 s at p50, 4.9 s at p99. The stream now starts at the insert position and the relay
+    empties the socket while the drain runs. Here the server's tcp_user_timeout is 1 s (the
+    dsn's options), 300,000 rows are drained and 20,000 more written during the drain, all
+    with asynchronous commits: the walsender must survive the drain."""
+    topic = ctx.topic()
+    overrides = {"postgres": {"dsn": ctx.dsn + " options='-c tcp_user_timeout=1000'"},
+                 "source": {"polling": {"batch_size": 1000}, "pipeline": {"max_in_flight_rows": 5000}}}
+    relay = ctx.relay(overrides).start()
+    ctx.wait_streaming(relay)
+    c = ctx.connect()
+    enqueue(c, topic, "warm", b"warm-up")
+    ctx.wait_all_published(1, 30, relay)
+    assert relay.terminate(60) == 0, relay.log_tail()
+
+    def write(txns: int, per_txn: int) -> int:
+        c.execute(f"""DO $$ BEGIN FOR t IN 1..{txns} LOOP
+                        INSERT INTO outbox.events (topic, key, payload)
+                        SELECT '{topic}', 'k' || (g % 100), convert_to(repeat('x', 200), 'UTF8')
+                        FROM generate_series(1, {per_txn}) g;
+                        COMMIT;
+                      END LOOP; END $$""")
+        return txns * per_txn
+
+    # Asynchronous commits, as the bench's writers and many services make them.
+    c.execute("SET synchronous_commit = off")
+    backlog = write(300, 1000)
+    log_from, server_from = len(relay.log_text()), len(ctx.pg.log_text())
+    relay.start()
+    wait_until(lambda: "opening the stream at" in relay.log_text()[log_from:], 60, 0.01,
+               "the stream opened as the drain starts", relay.assert_running)
+    during = write(200, 100)
+    assert "streaming from replication slot" not in relay.log_text()[log_from:], \
+        "the drain ended before the rows written during it: the test needs a longer drain"
+    ctx.wait_all_published(1 + backlog + during, 240, relay)
+    ctx.wait_streaming(relay)
+    enqueue(c, topic, "after", b"after the drain")
+    ctx.wait_all_published(2 + backlog + during, 60, relay)
+    server_log = ctx.pg.log_text()[server_from:]
+    assert "could not receive data from client" not in server_log, \
+        "the server ended the relay's stream while the drain ran:\n" + server_log[-2000:]
+    assert "server closed the connection" not in relay.log_text(), relay.log_grep("stream")
+    assert relay.terminate(60) == 0, relay.log_tail()

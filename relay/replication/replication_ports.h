@@ -109,10 +109,10 @@ class ReplicationTable {
   virtual std::vector<std::uint64_t> committed_not_visible() = 0;
   //! Whether a new snapshot shows every transaction of `xids`.
   virtual bool visible(const std::vector<std::uint64_t>& xids) = 0;
-  //! The WAL flush position, read first, and then the transactions a new snapshot does not
-  //! show as ended (full ids). Once a snapshot shows all of these ended, it shows every
-  //! transaction whose commit record starts before `flushed` (replication_source.h, 3a).
-  //! nullopt: not known (the stream then starts at the slot's confirmed position).
+  //! The WAL insert position (`flushed`: the name is older), read first, and then the transactions
+  //! a new snapshot does not show as ended (full ids). Once a snapshot shows all of these ended, it
+  //! shows every transaction whose commit record starts before `flushed` (replication_source.h,
+  //! 3a). nullopt: not known (the stream then starts at the slot's confirmed position).
   struct FlushPoint {
     Lsn flushed;
     std::vector<std::uint64_t> open;

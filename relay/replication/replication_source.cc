@@ -64,7 +64,7 @@ void ReplicationSource::start() {
     wait_visible(table_.not_yet_visible(bound.snapshot));
     upto = bound.upto;
   } else {
-    // 3a in the header: the flush position first, then the transactions open after it.
+    // 3a in the header: the insert position first, then the transactions open after it.
     std::optional<ReplicationTable::FlushPoint> point = table_.flush_point();
     wait_visible(table_.committed_not_visible());  // 3 in the header
     if (point && !ended_soon(point->open)) point.reset();

@@ -79,19 +79,23 @@
 //     row the drain just published (all the rows committed while the relay was away: after a
 //     1,000,000-row drain the walsender decodes and sends them all, the relay checks and drops
 //     each, and a new row waits behind them for seconds). Instead: first read F, the WAL
-//     flush position, then (a new snapshot) the transactions open, and wait a little for
-//     all of these to end (not at all: start at C as before). A transaction whose commit
-//     record starts before F had its xid before that snapshot and was either ended in it
-//     or open in it, so once those have ended the bound's snapshot (taken after) shows every
-//     transaction that commits before F. The drain publishes every row pending in it up to
-//     the bound, and its rows above the bound cannot be pending there (the bound is the
-//     highest pending id). So everything committed before F is resolved once the drain is
-//     done (rows of skipped topics: read from the table, 7), and the stream may start at F:
+//     insert position (not the flush position, which asynchronous commits leave behind the
+//     commits: the stream then sent again most of what the drain publishes), then (a new snapshot)
+//     the transactions open, and wait a little for all of these to end (not at all: start at C as
+//     before). A transaction whose commit record starts before F had its xid before that snapshot
+//     and was either ended in it or open in it, so once those have ended the bound's snapshot
+//     (taken after) shows every transaction that commits before F. The drain publishes every row
+//     pending in it up to the bound, and its rows above the bound cannot be pending there (the
+//     bound is the highest pending id). So everything committed before F is resolved once the drain
+//     is done (rows of skipped topics: read from the table, 7), and the stream may start at F:
 //     START_REPLICATION at F sends only transactions whose commit starts at or after F.
 //     The server still reads and decodes the WAL from the slot's restart point to F (it
 //     only does not send it): that is why the stream is opened at F when the drain starts,
-//     not when it ends. Nothing is read from it during the drain, and only the old confirmed
-//     position is reported (keep_alive, so that the server keeps the connection); once the
+//     not when it ends. Nothing of it is handled during the drain: keep_alive takes what the
+//     server sends out of the socket (keepalives answered and dropped, the rest kept in order
+//     for the first read, invariant early-stream-read in stream_source.h), so that the
+//     server never waits on a full socket and ends the connection, and only the old
+//     confirmed position is reported; once the
 //     drain is done F is confirmed with the rest (invariant 5: everything before F is then
 //     marked), and a new row comes as soon as the server has read to it, not a drain's WAL
 //     later. A failure of the stream during the drain is seen at its first read, after the

@@ -179,9 +179,13 @@ std::optional<ReplicationTable::FlushPoint> PgReplicationTable::flush_point() {
     std::optional<Lsn> flushed;
     {
       // Its own statement, before the snapshot of in_progress_now: a statement's snapshot is
-      // taken when it starts, and the position must be read before it (3a).
+      // taken when it starts, and the position must be read before it (3a). The insert
+      // position, not the flush position: with asynchronous commits the flush position lags
+      // the commits (hundreds of MB behind a fast backlog), and the stream then sent again,
+      // while the drain ran, most of the rows the drain was publishing.
       pqxx::nontransaction n(conn);
-      flushed = Lsn::parse(n.exec1("SELECT pg_current_wal_flush_lsn()::text")[0].as<std::string>());
+      flushed =
+          Lsn::parse(n.exec1("SELECT pg_current_wal_insert_lsn()::text")[0].as<std::string>());
     }
     if (!flushed) return std::nullopt;
     return FlushPoint{*flushed, in_progress_now(conn)};

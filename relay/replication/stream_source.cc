@@ -44,11 +44,14 @@ void StreamSource::open_early(Lsn skip_to) {
 
 void StreamSource::start(const std::vector<std::string>& deferred, Lsn skip_to) {
   if (opened_at_.value != 0 && opened_at_ == skip_to) {
-    // Opened at the drain's start (open_early) and nothing read since: the drain is done,
+    // Opened at the drain's start (open_early) and nothing handled since (what it sent is
+    // kept in early_, in order, for the first read): the drain is done,
     // so everything before skip_to is resolved and marked and may be confirmed (invariant
     // 5); the server takes a report of an older position (before PostgreSQL 17), so none
     // is sent any more.
     opened_at_ = {};
+    logging::get("pg")->debug("the stream sent {} messages besides keepalives while the drain ran",
+                              early_.size());
     deferred_.insert(deferred.begin(), deferred.end());
     confirmed_ = std::max(confirmed_, skip_to);
     received_ = std::max(received_, skip_to);
@@ -77,6 +80,8 @@ void StreamSource::reset() noexcept {
   tracker_.reset();
   open_xid_ = 0;
   queued_.clear();
+  early_.clear();
+  early_bytes_ = 0;
   held_.clear();
   at_.clear();
   out_ = 0;
@@ -189,7 +194,7 @@ std::vector<core::OutboxEvent> StreamSource::read(std::size_t limit, std::size_t
     // bytes).
     while (!full()) {
       if (queued_.empty()) {
-        auto message = stream_.read(std::chrono::milliseconds(0));
+        auto message = next_message(std::chrono::milliseconds(0));
         if (!message) break;
         handle(std::move(*message));
         continue;
@@ -357,11 +362,11 @@ bool StreamSource::wait(std::chrono::milliseconds timeout) {
     // the slot advances (and WAL is freed) while other tables are busy and the outbox idle.
     report(/*reply=*/true);
   }
-  auto message = stream_.read(timeout);
+  auto message = next_message(timeout);
   while (message) {
     handle(std::move(*message));
     if (!queued_.empty()) break;
-    message = stream_.read(std::chrono::milliseconds(0));
+    message = next_message(std::chrono::milliseconds(0));
   }
   report_if_due();
   return !queued_.empty();
@@ -369,12 +374,42 @@ bool StreamSource::wait(std::chrono::milliseconds timeout) {
 
 void StreamSource::keep_alive() noexcept {
   if (!started_) return;
-  if (clock_.now() - last_report_ < options_.status_interval) return;
   try {
-    report(false);  // no reading here: the stream waits in the socket, memory stays bounded
+    if (opened_at_.value != 0) take_early();
+    if (clock_.now() - last_report_ < options_.status_interval) return;
+    // Outside an early stream nothing is read here: the stream waits in the socket for the
+    // next read, memory stays bounded.
+    report(false);
   } catch (...) {
     // The connection is gone; the next read says so and the stream is re-opened.
   }
+}
+
+void StreamSource::take_early() {
+  // Invariant early-stream-read (stream_source.h): while the drain runs the socket is
+  // emptied, so the server never waits on a full socket and never ends the connection for
+  // it. Nothing is handled here: the kept messages are handled by the first read, in the
+  // order the server sent them, exactly as if they had waited in the socket.
+  while (early_bytes_ < kEarlyBytes) {
+    auto message = stream_.read(std::chrono::milliseconds(0));
+    if (!message) return;
+    if (message->kind == StreamMessage::Kind::keepalive) {
+      if (message->reply_requested) report(false);  // the unchanged position
+      continue;
+    }
+    early_bytes_ += 256 + core::event_bytes(message->event);
+    early_.push_back(std::move(*message));
+  }
+}
+
+std::optional<StreamMessage> StreamSource::next_message(std::chrono::milliseconds wait) {
+  if (!early_.empty()) {
+    StreamMessage message = std::move(early_.front());
+    early_.pop_front();
+    early_bytes_ = early_.empty() ? 0 : early_bytes_;
+    return message;
+  }
+  return stream_.read(wait);
 }
 
 void StreamSource::final_report() noexcept {

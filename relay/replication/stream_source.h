@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -78,7 +79,14 @@ class StreamSource {
   void resolved(const core::BatchOutcome& outcome);
   //! As core::OutboxStore::wait_for_rows: reads the stream up to `timeout`.
   bool wait(std::chrono::milliseconds timeout);
-  //! Reports the unchanged position every status_interval, reading nothing.
+  //! Reports the unchanged position every status_interval. While a stream opened early (3a)
+  //! waits for the drain to end, it also takes what the server sent from the socket
+  //! (invariant `early-stream-read`): keepalives are answered and dropped, anything else is
+  //! kept, in order, for the first read (at most kEarlyBytes). A socket left full while the
+  //! drain runs (the server's progress keepalives of the drain's own mark transactions) made
+  //! the server end the connection after its tcp_user_timeout (10 s), and the next stream
+  //! then decoded again everything since the slot's restart position: seconds of delay for
+  //! every row written after a long drain.
   void keep_alive() noexcept;
   //! A clean stop reports how far it got. Never throws.
   void final_report() noexcept;
@@ -125,6 +133,10 @@ class StreamSource {
   void resolve(std::map<std::uint64_t, Held>::iterator it);
   void report(bool reply);
   void report_if_due();
+  //! The next message: the ones kept while the drain ran first, then the socket's.
+  std::optional<StreamMessage> next_message(std::chrono::milliseconds wait);
+  //! keep_alive's reading of a stream opened early; throws as stream_.read does.
+  void take_early();
 
   ReplicationTable& table_;
   ReplicationStream& stream_;
@@ -146,6 +158,12 @@ class StreamSource {
   Lsn received_;
   //! Where a stream opened during the drain starts (open_early); 0: none.
   Lsn opened_at_;
+  //! What a stream opened early sent while the drain ran, keepalives left out (keep_alive).
+  std::deque<StreamMessage> early_;
+  std::size_t early_bytes_ = 0;
+  //! The most early_ holds (event bytes and 256 per message); past it the socket is left
+  //! to fill, as before: a connection the server ends is opened again after the drain.
+  static constexpr std::size_t kEarlyBytes = 16u << 20;
   Lsn confirmed_;
   Lsn reported_;
   std::chrono::steady_clock::time_point last_report_{};
