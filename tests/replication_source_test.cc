@@ -14,6 +14,7 @@
 #include "core/batch_relay.h"
 #include "fakes.h"
 #include "replication/replication_source.h"
+#include "replication/stream_source.h"
 
 using namespace outbox;
 using outbox::replication::Lsn;
@@ -1222,4 +1223,38 @@ TEST_CASE("a stream out of order stops the relay with a clear error, confirming 
   CHECK(source.confirmed() == confirmed);   // nothing confirmed past the bad message
   CHECK(rig.server.slot_confirmed <= confirmed.value);
   CHECK(rig.server.row(later[0]).published == false);  // still pending: nothing lost
+}
+
+// Regression: a stream opened for a restart's drain was read only once the drain ended; the
+// server's messages filled the socket, the server ended the connection (its tcp_user_timeout),
+// and the next stream decoded again all the WAL since the slot's restart position.
+TEST_CASE(
+    "a stream opened for the drain is emptied while it runs; what it sent comes after, "
+    "in order, and its failure is not lost",
+    "[replication][regression]") {
+  Rig rig;
+  rig.server.slot_exists = rig.server.connected = true;
+  rig.server.slot_confirmed = rig.server.lsn;
+  replication::StreamSource src(rig.table, rig.stream, rig.clock, rig.options,
+                                [] { return false; });
+  const Lsn opened{rig.server.lsn};
+  src.open_early(opened);
+  rig.server.keepalive(/*reply=*/true);
+  Ids written = rig.server.commit({"a", "b"});  // written while the drain runs
+  rig.server.keepalive();
+
+  SECTION("kept in order, keepalives answered with the unchanged position") {
+    src.keep_alive();
+    CHECK(rig.server.wire.empty());  // the socket is emptied
+    REQUIRE(rig.server.flushed.size() == 1);
+    CHECK(rig.server.flushed[0] <= opened.value);  // nothing confirmed for the drain's sake
+    src.start({}, opened);                         // the drain is done
+    CHECK(ids_of(src.begin(10, 1 << 20, {})) == written);
+  }
+  SECTION("a failed read while the drain runs is thrown by the first read after it") {
+    rig.server.fail_next_read = true;
+    src.keep_alive();  // never throws
+    src.start({}, opened);
+    CHECK_THROWS_AS(src.begin(10, 1 << 20, {}), core::UnavailableError);
+  }
 }

@@ -82,6 +82,7 @@ void StreamSource::reset() noexcept {
   queued_.clear();
   early_.clear();
   early_bytes_ = 0;
+  early_error_ = nullptr;
   held_.clear();
   at_.clear();
   out_ = 0;
@@ -374,8 +375,15 @@ bool StreamSource::wait(std::chrono::milliseconds timeout) {
 
 void StreamSource::keep_alive() noexcept {
   if (!started_) return;
+  if (opened_at_.value != 0 && !early_error_) {
+    try {
+      take_early();
+    } catch (...) {
+      early_error_ = std::current_exception();  // thrown by the first read after the drain
+      return;
+    }
+  }
   try {
-    if (opened_at_.value != 0) take_early();
     if (clock_.now() - last_report_ < options_.status_interval) return;
     // Outside an early stream nothing is read here: the stream waits in the socket for the
     // next read, memory stays bounded.
@@ -409,6 +417,7 @@ std::optional<StreamMessage> StreamSource::next_message(std::chrono::millisecond
     early_bytes_ = early_.empty() ? 0 : early_bytes_;
     return message;
   }
+  if (early_error_) std::rethrow_exception(std::exchange(early_error_, nullptr));
   return stream_.read(wait);
 }
 

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <map>
 #include <optional>
@@ -161,6 +162,9 @@ class StreamSource {
   //! What a stream opened early sent while the drain ran, keepalives left out (keep_alive).
   std::deque<StreamMessage> early_;
   std::size_t early_bytes_ = 0;
+  //! What a read of the early stream threw (a connection lost, bytes that cannot be decoded):
+  //! thrown by the first read after the messages kept before it, never swallowed.
+  std::exception_ptr early_error_;
   //! The most early_ holds (event bytes and 256 per message); past it the socket is left
   //! to fill, as before: a connection the server ends is opened again after the drain.
   static constexpr std::size_t kEarlyBytes = 16u << 20;
