@@ -657,7 +657,7 @@ source:
   CHECK(typo->line == 8);
 }
 
-TEST_CASE("delivery: at_least_once by default; exactly_once with its keys", "[config][eos]") {
+TEST_CASE("delivery: at_least_once by default, exactly_once with its keys", "[config][eos]") {
   ParseResult d = parse_config(kMinimal, with_env({}));
   REQUIRE(d.errors.empty());
   CHECK(d.config->delivery.guarantee == DeliveryGuarantee::at_least_once);

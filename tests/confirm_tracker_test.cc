@@ -64,7 +64,7 @@ TEST_CASE("reset forgets everything not yet confirmed", "[replication]") {
   CHECK(t.confirmable() == 20);
 }
 
-TEST_CASE("messages out of order are a stream error; resolving twice a logic error",
+TEST_CASE("messages out of order are a stream error, resolving twice a logic error",
           "[replication]") {
   ConfirmTracker t;
   CHECK_THROWS_AS(t.add_event(), outbox::replication::StreamOrderError);

@@ -446,7 +446,7 @@ TEST_CASE("unknown, streaming and malformed messages are refused with a clear me
                  Catch::Contains("offset 9"));
 }
 
-TEST_CASE("XLogData and keepalive CopyData frames decode; others are refused", "[pgoutput]") {
+TEST_CASE("XLogData and keepalive CopyData frames decode, others are refused", "[pgoutput]") {
   std::string payload = read_bin("001_begin.bin");
   std::string frame = "w" + be64(0x153EAB0) + be64(0x1540E78) + be64(757479845000000) + payload;
   auto decoded = decode_copy_data(frame);
@@ -528,7 +528,7 @@ TEST_CASE("column_text refuses the wrong relation and unknown columns", "[pgoutp
   CHECK_THROWS_WITH(column_text(rel, toast, "topic"), Catch::Contains("unchanged TOAST"));
 }
 
-TEST_CASE("bytea hex text decodes to its bytes; other forms are refused", "[pgoutput]") {
+TEST_CASE("bytea hex text decodes to its bytes, other forms are refused", "[pgoutput]") {
   CHECK(decode_bytea_hex(R"(\x)").empty());
   CHECK(decode_bytea_hex(R"(\x00fF7b)") == std::string("\x00\xff{", 3));
   CHECK_THROWS_AS(decode_bytea_hex(""), PgOutputError);

@@ -481,7 +481,7 @@ TEST_CASE("the drain does not end while one of its rows is unresolved", "[replic
   CHECK(source.phase() == Phase::streaming);
 }
 
-TEST_CASE("the drain reads by state up to its bound; rows left out for their bytes come next",
+TEST_CASE("the drain reads by state up to its bound, rows left out for their bytes come next",
           "[replication][handover]") {
   Rig rig;
   auto old = rig.server.commit({"a", "b", "c", "d", "e"});
@@ -630,7 +630,7 @@ TEST_CASE("streamed rows already marked, or deleted, are dropped and confirmed p
 }
 
 TEST_CASE(
-    "restart: the stream resumes at the confirmed position; what it re-sends that is "
+    "restart: the stream resumes at the confirmed position, what it re-sends that is "
     "marked is dropped, and pending rows before it are drained first",
     "[replication][restart]") {
   Rig rig;
@@ -844,7 +844,7 @@ TEST_CASE("drain: a read-ahead window of ids no longer pending is passed over",
 }
 
 TEST_CASE(
-    "stream: reads ahead in commit order; groups recorded out of order never confirm past an "
+    "stream: reads ahead in commit order, groups recorded out of order never confirm past an "
     "unacknowledged row",
     "[replication][pipeline][confirm]") {
   Rig rig;
@@ -938,7 +938,7 @@ TEST_CASE(
 
 TEST_CASE(
     "stream: rows of a skipped topic are deferred to the table, confirmed past, and come in id "
-    "order before later rows of their topic; a row the core left unsent is not overtaken",
+    "order before later rows of their topic, a row the core left unsent is not overtaken",
     "[replication][pipeline][skip]") {
   Rig rig;
   auto& source = rig.make();
@@ -1028,7 +1028,7 @@ TEST_CASE("with the relay: a partition that never answers holds only its own row
 }
 
 TEST_CASE(
-    "with the relay: a partition that never answers holds only its own rows, streaming; the "
+    "with the relay: a partition that never answers holds only its own rows, streaming, the "
     "confirmed position stays before them, and they follow in order once it answers",
     "[replication][pipeline][stuck]") {
   Rig rig;
@@ -1077,7 +1077,7 @@ TEST_CASE(
 // and after a restart the drain read the refused rows again every turn.
 TEST_CASE(
     "with the relay: a refused topic with 10x batch_size rows holds none of the others, "
-    "draining and streaming, across a restart; its rows follow in id order once it is back",
+    "draining and streaming, across a restart, its rows follow in id order once it is back",
     "[replication][skip][regression]") {
   Rig rig;
   const std::size_t batch = 4;
@@ -1229,7 +1229,7 @@ TEST_CASE("a stream out of order stops the relay with a clear error, confirming 
 // server's messages filled the socket, the server ended the connection (its tcp_user_timeout),
 // and the next stream decoded again all the WAL since the slot's restart position.
 TEST_CASE(
-    "a stream opened for the drain is emptied while it runs; what it sent comes after, "
+    "a stream opened for the drain is emptied while it runs, what it sent comes after, "
     "in order, and its failure is not lost",
     "[replication][regression]") {
   Rig rig;

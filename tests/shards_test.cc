@@ -49,7 +49,7 @@ TEST_CASE("a dead member's shards are taken by the survivors up to the target", 
   CHECK(b.acquire == std::vector<int>{7});
 }
 
-TEST_CASE("at the target nothing moves; shards held elsewhere are never asked for", "[shards]") {
+TEST_CASE("at the target nothing moves, shards held elsewhere are never asked for", "[shards]") {
   auto moves = plan_shards(8, 2, {0, 1, 2, 3}, {4, 5, 6, 7});
   CHECK(moves.release.empty());
   CHECK(moves.acquire.empty());

@@ -117,7 +117,7 @@ TEST_CASE("transactional publisher: a checkpoint topic of several partitions is 
 
 // Regression: a checkpoint larger than message.max.bytes failed as a transient error: the
 // relay aborted, recovered and sent the same read again, forever.
-TEST_CASE("transactional publisher: the largest checkpoint is known; a larger one is fatal",
+TEST_CASE("transactional publisher: the largest checkpoint is known, a larger one is fatal",
           "[eos][kafka][regression]") {
   Mock mock;
   config::KafkaConfig k;

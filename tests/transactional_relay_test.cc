@@ -220,7 +220,7 @@ void require_exactly_once(const Rig& rig, std::int64_t first, std::int64_t last)
 
 }  // namespace
 
-TEST_CASE("checkpoint text: rows with event ids round trip; the earlier format reads; junk refused",
+TEST_CASE("checkpoint text: rows with event ids round trip, the earlier format reads, junk refused",
           "[eos]") {
   using Row = core::CheckpointRow;
   std::vector<Row> rows{{7, "e7"}, {1, "e1"}, {2, "e2"},  {3, "e3"},
@@ -328,7 +328,7 @@ TEST_CASE("a commit of unknown outcome: recovery reads the checkpoint and decide
   }
 }
 
-TEST_CASE("a zombie is fenced: it marks nothing; the new instance publishes everything once",
+TEST_CASE("a zombie is fenced: it marks nothing, the new instance publishes everything once",
           "[eos]") {
   Rig rig(4);
   for (int i = 0; i < 8; ++i) rig.store.add("t", "k");
@@ -352,7 +352,7 @@ TEST_CASE("a zombie is fenced: it marks nothing; the new instance publishes ever
   require_exactly_once(rig, 1, 8);
 }
 
-TEST_CASE("failed deliveries abort the transaction; only proven rows are dead-lettered", "[eos]") {
+TEST_CASE("failed deliveries abort the transaction, only proven rows are dead-lettered", "[eos]") {
   SECTION("transient: abort, nothing committed, sent again later in one transaction") {
     Rig rig(4);
     for (int i = 0; i < 4; ++i) rig.store.add("t", "k");
@@ -402,7 +402,7 @@ TEST_CASE("an unrecorded mark blocks the next transaction until it is recorded",
   REQUIRE(rig.relay->recovered_rows() == 0);
 }
 
-TEST_CASE("init_transactions failing is retried; nothing is sent meanwhile", "[eos]") {
+TEST_CASE("init_transactions failing is retried, nothing is sent meanwhile", "[eos]") {
   Rig rig(4);
   for (int i = 0; i < 3; ++i) rig.store.add("t", "k");
   rig.publisher.fail_init = 2;
@@ -417,7 +417,7 @@ TEST_CASE("init_transactions failing is retried; nothing is sent meanwhile", "[e
 
 // Regression: another producer's open transaction on a shared checkpoint topic hid this
 // relay's newest checkpoint; recovery marked the older one and sent the newest rows again.
-TEST_CASE("recovery waits while the newest checkpoint may be hidden; never marks an older one",
+TEST_CASE("recovery waits while the newest checkpoint may be hidden, never marks an older one",
           "[eos][regression]") {
   {
     Rig rig(4);
