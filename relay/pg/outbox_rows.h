@@ -25,21 +25,21 @@ std::vector<core::OutboxEvent> events_of(const pqxx::result& rows);
 
 //! The polling read (with its byte budget and its read-ahead guard), written once, in the
 //! variants replication mode reads the table with (replication/replication_table.cc). Parameters as
-//! the polling read: $1 limit, $2 max bytes, $3 topics, $4 after id, $5 pending up to
-//! after id (-1: a by-state read), and:
+//! the polling read: $1 limit, $2 max bytes, $3 topics, $4 after id, $5 pending from $6 up to
+//! after id (-1: a by-state read), $6 the read floor (pg/read_floor.h; 0: none), and:
 enum class FetchScope {
-  upto,    //!< rows of topics not in $3, ids up to $6 only (the replication drain)
+  upto,    //!< rows of topics not in $3, ids up to $7 only (the replication drain)
   topics,  //!< rows of the topics in $3 only (deferred topics; $4 and $5 as a by-state read)
-  among,   //!< rows whose ids are in $3 (bigint[]) only; no $4, $5 (rows sent again)
+  among,   //!< rows whose ids are in $3 (bigint[]) only; no $4, $5, $6 (rows sent again)
 };
 std::string fetch_sql(FetchScope scope);
 
 //! The polling read itself: every shard when `shards` <= 1; else restricted to the shards in
-//! $6 (int[]), with each row's shard as a ninth column `shard` (pg/shards.h).
+//! $7 (int[]), with each row's shard as a ninth column `shard` (pg/shards.h).
 std::string polling_fetch_sql(int shards);
 
-//! Whether any row is pending (no parameter); sharded (`shards` > 1): any row of the shards
-//! in $1 (int[]).
+//! Whether any row is pending with an id from $1 (the read floor); sharded (`shards` > 1):
+//! any such row of the shards in $2 (int[]).
 std::string pending_exists_sql(int shards);
 
 //! The highest pending id (0 if none): one probe of events_pending_idx from its end.

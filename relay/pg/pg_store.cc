@@ -2,6 +2,7 @@
 
 #include <pqxx/pqxx>
 
+#include <algorithm>
 #include <limits>
 #include <set>
 
@@ -14,8 +15,13 @@ PgOutboxStore::PgOutboxStore(Conninfo conninfo, std::string redacted, const core
                              ShardSettings shards)
     : rows_(polling_fetch_sql(shards.shards)),
       pending_sql_(pending_exists_sql(shards.shards)),
+      floor_(shards.shards),
+      clock_(clock),
       session_(std::move(conninfo), std::move(redacted), clock, shards,
-               [this](pqxx::connection& conn) { rows_.open(conn); }) {}
+               [this](pqxx::connection& conn) {
+                 rows_.open(conn);
+                 floor_.open(conn);
+               }) {}
 
 void PgOutboxStore::connect() { session_.connect(); }
 
@@ -77,6 +83,8 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
       session_.fail(e);
     }
     if (by_state) {
+      // Another scope: what the floor proved was of the shards read before.
+      if (read_set_ != session_.held() || !read_set_valid()) floor_.reset();
       read_set_ = session_.held();
       read_generation_ = session_.generation();
     } else if (!read_set_valid() || read_set_ != session_.held() || session_.wants_release()) {
@@ -84,17 +92,26 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
     }
   }
   try {
+    // A by-state read comes when nothing read is unrecorded (see core::OutboxStore).
+    if (by_state) unrecorded_.clear();
+    floor_.advance(
+        session_.conn(), clock_.now(),
+        unrecorded_.empty() ? std::numeric_limits<std::int64_t>::max() : *unrecorded_.begin(),
+        read_set_);
+    const auto floor = static_cast<long long>(floor_.floor());
+    if (by_state) after_id = std::max<std::int64_t>(after_id, floor - 1);
     // One statement, no transaction left open while Kafka answers: the leader lock (or the
     // shards' locks) already make this relay the only reader, so the rows need no lock.
     pqxx::result rows =
-        sharded()
-            ? rows_.fetch(session_.conn(), static_cast<long>(limit),
-                          static_cast<long long>(max_bytes), text_array(skip_topics),
-                          static_cast<long long>(after_id), pending_upto, int_array(read_set_))
-            : rows_.fetch(session_.conn(), static_cast<long>(limit),
-                          static_cast<long long>(max_bytes), text_array(skip_topics),
-                          static_cast<long long>(after_id), pending_upto);
+        sharded() ? rows_.fetch(session_.conn(), static_cast<long>(limit),
+                                static_cast<long long>(max_bytes), text_array(skip_topics),
+                                static_cast<long long>(after_id), pending_upto, floor,
+                                int_array(read_set_))
+                  : rows_.fetch(session_.conn(), static_cast<long>(limit),
+                                static_cast<long long>(max_bytes), text_array(skip_topics),
+                                static_cast<long long>(after_id), pending_upto, floor);
     events = events_of(rows);
+    for (const auto& e : events) unrecorded_.insert(e.id);
     if (sharded()) {
       for (const auto& row : rows) row_shard_[row[0].as<std::int64_t>()] = row[8].as<int>();
     }
@@ -115,14 +132,23 @@ void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
       for (auto id : outcome.published) row_shard_.erase(id);
       for (const auto& f : outcome.retry) row_shard_.erase(f.id);
       for (const auto& f : outcome.dead_letter) row_shard_.erase(f.id);
+      recorded(part);
       return;
     }
     rows_.record(session_.conn(), outcome, vanished_);
+    recorded(outcome);
   } catch (const core::UnavailableError&) {
     throw;
   } catch (const std::exception& e) {
     session_.fail(e);
   }
+}
+
+void PgOutboxStore::recorded(const core::BatchOutcome& outcome) {
+  // A retried row stays pending: it stays here until the next by-state read reads it again.
+  for (auto id : outcome.published) unrecorded_.erase(id);
+  for (const auto& f : outcome.dead_letter) unrecorded_.erase(f.id);
+  for (const auto& v : vanished_) unrecorded_.erase(v.id);
 }
 
 std::vector<core::VanishedRow> PgOutboxStore::take_vanished() {
@@ -146,8 +172,9 @@ bool PgOutboxStore::wait_for_rows(std::chrono::milliseconds timeout) {
     }
     return session_.wait_for_hint(timeout, [this](pqxx::connection& conn) {
       pqxx::nontransaction n(conn);
-      return sharded() ? n.exec_params1(pending_sql_, int_array(read_set_))[0].as<bool>()
-                       : n.exec1(pending_sql_)[0].as<bool>();
+      const auto floor = static_cast<long long>(floor_.floor());
+      return sharded() ? n.exec_params1(pending_sql_, floor, int_array(read_set_))[0].as<bool>()
+                       : n.exec_params1(pending_sql_, floor)[0].as<bool>();
     });
   } catch (const std::exception& e) {
     session_.fail(e);

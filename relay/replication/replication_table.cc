@@ -217,7 +217,7 @@ std::vector<core::OutboxEvent> PgReplicationTable::pending_range(
     long long guard = pending_upto ? static_cast<long long>(*pending_upto) : -1;
     return pg::events_of(
         n.exec_params(sql, static_cast<long>(limit), static_cast<long long>(max_bytes),
-                      pg::text_array(skip_topics), static_cast<long long>(after_id), guard,
+                      pg::text_array(skip_topics), static_cast<long long>(after_id), guard, 0LL,
                       static_cast<long long>(upto)));
   });
 }
@@ -229,7 +229,7 @@ std::vector<core::OutboxEvent> PgReplicationTable::pending_of_topics(
     pqxx::nontransaction n(conn);
     return pg::events_of(n.exec_params(
         sql, static_cast<long>(limit), static_cast<long long>(max_bytes), pg::text_array(topics),
-        static_cast<long long>(std::numeric_limits<std::int64_t>::min()), -1LL));
+        static_cast<long long>(std::numeric_limits<std::int64_t>::min()), -1LL, 0LL));
   });
 }
 

@@ -1,0 +1,92 @@
+// The read floor (invariant read-floor): an id L such that no row of the reader's scope with
+// an id below L is pending, or ever will be again. The polling reads by state start at L, the
+// read-ahead guard counts from L and the idle check looks from L, so none of them walks the
+// pending index's entries of rows marked below L: entries that are dead but stay on the
+// index's pages until vacuum removes them (13.7 ms a read, and most of a drain's slowdown, at
+// 10,000,000 rows: integration/bench/RESULTS.md). L is 0 (nothing proven) on each new
+// PostgreSQL connection and whenever the scope (the shards read) changes.
+//
+// Why no row below L can become pending later. A row becomes pending only when it is
+// inserted (nothing sets published_at or dead_lettered_at back to NULL; `replay` inserts a
+// new row), and its id comes from outbox.events' identity sequence, whose values are handed
+// out in increasing order in time (checked at each connection: GENERATED ALWAYS, increment
+// > 0, cache 1, no cycle; otherwise L stays 0 and the reads are as without it). The fence,
+// one statement (kFenceSql):
+//   1. X = the highest id in the statement's snapshot: its transaction committed, so X and
+//      every smaller id were handed out before the snapshot was taken;
+//   2. H = the transactions holding a lock an INSERT takes on outbox.events, read from
+//      pg_locks after that snapshot. An INSERT locks the table before it evaluates nextval(),
+//      so every transaction holding an id up to X that has not ended is in H (a prepared
+//      transaction too: it keeps its locks, under no process);
+//   3. once no transaction of H holds a lock (seen by a later statement), every transaction
+//      that took an id up to X has committed or rolled back, and PostgreSQL releases a
+//      transaction's locks only after the snapshots taken from then on count it as ended:
+//      X is "passed".
+// The rise: once X is passed, a later statement (its snapshot after the pass) that finds no
+// pending row of the scope with an id in [L, m), for m at most X + 1, sets L = m. The relay
+// asks for m = min(X + 1, the smallest id it read and has not seen marked published or
+// dead-lettered); its bookkeeping only chooses m: a wrong m finds a pending row and L stays.
+//
+// What the argument assumes and the relay cannot see: no row is written with an id of its own
+// (INSERT ... OVERRIDING SYSTEM VALUE, COPY with the id column) and the sequence is not set
+// back while a relay runs. Such a row below L would wait; so L goes back to 0 every
+// kFloorLifetime (and at each new connection) and is proven again from the start: one walk
+// of the pending index a minute, and such a row waits at most that long, never forever.
+//
+// Cost: one statement of a few index probes and a read of pg_locks, at most every
+// kFenceInterval, on the leader's connection, before a read. A transaction that inserted into
+// outbox.events and stays open keeps its X from passing; L then stays where it is (the reads
+// walk from there, as they did without the floor) until it ends.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace outbox::pg {
+
+class ReadFloor {
+ public:
+  static constexpr std::chrono::milliseconds kFenceInterval{50};
+  static constexpr std::chrono::seconds kFloorLifetime{60};
+  //! The scope has no shard filter when `shards` <= 1; else the shards in the set given to
+  //! advance() (pg/shards.h).
+  explicit ReadFloor(int shards = 1);
+
+  //! A new connection: the sequence is checked again and L is 0.
+  void open(pqxx::connection& conn);
+  //! The scope changed (another shard set): L is 0 again; a fence stays valid.
+  void reset() { floor_ = 0; }
+  //! L: no row of the scope below it is pending, or ever will be again.
+  std::int64_t floor() const { return floor_; }
+  //! Whether the sequence allows a floor (see above); logged once per connection when not.
+  bool enabled() const { return enabled_; }
+
+  //! Runs the fence statement if kFenceInterval passed since the last one (`now`): raises L
+  //! towards min(X + 1, `unrecorded_min`) for the last X passed, takes a new fence or sees
+  //! the open one pass. `shards`: the scope's shards (sharded only). Throws what libpqxx throws.
+  void advance(pqxx::connection& conn, std::chrono::steady_clock::time_point now,
+               std::int64_t unrecorded_min, const std::set<int>& shards = {});
+
+ private:
+  std::string fence_sql_;
+  bool sharded_ = false;
+  bool enabled_ = false;
+  bool told_ = false;  //!< the floor's absence was logged
+  std::int64_t floor_ = 0;
+  std::int64_t passed_ = 0;  //!< the highest X seen passed (0: none)
+  struct Fence {
+    std::int64_t x = 0;
+    std::vector<std::string> holders;  //!< pg_locks.virtualtransaction of H
+  };
+  std::optional<Fence> open_;                                  //!< taken, not yet seen passed
+  std::optional<std::chrono::steady_clock::time_point> next_;  //!< the next fence statement
+  std::chrono::steady_clock::time_point expires_{};  //!< when L goes back to 0 (kFloorLifetime)
+};
+
+}  // namespace outbox::pg
