@@ -92,12 +92,7 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
     }
   }
   try {
-    // A by-state read comes when nothing read is unrecorded (see core::OutboxStore).
-    if (by_state) unrecorded_.clear();
-    floor_.advance(
-        session_.conn(), clock_.now(),
-        unrecorded_.empty() ? std::numeric_limits<std::int64_t>::max() : *unrecorded_.begin(),
-        read_set_);
+    floor_.before_read(session_.conn(), clock_.now(), by_state, read_set_);
     const auto floor = static_cast<long long>(floor_.floor());
     if (by_state) after_id = std::max<std::int64_t>(after_id, floor - 1);
     // One statement, no transaction left open while Kafka answers: the leader lock (or the
@@ -111,7 +106,7 @@ std::vector<core::OutboxEvent> PgOutboxStore::fetch(std::int64_t after_id, long 
                                 static_cast<long long>(max_bytes), text_array(skip_topics),
                                 static_cast<long long>(after_id), pending_upto, floor);
     events = events_of(rows);
-    for (const auto& e : events) unrecorded_.insert(e.id);
+    floor_.returned(events);
     if (sharded()) {
       for (const auto& row : rows) row_shard_[row[0].as<std::int64_t>()] = row[8].as<int>();
     }
@@ -132,23 +127,16 @@ void PgOutboxStore::record_outcome(const core::BatchOutcome& outcome) {
       for (auto id : outcome.published) row_shard_.erase(id);
       for (const auto& f : outcome.retry) row_shard_.erase(f.id);
       for (const auto& f : outcome.dead_letter) row_shard_.erase(f.id);
-      recorded(part);
+      floor_.recorded(part, vanished_);
       return;
     }
     rows_.record(session_.conn(), outcome, vanished_);
-    recorded(outcome);
+    floor_.recorded(outcome, vanished_);
   } catch (const core::UnavailableError&) {
     throw;
   } catch (const std::exception& e) {
     session_.fail(e);
   }
-}
-
-void PgOutboxStore::recorded(const core::BatchOutcome& outcome) {
-  // A retried row stays pending: it stays here until the next by-state read reads it again.
-  for (auto id : outcome.published) unrecorded_.erase(id);
-  for (const auto& f : outcome.dead_letter) unrecorded_.erase(f.id);
-  for (const auto& v : vanished_) unrecorded_.erase(v.id);
 }
 
 std::vector<core::VanishedRow> PgOutboxStore::take_vanished() {

@@ -90,17 +90,11 @@ class PgOutboxStore : public core::OutboxStore, public core::Leadership {
                                        std::size_t limit, std::size_t max_bytes,
                                        const std::vector<std::string>& skip_topics);
 
-  //! What recording `outcome` (committed) leaves pending of unrecorded_.
-  void recorded(const core::BatchOutcome& outcome);
-
   OutboxRows rows_;          //!< the fetch (sharded: of the shards in $7) and the marks
   std::string pending_sql_;  //!< whether a row is pending (sharded: of the shards in $2)
   ReadFloor floor_;          //!< where reads start (invariant read-floor)
   const core::Clock& clock_;
-  LeaderSession session_;  //!< after rows_ and floor_, which its `opened` uses
-  //! Rows returned since the last by-state read and not recorded published or dead-lettered:
-  //! the floor rises to the smallest at most.
-  std::set<std::int64_t> unrecorded_;
+  LeaderSession session_;                    //!< after rows_ and floor_, which its `opened` uses
   std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
 
   // Sharded mode (shards.h).

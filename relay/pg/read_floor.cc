@@ -66,6 +66,7 @@ void ReadFloor::open(pqxx::connection& conn) {
   passed_ = 0;
   open_.reset();
   next_.reset();
+  unrecorded_.clear();
   pqxx::nontransaction n(conn);
   enabled_ = n.exec1(kSequenceSql)[0].as<bool>();
   if (!enabled_ && !told_) {
@@ -77,12 +78,31 @@ void ReadFloor::open(pqxx::connection& conn) {
   }
 }
 
+void ReadFloor::before_read(pqxx::connection& conn, std::chrono::steady_clock::time_point now,
+                            bool by_state, const std::set<int>& shards) {
+  if (by_state) unrecorded_.clear();
+  advance(conn, now, shards);
+}
+
+void ReadFloor::returned(const std::vector<core::OutboxEvent>& events) {
+  for (const auto& e : events) unrecorded_.insert(e.id);
+}
+
+void ReadFloor::recorded(const core::BatchOutcome& outcome,
+                         const std::vector<core::VanishedRow>& gone) {
+  for (auto id : outcome.published) unrecorded_.erase(id);
+  for (const auto& f : outcome.dead_letter) unrecorded_.erase(f.id);
+  for (const auto& v : gone) unrecorded_.erase(v.id);
+}
+
 void ReadFloor::advance(pqxx::connection& conn, std::chrono::steady_clock::time_point now,
-                        std::int64_t unrecorded_min, const std::set<int>& shards) {
+                        const std::set<int>& shards) {
   if (!enabled_ || (next_ && now < *next_)) return;
   next_ = now + kFenceInterval;
   if (floor_ > 0 && now >= expires_) floor_ = 0;  // proven again from the start (see the header)
   std::int64_t to = floor_;
+  const std::int64_t unrecorded_min =
+      unrecorded_.empty() ? std::numeric_limits<std::int64_t>::max() : *unrecorded_.begin();
   if (passed_ > 0) to = std::max(floor_, std::min(passed_ + 1, unrecorded_min));
   std::vector<std::string> holders = open_ ? open_->holders : std::vector<std::string>{};
   pqxx::nontransaction n(conn);

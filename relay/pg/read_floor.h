@@ -48,6 +48,8 @@
 #include <string>
 #include <vector>
 
+#include "core/ports.h"
+
 namespace outbox::pg {
 
 class ReadFloor {
@@ -67,13 +69,23 @@ class ReadFloor {
   //! Whether the sequence allows a floor (see above); logged once per connection when not.
   bool enabled() const { return enabled_; }
 
-  //! Runs the fence statement if kFenceInterval passed since the last one (`now`): raises L
-  //! towards min(X + 1, `unrecorded_min`) for the last X passed, takes a new fence or sees
-  //! the open one pass. `shards`: the scope's shards (sharded only). Throws what libpqxx throws.
-  void advance(pqxx::connection& conn, std::chrono::steady_clock::time_point now,
-               std::int64_t unrecorded_min, const std::set<int>& shards = {});
+  //! Before a read (`by_state`: nothing this reader returned is unrecorded, see
+  //! core::OutboxStore): runs the fence statement if kFenceInterval passed since the last one
+  //! (`now`): raises L towards min(X + 1, the smallest row returned and not recorded
+  //! published or dead-lettered) for the last X passed, takes a new fence or sees the open one
+  //! pass. `shards`: the scope's shards (sharded only). Throws what libpqxx throws.
+  void before_read(pqxx::connection& conn, std::chrono::steady_clock::time_point now, bool by_state,
+                   const std::set<int>& shards = {});
+  //! The rows a read returned (they stay pending until recorded).
+  void returned(const std::vector<core::OutboxEvent>& events);
+  //! A committed record of `outcome`, with the rows it found gone: a retried row stays
+  //! pending, and is read again by the next by-state read.
+  void recorded(const core::BatchOutcome& outcome, const std::vector<core::VanishedRow>& gone);
 
  private:
+  void advance(pqxx::connection& conn, std::chrono::steady_clock::time_point now,
+               const std::set<int>& shards);
+
   std::string fence_sql_;
   bool sharded_ = false;
   bool enabled_ = false;
@@ -84,7 +96,10 @@ class ReadFloor {
     std::int64_t x = 0;
     std::vector<std::string> holders;  //!< pg_locks.virtualtransaction of H
   };
-  std::optional<Fence> open_;                                  //!< taken, not yet seen passed
+  std::optional<Fence> open_;  //!< taken, not yet seen passed
+  //! Rows returned since the last by-state read and not recorded published or dead-lettered:
+  //! L rises to the smallest at most (a wrong set only makes the rise's check fail).
+  std::set<std::int64_t> unrecorded_;
   std::optional<std::chrono::steady_clock::time_point> next_;  //!< the next fence statement
   std::chrono::steady_clock::time_point expires_{};  //!< when L goes back to 0 (kFloorLifetime)
 };

@@ -88,8 +88,11 @@ bool PgSnapshot::counts_ended(std::uint64_t full) const {
 
 PgReplicationTable::PgReplicationTable(pg::Conninfo conninfo, std::string redacted,
                                        const core::Clock& clock)
-    : session_(std::move(conninfo), std::move(redacted), clock, {},
-               [this](pqxx::connection& conn) { rows_.open(conn); }) {}
+    : clock_(clock),
+      session_(std::move(conninfo), std::move(redacted), clock, {}, [this](pqxx::connection& conn) {
+        rows_.open(conn);
+        floor_.open(conn);
+      }) {}
 
 template <typename F>
 auto PgReplicationTable::on_session(F&& body) -> decltype(body(std::declval<pqxx::connection&>())) {
@@ -213,12 +216,17 @@ std::vector<core::OutboxEvent> PgReplicationTable::pending_range(
     std::size_t limit, std::size_t max_bytes, const std::vector<std::string>& skip_topics) {
   static const std::string sql = pg::fetch_sql(pg::FetchScope::upto);
   return on_session([&](pqxx::connection& conn) {
+    floor_.before_read(conn, clock_.now(), !pending_upto);
+    const auto floor = static_cast<long long>(floor_.floor());
+    if (!pending_upto) after_id = std::max<std::int64_t>(after_id, floor - 1);
     pqxx::nontransaction n(conn);
     long long guard = pending_upto ? static_cast<long long>(*pending_upto) : -1;
-    return pg::events_of(
+    auto events = pg::events_of(
         n.exec_params(sql, static_cast<long>(limit), static_cast<long long>(max_bytes),
-                      pg::text_array(skip_topics), static_cast<long long>(after_id), guard, 0LL,
+                      pg::text_array(skip_topics), static_cast<long long>(after_id), guard, floor,
                       static_cast<long long>(upto)));
+    floor_.returned(events);
+    return events;
   });
 }
 
@@ -263,7 +271,10 @@ RowCheck PgReplicationTable::check(const std::vector<std::int64_t>& ids,
 }
 
 void PgReplicationTable::record_outcome(const core::BatchOutcome& outcome) {
-  on_session([&](pqxx::connection& conn) { rows_.record(conn, outcome, vanished_); });
+  on_session([&](pqxx::connection& conn) {
+    rows_.record(conn, outcome, vanished_);
+    floor_.recorded(outcome, vanished_);
+  });
 }
 
 std::vector<core::VanishedRow> PgReplicationTable::take_vanished() {

@@ -19,6 +19,7 @@
 #include "pg/conninfo.h"
 #include "pg/leader_session.h"
 #include "pg/outbox_rows.h"
+#include "pg/read_floor.h"
 #include "replication/replication_ports.h"
 
 namespace outbox::replication {
@@ -81,7 +82,9 @@ class PgReplicationTable : public ReplicationTable {
   std::vector<std::uint64_t> in_progress_now(pqxx::connection& conn);
 
   pg::OutboxRows rows_;  //!< the marks (the reads run the fetch_sql variants)
-  pg::LeaderSession session_;
+  pg::ReadFloor floor_;  //!< where the drain's reads start (invariant read-floor)
+  const core::Clock& clock_;
+  pg::LeaderSession session_;                //!< after rows_ and floor_, which its `opened` uses
   std::vector<core::VanishedRow> vanished_;  //!< found gone by committed marks, not taken
 };
 
