@@ -164,7 +164,7 @@ it_pytest() { # it_pytest PYTEST_ARGS...: the integration tests on the Release b
 # one-commit batches, ALTER TABLE mid-stream, enqueue isolation, marking, replay, check (with
 # the managed-service emulations), the read floor's fence (pg_locks). The idempotency key's
 # 18 cases run on 15 only (the unique index and ON CONFLICT they rest on behave alike from 13
-# on). About 110 s a version on 2 cores (38 tests, servers included).
+# on). About 110 s a version on 2 cores (39 tests, servers included).
 OTHER_PG_MAJORS=(16 17 18)
 OTHER_PG_TESTS=(test_e2e.py test_replication.py test_enqueue_isolation.py test_marking.py test_replay.py test_check.py
   test_read_floor.py)

@@ -7,17 +7,20 @@
 // PostgreSQL connection and whenever the scope (the shards read) changes.
 //
 // Why no row below L can become pending later. A row becomes pending only when it is
-// inserted (nothing sets published_at or dead_lettered_at back to NULL; `replay` inserts a
-// new row), and its id comes from outbox.events' identity sequence, whose values are handed
-// out in increasing order in time (checked at each connection: GENERATED ALWAYS, increment
-// > 0, cache 1, no cycle; otherwise L stays 0 and the reads are as without it). The fence,
-// one statement (kFenceSql):
+// inserted (nothing in the relay or the schema sets published_at or dead_lettered_at back to
+// NULL; `replay` inserts a new row), and its id comes from outbox.events' identity sequence,
+// whose values are handed out in increasing order in time. The premises of that (kPremisesSql
+// in read_floor.cc: GENERATED ALWAYS, cache 1, increment > 0, no cycle, a plain table with no
+// children and no subscription writing into it, prepared transactions keeping their vxid) are
+// checked at each connection and by every fence statement; while one fails L is 0 and the
+// reads are as without it (said at warn when it changes, at info at start). The fence, one
+// statement (kFenceSql):
 //   1. X = the highest id in the statement's snapshot: its transaction committed, so X and
 //      every smaller id were handed out before the snapshot was taken;
 //   2. H = the transactions holding a lock an INSERT takes on outbox.events, read from
 //      pg_locks after that snapshot. An INSERT locks the table before it evaluates nextval(),
 //      so every transaction holding an id up to X that has not ended is in H (a prepared
-//      transaction too: it keeps its locks, under no process);
+//      transaction too: it keeps its locks and its vxid, under no process);
 //   3. once no transaction of H holds a lock (seen by a later statement), every transaction
 //      that took an id up to X has committed or rolled back, and PostgreSQL releases a
 //      transaction's locks only after the snapshots taken from then on count it as ended:
@@ -28,15 +31,18 @@
 // dead-lettered); its bookkeeping only chooses m: a wrong m finds a pending row and L stays.
 //
 // What the argument assumes and the relay cannot see: no row is written with an id of its own
-// (INSERT ... OVERRIDING SYSTEM VALUE, COPY with the id column) and the sequence is not set
-// back while a relay runs. Such a row below L would wait; so L goes back to 0 every
-// kFloorLifetime (and at each new connection) and is proven again from the start: one walk
-// of the pending index a minute, and such a row waits at most that long, never forever.
+// (INSERT ... OVERRIDING SYSTEM VALUE, COPY or a restore with the id column, a BEFORE INSERT
+// trigger setting NEW.id) and nobody sets published_at back to NULL by hand. Such a row below
+// L would wait; so every kFloorLifetime (and at each new connection) L and the passes are
+// forgotten and proven again from the start: one walk of the pending index a minute, and such
+// a row waits at most that long, never forever. A fence that finds the highest id lower than
+// one it passed (ids set back: TRUNCATE ... RESTART IDENTITY, setval) forgets them at once.
 //
 // Cost: one statement of a few index probes and a read of pg_locks, at most every
 // kFenceInterval, on the leader's connection, before a read. A transaction that inserted into
 // outbox.events and stays open keeps its X from passing; L then stays where it is (the reads
-// walk from there, as they did without the floor) until it ends.
+// walk from there, as they did without the floor) until it ends, and after kFloorLifetime
+// the relay names its process at warn.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -95,7 +101,11 @@ class ReadFloor {
   struct Fence {
     std::int64_t x = 0;
     std::vector<std::string> holders;  //!< pg_locks.virtualtransaction of H
+    std::chrono::steady_clock::time_point since;
+    bool warned = false;  //!< open longer than kFloorLifetime, said once
   };
+  //! L, the passes and the open fence: nothing proven.
+  void forget();
   std::optional<Fence> open_;  //!< taken, not yet seen passed
   //! Rows returned since the last by-state read and not recorded published or dead-lettered:
   //! L rises to the smallest at most (a wrong set only makes the rise's check fail).
