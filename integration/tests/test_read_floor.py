@@ -36,7 +36,7 @@ def _publish_one(ctx, relay, topic: str, payload: bytes) -> int:
 
 def _fence_statements_after(ctx, relay, topic: str, after_lines: int, count: int) -> None:
     """Publishes rows one at a time until the relay logged `count` more fence statements (it
-    runs one before a read, at most every 50 ms); at most 500 rows."""
+    runs one before a read, at most every 100 ms); at most 500 rows."""
     for i in range(500):
         if len(_floor_lines(relay)) >= after_lines + count:
             return
@@ -173,8 +173,8 @@ def test_reads_after_a_backlog_do_not_walk_the_entries_of_the_rows_it_marked(ctx
     and 100,000 rows are drained (polling; replication: the drain at start): the pages of
     the pending index read by the drain must stay within a few passes over the index, and
     (polling) then rows come one at a time, each reading far fewer pages than the index has.
-    Measured: the drain 11 passes over the index with the floor, 110 without (quadratic in
-    the backlog); a row after it 28 pages with the floor, 559 without."""
+    Measured: the drain 15 passes over the index with the floor, 110 without (quadratic in
+    the backlog); a row after it 34 pages with the floor, 559 without."""
     topic = ctx.topic(partitions=3)
     backlog = 100_000
     with ctx.connect() as c:

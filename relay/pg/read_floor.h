@@ -39,10 +39,13 @@
 // one it passed (ids set back: TRUNCATE ... RESTART IDENTITY, setval) forgets them at once.
 //
 // Cost: one statement of a few index probes and a read of pg_locks, at most every
-// kFenceInterval, on the leader's connection, before a read. A transaction that inserted into
-// outbox.events and stays open keeps its X from passing; L then stays where it is (the reads
-// walk from there, as they did without the floor) until it ends, and after kFloorLifetime
-// the relay names its process at warn.
+// kFenceInterval, on the leader's connection, before a read. pg_locks reads the whole lock
+// table, briefly holding each of its partitions: 10 times a second at most (at 50 ms the
+// measurements of test_read_floor.py were 11 passes over the index for a drain and 28 pages a
+// row after it, at 100 ms 15 and 34, at 250 ms 22 and 66); L trails the newest rows by two or
+// three intervals of traffic. A transaction that inserted into outbox.events and stays open keeps
+// its X from passing; L then stays where it is (the reads walk from there, as they did without the
+// floor) until it ends, and after kFloorLifetime the relay names its process at warn.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -60,7 +63,7 @@ namespace outbox::pg {
 
 class ReadFloor {
  public:
-  static constexpr std::chrono::milliseconds kFenceInterval{50};
+  static constexpr std::chrono::milliseconds kFenceInterval{100};
   static constexpr std::chrono::seconds kFloorLifetime{60};
   //! The scope has no shard filter when `shards` <= 1; else the shards in the set given to
   //! advance() (pg/shards.h).
