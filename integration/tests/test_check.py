@@ -74,6 +74,12 @@ def test_check_labels_missing_privileges_and_gives_the_grant(ctx, tmp_path):
         r = relay.check()
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"ok    privileges: role {role} can read and mark outbox.events" in r.stdout
+        assert "ok    read floor: on (reads start above the rows already marked)" in r.stdout, r.stdout
+        with ctx.connect() as c:
+            c.execute("ALTER TABLE outbox.events ALTER COLUMN id SET CACHE 20")
+        r = relay.check()
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ok    read floor: off: outbox.events.id must be" in r.stdout, r.stdout
     finally:
         with ctx.connect() as c:
             c.execute(f'DROP OWNED BY "{role}"')

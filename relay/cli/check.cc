@@ -16,6 +16,7 @@
 #include "kafka/transactional_publisher.h"
 #include "pg/conninfo.h"
 #include "pg/migrations.h"
+#include "pg/read_floor.h"
 #include "pg/source_tables.h"
 
 namespace outbox::cli {
@@ -263,6 +264,17 @@ void check_postgres(const config::Config& config, Report& line) {
            row[0].as<std::string>() + " pending, " + row[1].as<std::string>() + " dead-lettered");
     } catch (const std::exception& e) {
       line(false, "outbox", e.what());
+    }
+  }
+  if (p.usage && p.events_exist) {
+    // Informational: the relay runs either way (docs/design/how-it-works.md, "The read floor").
+    try {
+      std::string why;
+      line(
+          true, "read floor",
+          pg::read_floor_premises(n, why) ? "on (reads start above the rows already marked)" : why);
+    } catch (const std::exception& e) {
+      line(true, "read floor", std::string("off: its premises cannot be read: ") + e.what());
     }
   }
   if (!config.source.tables.empty()) {

@@ -70,7 +70,7 @@ std::string with_premises(std::string sql) {
 }
 
 constexpr const char* kWhyNot =
-    "the read floor is off: outbox.events.id must be an identity column GENERATED ALWAYS with "
+    "outbox.events.id must be an identity column GENERATED ALWAYS with "
     "cache 1, on a plain table no subscription writes into (and with prepared transactions, "
     "PostgreSQL 14.1 / 13.5 or later); reads start at the pending index's first entry "
     "(slower after a large backlog, nothing skipped; docs/design/how-it-works.md, \"The read "
@@ -88,6 +88,12 @@ std::vector<std::string> text_values(const pqxx::field& f) {
 
 }  // namespace
 
+bool read_floor_premises(pqxx::transaction_base& tx, std::string& why) {
+  bool ok = tx.exec1(std::string("SELECT ") + kPremisesSql)[0].as<bool>();
+  if (!ok) why = std::string("off: ") + kWhyNot;
+  return ok;
+}
+
 ReadFloor::ReadFloor(int shards) : fence_sql_(with_premises(kFenceSql)), sharded_(shards > 1) {
   if (sharded_) {
     const std::string from = "AND id >= $2::bigint";
@@ -104,13 +110,14 @@ void ReadFloor::open(pqxx::connection& conn) {
   try {
     pqxx::nontransaction n(conn);
     enabled_ = n.exec1(std::string("SELECT ") + kPremisesSql)[0].as<bool>();
-    if (!enabled_ && !told_) logging::get("pg")->info(kWhyNot);
+    if (!enabled_ && !told_) logging::get("pg")->info("the read floor is off: {}", kWhyNot);
   } catch (const pqxx::broken_connection&) {
     throw;
   } catch (const std::exception& e) {  // a catalog this role may not read: no floor
     enabled_ = false;
     if (!told_)
-      logging::get("pg")->info("{} (the premises could not be read: {})", kWhyNot, e.what());
+      logging::get("pg")->info("the read floor is off: {} (the premises could not be read: {})",
+                               kWhyNot, e.what());
   }
   told_ = told_ || !enabled_;
 }
@@ -158,7 +165,7 @@ void ReadFloor::advance(pqxx::connection& conn, std::chrono::steady_clock::time_
   if (!r["premises"].as<bool>()) {  // changed since the connection opened
     forget();
     enabled_ = false;
-    log->warn(kWhyNot);
+    log->warn("the read floor is off: {}", kWhyNot);
     return;
   }
   // The rise first: it rests on passes seen by earlier statements only.

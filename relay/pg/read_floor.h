@@ -61,6 +61,10 @@
 
 namespace outbox::pg {
 
+//! Whether the read floor's premises hold on this database (kPremisesSql); false, with
+//! `why` set to what to change, when they do not. For `check`.
+bool read_floor_premises(pqxx::transaction_base& tx, std::string& why);
+
 class ReadFloor {
  public:
   static constexpr std::chrono::milliseconds kFenceInterval{100};
