@@ -59,9 +59,9 @@ SELECT %PREMISES% AS premises,
           AND l.pid IS DISTINCT FROM pg_backend_pid()) AS holders,
        (SELECT string_agg(DISTINCT coalesce(l.pid::text, 'prepared'), ', ')
         FROM pg_locks l WHERE l.virtualtransaction = ANY($1::text[])) AS alive,
-       NOT EXISTS (SELECT FROM outbox.events
-                   WHERE published_at IS NULL AND dead_lettered_at IS NULL
-                     AND id >= $2::bigint AND id < $3::bigint) AS clear)sql";
+       (SELECT min(id) FROM outbox.events
+        WHERE published_at IS NULL AND dead_lettered_at IS NULL
+          AND id >= $2::bigint AND id < $3::bigint) AS first_pending)sql";
 
 std::string with_premises(std::string sql) {
   const std::string mark = "%PREMISES%";
@@ -168,10 +168,14 @@ void ReadFloor::advance(pqxx::connection& conn, std::chrono::steady_clock::time_
     log->warn("the read floor is off: {}", kWhyNot);
     return;
   }
-  // The rise first: it rests on passes seen by earlier statements only.
-  if (to > floor_ && r["clear"].as<bool>()) {
+  // The rise first: it rests on passes seen by earlier statements only. To m, or to the
+  // first row still pending below m (the rows in flight, whose marks may have committed
+  // already: the relay's own bookkeeping only bounds the rise).
+  const std::int64_t rise =
+      r["first_pending"].is_null() ? to : r["first_pending"].as<std::int64_t>();
+  if (rise > floor_) {
     if (floor_ == 0) expires_ = now + kFloorLifetime;
-    floor_ = to;
+    floor_ = rise;
   }
   const auto x = r["x"].as<std::int64_t>();
   if (x < passed_) {  // the highest id went down: ids set back (or the newest rows deleted)

@@ -25,10 +25,14 @@
 //      that took an id up to X has committed or rolled back, and PostgreSQL releases a
 //      transaction's locks only after the snapshots taken from then on count it as ended:
 //      X is "passed".
-// The rise: once X is passed, a later statement (its snapshot after the pass) that finds no
-// pending row of the scope with an id in [L, m), for m at most X + 1, sets L = m. The relay
+// The rise: once X is passed, a later statement (its snapshot after the pass) sets L to the
+// first pending row of the scope with an id in [L, m), or to m when there is none, for m at
+// most X + 1: no row below that is pending in the snapshot, and none can become so. The relay
 // asks for m = min(X + 1, the smallest id it read and has not seen marked published or
-// dead-lettered); its bookkeeping only chooses m: a wrong m finds a pending row and L stays.
+// dead-lettered); its bookkeeping only chooses m. (A rise only when no row was pending below
+// m stood still while every row read was recorded and m was X + 1 with rows left to read:
+// with the marks on a session of their own, read-while-marking, that was most fences of a
+// drain.)
 //
 // What the argument assumes and the relay cannot see: no row is written with an id of its own
 // (INSERT ... OVERRIDING SYSTEM VALUE, COPY or a restore with the id column, a BEFORE INSERT
