@@ -173,7 +173,7 @@ def test_reads_after_a_backlog_do_not_walk_the_entries_of_the_rows_it_marked(ctx
     and 100,000 rows are drained (polling; replication: the drain at start): the pages of
     the pending index read by the drain must stay within a few passes over the index, and
     (polling) then rows come one at a time, each reading far fewer pages than the index has.
-    Measured: the drain 15 passes over the index with the floor, 110 without (quadratic in
+    Measured: the drain 12-13 passes over the index with the floor, 110 without (quadratic in
     the backlog); a row after it 34 pages with the floor, 559 without."""
     topic = ctx.topic(partitions=3)
     backlog = 100_000
