@@ -109,7 +109,8 @@ void ReadFloor::open(pqxx::connection& conn) {
   next_.reset();
   try {
     pqxx::nontransaction n(conn);
-    enabled_ = n.exec1(std::string("SELECT ") + kPremisesSql)[0].as<bool>();
+    std::string why;
+    enabled_ = read_floor_premises(n, why);
     if (!enabled_ && !told_) logging::get("pg")->info("the read floor is off: {}", kWhyNot);
   } catch (const pqxx::broken_connection&) {
     throw;
@@ -168,9 +169,8 @@ void ReadFloor::advance(pqxx::connection& conn, std::chrono::steady_clock::time_
     log->warn("the read floor is off: {}", kWhyNot);
     return;
   }
-  // The rise first: it rests on passes seen by earlier statements only. To m, or to the
-  // first row still pending below m (the rows in flight, whose marks may have committed
-  // already: the relay's own bookkeeping only bounds the rise).
+  // The rise first: it rests on passes seen by earlier statements only. To the first row
+  // still pending below m, or to m: the relay's own bookkeeping only bounds the rise.
   const std::int64_t rise =
       r["first_pending"].is_null() ? to : r["first_pending"].as<std::int64_t>();
   if (rise > floor_) {

@@ -30,9 +30,9 @@
 // most X + 1: no row below that is pending in the snapshot, and none can become so. The relay
 // asks for m = min(X + 1, the smallest id it read and has not seen marked published or
 // dead-lettered); its bookkeeping only chooses m. (A rise only when no row was pending below
-// m stood still while every row read was recorded and m was X + 1 with rows left to read:
-// with the marks on a session of their own, read-while-marking, that was most fences of a
-// drain.)
+// m stood still whenever every row read was recorded, m was then X + 1, and a row above was
+// pending: not yet read, or one waiting for its topic, which held L below it for as long as
+// it waited: test_read_floor.py.)
 //
 // What the argument assumes and the relay cannot see: no row is written with an id of its own
 // (INSERT ... OVERRIDING SYSTEM VALUE, COPY or a restore with the id column, a BEFORE INSERT
