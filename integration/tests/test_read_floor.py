@@ -163,6 +163,42 @@ def _index_blocks(ctx) -> int:
                       "WHERE indexrelid = 'outbox.events_pending_idx'::regclass")[0][0]
 
 
+def test_the_floor_rises_to_a_row_that_waits_for_its_topic(ctx):
+    """Regression: a fence raised the floor only when no row was pending below its bound, the
+    smallest row read and not recorded. Once every row read was recorded that bound was the
+    highest id passed + 1, so one row pending above the floor and never read (its topic
+    unknown to Kafka, skipped by every read) kept the floor below it for as long as it
+    waited, and every read walked the pending index from there. It now rises to the first
+    row still pending. Here the topic is found unknown first (its row then dead-lettered by
+    hand, so that it holds nothing), then 1,001 rows commit in one transaction with one row
+    of that topic in the middle: the floor must reach that row's id."""
+    missing = ctx.topic("missing", create=False)
+    good = ctx.topic()
+    relay = ctx.relay({"kafka": {"properties": {"allow.auto.create.topics": "false"}},
+                       "log": {"level": "trace"}}).start()
+    with ctx.connect() as c:
+        enqueue(c, missing, "m", b"first")
+    wait_until(lambda: "cannot take messages" in relay.log_text(), 30, 0.05,
+               "the relay saying the topic waits", lambda: relay.assert_running("first row"))
+    with ctx.connect() as c:
+        c.execute("UPDATE outbox.events SET dead_lettered_at = now() WHERE topic = %s", (missing,))
+        c.execute("INSERT INTO outbox.events (topic, key, payload) "
+                  "SELECT CASE WHEN g = 501 THEN %s ELSE %s END, 'k' || (g %% 7), "
+                  "convert_to(g::text, 'UTF8') FROM generate_series(1, 1001) g", (missing, good))
+        waiting = c.execute("SELECT id FROM outbox.events WHERE topic = %s "
+                            "AND dead_lettered_at IS NULL", (missing,)).fetchone()[0]
+    marked = lambda: ctx._query("SELECT count(*) FROM outbox.events WHERE topic = %s "  # noqa: E731
+                                "AND published_at IS NOT NULL", (good,))[0][0]
+    wait_until(lambda: marked() == 1000, 60, 0.05, "the other topic's 1,000 rows marked",
+               lambda: relay.assert_running("while the rows are published"))
+    wait_until(lambda: any(floor == waiting for floor, _, _ in _floor_lines(relay)), 30, 0.05,
+               f"the floor at the waiting row's id {waiting} "
+               f"(last: {(_floor_lines(relay) or [(0, 0, '')])[-1][0]})",
+               lambda: relay.assert_running("while the floor rises"))
+    assert all(floor <= waiting for floor, _, _ in _floor_lines(relay)), relay.log_tail()
+    assert relay.terminate(60) == 0, relay.log_tail()
+
+
 @pytest.mark.parametrize("mode", ["polling", "replication"])
 def test_reads_after_a_backlog_do_not_walk_the_entries_of_the_rows_it_marked(ctx, mode):
     """Regression: every read by state, the read-ahead guard and the idle check began at the
